@@ -1,0 +1,3 @@
+"""balwatch: balance alerting for exchange and custody accounts."""
+
+__version__ = "0.1.0"

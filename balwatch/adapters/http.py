@@ -1,0 +1,167 @@
+"""HTTP plumbing shared by the adapters: one request, transport failures mapped to typed errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from balwatch.errors import (
+    AuthError,
+    BadResponse,
+    RateLimited,
+    SourceError,
+    SourceUnavailable,
+)
+
+# An error body is quoted in messages only this far: enough to diagnose, never a whole page.
+_SNIPPET = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    source: str
+    status: int
+    headers: Mapping[str, str]
+    text: str
+
+    def json(self) -> Any:
+        """The body parsed with every JSON number as Decimal or int, never float."""
+        try:
+            return json.loads(self.text, parse_float=Decimal, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise BadResponse(
+                self.source, f"HTTP {self.status}: body is not valid JSON: {self.snippet()}"
+            ) from exc
+
+    def json_or_none(self) -> Any:
+        """Like :meth:`json`, but None for a body that is not JSON (error pages)."""
+        try:
+            return self.json()
+        except BadResponse:
+            return None
+
+    def snippet(self) -> str:
+        text = " ".join(self.text.split())
+        return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
+
+    def retry_after(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return max(0.0, seconds)
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    source: str,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    json_body: Any = None,
+    data: Mapping[str, str] | None = None,
+) -> Response:
+    """Send one request; timeouts and connection failures become :class:`SourceUnavailable`.
+
+    The URL and parameters are left out of error messages: some sources sign in the query.
+    """
+    try:
+        async with session.request(
+            method,
+            url,
+            headers=headers,
+            params=params,
+            json=json_body,
+            data=data,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as resp:
+            raw = await resp.read()
+            return Response(
+                source=source,
+                status=resp.status,
+                headers=dict(resp.headers),
+                text=raw.decode("utf-8", errors="replace"),
+            )
+    except TimeoutError:
+        raise SourceUnavailable(source, f"timed out after {timeout:g}s") from None
+    except aiohttp.ClientError as exc:
+        raise SourceUnavailable(source, f"connection failed: {type(exc).__name__}") from None
+
+
+def generic_status_error(resp: Response) -> SourceError | None:
+    """The typed error for a non-2xx status that no source-specific rule handled, else None."""
+    status = resp.status
+    if 200 <= status < 300:
+        return None
+    where = f"HTTP {status}: {resp.snippet()}"
+    if status in (401, 403):
+        return AuthError(resp.source, where)
+    if status == 429:
+        return RateLimited(resp.source, where, retry_after=resp.retry_after())
+    if status == 408 or status >= 500:
+        return SourceUnavailable(resp.source, where)
+    return BadResponse(resp.source, where)
+
+
+def expect_object(
+    value: Any, source: str, what: str, *, asset: str | None = None
+) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadResponse(
+            source, f"{what}: expected an object, got {_type_name(value)}", asset=asset
+        )
+    return value
+
+
+def expect_list(value: Any, source: str, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadResponse(source, f"{what}: expected a list, got {_type_name(value)}")
+    return value
+
+
+def expect_str(value: Any, source: str, field: str, *, asset: str | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadResponse(
+            source,
+            f"expected a non-empty string, got {_type_name(value)}",
+            asset=asset,
+            field=field,
+        )
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, int | Decimal) else type(value).__name__
+    )
