@@ -1,0 +1,20 @@
+"""Balance source adapters, registered by the name used in config (`exchange:`).
+
+The registry is the only place that knows which sources exist.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from balwatch.adapters.base import AccountSpec, Adapter, RateLimit
+from balwatch.adapters.bitso import BitsoAdapter
+from balwatch.adapters.coinapi import CoinApiAdapter
+from balwatch.adapters.coinw import CoinwAdapter
+from balwatch.adapters.kunacore import KunaCoreAdapter
+
+REGISTRY: Final[dict[str, type[Adapter]]] = {
+    cls.name: cls for cls in (CoinApiAdapter, BitsoAdapter, KunaCoreAdapter, CoinwAdapter)
+}
+
+__all__ = ["REGISTRY", "AccountSpec", "Adapter", "RateLimit"]

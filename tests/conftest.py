@@ -1,0 +1,58 @@
+"""Shared fixtures: a real simulator on loopback and a real aiohttp client session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from pydantic import BaseModel
+
+from balwatch.adapters import REGISTRY, AccountSpec
+from balwatch.secret import Secret
+from balwatch.simulator.server import Simulator
+from balwatch.simulator.state import SimAccount, SimState
+
+StartSim = Callable[..., Awaitable[Simulator]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[StartSim]:
+    """Start a simulator serving the given accounts; stopped when the test ends."""
+    running: list[Simulator] = []
+
+    async def start(*accounts: SimAccount, **state_kwargs: object) -> Simulator:
+        sim = Simulator(SimState(list(accounts), **state_kwargs))  # type: ignore[arg-type]
+        await sim.start()
+        running.append(sim)
+        return sim
+
+    yield start
+    for sim in running:
+        await sim.stop()
+
+
+def account_spec(
+    exchange: str,
+    base_url: str,
+    credentials: dict[str, str],
+    *,
+    name: str = "acct",
+    timeout: float = 2.0,
+    options: dict[str, object] | None = None,
+) -> AccountSpec:
+    """An AccountSpec as the config loader would build it, for adapter tests."""
+    options_model: type[BaseModel] = REGISTRY[exchange].options_model
+    return AccountSpec(
+        name=name,
+        base_url=base_url,
+        timeout=timeout,
+        credentials={k: Secret(v) for k, v in credentials.items()},
+        options=options_model.model_validate(options or {}),
+    )
