@@ -1,0 +1,5 @@
+import sys
+
+from balwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""The ``balwatch`` command: a thin face over the library.
+
+Exit codes: 0 success; 1 invalid config or rules; 2 usage error; 3 some account polls failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import aiohttp
+
+from balwatch import __version__, logs
+from balwatch.config import Config, load_config
+from balwatch.errors import ConfigError
+from balwatch.poll import PollResult, poll_all
+from balwatch.simulator.scenario import load_scenario
+from balwatch.simulator.server import Simulator
+from balwatch.table import balances_table, failures_table
+
+EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED = 0, 1, 3
+DEFAULT_SIM_PORT = 8700
+
+
+def _demo_file(name: str) -> Path:
+    return Path(str(resources.files("balwatch.demo").joinpath(name)))
+
+
+def _load(path: Path, environ: dict[str, str] | None = None) -> Config | None:
+    """The config, or None after printing every problem to stderr."""
+    try:
+        return load_config(path, environ=environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+async def _poll(config: Config) -> list[PollResult]:
+    async with aiohttp.ClientSession() as session:
+        return await poll_all(
+            session, [(a.exchange, config.account_spec(a)) for a in config.accounts]
+        )
+
+
+def _print_results(results: list[PollResult], as_json: bool) -> int:
+    if as_json:
+        doc = {
+            "balances": [row.to_json() for r in results for row in (r.rows or [])],
+            "errors": [
+                {
+                    "account": r.account,
+                    "exchange": r.exchange,
+                    "kind": str(r.error.kind),
+                    "message": r.error.message,
+                }
+                for r in results
+                if r.error is not None
+            ],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(balances_table(results))
+        if any(not r.ok for r in results):
+            print("\nfailed polls:")
+            print(failures_table(results))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_POLL_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    print(f"{args.config}: ok ({len(config.accounts)} accounts, {len(config.sinks)} sinks)")
+    return EXIT_OK
+
+
+def cmd_balances(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    logs.configure(config.log.format, config.log.level, config.secrets())
+    return _print_results(asyncio.run(_poll(config)), args.json)
+
+
+async def _serve_until_stopped(sim: Simulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+
+    async def main() -> None:
+        async with Simulator(scenario.build(), host=args.host, port=args.port) as sim:
+            print(f"simulating {len(scenario.accounts)} accounts on {sim.url}", flush=True)
+            print(f"control API: {sim.url}/_sim/accounts", flush=True)
+            if args.write_config:
+                template = _demo_file("balwatch.yaml").read_text()
+                args.write_config.write_text(template.replace("${SIM_URL}", sim.url))
+                print(f"wrote a config for these accounts to {args.write_config}", flush=True)
+            await _serve_until_stopped(sim)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        scenario = load_scenario(_demo_file("scenario.yaml"))
+        async with Simulator(scenario.build()) as sim:
+            config = _load(_demo_file("balwatch.yaml"), {**os.environ, "SIM_URL": sim.url})
+            if config is None:
+                return EXIT_CONFIG
+            logs.configure("console", "warning", config.secrets())
+            print(f"simulated exchanges on {sim.url}; one poll round of every account:\n")
+            return _print_results(await _poll(config), as_json=False)
+
+    return asyncio.run(main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="balwatch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"balwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", type=Path, required=True, help="balwatch.yaml")
+        return p
+
+    p = with_config(sub.add_parser("check", help="validate the config; exit 1 on any error"))
+    p.set_defaults(func=cmd_check)
+
+    p = with_config(sub.add_parser("balances", help="poll every account once, print rows"))
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_balances)
+
+    p = sub.add_parser("simulate", help="fake servers for all four balance APIs")
+    p.add_argument("--scenario", type=Path, default=_demo_file("scenario.yaml"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_SIM_PORT)
+    p.add_argument("--write-config", type=Path, help="write a balwatch config for these accounts")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="simulated exchanges and one poll round; no setup needed")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        code: int = args.func(args)
+        return code
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

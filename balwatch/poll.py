@@ -1,0 +1,66 @@
+"""Poll accounts: one adapter call each, every failure turned into a typed result."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from balwatch.adapters import REGISTRY, AccountSpec
+from balwatch.errors import BadResponse, SourceError
+from balwatch.model import Balance
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    account: str
+    exchange: str
+    rows: list[Balance] | None  # None exactly when ``error`` is set
+    error: SourceError | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def poll_account(
+    session: aiohttp.ClientSession, exchange: str, spec: AccountSpec
+) -> PollResult:
+    """Poll once. Never raises for anything the source does: a failed poll is a result."""
+    adapter = REGISTRY[exchange](spec, session)
+    started = time.perf_counter()
+    rows: list[Balance] | None = None
+    error: SourceError | None = None
+    try:
+        rows = await adapter.fetch()
+    except SourceError as exc:
+        error = exc
+    except Exception as exc:
+        # An adapter bug must not take the daemon down nor look like a balance; report
+        # the type only, since the text of an unexpected exception is not vetted for secrets.
+        log.error("adapter_bug", account=spec.name, exchange=exchange, error=type(exc).__name__)
+        error = BadResponse(exchange, f"internal error in adapter: {type(exc).__name__}")
+    elapsed = time.perf_counter() - started
+    if error is not None:
+        log.warning(
+            "poll_failed",
+            account=spec.name,
+            exchange=exchange,
+            kind=str(error.kind),
+            error=str(error),
+        )
+    return PollResult(spec.name, exchange, rows, error, elapsed)
+
+
+async def poll_all(
+    session: aiohttp.ClientSession, accounts: Iterable[tuple[str, AccountSpec]]
+) -> list[PollResult]:
+    """Poll every (exchange, spec) concurrently; results in the order given."""
+    return list(await asyncio.gather(*(poll_account(session, ex, spec) for ex, spec in accounts)))

@@ -1,0 +1,84 @@
+"""Wire amounts become exact Decimals or a BadResponse naming source, asset and field."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from balwatch.errors import BadResponse
+from balwatch.money import optional_amount, parse_amount, required_amount
+
+
+@pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        ("0", Decimal("0")),
+        ("4210.55", Decimal("4210.55")),
+        ("0.00000001", Decimal("0.00000001")),
+        ("1e-8", Decimal("1e-8")),
+        (".5", Decimal("0.5")),
+        (12, Decimal(12)),
+        (Decimal("0.1"), Decimal("0.1")),
+        (
+            "123456789012345678901234567890.123456789",
+            Decimal("123456789012345678901234567890.123456789"),
+        ),
+    ],
+)
+def test_valid_amounts_are_exact(wire: object, expected: Decimal) -> None:
+    value = parse_amount(wire, source="bitso", asset="USDT", field="available")
+    assert value == expected
+    assert str(value) == str(expected)
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        ("NaN", "not a decimal"),
+        ("Infinity", "not a decimal"),
+        ("-Infinity", "not a decimal"),
+        (Decimal("NaN"), "not finite"),
+        (Decimal("Infinity"), "not finite"),
+        ("1,5", "not a decimal"),
+        ("", "not a decimal"),
+        (" 1", "not a decimal"),
+        ("0x10", "not a decimal"),
+        ("1e999999", "not a decimal"),
+        ("1e100", "implausibly large"),
+        ("-5", "negative"),
+        (True, "boolean"),
+        (False, "boolean"),
+        (None, "got NoneType"),
+        ({"v": 1}, "got dict"),
+        ([1], "got list"),
+        (1.5, "got float"),
+    ],
+)
+def test_invalid_amounts_name_source_asset_and_field(wire: object, reason: str) -> None:
+    with pytest.raises(BadResponse) as info:
+        parse_amount(wire, source="coinw", asset="BTC", field="onOrders")
+    err = info.value
+    assert (err.source, err.asset, err.field) == ("coinw", "BTC", "onOrders")
+    assert reason in str(err)
+    assert "coinw" in str(err) and "BTC" in str(err) and "onOrders" in str(err)
+
+
+def test_missing_optional_is_none_and_missing_required_is_an_error() -> None:
+    row: dict[str, object] = {"available": "1", "locked": None}
+    assert optional_amount(row, "hold", source="kunacore", asset="USDT") is None
+    assert optional_amount(row, "locked", source="kunacore", asset="USDT") is None
+    with pytest.raises(BadResponse, match="field hold"):
+        required_amount(row, "hold", source="kunacore", asset="USDT")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.integers(), st.decimals(), st.booleans(), st.none()))
+def test_any_input_gives_a_decimal_or_bad_response(wire: object) -> None:
+    try:
+        value = parse_amount(wire, source="s", asset="A", field="f")
+    except BadResponse:
+        return
+    assert isinstance(value, Decimal) and value.is_finite() and value >= 0
