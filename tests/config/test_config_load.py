@@ -1,0 +1,472 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from balwatch.adapters.coinapi import CoinApiOptions
+from balwatch.adapters.kunacore import KunaCoreOptions
+from balwatch.config import Config, MqttSink, WebhookSink, load_config, redact_url
+from balwatch.errors import ConfigError, Problem
+from balwatch.secret import Secret
+
+WriteFile = Callable[..., Path]
+
+# DESIGN.md section 3, verbatim.
+DESIGN_EXAMPLE = """
+state_dir: /var/lib/balwatch        # SQLite: alert state, history, outbox. Default: $STATE_DIRECTORY or ./.balwatch
+rules: [rules/*.yaml]               # globs, relative to this file
+http: {listen: "127.0.0.1:9464"}    # /healthz /metrics /api/alerts /api/balances; omit to disable
+log: {format: json, level: info}    # json for journald, console for a terminal
+defaults: {poll_interval: 30s, timeout: 10s}
+
+accounts:
+  - name: bitso-treasury            # unique; [A-Za-z0-9_.-]+
+    exchange: bitso                 # coinapi | bitso | kunacore | coinw
+    base_url: https://api.bitso.com # optional: default is the production URL
+    poll_interval: 15s
+    credentials:
+      api_key: ${BITSO_KEY}                 # environment variable
+      api_secret: ${cred:bitso_secret}      # file in $CREDENTIALS_DIRECTORY (systemd LoadCredential)
+      # ${file:/path} reads a file; a missing variable or file is a config error that names it
+    # credentials keys: api_key (all); api_secret (bitso, coinw);
+    # kunacore JWT instead of api_key: merchant_id, login, password
+    options: {}                     # per adapter: coinapi exchange_id; kunacore wallet_id, assets; ...
+    labels: {desk: treasury}
+
+sinks:
+  - name: ops-mqtt
+    type: mqtt
+    url: mqtts://user:${MQTT_PASSWORD}@broker.example:8883   # mqtt:// or mqtts://
+    topic_prefix: balwatch
+    qos: 1
+  - name: ops-slack
+    type: webhook
+    format: slack                   # generic | slack | discord | telegram | mattermost | teams
+    url: ${SLACK_WEBHOOK_URL}
+    min_severity: warning
+  - name: audit
+    type: webhook
+    format: generic
+    url: https://audit.example/hooks/balwatch
+    secret: ${cred:webhook_secret}  # HMAC signature header
+"""  # noqa: E501
+
+SECRETS = {
+    "BITSO_KEY": "env-bitso-key-1111",
+    "MQTT_PASSWORD": "env-mqtt-pass-2222",
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/env-slack-3333",
+}
+FILE_SECRETS = {"bitso_secret": "file-bitso-secret-4444", "webhook_secret": "file-hmac-5555"}
+
+
+@pytest.fixture
+def environ(tmp_path: Path) -> dict[str, str]:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name, value in FILE_SECRETS.items():
+        (creds / name).write_text(value + "\n")
+    return {**SECRETS, "CREDENTIALS_DIRECTORY": str(creds)}
+
+
+def problems(path: Path, environ: dict[str, str] | None = None) -> list[Problem]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ or {})
+    return caught.value.problems
+
+
+def test_design_example_loads(write: WriteFile, environ: dict[str, str], tmp_path: Path) -> None:
+    config = load_config(write(DESIGN_EXAMPLE), environ)
+
+    assert config.state_dir == Path("/var/lib/balwatch")
+    assert config.rules == (f"{tmp_path}/rules/*.yaml",)
+    assert config.http is not None
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 9464)
+    assert (config.log.format, config.log.level) == ("json", "info")
+
+    [account] = config.accounts
+    assert account.poll_interval == 15.0
+    assert account.labels == {"desk": "treasury"}
+    spec = config.account_spec(account)
+    assert spec.base_url == "https://api.bitso.com"
+    assert spec.timeout == 10.0
+    assert {k: v.reveal() for k, v in spec.credentials.items()} == {
+        "api_key": "env-bitso-key-1111",
+        "api_secret": "file-bitso-secret-4444",
+    }
+    assert config.poll_interval(account) == 15.0
+
+    mqtt, slack, audit = config.sinks
+    assert isinstance(mqtt, MqttSink)
+    assert mqtt.url.reveal() == "mqtts://user:env-mqtt-pass-2222@broker.example:8883"
+    assert (mqtt.qos, mqtt.protocol, mqtt.keepalive, mqtt.send_resolved) == (1, "5", 30.0, True)
+    assert isinstance(slack, WebhookSink)
+    assert (slack.format, slack.min_severity, slack.timeout) == ("slack", "warning", 10.0)
+    assert isinstance(audit, WebhookSink)
+    assert audit.secret == Secret("file-hmac-5555")
+
+
+def test_defaults_apply(write: WriteFile, tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            """
+            defaults: {timeout: 5s}
+            accounts:
+              - name: gw
+                exchange: coinapi
+                base_url: https://gw.internal/
+                options: {exchange_id: BINANCE}
+              - name: kuna
+                exchange: kunacore
+                base_url: https://kuna.example
+                credentials: {merchant_id: "42", login: ops, password: pw}
+                options: {assets: [USDT]}
+                timeout: 2s
+            """
+        ),
+        {},
+    )
+    assert config.state_dir == tmp_path / ".balwatch"
+    assert config.rules == (f"{tmp_path}/rules/*.yaml",)
+    assert config.http is None
+    assert config.log.format == "auto"
+    gw, kuna = config.accounts
+    assert config.poll_interval(gw) == 30.0
+    gw_spec = config.account_spec(gw)
+    assert (gw_spec.base_url, gw_spec.timeout, dict(gw_spec.credentials)) == (
+        "https://gw.internal",
+        5.0,
+        {},
+    )
+    assert gw_spec.options == CoinApiOptions(exchange_id="BINANCE")
+    assert config.account_spec(kuna).timeout == 2.0
+    assert kuna.options == KunaCoreOptions(assets=["USDT"])
+
+
+def test_state_directory_from_systemd(write: WriteFile) -> None:
+    config = load_config(write("{}\n"), {"STATE_DIRECTORY": "/var/lib/balwatch:/var/lib/other"})
+    assert config.state_dir == Path("/var/lib/balwatch")
+
+
+def test_relative_paths_start_at_the_config_file(write: WriteFile, tmp_path: Path) -> None:
+    write("ca", "etc/ca.pem")
+    config = load_config(
+        write(
+            """
+            state_dir: state
+            rules: [more/*.yaml, /abs/*.yaml]
+            sinks:
+              - {name: m, type: mqtt, url: "mqtt://broker", ca_file: ca.pem, protocol: 3.1.1}
+            """,
+            "etc/balwatch.yaml",
+        ),
+        {},
+    )
+    assert config.state_dir == tmp_path / "etc" / "state"
+    assert config.rules == (f"{tmp_path}/etc/more/*.yaml", "/abs/*.yaml")
+    [sink] = config.sinks
+    assert isinstance(sink, MqttSink)
+    assert sink.ca_file == tmp_path / "etc" / "ca.pem"
+    assert sink.protocol == "3.1.1"
+
+
+def test_numbers_where_text_is_meant(write: WriteFile) -> None:
+    config = load_config(
+        write(
+            """
+            sinks:
+              - {name: m, type: mqtt, url: "mqtt://b", protocol: 5}
+              - {name: t, type: webhook, format: telegram, url: "https://t", chat_id: -1001}
+            """
+        ),
+        {},
+    )
+    mqtt, telegram = config.sinks
+    assert isinstance(mqtt, MqttSink) and mqtt.protocol == "5"
+    assert isinstance(telegram, WebhookSink) and telegram.chat_id == "-1001"
+
+
+def test_redact_url() -> None:
+    assert redact_url(Secret("mqtts://user:pw@broker.example:8883/x?y")) == (
+        "mqtts://broker.example:8883/"
+    )
+    assert redact_url(Secret("https://hooks.slack.com/services/T/B/XYZ")) == (
+        "https://hooks.slack.com/"
+    )
+    assert redact_url(Secret("mqtt://[::1]:1883")) == "mqtt://[::1]:1883/"
+
+
+VALID_ACCOUNT = """
+accounts:
+  - name: treasury
+    exchange: bitso
+    credentials: {api_key: k, api_secret: s}
+"""
+
+# (file text, line, column, message or its start)
+ERROR_CASES = {
+    "unknown top-level key": (
+        "accounts: []\nstate_dri: /tmp\n",
+        2,
+        1,
+        "unknown key 'state_dri' in the config (did you mean 'state_dir'?); expected one of: "
+        "state_dir, rules, http, log, defaults, accounts, sinks",
+    ),
+    "unknown account key": (
+        VALID_ACCOUNT + "    poll_intervall: 15s\n",
+        5,
+        5,
+        "unknown key 'poll_intervall' in account (did you mean 'poll_interval'?); "
+        "expected one of: name, exchange, base_url, poll_interval, timeout, credentials, ",
+    ),
+    "typo'd exchange": (
+        VALID_ACCOUNT.replace("bitso", "bitsoo"),
+        3,
+        15,
+        "exchange 'bitsoo' is not supported; expected one of: bitso, coinapi, coinw, kunacore",
+    ),
+    "missing base_url for coinapi": (
+        "accounts:\n  - name: gw\n    exchange: coinapi\n",
+        2,
+        5,
+        "missing required key 'base_url' in account: coinapi has no default URL",
+    ),
+    "wrong credential set": (
+        VALID_ACCOUNT.replace("api_secret: s", "login: s"),
+        4,
+        31,
+        "unknown credential 'login' for bitso; expected one of: {api_key, api_secret}",
+    ),
+    "incomplete credential set": (
+        "accounts:\n  - name: k\n    exchange: kunacore\n    base_url: https://k\n"
+        "    credentials:\n      login: l\n",
+        6,
+        7,
+        "credentials for kunacore must be one of: {api_key} or {login, merchant_id, password}; "
+        "got {login}",
+    ),
+    "missing credentials": (
+        "accounts:\n  - name: t\n    exchange: coinw\n",
+        2,
+        5,
+        "credentials for coinw must be one of: {api_key, api_secret}; got none",
+    ),
+    "bad duration": (
+        VALID_ACCOUNT + "    poll_interval: 30 seconds\n",
+        5,
+        20,
+        "expected a duration like 500ms, 30s, 5m, 2h or 1d, got '30 seconds'",
+    ),
+    "bare number duration": (
+        "defaults: {timeout: 30}\n",
+        1,
+        21,
+        "expected a duration with a unit, like 30s, got 30",
+    ),
+    "duplicate account name": (
+        VALID_ACCOUNT + VALID_ACCOUNT.removeprefix("\naccounts:\n"),
+        5,
+        11,
+        "duplicate account name 'treasury'; names must be unique",
+    ),
+    "duplicate sink name": (
+        "sinks:\n  - {name: a, type: mqtt, url: 'mqtt://b'}\n"
+        "  - {name: a, type: webhook, url: 'https://h'}\n",
+        3,
+        12,
+        "duplicate sink name 'a'; names must be unique",
+    ),
+    "duplicate yaml key": (
+        VALID_ACCOUNT + "    name: other\n",
+        5,
+        5,
+        "duplicate key 'name' (first defined at line 2)",
+    ),
+    "tab indentation": (
+        "log:\n\tformat: json\n",
+        2,
+        1,
+        "tab character in indentation; YAML needs spaces",
+    ),
+    "bad indentation": (
+        VALID_ACCOUNT + "   labels: {a: b}\n",
+        5,
+        4,
+        "bad indentation: this line does not line up with the block started at line 2",
+    ),
+    "wrong type": (
+        VALID_ACCOUNT + "    labels: [desk]\n",
+        5,
+        13,
+        "expected a mapping (key: value), got a list",
+    ),
+    "number for a string": (
+        VALID_ACCOUNT + "    labels: {desk: 5}\n",
+        5,
+        20,
+        "expected a string, got 5; quote it to keep it as text",
+    ),
+    "unknown option": (
+        "accounts:\n  - name: k\n    exchange: kunacore\n    base_url: https://k\n"
+        "    credentials: {api_key: x}\n    options: {wallet: w}\n",
+        6,
+        15,
+        "unknown key 'wallet' in options for kunacore (did you mean 'wallet_id'?); "
+        "expected one of: wallet_id, assets",
+    ),
+    "bad option value": (
+        "accounts:\n  - name: k\n    exchange: kunacore\n    base_url: https://k\n"
+        "    credentials: {api_key: x}\n    options: {assets: USDT}\n",
+        6,
+        23,
+        "expected a list, got a string",
+    ),
+    "bad account name": (
+        VALID_ACCOUNT.replace("treasury", "my treasury"),
+        2,
+        11,
+        "expected a name of letters, digits, '_', '.' and '-', got 'my treasury'",
+    ),
+    "missing account key": (
+        "accounts:\n  - name: a\n",
+        2,
+        5,
+        "missing required key 'exchange' in account",
+    ),
+    "bad enum": (
+        "log: {format: jsn}\n",
+        1,
+        15,
+        "expected 'auto', 'json' or 'console', got 'jsn'",
+    ),
+    "bad listen": (
+        "http: {listen: 9464}\n",
+        1,
+        16,
+        "expected a string, got 9464",
+    ),
+    "bad qos": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', qos: 3}\n",
+        2,
+        49,
+        "expected 0, 1 or 2, got 3",
+    ),
+    "unknown sink type": (
+        "sinks:\n  - name: m\n    type: mqt\n",
+        3,
+        11,
+        "expected sink type mqtt or webhook, got 'mqt'",
+    ),
+    "sink without type": (
+        "sinks:\n  - name: m\n",
+        2,
+        5,
+        "missing required key 'type' in sink; expected one of: mqtt, webhook",
+    ),
+    "unknown sink key": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', qoss: 1}\n",
+        2,
+        44,
+        "unknown key 'qoss' in mqtt sink (did you mean 'qos'?)",
+    ),
+    "wrong sink url scheme": (
+        "sinks:\n  - {name: w, type: webhook, url: 'ftp://x'}\n",
+        2,
+        35,
+        "expected a URL with a host, starting with https:// or http://",
+    ),
+    "telegram without chat_id": (
+        "sinks:\n  - {name: w, type: webhook, format: telegram, url: 'https://x'}\n",
+        2,
+        5,
+        "missing required key 'chat_id' in sink: format telegram needs it",
+    ),
+    "missing env var": (
+        "accounts:\n  - name: t\n    exchange: coinw\n    credentials:\n"
+        "      api_key: ${BITSO_KEY}\n      api_secret: s\n",
+        5,
+        16,
+        "environment variable BITSO_KEY is not set (used as ${BITSO_KEY})",
+    ),
+    "unquoted reference in a flow mapping": (
+        VALID_ACCOUNT.replace("api_key: k", "api_key: ${BITSO_KEY}"),
+        4,
+        29,
+        "unexpected '{' in the { } or [ ] started at line 4; quote a value that contains ${...}",
+    ),
+    "missing cred file": (
+        VALID_ACCOUNT.replace("api_secret: s", "api_secret: '${cred:bitso}'"),
+        4,
+        43,
+        "cannot read /nonexistent/bitso for ${cred:bitso}: No such file or directory",
+    ),
+    "empty file": ("", 1, 1, "expected a mapping (key: value), got an empty value"),
+    "string where a mapping belongs is not quoted": (
+        "sinks:\n  - name: w\n    type: webhook\n    url: https://h\n"
+        "    headers: 'Authorization: Bearer plaintext'\n",
+        5,
+        14,
+        "expected a mapping (key: value), got a string",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_error_names_file_line_column_and_expectation(write: WriteFile, case: str) -> None:
+    text, line, column, message = ERROR_CASES[case]
+    path = write(text)
+    [problem] = problems(path, {"CREDENTIALS_DIRECTORY": "/nonexistent"})
+    assert (problem.file, problem.line, problem.column) == (str(path), line, column)
+    assert problem.message.startswith(message)
+
+
+def test_all_problems_are_reported_together_in_file_order(write: WriteFile) -> None:
+    path = write(
+        """
+        log: {level: loud}
+        colour: red
+        accounts:
+          - name: a
+            exchange: bitsoo
+          - name: b
+            exchange: coinw
+            credentials: {api_key: "${NOPE}", api_secret: s}
+            timeout: soon
+        sinks:
+          - {name: m, type: mqtt, url: 'mqtt://b', qos: 3}
+        """
+    )
+    found = problems(path)
+    assert [(p.line, p.column) for p in found] == [
+        (1, 14),
+        (2, 1),
+        (5, 15),
+        (8, 28),
+        (9, 14),
+        (11, 49),
+    ]
+    assert str(ConfigError(found)).splitlines()[0] == (
+        f"{path}:1:14: error: expected 'debug', 'info', 'warning' or 'error', got 'loud'"
+    )
+
+
+def test_substituted_value_is_shown_as_written_not_as_resolved(write: WriteFile) -> None:
+    path = write("defaults: {timeout: '${TMO}'}\nlog: {format: '${FMT}'}\n")
+    found = problems(path, {"TMO": "ten-seconds-value", "FMT": "fancy-format-value"})
+    assert [p.message for p in found] == [
+        "expected a duration like 500ms, 30s, 5m, 2h or 1d, got '${TMO}' (after substitution)",
+        "expected 'auto', 'json' or 'console', got '${FMT}' (after substitution)",
+    ]
+
+
+def test_a_failed_reference_is_reported_once(write: WriteFile) -> None:
+    found = problems(write("sinks:\n  - {name: m, type: mqtt, url: '${MQTT_URL}'}\n"))
+    assert [p.message for p in found] == [
+        "environment variable MQTT_URL is not set (used as ${MQTT_URL})"
+    ]
+
+
+def test_model_validates_without_the_loader() -> None:
+    config = Config.model_validate({"sinks": [{"name": "m", "type": "mqtt", "url": "mqtt://b"}]})
+    assert config.sinks[0].url == Secret("mqtt://b")
