@@ -1,0 +1,1 @@
+"""Rule language: expressions (expr), sample history (history)."""
