@@ -1,13 +1,76 @@
-"""Kuna Core: ``POST /v2/balance`` with an api-key or a JWT from ``/v2/auth/login``."""
+"""Kuna Core: ``POST /v2/balance`` with an api-key or a JWT from ``/v2/auth/login``.
+
+Wire to row (EXCHANGES.md, Kuna Core; one venue, named ``kunacore``):
+
+- ``balance`` -> available. Required: an entry without it tells nothing about the asset.
+- ``holdBalance`` -> hold (in processing), ``lockBalance`` -> aml_locked (blocked under AML
+  policy), ``referralBalance`` -> referral. Missing or null: that metric is None.
+- total = balance + holdBalance + lockBalance, added exactly (Kuna sends no total). If
+  holdBalance or lockBalance is missing, total is None too: a sum over a part would understate
+  the holdings and read as a drop. referralBalance stays out of total, as EXCHANGES.md defines it.
+- locked, pending_deposit, pending_withdrawal, rate_usd: never reported, always None.
+- ``depositAddress`` is not an amount and is ignored. Any other field is kept in ``extras`` as
+  text when it is a string or a number (newer docs mention funds in settlement under a name we
+  could not confirm), and never fails the poll. An asset listed twice is a bad response: which
+  row is right cannot be told.
+
+Auth, per account: header ``api-key``; or a JWT. For the JWT, ``POST /v2/auth/login`` with
+header ``merchant_id`` and a JSON body holding the login and password (the login's field name
+is unconfirmed: ``options.login_field``, ``login`` by default, ``email`` the other reading).
+The token (``data.accessToken``) is cached on the adapter instance. Its lifetime is
+undocumented, so a 401 from ``/v2/balance`` earns one fresh login and one retry; a second 401
+is an AuthError. A refused login (any 4xx but 408/429, or a 2xx without a token) is an
+AuthError: repeated bad logins can lock the merchant, so the scheduler must not retry fast.
+
+Errors and rate limits are undocumented: non-2xx answers map generically. Credentials (api
+key, password, token) echoed in an error body are masked before the body is quoted.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from collections.abc import Iterable
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from typing import Any, ClassVar, Final, Literal
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict
 
-from balwatch.adapters.base import Adapter
+from balwatch.adapters.base import AccountSpec, Adapter
+from balwatch.adapters.http import (
+    Response,
+    expect_list,
+    expect_object,
+    expect_str,
+    generic_status_error,
+    send,
+)
+from balwatch.errors import AuthError, BadResponse, RateLimited, SourceUnavailable
 from balwatch.model import Balance, Metric
+from balwatch.money import optional_amount, required_amount
+from balwatch.secret import Secret
+
+SOURCE: Final = "kunacore"
+BALANCE_PATH: Final = "/v2/balance"
+LOGIN_PATH: Final = "/v2/auth/login"
+API_KEY_HEADER: Final = "api-key"
+MERCHANT_HEADER: Final = "merchant_id"
+
+LoginField = Literal["login", "email"]
+# Both readings of the unconfirmed login field name; the fake service accepts either.
+LOGIN_FIELDS: Final[tuple[LoginField, ...]] = ("login", "email")
+
+# Wire amount field -> normalized metric (the fake service renders through the same table).
+WIRE_METRICS: Final[dict[str, Metric]] = {
+    "balance": "available",
+    "holdBalance": "hold",
+    "lockBalance": "aml_locked",
+    "referralBalance": "referral",
+}
+_NOT_EXTRAS: Final = frozenset({"asset", "depositAddress", *WIRE_METRICS})
+# Sums must not round: the default context keeps only 28 digits.
+_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+_MASK: Final = "***"
 
 
 class KunaCoreOptions(BaseModel):
@@ -15,10 +78,107 @@ class KunaCoreOptions(BaseModel):
 
     wallet_id: str | None = None
     assets: list[str] | None = None
+    # The login request's field for the merchant login: the docs leave its name unconfirmed.
+    login_field: LoginField = "login"
+
+
+def balance_body(options: KunaCoreOptions) -> dict[str, object]:
+    """The JSON body of ``/v2/balance``: the wallet and asset filters, each only when set."""
+    body: dict[str, object] = {}
+    if options.wallet_id is not None:
+        body["walletId"] = options.wallet_id
+    if options.assets is not None:
+        body["assets"] = list(options.assets)
+    return body
+
+
+def login_body(login: str, password: str, *, field: LoginField = "login") -> dict[str, str]:
+    """The JSON body of ``/v2/auth/login``: the only place the revealed password goes."""
+    return {field: login, "password": password}
+
+
+def token_from_login(resp: Response) -> str:
+    """The access token from a login answer, or the typed error for a failed login."""
+    if 200 <= resp.status < 300:
+        body = resp.json_or_none()
+        data = body.get("data") if isinstance(body, dict) else None
+        token = data.get("accessToken") if isinstance(data, dict) else None
+        if isinstance(token, str) and token:
+            return token
+        # The body is not quoted: it may hold other tokens.
+        raise AuthError(resp.source, f"login answered HTTP {resp.status} without data.accessToken")
+    error = generic_status_error(resp)
+    if isinstance(error, RateLimited | SourceUnavailable):
+        raise error
+    raise AuthError(resp.source, f"login refused: HTTP {resp.status}: {resp.snippet()}")
+
+
+def parse_balances(body: Any, account: str) -> list[Balance]:
+    """Every row of a ``/v2/balance`` answer, or BadResponse naming asset and field."""
+    data = expect_list(expect_object(body, SOURCE, "response").get("data"), SOURCE, "data")
+    rows: list[Balance] = []
+    seen: set[str] = set()
+    for entry in data:
+        row = _row(entry, account)
+        if row.asset in seen:
+            raise BadResponse(SOURCE, "asset listed twice", asset=row.asset, field="asset")
+        seen.add(row.asset)
+        rows.append(row)
+    return rows
+
+
+def _row(entry: Any, account: str) -> Balance:
+    item = expect_object(entry, SOURCE, "data item")
+    raw_asset = expect_str(item.get("asset"), SOURCE, "asset")
+    asset = raw_asset.upper()
+    available = required_amount(item, "balance", source=SOURCE, asset=asset)
+    hold = optional_amount(item, "holdBalance", source=SOURCE, asset=asset)
+    aml_locked = optional_amount(item, "lockBalance", source=SOURCE, asset=asset)
+    total = (
+        None
+        if hold is None or aml_locked is None
+        else _EXACT.add(_EXACT.add(available, hold), aml_locked)
+    )
+    return Balance(
+        account=account,
+        exchange=SOURCE,
+        venue=SOURCE,
+        asset=asset,
+        raw_asset=raw_asset,
+        total=total,
+        available=available,
+        hold=hold,
+        aml_locked=aml_locked,
+        referral=optional_amount(item, "referralBalance", source=SOURCE, asset=asset),
+        extras=_extras(item),
+    )
+
+
+def _extras(item: dict[str, Any]) -> dict[str, str]:
+    """Unknown string and number fields as text; anything else unknown is dropped."""
+    extras: dict[str, str] = {}
+    for key, value in item.items():
+        if key in _NOT_EXTRAS or isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            extras[key] = value
+        elif isinstance(value, int | Decimal):
+            # Through Decimal: str() of a huge int hits Python's digit limit.
+            extras[key] = str(Decimal(value))
+    return extras
+
+
+def _masked(resp: Response, secrets: Iterable[Secret]) -> Response:
+    """The response with any echoed credential masked, for quoting in error messages."""
+    text = resp.text
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret.reveal(), _MASK)
+    return dataclasses.replace(resp, text=text)
 
 
 class KunaCoreAdapter(Adapter):
-    name = "kunacore"
+    name = SOURCE
     default_base_url = None  # not published
     credential_sets = (frozenset({"api_key"}), frozenset({"merchant_id", "login", "password"}))
     options_model = KunaCoreOptions
@@ -26,5 +186,76 @@ class KunaCoreAdapter(Adapter):
         {"total", "available", "hold", "aml_locked", "referral"}
     )
 
+    def __init__(self, account: AccountSpec, session: aiohttp.ClientSession) -> None:
+        super().__init__(account, session)
+        options = account.options
+        if not isinstance(options, KunaCoreOptions):
+            raise TypeError(f"{self.name} needs KunaCoreOptions, got {type(options).__name__}")
+        self._options = options
+        self._token: Secret | None = None
+
     async def fetch(self) -> list[Balance]:
-        raise NotImplementedError
+        credentials = self.account.credentials
+        if "api_key" in credentials:
+            resp = await self._post_balance({API_KEY_HEADER: credentials["api_key"].reveal()})
+        else:
+            resp = await self._post_balance_with_token()
+        error = generic_status_error(self._quotable(resp))
+        if isinstance(error, AuthError):
+            self._token = None  # refused: the next poll logs in afresh
+        if error is not None:
+            raise error
+        return parse_balances(resp.json(), self.account.name)
+
+    async def _post_balance_with_token(self) -> Response:
+        if self._token is None:
+            self._token = await self._login()
+        resp = await self._post_balance(self._bearer(self._token))
+        if resp.status != 401:
+            return resp
+        # The token may have expired (its lifetime is undocumented): one login, one retry.
+        self._token = None  # stale either way, even if this login fails
+        self._token = await self._login()
+        return await self._post_balance(self._bearer(self._token))
+
+    async def _login(self) -> Secret:
+        credentials = self.account.credentials
+        resp = await send(
+            self.session,
+            self.name,
+            "POST",
+            self._url(LOGIN_PATH),
+            timeout=self.account.timeout,
+            headers={MERCHANT_HEADER: credentials["merchant_id"].reveal()},
+            json_body=login_body(
+                credentials["login"].reveal(),
+                credentials["password"].reveal(),
+                field=self._options.login_field,
+            ),
+        )
+        return Secret(token_from_login(self._quotable(resp)))
+
+    async def _post_balance(self, headers: dict[str, str]) -> Response:
+        return await send(
+            self.session,
+            self.name,
+            "POST",
+            self._url(BALANCE_PATH),
+            timeout=self.account.timeout,
+            headers=headers,
+            json_body=balance_body(self._options),
+        )
+
+    @staticmethod
+    def _bearer(token: Secret) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token.reveal()}"}
+
+    def _quotable(self, resp: Response) -> Response:
+        """An error answer with credentials masked; a 2xx body untouched, since it is parsed."""
+        if 200 <= resp.status < 300:
+            return resp
+        secrets = [self.account.credentials.get(k) for k in ("api_key", "password")]
+        return _masked(resp, [s for s in (*secrets, self._token) if s is not None])
+
+    def _url(self, path: str) -> str:
+        return self.account.base_url.rstrip("/") + path
