@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-import aiohttp
-
 from balwatch import __version__, logs
+from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config
 from balwatch.errors import ConfigError
-from balwatch.poll import PollResult, poll_all
+from balwatch.poll import PollResult, make_adapter, poll_all
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.table import balances_table, failures_table
@@ -45,9 +44,9 @@ def _load(path: Path, environ: dict[str, str] | None = None) -> Config | None:
 
 
 async def _poll(config: Config) -> list[PollResult]:
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         return await poll_all(
-            session, [(a.exchange, config.account_spec(a)) for a in config.accounts]
+            make_adapter(a.exchange, config.account_spec(a), session) for a in config.accounts
         )
 
 

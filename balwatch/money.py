@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Final
 
 from balwatch.errors import BadResponse
@@ -12,6 +12,8 @@ from balwatch.errors import BadResponse
 _AMOUNT_RE: Final = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,4})?")
 # Largest magnitude accepted: far beyond any real balance, small enough to keep Decimal cheap.
 _MAX_EXPONENT: Final = 40
+# Wide enough that sums of accepted amounts (<= 1e41, 4-digit exponents) never round.
+_EXACT: Final = Context(prec=10_100, Emin=-20_000, Emax=20_000)
 
 
 def parse_amount(value: object, *, source: str, asset: str | None, field: str) -> Decimal:
@@ -62,3 +64,11 @@ def required_amount(
     if key not in container or container[key] is None:
         raise BadResponse(source, "required amount missing", asset=asset, field=key)
     return parse_amount(container[key], source=source, asset=asset, field=key)
+
+
+def exact_sum(*values: Decimal) -> Decimal:
+    """Sum without the default context's 28-digit rounding: totals must match to the last unit."""
+    total = Decimal(0)
+    for value in values:
+        total = _EXACT.add(total, value)
+    return total

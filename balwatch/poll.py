@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 
-from balwatch.adapters import REGISTRY, AccountSpec
+from balwatch.adapters import REGISTRY, AccountSpec, Adapter
 from balwatch.errors import BadResponse, SourceError
 from balwatch.model import Balance
 
@@ -30,11 +30,14 @@ class PollResult:
         return self.error is None
 
 
-async def poll_account(
-    session: aiohttp.ClientSession, exchange: str, spec: AccountSpec
-) -> PollResult:
+def make_adapter(exchange: str, spec: AccountSpec, session: aiohttp.ClientSession) -> Adapter:
+    """One adapter per account, kept across polls: it holds login tokens and nonces."""
+    return REGISTRY[exchange](spec, session)
+
+
+async def poll_account(adapter: Adapter) -> PollResult:
     """Poll once. Never raises for anything the source does: a failed poll is a result."""
-    adapter = REGISTRY[exchange](spec, session)
+    spec, exchange = adapter.account, adapter.name
     started = time.perf_counter()
     rows: list[Balance] | None = None
     error: SourceError | None = None
@@ -59,8 +62,6 @@ async def poll_account(
     return PollResult(spec.name, exchange, rows, error, elapsed)
 
 
-async def poll_all(
-    session: aiohttp.ClientSession, accounts: Iterable[tuple[str, AccountSpec]]
-) -> list[PollResult]:
-    """Poll every (exchange, spec) concurrently; results in the order given."""
-    return list(await asyncio.gather(*(poll_account(session, ex, spec) for ex, spec in accounts)))
+async def poll_all(adapters: Iterable[Adapter]) -> list[PollResult]:
+    """Poll every account concurrently; results in the order given."""
+    return list(await asyncio.gather(*(poll_account(a) for a in adapters)))

@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from balwatch.adapters import REGISTRY, AccountSpec
+from balwatch.adapters.http import new_session
 from balwatch.secret import Secret
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount, SimState
@@ -18,7 +19,7 @@ StartSim = Callable[..., Awaitable[Simulator]]
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         yield session
 
 

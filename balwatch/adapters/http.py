@@ -79,6 +79,19 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
+def new_session() -> aiohttp.ClientSession:
+    """The one client session the adapters share (create it inside the running loop).
+
+    aiohttp silently resends an idempotent request once when a kept-alive connection drops.
+    That replays Bitso's one-time signed nonce, which Bitso answers with an auth error; a
+    failed poll is retried by the scheduler with a fresh signature instead. aiohttp has no
+    public switch for this, hence the private attribute.
+    """
+    session = aiohttp.ClientSession()
+    session._retry_connection = False
+    return session
+
+
 async def send(
     session: aiohttp.ClientSession,
     source: str,
