@@ -1,0 +1,1 @@
+"""Alert receivers: MQTT and webhooks, each behind balwatch.sinks.base.Sink."""
