@@ -29,9 +29,11 @@ class Sink(ABC):
 
     name: str
 
+    @abstractmethod
     async def start(self) -> None:
         """Open connections; a sink that cannot connect yet still starts (and retries)."""
 
+    @abstractmethod
     async def close(self) -> None:
         """Flush what is in flight and release connections."""
 
