@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Context, Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from typing import Final
 
 from balwatch.errors import BadResponse
@@ -12,8 +12,11 @@ from balwatch.errors import BadResponse
 _AMOUNT_RE: Final = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,4})?")
 # Largest magnitude accepted: far beyond any real balance, small enough to keep Decimal cheap.
 _MAX_EXPONENT: Final = 40
-# Wide enough that sums of accepted amounts (<= 1e41, 4-digit exponents) never round.
-_EXACT: Final = Context(prec=10_100, Emin=-20_000, Emax=20_000)
+# Most decimal places accepted: wei is 1e-18; more is noise or an attack on Decimal's cost.
+_MAX_SCALE: Final = 40
+# Accepted amounts have at most 41 integer and 40 fractional digits, so sums of a few of
+# them fit in 200 digits exactly; Inexact is trapped so a bug cannot round silently.
+_EXACT: Final = Context(prec=200, traps=[Inexact, InvalidOperation, Overflow])
 
 
 def parse_amount(value: object, *, source: str, asset: str | None, field: str) -> Decimal:
@@ -45,6 +48,11 @@ def parse_amount(value: object, *, source: str, asset: str | None, field: str) -
         raise BadResponse(source, f"amount is negative: {value}", asset=asset, field=field)
     if value and value.adjusted() > _MAX_EXPONENT:
         raise BadResponse(source, "amount is implausibly large", asset=asset, field=field)
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -_MAX_SCALE:
+        raise BadResponse(
+            source, f"more than {_MAX_SCALE} decimal places", asset=asset, field=field
+        )
     return value
 
 

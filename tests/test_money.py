@@ -49,6 +49,8 @@ def test_valid_amounts_are_exact(wire: object, expected: Decimal) -> None:
         ("1e999999", "not a decimal"),
         ("1e100", "implausibly large"),
         ("-5", "negative"),
+        ("1e-41", "decimal places"),
+        (Decimal("1E-99999"), "decimal places"),
         (True, "boolean"),
         (False, "boolean"),
         (None, "got NoneType"),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ from balwatch.errors import (
     SourceError,
     SourceUnavailable,
 )
+from balwatch.secret import Secret
 
 # An error body is quoted in messages only this far: enough to diagnose, never a whole page.
 _SNIPPET = 120
@@ -53,6 +55,14 @@ class Response:
 
     def retry_after(self) -> float | None:
         return parse_retry_after(self.headers.get("Retry-After"))
+
+    def masked(self, secrets: Iterable[Secret | None]) -> Response:
+        """This answer with any echoed credential masked, fit to quote in an error message."""
+        text = self.text
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret.reveal(), "***")
+        return dataclasses.replace(self, text=text)
 
 
 def _reject_constant(name: str) -> Any:

@@ -28,9 +28,7 @@ key, password, token) echoed in an error body are masked before the body is quot
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal
 
 import aiohttp
@@ -47,7 +45,7 @@ from balwatch.adapters.http import (
 )
 from balwatch.errors import AuthError, BadResponse, RateLimited, SourceUnavailable
 from balwatch.model import Balance, Metric
-from balwatch.money import optional_amount, required_amount
+from balwatch.money import exact_sum, optional_amount, required_amount
 from balwatch.secret import Secret
 
 SOURCE: Final = "kunacore"
@@ -68,9 +66,6 @@ WIRE_METRICS: Final[dict[str, Metric]] = {
     "referralBalance": "referral",
 }
 _NOT_EXTRAS: Final = frozenset({"asset", "depositAddress", *WIRE_METRICS})
-# Sums must not round: the default context keeps only 28 digits.
-_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-_MASK: Final = "***"
 
 
 class KunaCoreOptions(BaseModel):
@@ -134,11 +129,7 @@ def _row(entry: Any, account: str) -> Balance:
     available = required_amount(item, "balance", source=SOURCE, asset=asset)
     hold = optional_amount(item, "holdBalance", source=SOURCE, asset=asset)
     aml_locked = optional_amount(item, "lockBalance", source=SOURCE, asset=asset)
-    total = (
-        None
-        if hold is None or aml_locked is None
-        else _EXACT.add(_EXACT.add(available, hold), aml_locked)
-    )
+    total = None if hold is None or aml_locked is None else exact_sum(available, hold, aml_locked)
     return Balance(
         account=account,
         exchange=SOURCE,
@@ -166,15 +157,6 @@ def _extras(item: dict[str, Any]) -> dict[str, str]:
             # Through Decimal: str() of a huge int hits Python's digit limit.
             extras[key] = str(Decimal(value))
     return extras
-
-
-def _masked(resp: Response, secrets: Iterable[Secret]) -> Response:
-    """The response with any echoed credential masked, for quoting in error messages."""
-    text = resp.text
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret.reveal(), _MASK)
-    return dataclasses.replace(resp, text=text)
 
 
 class KunaCoreAdapter(Adapter):
@@ -255,7 +237,7 @@ class KunaCoreAdapter(Adapter):
         if 200 <= resp.status < 300:
             return resp
         secrets = [self.account.credentials.get(k) for k in ("api_key", "password")]
-        return _masked(resp, [s for s in (*secrets, self._token) if s is not None])
+        return resp.masked([s for s in (*secrets, self._token) if s is not None])
 
     def _url(self, path: str) -> str:
         return self.account.base_url.rstrip("/") + path

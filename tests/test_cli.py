@@ -1,0 +1,229 @@
+"""The balwatch command as a user runs it: real processes, real simulator, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.conftest import StartSim
+
+BITSO_SECRET = "TOPSECRET-bitso-9f8e7d6c"
+COINW_SECRET = "TOPSECRET-coinw-1a2b3c4d"
+KUNA_PASSWORD = "TOPSECRET-kuna-5e6f7a8b"
+SECRETS = (BITSO_SECRET, COINW_SECRET, KUNA_PASSWORD, "wrong-secret-00ff")
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "balwatch",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def write_config(path: Path, url: str) -> Path:
+    path.write_text(
+        f"""
+accounts:
+  - name: bitso-good
+    exchange: bitso
+    base_url: {url}
+    credentials: {{api_key: bk1, api_secret: "${{BITSO_SECRET}}"}}
+  - name: bitso-badsecret
+    exchange: bitso
+    base_url: {url}
+    credentials: {{api_key: bk2, api_secret: "${{WRONG_SECRET}}"}}
+  - name: coinw-throttled
+    exchange: coinw
+    base_url: {url}
+    credentials: {{api_key: ck1, api_secret: "${{COINW_SECRET}}"}}
+  - name: kuna-jwt
+    exchange: kunacore
+    base_url: {url}
+    credentials: {{merchant_id: m1, login: ops@example.com, password: "${{KUNA_PASSWORD}}"}}
+"""
+    )
+    return path
+
+
+ENV = {
+    "BITSO_SECRET": BITSO_SECRET,
+    "WRONG_SECRET": "wrong-secret-00ff",
+    "COINW_SECRET": COINW_SECRET,
+    "KUNA_PASSWORD": KUNA_PASSWORD,
+}
+
+
+def sim_accounts() -> list[SimAccount]:
+    return [
+        SimAccount(
+            "bitso-good",
+            "bitso",
+            api_key="bk1",
+            api_secret=BITSO_SECRET,
+            balances={"bitso": {"USDT": {"available": "4210.55", "locked": "10"}}},
+        ),
+        SimAccount(
+            "bitso-badsecret",
+            "bitso",
+            api_key="bk2",
+            api_secret="the-real-secret",
+            balances={"bitso": {"USDT": {"available": "1"}}},
+        ),
+        SimAccount(
+            "coinw-throttled",
+            "coinw",
+            api_key="ck1",
+            api_secret=COINW_SECRET,
+            balances={"coinw": {"BTC": {"available": "0.5", "locked": "0"}}},
+            faults=deque([Fault(FaultKind.THROTTLE)]),
+        ),
+        SimAccount(
+            "kuna-jwt",
+            "kunacore",
+            merchant_id="m1",
+            login="ops@example.com",
+            password=KUNA_PASSWORD,
+            balances={"kunacore": {"USDT": {"available": "88000", "aml_locked": "25"}}},
+        ),
+    ]
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+
+
+async def test_balances_prints_rows_and_failures_without_secrets(
+    start_sim: StartSim, tmp_path: Path
+) -> None:
+    sim = await start_sim(*sim_accounts())
+    config = write_config(tmp_path / "balwatch.yaml", sim.url)
+
+    code, out, err = await run_cli("balances", "-c", str(config), env=ENV)
+
+    assert code == 3, (out, err)
+    assert "bitso-good" in out and "4210.55" in out
+    assert "kuna-jwt" in out and "88000" in out
+    failed = out.split("failed polls:")[1]
+    assert "bitso-badsecret" in failed and "auth" in failed
+    assert "coinw-throttled" in failed and "rate_limited" in failed
+    # one structured log event per failed poll, naming account and kind
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    failures = {e["account"]: e["kind"] for e in events if e["event"] == "poll_failed"}
+    assert failures == {"bitso-badsecret": "auth", "coinw-throttled": "rate_limited"}
+    assert_no_secret(out, err)
+
+
+async def test_balances_json_keeps_exact_decimals_and_nulls(
+    start_sim: StartSim, tmp_path: Path
+) -> None:
+    sim = await start_sim(*sim_accounts())
+    config = write_config(tmp_path / "balwatch.yaml", sim.url)
+
+    code, out, err = await run_cli("balances", "-c", str(config), "--json", env=ENV)
+
+    assert code == 3
+    doc = json.loads(out)
+    rows = {(r["account"], r["asset"]): r for r in doc["balances"]}
+    bitso = rows[("bitso-good", "USDT")]
+    assert bitso["available"] == "4210.55" and bitso["total"] == "4220.55"
+    assert bitso["hold"] is None  # Bitso does not report it: null, never 0
+    kuna = rows[("kuna-jwt", "USDT")]
+    assert kuna["aml_locked"] == "25" and kuna["locked"] is None
+    assert {e["account"]: e["kind"] for e in doc["errors"]} == {
+        "bitso-badsecret": "auth",
+        "coinw-throttled": "rate_limited",
+    }
+    assert_no_secret(out, err)
+
+
+async def test_check_reports_every_error_with_position(tmp_path: Path) -> None:
+    config = tmp_path / "balwatch.yaml"
+    config.write_text(
+        "accounts:\n"
+        "  - name: a\n"
+        "    exchange: bitsoo\n"
+        "    credentials: {api_key: k}\n"
+        "  - name: b\n"
+        "    exchange: bitso\n"
+        "    poll_intervall: 30s\n"
+        "    credentials: {api_key: k, api_secret: s}\n"
+    )
+    code, _, err = await run_cli("check", "-c", str(config))
+    assert code == 1
+    assert f"{config}:3:15: error:" in err and "bitsoo" in err
+    assert f"{config}:7:5: error:" in err and "poll_intervall" in err
+
+
+async def test_check_accepts_a_valid_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "balwatch.yaml", "http://127.0.0.1:1")
+    code, out, _ = await run_cli("check", "-c", str(config), env=ENV)
+    assert code == 0 and "ok (4 accounts" in out
+
+
+async def test_missing_variable_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "balwatch.yaml", "http://127.0.0.1:1")
+    env = {k: v for k, v in ENV.items() if k != "COINW_SECRET"}
+    code, _, err = await run_cli("check", "-c", str(config), env={**env, "COINW_SECRET": ""})
+    # an empty secret is as wrong as a missing one; either way the file position is given
+    assert code == 1 and f"{config}:" in err
+    assert_no_secret(err)
+
+
+async def test_demo_runs_without_setup() -> None:
+    code, out, err = await run_cli("demo")
+    assert code == 0, err
+    for account in ("bitso-treasury", "coinapi-ems", "kuna-custody", "coinw-spot"):
+        assert account in out
+    assert "BINANCESPOT" in out and "61250.10" in out
+
+
+async def test_simulate_then_balances_as_in_the_readme(tmp_path: Path) -> None:
+    config = tmp_path / "sim.yaml"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "balwatch",
+        "simulate",
+        "--port",
+        "0",
+        "--write-config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "simulate exited early"
+            if "wrote a config" in line:
+                break
+        code, out, err = await run_cli("balances", "-c", str(config))
+        assert code == 0, err
+        assert "bitso-treasury" in out and "coinw-spot" in out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+@pytest.mark.parametrize("command", ["balances", "check"])
+async def test_missing_config_file_is_reported(command: str, tmp_path: Path) -> None:
+    code, _, err = await run_cli(command, "-c", str(tmp_path / "nope.yaml"))
+    assert code == 1 and "nope.yaml:1:1" in err
