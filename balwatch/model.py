@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Final, Literal
+from types import MappingProxyType
+from typing import Final, Literal, NamedTuple
 
 Metric = Literal[
     "total",
@@ -31,9 +32,15 @@ METRICS: Final[tuple[Metric, ...]] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Balance:
-    """One (account, venue, asset) row. A metric the source does not report is ``None``."""
+_NO_EXTRAS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class Balance(NamedTuple):
+    """One (account, venue, asset) row. A metric the source does not report is ``None``.
+
+    A NamedTuple rather than a frozen dataclass: just as immutable, and several times
+    cheaper to build, which matters when 10,000 rows arrive per poll round.
+    """
 
     account: str
     exchange: str
@@ -50,7 +57,7 @@ class Balance:
     referral: Decimal | None = None
     rate_usd: Decimal | None = None
     # Source fields with no column of their own (CoinAPI `traded`, unknown Kuna amounts).
-    extras: dict[str, str] = field(default_factory=dict)
+    extras: Mapping[str, str] = _NO_EXTRAS
 
     def metric(self, name: Metric) -> Decimal | None:
         value: Decimal | None = getattr(self, name)
