@@ -1,0 +1,43 @@
+"""Log lines are JSON for journald and never carry a secret, even one echoed back as text."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from balwatch import logs
+from balwatch.secret import Secret
+
+KEY = Secret("sk-live-4f9a8b7c6d5e")
+
+
+def test_json_lines_mask_secrets_in_any_field() -> None:
+    out = io.StringIO()
+    logs.configure("json", "info", [KEY], stream=out)
+    log = structlog.get_logger("t")
+    log.warning("poll_failed", account="a", error=f"server said: bad key {KEY.reveal()}")
+    log.info("config", credentials={"api_key": KEY})
+    try:
+        raise ValueError(f"boom {KEY.reveal()}")
+    except ValueError:
+        log.exception("adapter_bug")
+    text = out.getvalue()
+    assert KEY.reveal() not in text
+    events = [json.loads(line) for line in text.splitlines()]
+    assert events[0]["event"] == "poll_failed" and events[0]["level"] == "warning"
+    assert events[0]["error"] == "server said: bad key ***"
+    assert events[1]["credentials"] == {"api_key": "Secret('***')"}
+    assert "boom ***" in events[2]["exception"]
+
+
+def test_level_filters_and_console_format() -> None:
+    out = io.StringIO()
+    logs.configure("console", "warning", [], stream=out)
+    log = structlog.get_logger("t")
+    log.info("hidden")
+    log.warning("shown", account="a")
+    text = out.getvalue()
+    assert "hidden" not in text and "shown" in text and "account" in text
+    assert not text.lstrip().startswith("{")
