@@ -1,0 +1,69 @@
+"""Per-credential request limiter: never exceed a source's documented limit.
+
+A sliding-window log, the way the exchanges count: at most ``requests`` starts in any
+``per_seconds`` window. Accounts that share a credential share a limiter, because the
+source counts per key, not per account of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from balwatch.adapters.base import RateLimit
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# Fraction of a documented limit we allow ourselves: other clients may share the key,
+# and a lock-out (Bitso: a minute, repeated: a day) costs far more than a slower poll.
+DEFAULT_HEADROOM = 0.8
+
+
+class Limiter:
+    """``await limiter.acquire()`` returns once a request may start."""
+
+    def __init__(
+        self, limit: RateLimit, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        if limit.requests < 1 or limit.per_seconds <= 0:
+            raise ValueError(f"a rate limit needs requests >= 1 and a period > 0, got {limit}")
+        self.limit = limit
+        self._clock = clock
+        self._sleep = sleep
+        self._starts: deque[float] = deque()
+        self._lock = asyncio.Lock()  # FIFO: waiters are served in arrival order
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                while self._starts and now - self._starts[0] >= self.limit.per_seconds:
+                    self._starts.popleft()
+                if len(self._starts) < self.limit.requests:
+                    self._starts.append(now)
+                    return
+                await self._sleep(self._starts[0] + self.limit.per_seconds - now)
+
+
+def with_headroom(limit: RateLimit, headroom: float = DEFAULT_HEADROOM) -> RateLimit:
+    """The documented limit scaled down, never below one request per period."""
+    return RateLimit(max(1, int(limit.requests * headroom)), limit.per_seconds)
+
+
+class LimiterRegistry:
+    """One limiter per credential key (a Secret fingerprint, or the account when keyless)."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._limiters: dict[str, Limiter] = {}
+
+    def get(self, key: str, limit: RateLimit) -> Limiter:
+        limiter = self._limiters.get(key)
+        if limiter is None or limiter.limit != limit:
+            limiter = Limiter(limit, clock=self._clock, sleep=self._sleep)
+            self._limiters[key] = limiter
+        return limiter

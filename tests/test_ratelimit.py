@@ -1,0 +1,62 @@
+"""The limiter never lets more than the limit start in any window, even under contention."""
+
+from __future__ import annotations
+
+import asyncio
+
+from balwatch.adapters.base import RateLimit
+from balwatch.ratelimit import Limiter, LimiterRegistry, with_headroom
+
+
+class FakeTime:
+    """A clock that advances only when someone sleeps on it: tests run instantly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def max_in_window(starts: list[float], per: float) -> int:
+    best, first = 0, 0
+    for last, t in enumerate(starts):
+        while t - starts[first] >= per:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+async def test_concurrent_callers_never_exceed_the_limit() -> None:
+    t = FakeTime()
+    limiter = Limiter(RateLimit(5, 2.0), clock=t.clock, sleep=t.sleep)
+    starts: list[float] = []
+
+    async def caller() -> None:
+        for _ in range(10):
+            await limiter.acquire()
+            starts.append(t.clock())
+
+    await asyncio.gather(*(caller() for _ in range(4)))
+    assert len(starts) == 40
+    assert max_in_window(starts, 2.0) == 5
+    # and it is not slower than it must be: 40 starts at 5 per 2 s take 7 windows
+    assert starts[-1] - starts[0] == 14.0
+
+
+def test_headroom_scales_down_but_keeps_one() -> None:
+    assert with_headroom(RateLimit(300, 60.0)) == RateLimit(240, 60.0)
+    assert with_headroom(RateLimit(5, 2.0)) == RateLimit(4, 2.0)
+    assert with_headroom(RateLimit(1, 1.0)) == RateLimit(1, 1.0)
+
+
+def test_registry_shares_one_limiter_per_credential() -> None:
+    registry = LimiterRegistry()
+    a = registry.get("key-fp-1", RateLimit(5, 2.0))
+    assert registry.get("key-fp-1", RateLimit(5, 2.0)) is a
+    assert registry.get("key-fp-2", RateLimit(5, 2.0)) is not a
+    assert registry.get("key-fp-1", RateLimit(4, 2.0)) is not a  # a changed limit applies
