@@ -1,0 +1,215 @@
+"""One alert notification (a lifecycle transition) and its JSON form (DESIGN.md section 5).
+
+The rule engine produces :class:`Alert` values; the outbox stores ``to_json()`` and reads it
+back with :meth:`Alert.from_json`; MQTT and generic webhooks publish ``to_json()`` as is.
+``id`` is new for every notification (consumers dedupe on it: delivery is at least once),
+``fingerprint`` is the same for every notification of one (rule, account, venue, asset).
+
+``notify`` (the sinks to use, ``None`` = all) is routing, not content: it is not part of the
+JSON document, so ``from_json`` takes it as an argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Final, Literal, cast, get_args
+
+from balwatch.rules.rule import SEVERITIES, Severity
+from balwatch.rules.template import decimal_text
+
+Status = Literal["firing", "resolved"]
+Event = Literal["firing", "repeat", "resolved"]
+VERSION: Final = 1
+JSON_KEYS: Final = (
+    "version",
+    "id",
+    "fingerprint",
+    "status",
+    "event",
+    "rule",
+    "severity",
+    "account",
+    "exchange",
+    "venue",
+    "asset",
+    "summary",
+    "description",
+    "labels",
+    "expression",
+    "values",
+    "started_at",
+    "resolved_at",
+    "observed_at",
+)
+
+
+def fingerprint(rule: str, account: str, venue: str | None, asset: str | None) -> str:
+    """Stable 64-bit hex id of one alert series; ``None`` venue/asset for account scope.
+
+    JSON-encoding the parts keeps ``None`` distinct from any string and the separators
+    unambiguous, so no two different tuples hash the same input.
+    """
+    data = json.dumps([rule, account, venue, asset], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def iso_z(moment: datetime) -> str:
+    """ISO-8601 in UTC with ``Z``; microseconds only when there are some."""
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds" if utc.microsecond else "seconds") + "Z"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """One notification. Times are timezone-aware; ``venue``/``asset`` are None for account
+    scope. ``status`` is ``resolved`` exactly for the ``resolved`` event, which alone has a
+    ``resolved_at``; ``started_at`` is when the condition first held (the start of
+    ``pending``), as in the DESIGN.md example (started 10:00, fired 10:02 with ``for: 2m``).
+    """
+
+    fingerprint: str
+    event: Event
+    rule: str
+    severity: Severity
+    account: str
+    exchange: str
+    venue: str | None
+    asset: str | None
+    summary: str
+    description: str
+    labels: Mapping[str, str]
+    expression: str
+    values: Mapping[str, Decimal]
+    started_at: datetime
+    observed_at: datetime
+    resolved_at: datetime | None = None
+    notify: tuple[str, ...] | None = None
+    id: str = field(default_factory=new_id)
+
+    def __post_init__(self) -> None:
+        if self.event not in get_args(Event):
+            raise ValueError(f"unknown event {self.event!r}")
+        if (self.event == "resolved") != (self.resolved_at is not None):
+            raise ValueError("resolved_at is set exactly for the resolved event")
+        for name in ("started_at", "observed_at", "resolved_at"):
+            moment = getattr(self, name)
+            if moment is not None and moment.utcoffset() is None:
+                raise ValueError(f"{name} must be timezone-aware")
+
+    @property
+    def status(self) -> Status:
+        return "resolved" if self.event == "resolved" else "firing"
+
+    def to_json(self) -> dict[str, object]:
+        """The DESIGN.md section 5 document: amounts as decimal strings, times ISO with Z."""
+        return {
+            "version": VERSION,
+            "id": self.id,
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "event": self.event,
+            "rule": self.rule,
+            "severity": self.severity,
+            "account": self.account,
+            "exchange": self.exchange,
+            "venue": self.venue,
+            "asset": self.asset,
+            "summary": self.summary,
+            "description": self.description,
+            "labels": dict(self.labels),
+            "expression": self.expression,
+            "values": {k: decimal_text(v) for k, v in self.values.items()},
+            "started_at": iso_z(self.started_at),
+            "resolved_at": None if self.resolved_at is None else iso_z(self.resolved_at),
+            "observed_at": iso_z(self.observed_at),
+        }
+
+    @classmethod
+    def from_json(
+        cls, data: Mapping[str, object], *, notify: tuple[str, ...] | None = None
+    ) -> Alert:
+        """Inverse of :meth:`to_json`; raises ValueError naming the first bad key."""
+        missing = [key for key in JSON_KEYS if key not in data]
+        if missing:
+            raise ValueError(f"alert JSON lacks {', '.join(missing)}")
+        if data["version"] != VERSION:
+            raise ValueError(f"alert JSON version {data['version']!r} is not {VERSION}")
+        event = _str(data, "event")
+        if event not in get_args(Event):
+            raise ValueError(f"alert JSON event {event!r} is unknown")
+        status = _str(data, "status")
+        if status != ("resolved" if event == "resolved" else "firing"):
+            raise ValueError(f"alert JSON status {status!r} does not fit event {event!r}")
+        severity = _str(data, "severity")
+        if severity not in SEVERITIES:
+            raise ValueError(f"alert JSON severity {severity!r} is unknown")
+        resolved_at = data["resolved_at"]
+        return cls(
+            id=_str(data, "id"),
+            fingerprint=_str(data, "fingerprint"),
+            event=cast(Event, event),
+            rule=_str(data, "rule"),
+            severity=severity,
+            account=_str(data, "account"),
+            exchange=_str(data, "exchange"),
+            venue=_opt_str(data, "venue"),
+            asset=_opt_str(data, "asset"),
+            summary=_str(data, "summary"),
+            description=_str(data, "description"),
+            labels=_str_map(data, "labels"),
+            expression=_str(data, "expression"),
+            values={k: _decimal(k, v) for k, v in _str_map(data, "values").items()},
+            started_at=_time(data["started_at"], "started_at"),
+            resolved_at=None if resolved_at is None else _time(resolved_at, "resolved_at"),
+            observed_at=_time(data["observed_at"], "observed_at"),
+            notify=notify,
+        )
+
+
+def _str(data: Mapping[str, object], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise ValueError(f"alert JSON {key} must be a string")
+    return value
+
+
+def _opt_str(data: Mapping[str, object], key: str) -> str | None:
+    return None if data[key] is None else _str(data, key)
+
+
+def _str_map(data: Mapping[str, object], key: str) -> dict[str, str]:
+    value = data[key]
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"alert JSON {key} must map strings to strings")
+    return cast(dict[str, str], value)
+
+
+def _decimal(key: str, text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"alert JSON value {key!r} is not a decimal: {text!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"alert JSON value {key!r} is not finite: {text!r}")
+    return value
+
+
+def _time(value: object, key: str) -> datetime:
+    if not isinstance(value, str) or not value.endswith("Z"):
+        raise ValueError(f"alert JSON {key} must be an ISO-8601 time ending in Z")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"alert JSON {key} is not an ISO-8601 time: {value!r}") from None
