@@ -1,15 +1,16 @@
 """Per-credential request limiter: never exceed a source's documented limit.
 
-A sliding-window log, the way the exchanges count: at most ``requests`` starts in any
-``per_seconds`` window. Accounts that share a credential share a limiter, because the
-source counts per key, not per account of ours.
+Requests are paced evenly, one every ``per_seconds / requests``, rather than allowed in
+bursts up to the window's count: the source counts arrivals, and network latency varies,
+so a burst at the end of one window and one at the start of the next can land inside a
+single window of the server's. Paced starts keep that slack. Accounts that share a
+credential share a limiter, because the source counts per key, not per account of ours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from balwatch.adapters.base import RateLimit
@@ -31,21 +32,19 @@ class Limiter:
         if limit.requests < 1 or limit.per_seconds <= 0:
             raise ValueError(f"a rate limit needs requests >= 1 and a period > 0, got {limit}")
         self.limit = limit
+        self._spacing = limit.per_seconds / limit.requests
         self._clock = clock
         self._sleep = sleep
-        self._starts: deque[float] = deque()
+        self._next_start = float("-inf")
         self._lock = asyncio.Lock()  # FIFO: waiters are served in arrival order
 
     async def acquire(self) -> None:
         async with self._lock:
-            while True:
-                now = self._clock()
-                while self._starts and now - self._starts[0] >= self.limit.per_seconds:
-                    self._starts.popleft()
-                if len(self._starts) < self.limit.requests:
-                    self._starts.append(now)
-                    return
-                await self._sleep(self._starts[0] + self.limit.per_seconds - now)
+            now = self._clock()
+            if now < self._next_start:
+                await self._sleep(self._next_start - now)
+                now = max(self._clock(), self._next_start)
+            self._next_start = now + self._spacing
 
 
 def with_headroom(limit: RateLimit, headroom: float = DEFAULT_HEADROOM) -> RateLimit:

@@ -1,8 +1,9 @@
-"""The limiter never lets more than the limit start in any window, even under contention."""
+"""The limiter paces starts so no window ever holds more than the limit, even under contention."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from balwatch.adapters.base import RateLimit
 from balwatch.ratelimit import Limiter, LimiterRegistry, with_headroom
@@ -33,7 +34,7 @@ def max_in_window(starts: list[float], per: float) -> int:
 
 async def test_concurrent_callers_never_exceed_the_limit() -> None:
     t = FakeTime()
-    limiter = Limiter(RateLimit(5, 2.0), clock=t.clock, sleep=t.sleep)
+    limiter = Limiter(RateLimit(4, 2.0), clock=t.clock, sleep=t.sleep)
     starts: list[float] = []
 
     async def caller() -> None:
@@ -43,9 +44,9 @@ async def test_concurrent_callers_never_exceed_the_limit() -> None:
 
     await asyncio.gather(*(caller() for _ in range(4)))
     assert len(starts) == 40
-    assert max_in_window(starts, 2.0) == 5
-    # and it is not slower than it must be: 40 starts at 5 per 2 s take 7 windows
-    assert starts[-1] - starts[0] == 14.0
+    assert max_in_window(starts, 2.0) == 4
+    # evenly paced, and no slower than it must be: one start every 0.5 s
+    assert [b - a for a, b in itertools.pairwise(starts)] == [0.5] * 39
 
 
 def test_headroom_scales_down_but_keeps_one() -> None:
