@@ -1,0 +1,385 @@
+"""MQTT sink: alert events, retained active alerts and a retained status on one connection.
+
+Topics (DESIGN.md section 5), under the configured prefix:
+
+- ``alerts/<rule>/<account>/<asset>``: every notification, not retained;
+- ``active/<rule>/<account>/<asset>``: the firing alert, retained; an empty retained
+  payload on resolve clears it, so a bot that connects late sees exactly what fires now;
+- ``status``: retained ``online`` after every (re)connect, ``offline`` as the will and on
+  a clean stop (a will is only sent on an unclean disconnect).
+
+One background task owns the connection and reconnects with backoff; :meth:`send` never
+connects, it publishes on the live connection or fails at once as retryable, so an outage
+costs the outbox a retry instead of a hung delivery slot. Many sends may be in flight on
+the one connection: each publish resolves its own future when the broker acknowledges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import random
+import re
+import secrets
+import ssl
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from balwatch.config.model import MqttSink as MqttSinkConfig
+from balwatch.config.model import redact_url
+from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sinks.formats import encode_alert
+
+log = structlog.get_logger(__name__)
+
+ONLINE: Final = b"online"
+OFFLINE: Final = b"offline"
+ACCOUNT_SCOPE_ASSET: Final = "-"
+# '/', '+' and '#' are topic syntax; control characters and lone surrogates are not
+# valid (or not visible) in a topic name.
+_UNSAFE: Final = re.compile(r"[/+#\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# v5 negative acknowledgements that a retry cannot fix: not authorized, topic name
+# invalid, packet too large, payload format invalid. Others (quota, server busy) can pass.
+_PERMANENT_REASONS: Final = frozenset({0x87, 0x90, 0x95, 0x99})
+# Unacknowledged publishes on the wire (paho queues the rest): enough that throughput is
+# not bound by round trips; not more, as paho scans the in-flight set on every ack. A v5
+# broker announces its limit (Receive Maximum), which wins. A v3.1.1 broker cannot, and
+# Mosquitto silently drops QoS 2 publishes beyond its default of 20: so 20 for v3.1.1.
+_MAX_INFLIGHT_V5: Final = 100
+_MAX_INFLIGHT_V311: Final = 20
+
+
+def topic_segment(value: object) -> str:
+    """One topic level from a rule, account or asset name: never splits or wildcards."""
+    return _UNSAFE.sub("_", "" if value is None else str(value)) or "_"
+
+
+class _PackedProperties(Properties):
+    """Properties serialized once: paho packs them anew for every publish, and in Python
+    that costs as much as the rest of the publish. Never changed after the first pack."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()  # type: ignore[no-untyped-call]
+            object.__setattr__(self, "_packed", packed)  # paho's __setattr__ allows only its names
+        return packed
+
+
+@functools.lru_cache(maxsize=4096)
+def _v5_properties(rule: str, severity: str, fingerprint: str, expiry: int | None) -> Properties:
+    """PUBLISH properties; cached because paho builds them slowly and a fingerprint's
+    events repeat them."""
+    properties = _PackedProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.PayloadFormatIndicator = 1  # UTF-8
+    properties.ContentType = "application/json"
+    properties.UserProperty = [("rule", rule), ("severity", severity), ("fingerprint", fingerprint)]
+    if expiry is not None:
+        properties.MessageExpiryInterval = expiry
+    return properties
+
+
+class _Connection(aiomqtt.Client):
+    """aiomqtt's client, with publishes that report how the broker answered.
+
+    aiomqtt's own ``publish`` treats any PUBACK as success and, when the connection
+    drops, waits out its timeout. Here each publish gets a future that resolves to None
+    when acknowledged, or to a :class:`DeliveryError` on a v5 negative acknowledgement
+    or a lost connection.
+    """
+
+    def __init__(self, sink: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sink = sink
+        self._acks: dict[int, asyncio.Future[DeliveryError | None]] = {}
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool,
+        properties: Properties | None = None,
+    ) -> asyncio.Future[DeliveryError | None]:
+        """Hand one message to paho; the future resolves once the broker acknowledged it
+        (QoS 1 and 2) or it was written to the socket (QoS 0)."""
+        future: asyncio.Future[DeliveryError | None] = asyncio.get_running_loop().create_future()
+        info = self._client.publish(topic, payload, qos, retain, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            message = f"mqtt sink {self._sink}: publish refused: {paho.error_string(info.rc)}"
+            future.set_result(DeliveryError(message, retryable=True))
+        elif info.is_published():
+            future.set_result(None)
+        else:
+            self._acks[info.mid] = future
+        return future
+
+    def pending(self) -> list[asyncio.Future[DeliveryError | None]]:
+        return list(self._acks.values())
+
+    def fail_pending(self, reason: str) -> None:
+        """Resolve every unacknowledged publish as failed: its ack can no longer come."""
+        acks, self._acks = self._acks, {}
+        for future in acks.values():
+            if not future.done():
+                message = f"mqtt sink {self._sink}: {reason} before acknowledgement"
+                future.set_result(DeliveryError(message, retryable=True))
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        # paho ignores the broker's Receive Maximum, and exceeding it is a protocol error
+        # (strict brokers disconnect). paho's setter refuses once connected, but nothing is
+        # in flight before CONNACK, so lowering the limit here is safe.
+        receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(receive_maximum, int) and receive_maximum < client.max_inflight_messages:
+            client._max_inflight_messages = receive_maximum
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+        future = self._acks.pop(mid, None)
+        if future is None or future.done():
+            return
+        if reason_code.is_failure:
+            message = f"mqtt sink {self._sink}: broker refused the publish: {reason_code}"
+            retryable = reason_code.value not in _PERMANENT_REASONS
+            future.set_result(DeliveryError(message, retryable=retryable))
+        else:
+            future.set_result(None)
+
+
+class MqttSink(Sink):
+    """Publishes alerts to one broker; see the module docstring for the topic layout.
+
+    ``connect_wait`` bounds how long a send right after :meth:`start` waits for the first
+    connection attempt; once that attempt is over, sends never wait for a connection.
+    ``active_expiry`` is the v5 message expiry of retained ``active/`` alerts, so a
+    retained alert left behind by a daemon that is gone for good does not stay forever;
+    each repeat notification renews it.
+    """
+
+    def __init__(
+        self,
+        config: MqttSinkConfig,
+        *,
+        connect_wait: float = 5.0,
+        connect_timeout: float = 10.0,
+        ack_timeout: float = 10.0,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 10.0,
+        active_expiry: float = 7 * 86400,
+    ) -> None:
+        self.name = config.name
+        self._config = config
+        self._connect_wait = connect_wait
+        self._connect_timeout = connect_timeout
+        self._ack_timeout = ack_timeout
+        self._reconnect = (reconnect_min, reconnect_max)
+        self._active_expiry = math.ceil(active_expiry)
+        self._v5 = config.protocol == "5"
+        self._status_topic = f"{config.topic_prefix}/status"
+        # One id per sink instance: a reconnect takes over a half-open old session.
+        self._client_id = f"balwatch-{secrets.token_hex(6)}"
+        self._tls: ssl.SSLContext | None = None
+        self._connection: _Connection | None = None
+        self._first_attempt = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._tls = self._tls_context()
+        self._closing = False
+        self._first_attempt = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-sink-{self.name}")
+
+    async def close(self) -> None:
+        """Wait for unacknowledged publishes, publish ``offline``, disconnect cleanly."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._closing = True
+        connection = self._connection
+        if connection is not None:
+            pending = connection.pending()
+            if pending:
+                await asyncio.wait(pending, timeout=self._ack_timeout)
+            offline = connection.publish_nowait(
+                self._status_topic, OFFLINE, qos=self._config.qos, retain=True
+            )
+            await asyncio.wait([offline], timeout=self._ack_timeout)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def send(self, alert: AlertDoc) -> None:
+        messages = self._messages(alert)
+        connection = await self._live_connection()
+        acks = [
+            connection.publish_nowait(
+                topic, payload, qos=self._config.qos, retain=retain, properties=properties
+            )
+            for topic, payload, retain, properties in messages
+        ]
+        try:
+            async with asyncio.timeout(self._ack_timeout):
+                for ack in acks:
+                    error = await ack
+                    if error is not None:
+                        raise error
+        except TimeoutError:
+            raise DeliveryError(
+                f"mqtt sink {self.name}: no acknowledgement within {self._ack_timeout:g}s",
+                retryable=True,
+            ) from None
+
+    # --- messages -------------------------------------------------------------------
+
+    def topics(self, alert: AlertDoc) -> tuple[str, str]:
+        """The ``alerts/`` and ``active/`` topics of one alert."""
+        asset = alert.get("asset")
+        tail = "/".join(
+            topic_segment(part)
+            for part in (
+                alert.get("rule"),
+                alert.get("account"),
+                ACCOUNT_SCOPE_ASSET if asset is None else asset,
+            )
+        )
+        prefix = self._config.topic_prefix
+        return f"{prefix}/alerts/{tail}", f"{prefix}/active/{tail}"
+
+    def _messages(self, alert: AlertDoc) -> list[tuple[str, bytes, bool, Properties | None]]:
+        """(topic, payload, retain, v5 properties) in publish order: event, then state."""
+        try:
+            payload = encode_alert(alert)
+        except (TypeError, ValueError) as exc:
+            raise DeliveryError(
+                f"mqtt sink {self.name}: alert is not JSON data: {type(exc).__name__}",
+                retryable=False,
+            ) from None
+        events, active = self.topics(alert)
+        if alert.get("status") == "resolved":
+            return [(events, payload, False, self._properties(alert)), (active, b"", True, None)]
+        return [
+            (events, payload, False, self._properties(alert)),
+            (active, payload, True, self._properties(alert, expiry=self._active_expiry)),
+        ]
+
+    def _properties(self, alert: AlertDoc, *, expiry: int | None = None) -> Properties | None:
+        if not self._v5:
+            return None
+        return _v5_properties(
+            str(alert.get("rule") or ""),
+            str(alert.get("severity") or ""),
+            str(alert.get("fingerprint") or ""),
+            expiry,
+        )
+
+    # --- connection -----------------------------------------------------------------
+
+    async def _live_connection(self) -> _Connection:
+        if self._task is None or self._closing:
+            raise DeliveryError(f"mqtt sink {self.name}: not running", retryable=True)
+        if self._connection is None and not self._first_attempt.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_attempt.wait(), self._connect_wait)
+        connection = self._connection
+        if connection is None:
+            raise DeliveryError(f"mqtt sink {self.name}: broker not connected", retryable=True)
+        return connection
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """Verifying TLS for mqtts:// (system CAs unless ``ca_file``), with a client cert."""
+        if urlsplit(self._config.url.reveal()).scheme != "mqtts":
+            return None
+        ca_file = self._config.ca_file
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if self._config.client_cert is not None:
+            context.load_cert_chain(self._config.client_cert, self._config.client_key)
+        return context
+
+    def _new_connection(self) -> _Connection:
+        url = urlsplit(self._config.url.reveal())
+        assert url.hostname is not None, "validated by the config model"
+        protocol = aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311
+        return _Connection(
+            self.name,
+            url.hostname,
+            url.port or (8883 if self._tls else 1883),
+            username=unquote(url.username) if url.username is not None else None,
+            password=unquote(url.password) if url.password is not None else None,
+            identifier=self._client_id,
+            protocol=protocol,
+            will=aiomqtt.Will(self._status_topic, OFFLINE, qos=self._config.qos, retain=True),
+            keepalive=max(1, math.ceil(self._config.keepalive)),
+            timeout=self._connect_timeout,
+            max_inflight_messages=_MAX_INFLIGHT_V5 if self._v5 else _MAX_INFLIGHT_V311,
+            tls_context=self._tls,
+        )
+
+    async def _run(self) -> None:
+        """Connect, announce ``online``, hold the connection until it drops; repeat."""
+        broker = redact_url(self._config.url)
+        delay, failures = self._reconnect[0], 0
+        while True:
+            connection = self._new_connection()
+            try:
+                async with connection:
+                    await self._announce(connection)
+                    self._connection = connection
+                    self._first_attempt.set()
+                    log.info("mqtt connected", sink=self.name, broker=broker)
+                    delay, failures = self._reconnect[0], 0
+                    # Yields nothing (no subscriptions); raises MqttError when disconnected.
+                    async for _ in connection.messages:
+                        pass
+            except aiomqtt.MqttError as exc:
+                failures += 1
+                level = log.warning if failures == 1 else log.debug
+                level("mqtt disconnected", sink=self.name, broker=broker, error=str(exc))
+            except Exception:
+                failures += 1
+                log.exception("mqtt connection failed", sink=self.name, broker=broker)
+            finally:
+                self._connection = None
+                connection.fail_pending("connection lost")
+            self._first_attempt.set()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._reconnect[1])
+
+    async def _announce(self, connection: _Connection) -> None:
+        """Retained ``online`` before any alert: it replaces the will after a crash."""
+        ack = connection.publish_nowait(
+            self._status_topic, ONLINE, qos=self._config.qos, retain=True
+        )
+        try:
+            error = await asyncio.wait_for(ack, self._ack_timeout)
+        except TimeoutError:
+            raise aiomqtt.MqttError("status not acknowledged") from None
+        if error is not None:
+            raise aiomqtt.MqttError(str(error))

@@ -1,0 +1,24 @@
+"""From a sink's config model to a running :class:`~balwatch.sinks.base.Sink`.
+
+The one place that switches on the sink type: the outbox, routing and ``send-test`` see
+only the :class:`Sink` interface, so a new receiver type is a new module plus a line here.
+"""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+from balwatch.config.model import MqttSink as MqttSinkConfig
+from balwatch.config.model import WebhookSink as WebhookSinkConfig
+from balwatch.sinks.base import Sink
+from balwatch.sinks.mqtt import MqttSink
+from balwatch.sinks.webhook import WebhookSink
+
+
+def build_sink(config: MqttSinkConfig | WebhookSinkConfig) -> Sink:
+    """A sink for ``config``, not yet started (use ``async with`` or ``start``)."""
+    if isinstance(config, MqttSinkConfig):
+        return MqttSink(config)
+    if isinstance(config, WebhookSinkConfig):
+        return WebhookSink(config)
+    assert_never(config)

@@ -1,0 +1,1 @@
+"""Tests of the alert receivers against a real Mosquitto and a real HTTP server."""
