@@ -1,6 +1,7 @@
 """The ``balwatch`` command: a thin face over the library.
 
-Exit codes: 0 success; 1 invalid config or rules; 2 usage error; 3 some account polls failed.
+Exit codes: 0 success; 1 invalid config or rules, or a failed rule test; 2 usage error;
+3 some account polls failed.
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
-from balwatch.config import Config, load_config
+from balwatch.config import Config, load_config, load_yaml
 from balwatch.errors import ConfigError
 from balwatch.poll import PollResult, make_adapter, poll_all
+from balwatch.rules.engine import Engine
+from balwatch.rules.explain import Poll, explain
+from balwatch.rules.load import ListedIn, RuleSet, load_rule_set
+from balwatch.rules.ruletest import plural, run_tests
+from balwatch.rules.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.table import balances_table, failures_table
@@ -74,11 +81,39 @@ def _print_results(results: list[PollResult], as_json: bool) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_POLL_FAILED
 
 
+def _load_rules(config: Config, path: Path) -> RuleSet | None:
+    """The config's rules, or None; every problem, warnings included, goes to stderr."""
+    try:
+        rule_set = load_rule_set(
+            config.rules,
+            sink_names=[sink.name for sink in config.sinks],
+            accounts={account.name: account.exchange for account in config.accounts},
+            listed_in=ListedIn(load_yaml(path), ("rules",)),
+        )
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+    for problem in rule_set.warnings:
+        print(problem, file=sys.stderr)
+    return rule_set
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    print(f"{args.config}: ok ({len(config.accounts)} accounts, {len(config.sinks)} sinks)")
+    rule_set = _load_rules(config, args.config)
+    if rule_set is None:
+        return EXIT_CONFIG
+    counts = [
+        plural(len(config.accounts), "account"),
+        f"{plural(len(rule_set.rules), 'rule')} in {plural(len(rule_set.files), 'file')}",
+        plural(len(config.sinks), "sink"),
+    ]
+    if rule_set.warnings:
+        counts.append(plural(len(rule_set.warnings), "warning"))
+    print(f"{args.config}: ok ({', '.join(counts)})")
     return EXIT_OK
 
 
@@ -88,6 +123,43 @@ def cmd_balances(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(config.log.format, config.log.level, config.secrets())
     return _print_results(asyncio.run(_poll(config)), args.json)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    rule_set = _load_rules(config, args.config)
+    if rule_set is None:
+        return EXIT_CONFIG
+    logs.configure(config.log.format, config.log.level, config.secrets())
+    results = asyncio.run(_poll(config))
+    now = time.time()
+    labels = {account.name: account.labels for account in config.accounts}
+    engine = Engine(rule_set.rules, clock=lambda: now, account_labels=labels)
+    alerts = []
+    for r in results:
+        if r.rows is None:
+            alerts += engine.poll_failed(r.account, r.exchange)
+        else:
+            alerts += engine.observe(r.account, r.exchange, r.rows)
+    polls = [Poll(r.account, r.exchange, r.rows) for r in results]
+    print(explain(rule_set.rules, polls, alerts, engine.pending()))
+    if any(not r.ok for r in results):
+        print("\nfailed polls:")
+        print(failures_table(results))
+        return EXIT_POLL_FAILED
+    return EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    return run_tests(args.files)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    kind: SchemaKind = "rules" if args.rules else "tests" if args.tests else "config"
+    print(schema_text(kind), end="")
+    return EXIT_OK
 
 
 async def _serve_until_stopped(sim: Simulator) -> None:
@@ -138,12 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", type=Path, required=True, help="balwatch.yaml")
         return p
 
-    p = with_config(sub.add_parser("check", help="validate the config; exit 1 on any error"))
+    p = with_config(
+        sub.add_parser("check", help="validate the config and its rules; exit 1 on any error")
+    )
     p.set_defaults(func=cmd_check)
 
     p = with_config(sub.add_parser("balances", help="poll every account once, print rows"))
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_balances)
+
+    p = with_config(sub.add_parser("eval", help="poll once, show what each rule would do"))
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("test", help="run rule unit tests; exit 1 if any fails")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="rule test files")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("schema", help="JSON Schema of the config (default) or rule files")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--rules", action="store_true", help="of a rule file")
+    which.add_argument("--tests", action="store_true", help="of a rule test file")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("simulate", help="fake servers for all four balance APIs")
     p.add_argument("--scenario", type=Path, default=_demo_file("scenario.yaml"))

@@ -1,0 +1,691 @@
+"""Rule files (DESIGN.md section 4) in, compiled :class:`~balwatch.rules.rule.Rule` values out.
+
+Ops edit these files by hand, so every mistake must come back as ``FILE:LINE:COL`` with
+what was expected, and all of them at once: a broken rule fails its whole file (a file is
+never half loaded, so a reload cannot silently drop one rule), but the other files are still
+read and checked, and :class:`~balwatch.errors.ConfigError` carries every problem found.
+
+The models forbid unknown keys, so a typo (``whn:``) is an error and not a rule that never
+fires. Expressions and templates are compiled during validation; their errors carry the
+offset inside the text, which is added to where the YAML scalar starts, so the column points
+at the offending character of ``when``, not at the start of the line.
+
+Warnings (:class:`~balwatch.errors.Problem` with severity ``warning``) do not stop loading:
+a glob that matches no file, a rule that selects none of the configured accounts, and a
+rule that reads a metric none of the sources it selects ever reports (``pending_withdrawal``
+on CoinW): such a rule is "no data" forever and would stay silent when it matters.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, Final, Literal, NamedTuple, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from balwatch.adapters import REGISTRY
+from balwatch.config.model import ERROR_TYPE, Duration, Name
+from balwatch.config.yamlsource import Position, YamlDocument, YamlPath, load_yaml
+from balwatch.durations import parse_duration
+from balwatch.errors import ConfigError, Problem
+from balwatch.rules.expr import ExprError, Expression, parse_expression
+from balwatch.rules.rule import Rule, RuleError, Severity
+from balwatch.rules.select import Exclude, Selector
+from balwatch.rules.template import Template, TemplateError
+
+# Accounts named in a warning before "and N more": a message is one line of a terminal.
+_NAMED: Final = 3
+_POSITIVE_DURATION: Final = TypeAdapter(Duration)
+DURATION_SCHEMA: Final = _POSITIVE_DURATION.json_schema()
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def field_error(message: str, offset: int | None = None) -> PydanticCustomError:
+    """A validation error in the config's convention; ``offset`` points inside the text.
+
+    ``{input}`` in ``message`` becomes the offending value; with an ``offset``, the error is
+    positioned on that character of the YAML scalar (see :class:`Scalars`).
+    """
+    return PydanticCustomError(ERROR_TYPE, message, None if offset is None else {"offset": offset})
+
+
+def _zero_or_duration(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            if parse_duration(value) == 0:
+                return 0.0
+        except ValueError:
+            pass  # the positive-duration check below words the error
+    return _POSITIVE_DURATION.validate_python(value)
+
+
+# ``for: 0s`` is allowed, unlike a zero ``repeat``: a rule needs it to fire at once when
+# its file's defaults set a ``for``.
+WaitDuration = Annotated[
+    float, PlainValidator(_zero_or_duration), WithJsonSchema(dict(DURATION_SCHEMA))
+]
+
+
+def _text(value: object, what: str, example: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    if value is None or isinstance(value, str):
+        raise field_error(f"expected {what} like {example}, got an empty value")
+    raise field_error(f"expected {what} like {example} as text, got {{input}}")
+
+
+def _expression(value: object) -> Expression:
+    source = _text(value, "an expression", "'available < 5000'")
+    try:
+        return parse_expression(source)
+    except ExprError as exc:
+        raise field_error(exc.message, exc.offset) from None
+
+
+def _template(value: object) -> Template:
+    if not isinstance(value, str):
+        raise field_error("expected text, got {input}; quote it")
+    try:
+        return Template(value)
+    except TemplateError as exc:
+        raise field_error(exc.message, exc.offset) from None
+
+
+ExpressionText = Annotated[
+    Expression,
+    PlainValidator(_expression),
+    WithJsonSchema({"type": "string", "minLength": 1}),
+]
+TemplateText = Annotated[Template, PlainValidator(_template), WithJsonSchema({"type": "string"})]
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What validation needs from outside the rule file; ``None``: not checked."""
+
+    sink_names: Collection[str] | None = None
+
+
+def _known_sink(value: str, info: ValidationInfo) -> str:
+    context = info.context
+    sinks = context.sink_names if isinstance(context, _Context) else None
+    if sinks is None or value in sinks:
+        return value
+    close = difflib.get_close_matches(value, list(sinks), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    known = ", ".join(sorted(sinks)) or "none"
+    raise field_error(f"unknown sink {{input}} in notify{hint}; configured sinks: {known}")
+
+
+SinkName = Annotated[str, AfterValidator(_known_sink)]
+Globs = tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors. Subclasses set a ``title``: it names the mapping in messages
+    ("unknown key 'whn' in rule") and in editors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExcludeModel(StrictModel, title="exclude"):
+    accounts: Globs = ()
+    exchanges: Globs = ()
+    venues: Globs = ()
+    assets: Globs = ()
+
+
+class SelectModel(StrictModel, title="select"):
+    """Globs; an omitted list selects everything. ``exclude`` drops rows matching any glob."""
+
+    accounts: Globs = Field((), description="account names or globs, like bitso-*")
+    exchanges: Globs = Field((), description="coinapi, bitso, kunacore, coinw")
+    venues: Globs = Field((), description="venue inside a multi-venue source (CoinAPI)")
+    assets: Globs = Field((), description="upper-case asset codes or globs")
+    exclude: ExcludeModel = ExcludeModel()
+
+    def selector(self) -> Selector:
+        ex = self.exclude
+        return Selector(
+            accounts=self.accounts,
+            exchanges=self.exchanges,
+            venues=self.venues,
+            assets=self.assets,
+            exclude=Exclude(ex.accounts, ex.exchanges, ex.venues, ex.assets),
+        )
+
+
+class RuleDefaults(StrictModel, title="defaults"):
+    severity: Severity = "warning"
+    for_: WaitDuration = Field(0.0, alias="for", description="how long 'when' must hold")
+    notify: tuple[SinkName, ...] | None = Field(None, description="sink names; omitted: all")
+    labels: dict[str, str] = Field(default_factory=dict)
+    repeat: Duration | None = Field(None, description="re-notify while firing")
+
+
+class RuleModel(StrictModel, title="rule"):
+    name: Name
+    description: TemplateText | None = None
+    select: SelectModel = SelectModel()
+    when: ExpressionText = Field(description="the alert condition, like 'available < 5000'")
+    clear: ExpressionText | None = Field(None, description="resolve only when this holds")
+    for_: WaitDuration | None = Field(None, alias="for", description="default: defaults.for")
+    repeat: Duration | None = None
+    severity: Severity | None = None
+    summary: TemplateText | None = Field(None, description="like '{account} {asset}: {total}'")
+    labels: dict[str, str] = Field(default_factory=dict)
+    notify: tuple[SinkName, ...] | None = None
+
+    def compile(self, defaults: RuleDefaults, file: str, line: int) -> Rule:
+        """The Rule, with the file's defaults filled in; raises :class:`RuleError`."""
+        return Rule(
+            name=self.name,
+            when=self.when,
+            clear=self.clear,
+            description="" if self.description is None else self.description.text,
+            description_template=self.description,
+            selector=self.select.selector(),
+            for_=defaults.for_ if self.for_ is None else self.for_,
+            repeat=defaults.repeat if self.repeat is None else self.repeat,
+            severity=self.severity or defaults.severity,
+            summary=self.summary,
+            labels={**defaults.labels, **self.labels},
+            notify=defaults.notify if self.notify is None else self.notify,
+            file=file,
+            line=line,
+        )
+
+
+class RuleFile(StrictModel, title="rule file"):
+    defaults: RuleDefaults = RuleDefaults()
+    rules: tuple[RuleModel, ...]
+
+
+# --------------------------------------------------------------------------- positions
+
+
+class Scalars:
+    """Positions inside the YAML scalars of one file, for errors with an offset in the text.
+
+    The parsed text differs from the file where YAML folds lines, strips indentation or
+    unescapes quotes, but only whitespace and escapes change: so the n-th non-space
+    character of the value is the n-th one from where the scalar starts (after an opening
+    quote; on the line below a ``|``/``>`` header). Exact for plain and block scalars and
+    for quoted ones without escapes, off by the escapes before the offset otherwise.
+    """
+
+    def __init__(self, doc: YamlDocument) -> None:
+        self.doc = doc
+        self._lines: list[str] | None = None  # read only when an error needs it
+
+    def at(self, path: YamlPath, value: str, offset: int) -> Position:
+        start = self.doc.position(path)
+        if self._lines is None:
+            self._lines = Path(self.doc.file).read_text(encoding="utf-8").split("\n")
+        row, col = start.line - 1, start.column - 1
+        head = self._lines[row][col : col + 1] if row < len(self._lines) else ""
+        if head in ("|", ">"):
+            row, col = row + 1, 0
+        elif head in ("'", '"'):
+            col += 1
+        before = value[:offset]
+        wanted = len(before) - sum(char.isspace() for char in before)
+        on_char = offset < len(value) and not value[offset].isspace()
+        if wanted == 0 and not on_char:
+            return Position(row + 1, col + 1)
+        seen, after_last = 0, Position(row + 1, col + 1)
+        for r in range(row, len(self._lines)):
+            line = self._lines[r]
+            for c in range(col if r == row else 0, len(line)):
+                if line[c].isspace():
+                    continue
+                if on_char and seen == wanted:
+                    return Position(r + 1, c + 1)
+                seen += 1
+                after_last = Position(r + 1, c + 2)
+                if not on_char and seen == wanted:
+                    return after_last
+        return after_last
+
+
+# --------------------------------------------------------------------------- messages
+
+# What a pydantic error type expected, in the words of the file's author.
+_EXPECTED: Final = {
+    "string_type": "text",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping (key: value)",
+    "tuple_type": "a list like [a, b]",
+}
+
+
+def validation_problems(
+    doc: YamlDocument, exc: ValidationError, model: type[BaseModel], scalars: Scalars
+) -> list[Problem]:
+    """Every error of validating ``doc.data`` against ``model``, positioned in the file.
+
+    Shared by the rule loader and the rule-test loader: both validate a hand-written YAML
+    file whose models carry a ``title`` that names each mapping in messages.
+    """
+    errors = exc.errors(include_url=False)
+    found = []
+    for error in errors:
+        if _misspelt(error, errors):
+            continue
+        path, on_key = _yaml_path(error["loc"], doc.data)
+        value = _get(doc.data, path)
+        message = _message(error, path, doc.data, model, value)
+        offset = (error.get("ctx") or {}).get("offset")
+        if isinstance(offset, int) and isinstance(value, str) and not on_key:
+            line, column = scalars.at(path, value, offset)
+        else:
+            line, column = doc.position(path, key=on_key or error["type"] == "extra_forbidden")
+        found.append(Problem(doc.file, line, column, message))
+    return found
+
+
+def _misspelt(error: ErrorDetails, errors: list[ErrorDetails]) -> bool:
+    """A missing key that an unknown key beside it misspells: one mistake, one message."""
+    if error["type"] != "missing":
+        return False
+    parent, key = error["loc"][:-1], str(error["loc"][-1])
+    return any(
+        other["type"] == "extra_forbidden"
+        and other["loc"][:-1] == parent
+        and difflib.get_close_matches(str(other["loc"][-1]), [key], n=1)
+        for other in errors
+    )
+
+
+def _message(
+    error: ErrorDetails, path: YamlPath, data: object, model: type[BaseModel], value: object
+) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing required key {error['loc'][-1]!r} in {_where(data, path, model)}"
+    if kind == "extra_forbidden":
+        return _unknown_key(data, path, model)
+    if kind == "literal_error":
+        return f"expected {error['ctx']['expected']}, got {_shown(value)}"
+    if kind in _EXPECTED:
+        shown = _type_name(value) if isinstance(value, dict | list) else _shown(value)
+        message = f"expected {_EXPECTED[kind]}, got {shown}"
+        if kind == "string_type" and isinstance(value, int | float):
+            message += "; quote it to keep it as text"  # YAML made a number or bool of it
+        return message
+    return error["msg"].replace("{input}", _shown(value)).removeprefix("Value error, ")
+
+
+def _unknown_key(data: object, path: YamlPath, root: type[BaseModel]) -> str:
+    key, parent = path[-1], path[:-1]
+    message = f"unknown key {key!r} in {_where(data, parent, root)}"
+    model = _model_at(root, parent)
+    if model is None:
+        return message
+    fields = [info.alias or name for name, info in model.model_fields.items()]
+    close = difflib.get_close_matches(str(key), fields, n=1)
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    return f"{message}; expected one of: {', '.join(fields)}"
+
+
+def _where(data: object, path: YamlPath, root: type[BaseModel]) -> str:
+    """The mapping at ``path`` as a reader calls it: ``rule 'low-available'``."""
+    model = _model_at(root, path)
+    title = model.model_config.get("title") if model else None
+    where = title or ".".join(str(part) for part in path) or "the file"
+    name = _get(data, (*path, "name"))
+    return f"{where} {name!r}" if isinstance(name, str) else where
+
+
+def _model_at(root: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``path``, following fields and items."""
+    current: object = root
+    for part in path:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = {info.alias or name: info for name, info in current.model_fields.items()}
+            if part not in fields:
+                return None
+            current = fields[part].annotation
+        else:
+            args = get_args(current)
+            if not args:
+                return None
+            current = args[-1] if get_origin(current) is dict else args[0]
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: object) -> object:
+    """``X | None`` and ``Annotated[X, ...]`` to ``X``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not NoneType)
+        else:
+            return annotation
+
+
+def _yaml_path(loc: tuple[int | str, ...], data: object) -> tuple[YamlPath, bool]:
+    """The YAML path of a pydantic location, and whether the error is about a mapping key.
+
+    Parts that are not in the data (the name of a missing key, pydantic's ``[key]``
+    marker) are skipped, so an error lands on the deepest part that was written.
+    """
+    path: list[object] = []
+    node = data
+    on_key = False
+    for part in loc:
+        if part == "[key]":
+            on_key = True
+        elif _has(node, part):
+            node = node[part]  # type: ignore[index]
+            path.append(part)
+    return tuple(path), on_key
+
+
+def _has(node: object, part: object) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _get(data: object, path: YamlPath) -> object:
+    for part in path:
+        if not _has(data, part):
+            return None
+        data = data[part]  # type: ignore[index]
+    return data
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return _type_name(value)
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class RuleSet(NamedTuple):
+    rules: tuple[Rule, ...]
+    warnings: tuple[Problem, ...]
+    files: tuple[str, ...]  # every file read, including those without rules
+
+
+@dataclass(frozen=True, slots=True)
+class ListedIn:
+    """Where the globs were written (``rules:`` of a config), for unmatched-glob warnings."""
+
+    doc: YamlDocument
+    path: YamlPath
+
+
+def load_rules(
+    patterns: Iterable[str],
+    base_dir: Path | None = None,
+    sink_names: Collection[str] | None = None,
+) -> tuple[Rule, ...]:
+    """The rules of every file matching ``patterns``; raises ConfigError with all errors."""
+    return load_rule_set(patterns, base_dir, sink_names=sink_names).rules
+
+
+def load_rule_set(
+    patterns: Iterable[str],
+    base_dir: Path | None = None,
+    *,
+    sink_names: Collection[str] | None = None,
+    accounts: Mapping[str, str] | None = None,
+    listed_in: ListedIn | None = None,
+    unmatched: Literal["warning", "error"] = "warning",
+) -> RuleSet:
+    """Load, compile and check rule files; warnings are returned, errors raised.
+
+    ``patterns`` are globs (``**`` allowed), relative to ``base_dir`` (default: the working
+    directory). ``sink_names``: the configured sinks that ``notify`` may name (``None``:
+    not checked). ``accounts``: configured account name -> exchange, for the selection and
+    metric warnings (``None``: not checked). A file matched by several globs loads once;
+    the file ``listed_in`` itself is never a rule file. Raises :class:`ConfigError` with
+    every error, plus the warnings, when any file has an error.
+    """
+    files, problems = _expand(list(patterns), base_dir, listed_in, unmatched)
+    loader = _Loader(_Context(None if sink_names is None else frozenset(sink_names)), accounts)
+    rules: list[Rule] = []
+    for file in files:
+        file_rules, file_problems = loader.load(file)
+        problems += file_problems
+        if not any(p.severity == "error" for p in file_problems):
+            rules += file_rules
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+    return RuleSet(tuple(rules), tuple(problems), tuple(files))
+
+
+def _expand(
+    patterns: list[str],
+    base_dir: Path | None,
+    listed_in: ListedIn | None,
+    unmatched: Literal["warning", "error"],
+) -> tuple[list[str], list[Problem]]:
+    """Files in glob order (each glob sorted), without repeats, and unmatched-glob problems."""
+    own = Path(listed_in.doc.file).resolve() if listed_in else None
+    seen: set[Path] = set()
+    files: list[str] = []
+    problems: list[Problem] = []
+    for index, pattern in enumerate(patterns):
+        joined = os.path.join(base_dir, pattern) if base_dir else pattern
+        matched = False
+        for match in sorted(glob.glob(joined, recursive=True)):
+            resolved = Path(match).resolve()
+            if resolved == own or not resolved.is_file():
+                continue
+            matched = True
+            if resolved not in seen:
+                seen.add(resolved)
+                files.append(_display(match))
+        if not matched:
+            problems.append(_unmatched(pattern, joined, index, listed_in, unmatched))
+    return files, problems
+
+
+def _display(path: str) -> str:
+    """``path`` relative to the working directory when below it: shorter messages."""
+    absolute = Path(path).absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _unmatched(
+    pattern: str,
+    joined: str,
+    index: int,
+    listed_in: ListedIn | None,
+    severity: Literal["warning", "error"],
+) -> Problem:
+    if listed_in is None:
+        file, (line, column) = _display(joined), Position(1, 1)
+    else:
+        path = (*listed_in.path, index)
+        written = _get(listed_in.doc.data, path)
+        pattern = written if isinstance(written, str) else pattern
+        file, (line, column) = listed_in.doc.file, listed_in.doc.position(path)
+    return Problem(file, line, column, f"no rule file matches {pattern!r}", severity)
+
+
+class _Loader:
+    """Loads files one by one, remembering rule names: duplicates across files are errors."""
+
+    def __init__(self, context: _Context, accounts: Mapping[str, str] | None) -> None:
+        self.context = context
+        self.accounts = accounts
+        self.first: dict[str, tuple[str, int]] = {}  # rule name -> where it was defined
+
+    def load(self, file: str) -> tuple[list[Rule], list[Problem]]:
+        try:
+            doc = load_yaml(file)
+        except ConfigError as exc:
+            return [], exc.problems
+        scalars = Scalars(doc)
+        problems = self._duplicates(doc)
+        try:
+            parsed = RuleFile.model_validate(doc.data, context=self.context)
+            defaults, models = parsed.defaults, list(enumerate(parsed.rules))
+        except ValidationError as exc:
+            problems += validation_problems(doc, exc, RuleFile, scalars)
+            defaults, models = self._valid_parts(doc.data, exc)
+        rules: list[Rule] = []
+        for index, model in models:
+            path = ("rules", index)
+            try:
+                rule = model.compile(defaults, doc.file, doc.position(path).line)
+            except RuleError as exc:
+                line, column = doc.position((*path, exc.key), key=True)
+                problems.append(Problem(doc.file, line, column, exc.message))
+                continue
+            rules.append(rule)
+            if self.accounts is not None:
+                problems += _warnings(rule, self.accounts, doc, scalars, path)
+        return rules, sorted(problems, key=lambda p: (p.line, p.column))
+
+    def _valid_parts(
+        self, data: Any, exc: ValidationError
+    ) -> tuple[RuleDefaults, list[tuple[int, RuleModel]]]:
+        """The rules that validated on their own, so their later checks run too.
+
+        The file is rejected either way; this only finds more of its problems in one run.
+        Nothing is salvaged when the errors are outside single rules (say, in defaults).
+        """
+        broken: set[int] = set()
+        for error in exc.errors(include_url=False):
+            loc = error["loc"]
+            if len(loc) < 2 or loc[0] != "rules" or not isinstance(loc[1], int):
+                return RuleDefaults(), []
+            broken.add(loc[1])
+        defaults = RuleDefaults.model_validate(data.get("defaults") or {}, context=self.context)
+        return defaults, [
+            (index, RuleModel.model_validate(item, context=self.context))
+            for index, item in enumerate(data["rules"])
+            if index not in broken
+        ]
+
+    def _duplicates(self, doc: YamlDocument) -> list[Problem]:
+        """Checked on the raw data, so a duplicate is found even in a file that is invalid."""
+        items = doc.data.get("rules") if isinstance(doc.data, dict) else None
+        problems = []
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                continue
+            line, column = doc.position(("rules", index, "name"))
+            first = self.first.setdefault(name, (doc.file, line))
+            if first != (doc.file, line):
+                where = f"line {first[1]}" if first[0] == doc.file else f"{first[0]}:{first[1]}"
+                problems.append(
+                    Problem(
+                        doc.file,
+                        line,
+                        column,
+                        f"duplicate rule name {name!r} (first defined at {where}); "
+                        "rule names must be unique across all rule files",
+                    )
+                )
+        return problems
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def _warnings(
+    rule: Rule, accounts: Mapping[str, str], doc: YamlDocument, scalars: Scalars, path: YamlPath
+) -> list[Problem]:
+    """Selection and never-reported-metric warnings for one compiled rule."""
+    # Most rules name their accounts: look those up instead of testing every account.
+    literal = rule.selector.literal_accounts
+    candidates = accounts.keys() if literal is None else sorted(literal & accounts.keys())
+    selected = {
+        name: accounts[name]
+        for name in candidates
+        if rule.selector.matches_account(name, accounts[name])
+    }
+    if not selected:
+        if not accounts:
+            return []
+        line, column = doc.position((*path, "select"))
+        message = f"rule {rule.name!r} selects none of the configured accounts"
+        return [Problem(doc.file, line, column, message, "warning")]
+    adapters = [REGISTRY.get(exchange) for exchange in selected.values()]
+    reported: set[str] = set()
+    for adapter in adapters:
+        if adapter is None:
+            return []  # not a known source: it might report anything
+        reported |= adapter.reported_metrics
+    problems: list[Problem] = []
+    warned: set[str] = set()
+    for key, expr in (("when", rule.when), ("clear", rule.clear)):
+        if expr is None:
+            continue
+        for metric in sorted(expr.metrics - reported - warned):
+            warned.add(metric)
+            exchanges = sorted(set(selected.values()))
+            names = sorted(selected)
+            if len(names) > _NAMED:
+                names[_NAMED:] = [f"{len(names) - _NAMED} more"]
+            message = (
+                f"{metric} is never reported by {' or '.join(exchanges)}, the only "
+                f"source{'s' if len(exchanges) > 1 else ''} rule {rule.name!r} selects "
+                f"(accounts: {', '.join(names)}): the rule never has data"
+            )
+            line, column = scalars.at((*path, key), expr.source, _metric_offset(expr, metric))
+            problems.append(Problem(doc.file, line, column, message, "warning"))
+    return problems
+
+
+def _metric_offset(expr: Expression, metric: str) -> int:
+    """Where ``metric`` is read in the source: its name, else the ``usd(`` that reads it."""
+    for pattern in (rf"\b{metric}\b", r"\busd\s*\("):
+        match = re.search(pattern, expr.source)
+        if match:
+            return match.start()
+    return 0

@@ -1,0 +1,453 @@
+"""Rule unit tests (``balwatch test``), in the spirit of ``promtool test rules``.
+
+A rule that only fires at 3 a.m. must be proven before then: a test file feeds balance
+series through the real :class:`~balwatch.rules.engine.Engine` on a fake clock (so a day of
+polls runs in milliseconds) and states which alerts are firing at given times::
+
+    rule_files: [../low-available.rules.yaml]     # globs, relative to this file
+    accounts: {bitso-treasury: bitso}             # account -> exchange; default "test"
+    interval: 1m                                  # time between samples; default 1m
+    input_series:
+      - account: bitso-treasury
+        asset: USDT                               # venue: defaults to the exchange
+        series:
+          available: "6000 5500 4900x3 _ 7000"    # one sample per interval, from t=0
+          total:     "10000x7"
+    alert_tests:
+      - at: 4m
+        expected_alerts:                          # exactly the alerts firing at 4m
+          - {rule: low-available, account: bitso-treasury, asset: USDT, severity: critical}
+
+Samples: a decimal number; ``_`` for no sample; ``fail`` for a failed poll of the account;
+any of them followed by ``xN`` repeats it N times. At sample index k (time k * interval) each
+account with data is polled: its rows are the series entries with a number at k, and a
+metric that is ``_`` while others of its row have numbers is missing (``None``) in that row.
+An account whose series are all ``_`` at k is not polled at all (a gap: ``age`` grows),
+and ``fail`` in any of its series makes the whole poll fail (the others must be ``fail`` or
+``_`` there). After the polls of each step, and at each ``at``, the engine ticks, as the
+daemon does between polls. Steps continue past the end of the series (without polls) up
+to the last ``at``.
+
+``expected_alerts`` lists the alerts *firing* at ``at`` (pending ones are not firing). An
+alert matches on ``rule``, ``account``, ``asset`` (omit it for account-scope rules) and
+``venue`` if given; ``severity``, ``labels`` (compared whole), ``summary`` and
+``description`` are compared when given.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema
+
+from balwatch.alert import Alert
+from balwatch.config.model import Duration, Name
+from balwatch.config.yamlsource import YamlDocument, load_yaml
+from balwatch.durations import format_duration
+from balwatch.errors import ConfigError, Problem
+from balwatch.model import Balance, Metric
+from balwatch.rules.engine import Engine
+from balwatch.rules.load import (
+    ListedIn,
+    Scalars,
+    StrictModel,
+    WaitDuration,
+    field_error,
+    load_rule_set,
+    validation_problems,
+)
+from balwatch.rules.rule import Rule, Severity
+
+DEFAULT_EXCHANGE: Final = "test"
+FAIL: Final = "fail"
+# Bounds what `1x99999999` can allocate; a week of 10 s samples fits.
+MAX_SAMPLES: Final = 100_000
+# Float step times (k * interval) may miss an `at` by rounding: compare with slack.
+_EPSILON: Final = 1e-6
+
+Sample = Decimal | Literal["fail"] | None
+_SAMPLE_RE: Final = re.compile(r"(_|fail|-?[0-9]+(?:\.[0-9]+)?)(?:x([0-9]+))?")
+
+
+def parse_series(text: str) -> tuple[Sample, ...]:
+    """Samples of a series string; raises a validation error with the offset of the token."""
+    samples: list[Sample] = []
+    for token in re.finditer(r"\S+", text):
+        match = _SAMPLE_RE.fullmatch(token.group())
+        if match is None:
+            raise field_error(
+                f"invalid sample {token.group()!r}; expected a number like 5000 or -1.5, "
+                "'_' (no sample) or 'fail' (failed poll), optionally repeated like 5000x10",
+                token.start(),
+            )
+        word, times = match.group(1), int(match.group(2) or 1)
+        if times < 1:
+            raise field_error("a repeat count must be at least 1, like 5000x3", token.start())
+        if len(samples) + times > MAX_SAMPLES:
+            raise field_error(f"a series may have at most {MAX_SAMPLES} samples", token.start())
+        sample: Sample = None if word == "_" else FAIL if word == FAIL else Decimal(word)
+        samples += [sample] * times
+    if not samples:
+        raise field_error('empty series; expected samples like "6000 5500 _ fail"')
+    return tuple(samples)
+
+
+def _series(value: object) -> tuple[Sample, ...]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # a single sample that YAML read as a number
+    if not isinstance(value, str):
+        raise field_error('expected samples as text like "6000 5500 _ fail", got {input}')
+    return parse_series(value)
+
+
+SeriesText = Annotated[
+    tuple[Sample, ...],
+    PlainValidator(_series),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*((_|fail|-?[0-9]+(\.[0-9]+)?)(x[0-9]+)?\s*)+$",
+            "description": "one sample per interval: number, _ (none) or fail; NxK repeats",
+        }
+    ),
+]
+
+
+class ExpectedAlert(StrictModel, title="expected alert"):
+    rule: str
+    account: str
+    venue: str | None = None
+    asset: str | None = Field(None, description="omit for account-scope rules")
+    severity: Severity | None = None
+    labels: dict[str, str] | None = Field(None, description="compared whole when given")
+    summary: str | None = None
+    description: str | None = None
+
+
+class AlertTest(StrictModel, title="alert test"):
+    at: WaitDuration = Field(description="time since the first sample, like 5m")
+    expected_alerts: tuple[ExpectedAlert, ...] = Field((), description="exactly what fires")
+
+
+class InputSeries(StrictModel, title="input series"):
+    account: Name
+    asset: str
+    venue: str | None = Field(None, description="default: the account's exchange")
+    series: dict[Metric, SeriesText]
+
+
+class RuleTestFile(StrictModel, title="rule test file"):
+    rule_files: tuple[str, ...] = Field(description="globs, relative to this file")
+    accounts: dict[str, str] = Field(
+        default_factory=dict, description=f"account -> exchange; default {DEFAULT_EXCHANGE}"
+    )
+    interval: Duration = Field(60.0, description="time between samples")
+    input_series: tuple[InputSeries, ...] = ()
+    alert_tests: tuple[AlertTest, ...]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One ``alert_tests`` entry: what was missing, unexpected or different at ``at``."""
+
+    at: float
+    line: int
+    column: int
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    different: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.different)
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """A test file's checks, or the problems that kept it from running (then no checks)."""
+
+    file: str
+    problems: tuple[Problem, ...] = ()
+    checks: tuple[CheckResult, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(check.ok for check in self.checks)
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+
+def run_file(path: Path) -> FileResult:
+    """Load and run one test file."""
+    try:
+        doc = load_yaml(path)
+    except ConfigError as exc:
+        return FileResult(str(path), tuple(exc.problems))
+    try:
+        test = RuleTestFile.model_validate(doc.data)
+    except ValidationError as exc:
+        problems = validation_problems(doc, exc, RuleTestFile, Scalars(doc))
+        return FileResult(doc.file, tuple(sorted(problems, key=lambda p: (p.line, p.column))))
+    try:
+        rule_set = load_rule_set(
+            test.rule_files,
+            path.parent,
+            listed_in=ListedIn(doc, ("rule_files",)),
+            unmatched="error",
+        )
+    except ConfigError as exc:
+        return FileResult(doc.file, tuple(exc.problems))
+    problems = [*rule_set.warnings, *_consistency(doc, test, rule_set.rules)]
+    if any(p.severity == "error" for p in problems):
+        return FileResult(doc.file, tuple(problems))
+    return FileResult(doc.file, tuple(problems), _Run(doc, test, rule_set.rules).checks())
+
+
+def run_tests(paths: Sequence[Path]) -> int:
+    """Run every file, print results and a summary line; the exit code (0 ok, 1 not)."""
+    passed = failed = broken = 0
+    for path in paths:
+        result = run_file(path)
+        for problem in result.problems:
+            print(problem, file=sys.stderr)
+        if result.errors:
+            broken += 1
+            print(f"ERROR {result.file}: could not run")
+            continue
+        bad = [check for check in result.checks if not check.ok]
+        passed += len(result.checks) - len(bad)
+        failed += len(bad)
+        status = "FAIL " if bad else "ok   "
+        print(
+            f"{status}{result.file}: {plural(len(result.checks), 'alert test')}, {len(bad)} failed"
+        )
+        for check in bad:
+            print(_report(result.file, check))
+    summary = f"{passed} passed, {failed} failed"
+    if broken:
+        summary += f", {plural(broken, 'file')} with errors"
+    print(summary)
+    return 0 if not (failed or broken) else 1
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 rule``, ``2 rules``: for summary lines."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _report(file: str, check: CheckResult) -> str:
+    lines = [f"  {file}:{check.line}:{check.column}: at {_time(check.at)}:"]
+    lines += [f"    missing:    {alert}" for alert in check.missing]
+    lines += [f"    unexpected: {alert}" for alert in check.unexpected]
+    lines += [f"    different:  {alert}" for alert in check.different]
+    return "\n".join(lines)
+
+
+def _time(seconds: float) -> str:
+    return "0s" if seconds == 0 else format_duration(seconds)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -> list[Problem]:
+    """What the models cannot see alone: fail mixed with values, repeats, unknown rules."""
+    problems: list[Problem] = []
+
+    def problem(path: tuple[object, ...], message: str) -> None:
+        line, column = doc.position(path)
+        problems.append(Problem(doc.file, line, column, message))
+
+    seen: set[tuple[str, str, str]] = set()
+    for index, entry in enumerate(test.input_series):
+        key = (entry.account, _venue(test, entry), entry.asset)
+        if key in seen:
+            problem(
+                ("input_series", index),
+                f"a second series for {entry.account} {key[1]}/{entry.asset}; "
+                "put all its metrics in one 'series' mapping",
+            )
+        seen.add(key)
+    for account in dict.fromkeys(entry.account for entry in test.input_series):
+        entries = [(i, e) for i, e in enumerate(test.input_series) if e.account == account]
+        length = max((len(s) for _, e in entries for s in e.series.values()), default=0)
+        for step in range(length):
+            at_step = [
+                (i, metric, series[step])
+                for i, e in entries
+                for metric, series in e.series.items()
+                if step < len(series) and series[step] is not None
+            ]
+            if any(s == FAIL for *_, s in at_step) and any(s != FAIL for *_, s in at_step):
+                i, metric, _ = next(x for x in at_step if x[2] != FAIL)
+                problem(
+                    ("input_series", i, "series", metric),
+                    f"sample {step + 1} of {account} is 'fail' in one series but a value in "
+                    "this one; a failed poll has no values: write '_' or 'fail' here",
+                )
+    names = {rule.name for rule in rules}
+    for i, check in enumerate(test.alert_tests):
+        for j, expected in enumerate(check.expected_alerts):
+            if expected.rule not in names:
+                problem(
+                    ("alert_tests", i, "expected_alerts", j, "rule"),
+                    f"no rule named {expected.rule!r} in rule_files",
+                )
+    return problems
+
+
+def _exchange(test: RuleTestFile, account: str) -> str:
+    return test.accounts.get(account, DEFAULT_EXCHANGE)
+
+
+def _venue(test: RuleTestFile, entry: InputSeries) -> str:
+    return entry.venue or _exchange(test, entry.account)
+
+
+class _Clock:
+    """The engine's clock: seconds since the first sample, moved by the runner only."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Run:
+    """One pass over simulated time; ``firing`` mirrors what consumers of alerts would see."""
+
+    def __init__(self, doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -> None:
+        self.doc = doc
+        self.test = test
+        self.clock = _Clock()
+        self.engine = Engine(rules, clock=self.clock)
+        self.firing: dict[str, Alert] = {}
+        accounts = [*test.accounts, *(entry.account for entry in test.input_series)]
+        self.accounts = {name: _exchange(test, name) for name in accounts}
+        for name, exchange in self.accounts.items():
+            self.engine.register_account(name, exchange)
+
+    def checks(self) -> tuple[CheckResult, ...]:
+        order = sorted(range(len(self.test.alert_tests)), key=lambda i: self.test.alert_tests[i].at)
+        interval = self.test.interval
+        results: dict[int, CheckResult] = {}
+        step = 0
+        for index in order:
+            at = self.test.alert_tests[index].at
+            while step * interval <= at + _EPSILON:
+                self._step(step, step * interval)
+                step += 1
+            self.clock.now = at
+            self._apply(self.engine.tick())
+            results[index] = self._compare(index)
+        return tuple(results[i] for i in range(len(self.test.alert_tests)))
+
+    def _step(self, step: int, now: float) -> None:
+        self.clock.now = now
+        for account, exchange in self.accounts.items():
+            rows: list[Balance] = []
+            failed = False
+            for entry in self.test.input_series:
+                if entry.account != account:
+                    continue
+                values = {m: s[step] for m, s in entry.series.items() if step < len(s)}
+                failed = failed or FAIL in values.values()
+                # Any: the keys are metric names (validated), which mypy cannot see in **.
+                metrics: dict[str, Any] = {
+                    m: v for m, v in values.items() if isinstance(v, Decimal)
+                }
+                if metrics:
+                    venue = _venue(self.test, entry)
+                    rows.append(
+                        Balance(account, exchange, venue, entry.asset, entry.asset, **metrics)
+                    )
+            if failed:
+                self._apply(self.engine.poll_failed(account, exchange))
+            elif rows:
+                self._apply(self.engine.observe(account, exchange, rows))
+        self._apply(self.engine.tick())
+
+    def _apply(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            if alert.event == "resolved":
+                self.firing.pop(alert.fingerprint, None)
+            else:
+                self.firing[alert.fingerprint] = alert
+
+    def _compare(self, index: int) -> CheckResult:
+        check = self.test.alert_tests[index]
+        actual = list(self.firing.values())
+        missing: list[str] = []
+        different: list[str] = []
+        for expected in check.expected_alerts:
+            match = next((a for a in actual if _same_alert(expected, a)), None)
+            if match is None:
+                missing.append(_describe_expected(expected))
+                continue
+            actual.remove(match)
+            different += _differences(expected, match)
+        line, column = self.doc.position(("alert_tests", index))
+        return CheckResult(
+            at=check.at,
+            line=line,
+            column=column,
+            missing=tuple(missing),
+            unexpected=tuple(_describe(alert, full=True) for alert in actual),
+            different=tuple(different),
+        )
+
+
+def _same_alert(expected: ExpectedAlert, alert: Alert) -> bool:
+    return (
+        expected.rule == alert.rule
+        and expected.account == alert.account
+        and expected.asset == alert.asset
+        and (expected.venue is None or expected.venue == alert.venue)
+    )
+
+
+def _differences(expected: ExpectedAlert, alert: Alert) -> list[str]:
+    wanted: dict[str, object] = {
+        "severity": expected.severity,
+        "labels": expected.labels,
+        "summary": expected.summary,
+        "description": expected.description,
+    }
+    got: dict[str, object] = {
+        "severity": alert.severity,
+        "labels": dict(alert.labels),
+        "summary": alert.summary,
+        "description": alert.description,
+    }
+    return [
+        f"{_describe(alert)}: {key}\n      expected: {value!r}\n      got:      {got[key]!r}"
+        for key, value in wanted.items()
+        if value is not None and value != got[key]
+    ]
+
+
+def _describe(alert: Alert, *, full: bool = False) -> str:
+    where = alert.account if alert.asset is None else f"{alert.account} {alert.venue}/{alert.asset}"
+    text = f"{alert.rule} {where}"
+    if full:
+        text += f" (severity {alert.severity}, summary {alert.summary!r})"
+    return text
+
+
+def _describe_expected(expected: ExpectedAlert) -> str:
+    if expected.asset is None:
+        return f"{expected.rule} {expected.account}"
+    venue = f"{expected.venue}/" if expected.venue else ""
+    return f"{expected.rule} {expected.account} {venue}{expected.asset}"
