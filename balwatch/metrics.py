@@ -1,0 +1,243 @@
+"""The daemon's Prometheus metrics (DESIGN.md section 7), on a registry of their own.
+
+One :class:`Metrics` per daemon, each with its own ``CollectorRegistry`` rather than the
+process-global one, so tests and several daemons in one process never collide and
+``/metrics`` shows only balwatch series (no ``python_gc_*`` noise, no duplicate errors).
+
+Every name has the ``balwatch_`` prefix. Label values are account, exchange, sink and rule
+names, error kinds and fixed words: never URLs, credentials or error messages, which could
+carry secrets and would make the label set unbounded.
+
+=========================================================  ===================================
+series                                                     recorded by
+=========================================================  ===================================
+``polls_total{account,exchange}``                          :meth:`Metrics.record_poll`, every
+                                                           poll, good or failed
+``poll_errors_total{account,exchange,kind}``               :meth:`Metrics.record_poll`, kind
+                                                           is :class:`~balwatch.errors.ErrorKind`
+``poll_duration_seconds{exchange}`` (histogram)            :meth:`Metrics.record_poll`, good
+                                                           and failed polls alike
+``last_successful_poll_timestamp_seconds{account}``        :meth:`Metrics.record_poll`
+``rule_evaluations_total{trigger}``                        :meth:`Metrics.record_evaluation`
+``alerts_total{rule,severity,event}``                      :meth:`Metrics.record_alerts`
+``alerts_active{state}``                                   :meth:`Metrics.set_active`
+``outbox_depth{sink}``, ``deliveries_total{sink,outcome}`` :meth:`Metrics.set_outbox`
+``config_reload_total{result}``                            :meth:`Metrics.record_reload`
+``build_info{version}``                                    constant 1
+=========================================================  ===================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, Literal, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from balwatch.alert import Alert
+from balwatch.errors import ErrorKind
+from balwatch.poll import PollResult
+
+NAMESPACE: Final = "balwatch"
+# One HTTP request to an exchange: from a fast local answer to the longest sane timeout.
+POLL_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+OUTCOMES: Final = ("delivered", "failed", "dead")
+
+Trigger = Literal["poll", "poll_failed", "tick"]
+"""What made the engine evaluate: ``Engine.observe``, ``Engine.poll_failed``, ``Engine.tick``."""
+
+
+class SinkCounts(Protocol):
+    """The part of the outbox's per-sink stats that metrics read (``SinkStats`` fits)."""
+
+    @property
+    def depth(self) -> int: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def dead(self) -> int: ...
+
+
+SinkStatsLike = SinkCounts | Mapping[str, object]
+
+
+class Metrics:
+    """Every balwatch series, and the few calls the daemon records them with."""
+
+    def __init__(self, version: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        reg, ns = self.registry, NAMESPACE
+        self._polls = Counter(
+            "polls",
+            "Polls made, good or failed.",
+            ["account", "exchange"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._poll_errors = Counter(
+            "poll_errors",
+            "Failed polls by error kind (auth, rate_limited, unavailable, bad_response).",
+            ["account", "exchange", "kind"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._poll_duration = Histogram(
+            "poll_duration_seconds",
+            "Time one poll took, failed polls included.",
+            ["exchange"],
+            buckets=POLL_BUCKETS,
+            namespace=ns,
+            registry=reg,
+        )
+        self._last_success = Gauge(
+            "last_successful_poll_timestamp_seconds",
+            "Unix time of the account's last good poll.",
+            ["account"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._rule_evaluations = Counter(
+            "rule_evaluations",
+            "Rule engine evaluation passes: one per good poll (its row and account rules), "
+            "failed poll (account rules) or tick (account rules of every account).",
+            ["trigger"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._alerts = Counter(
+            "alerts",
+            "Alert notifications emitted, by event (firing, repeat, resolved).",
+            ["rule", "severity", "event"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._alerts_active = Gauge(
+            "alerts_active", "Alert states now, by phase.", ["state"], namespace=ns, registry=reg
+        )
+        self._outbox_depth = Gauge(
+            "outbox_depth",
+            "Deliveries waiting for a sink, those being sent included.",
+            ["sink"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._deliveries = Counter(
+            "deliveries",
+            "Delivery attempts by outcome: delivered, failed (will be retried), dead "
+            "(dead-lettered).",
+            ["sink", "outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._config_reloads = Counter(
+            "config_reload",
+            "Config and rule reloads by result.",
+            ["result"],
+            namespace=ns,
+            registry=reg,
+        )
+        build_info = Gauge(
+            "build_info",
+            "Constant 1, labelled with the running version.",
+            ["version"],
+            namespace=ns,
+            registry=reg,
+        )
+        build_info.labels(version).set(1)
+        # Series that exist from the start read 0 rather than missing, so rate() and
+        # absence alerts work before the first event.
+        self.set_active(0, 0)
+        for result in ("ok", "error"):
+            self._config_reloads.labels(result)
+        self._exchanges: dict[str, str] = {}  # account -> exchange, to remove its series
+        self._delivery_seen: dict[str, dict[str, int]] = {}  # sink -> outcome -> last count
+
+    # -- polls
+
+    def record_poll(self, result: PollResult) -> None:
+        """Count one poll; a good one also sets the account's last-success time to now."""
+        account, exchange = result.account, result.exchange
+        if self._exchanges.get(account) != exchange:
+            self.forget_account(account)
+            self._exchanges[account] = exchange
+            for kind in ErrorKind:  # every kind reads 0 until it happens
+                self._poll_errors.labels(account, exchange, kind)
+        self._polls.labels(account, exchange).inc()
+        self._poll_duration.labels(exchange).observe(result.seconds)
+        if result.error is None:
+            self._last_success.labels(account).set(self._clock())
+        else:
+            self._poll_errors.labels(account, exchange, result.error.kind).inc()
+
+    def forget_account(self, account: str) -> None:
+        """Drop the account's series (it left the config), so it does not look stale forever."""
+        exchange = self._exchanges.pop(account, None)
+        if exchange is None:
+            return
+        self._polls.remove(account, exchange)
+        for kind in ErrorKind:
+            self._poll_errors.remove(account, exchange, kind)
+        self._last_success.remove(account)
+
+    # -- rules and alerts
+
+    def record_evaluation(self, trigger: Trigger) -> None:
+        """Count one engine pass; call once per ``observe``/``poll_failed``/``tick`` call."""
+        self._rule_evaluations.labels(trigger).inc()
+
+    def record_alerts(self, alerts: Iterable[Alert]) -> None:
+        """Count notifications the engine emitted (before routing to sinks)."""
+        for alert in alerts:
+            self._alerts.labels(alert.rule, alert.severity, alert.event).inc()
+
+    def set_active(self, pending: int, firing: int) -> None:
+        """Alert states after an engine pass (``len(engine.pending())``, ``firing()``)."""
+        self._alerts_active.labels("pending").set(pending)
+        self._alerts_active.labels("firing").set(firing)
+
+    def record_reload(self, ok: bool) -> None:
+        self._config_reloads.labels("ok" if ok else "error").inc()
+
+    # -- outbox
+
+    def set_outbox(self, stats: Mapping[str, SinkStatsLike]) -> None:
+        """Take a snapshot of the outbox, ``{sink: stats}``, e.g. ``Outbox.stats()``.
+
+        Each sink's stats is an object with int attributes, or a mapping with int values,
+        for ``depth`` (deliveries held now) and ``delivered``, ``failed``, ``dead`` (counts
+        since that sink's worker started). A key that is missing or not an int leaves its
+        series alone, and other keys are ignored, so the outbox can grow fields freely.
+
+        The counts are cumulative per worker, so the counters advance by the difference
+        from the previous snapshot; a count lower than before means the worker was
+        replaced (reload) and counts from zero again. Sinks absent from the snapshot lose
+        their depth series (a removed sink holds nothing); their counters stay.
+        """
+        for sink, counts in stats.items():
+            depth = _count(counts, "depth")
+            if depth is not None:
+                self._outbox_depth.labels(sink).set(depth)
+            seen = self._delivery_seen.setdefault(sink, {})
+            for outcome in OUTCOMES:
+                child = self._deliveries.labels(sink, outcome)
+                now = _count(counts, outcome)
+                if now is None:
+                    continue
+                before = seen.get(outcome, 0)
+                child.inc(now - before if now >= before else now)
+                seen[outcome] = now
+        for sink in [s for s in self._delivery_seen if s not in stats]:
+            del self._delivery_seen[sink]
+            self._outbox_depth.remove(sink)
+
+
+def _count(stats: SinkStatsLike, key: str) -> int | None:
+    value = stats.get(key) if isinstance(stats, Mapping) else getattr(stats, key, None)
+    # bool is an int subclass but never a count; a negative count is not one either.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value

@@ -1,0 +1,196 @@
+"""The daemon's metrics: the series after recording, read back from the registry."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from prometheus_client import generate_latest
+
+from balwatch.errors import AuthError, BadResponse, SourceError, SourceUnavailable
+from balwatch.metrics import POLL_BUCKETS, Metrics
+from balwatch.model import Balance
+from balwatch.outbox.worker import SinkStats
+from balwatch.poll import PollResult
+from balwatch.rules.engine import Engine
+from balwatch.rules.expr import parse_expression
+from balwatch.rules.rule import Rule
+
+T0 = 1_800_000_000.0
+FAKE_KEY = "sk_live_FAKE0123456789abcdef"
+
+
+def good(account: str = "treasury", exchange: str = "bitso", seconds: float = 0.2) -> PollResult:
+    row = Balance(account, exchange, exchange, "USDT", "usdt", available=Decimal("10"))
+    return PollResult(account, exchange, [row], None, seconds)
+
+
+def failed(
+    error: SourceError, account: str = "treasury", exchange: str = "bitso", seconds: float = 2.0
+) -> PollResult:
+    return PollResult(account, exchange, None, error, seconds)
+
+
+def metrics() -> Metrics:
+    return Metrics("1.2.3", clock=lambda: T0)
+
+
+def value(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(f"balwatch_{name}", labels)
+
+
+def sink_stats(depth: int, delivered: int, failed: int, dead: int) -> SinkStats:
+    return SinkStats(
+        delivered=delivered,
+        failed=failed,
+        dead=dead,
+        dead_letters=dead,
+        depth=depth,
+        sending=0,
+        last_error=None,
+    )
+
+
+def test_polls_errors_duration_and_last_success() -> None:
+    m = metrics()
+    m.record_poll(good(seconds=0.2))
+    m.record_poll(failed(SourceUnavailable("bitso", "timeout"), seconds=3.0))
+    m.record_poll(failed(AuthError("bitso", "bad key")))
+
+    acct = {"account": "treasury", "exchange": "bitso"}
+    assert value(m, "polls_total", **acct) == 3
+    assert value(m, "poll_errors_total", **acct, kind="unavailable") == 1
+    assert value(m, "poll_errors_total", **acct, kind="auth") == 1
+    for kind in ("rate_limited", "bad_response"):  # present at 0 before they first happen
+        assert value(m, "poll_errors_total", **acct, kind=kind) == 0
+    assert value(m, "poll_duration_seconds_count", exchange="bitso") == 3
+    assert value(m, "poll_duration_seconds_bucket", exchange="bitso", le="0.25") == 1
+    assert value(m, "poll_duration_seconds_bucket", exchange="bitso", le="2.5") == 2
+    assert value(m, "last_successful_poll_timestamp_seconds", account="treasury") == T0
+
+
+def test_duration_buckets_span_fast_answers_to_long_timeouts() -> None:
+    assert POLL_BUCKETS[0] == 0.01
+    assert POLL_BUCKETS[-1] == 30.0
+    assert list(POLL_BUCKETS) == sorted(POLL_BUCKETS)
+
+
+def test_an_account_that_never_succeeded_has_no_last_success() -> None:
+    m = metrics()
+    m.record_poll(failed(SourceUnavailable("bitso", "down")))
+    assert value(m, "last_successful_poll_timestamp_seconds", account="treasury") is None
+
+
+def test_forgotten_account_loses_its_series_and_others_keep_theirs() -> None:
+    m = metrics()
+    m.record_poll(good("gone"))
+    m.record_poll(good("kept"))
+    m.forget_account("gone")
+    m.forget_account("never-seen")  # no error
+
+    assert value(m, "polls_total", account="gone", exchange="bitso") is None
+    assert value(m, "poll_errors_total", account="gone", exchange="bitso", kind="auth") is None
+    assert value(m, "last_successful_poll_timestamp_seconds", account="gone") is None
+    assert value(m, "polls_total", account="kept", exchange="bitso") == 1
+
+
+def test_an_account_moved_to_another_exchange_keeps_no_series_under_the_old_one() -> None:
+    m = metrics()
+    m.record_poll(good("treasury", "bitso"))
+    m.record_poll(good("treasury", "coinw"))
+    assert value(m, "polls_total", account="treasury", exchange="bitso") is None
+    assert value(m, "polls_total", account="treasury", exchange="coinw") == 1
+
+
+def test_rule_evaluations_alerts_and_active_states() -> None:
+    low = Rule(name="low", when=parse_expression("available < 5"), severity="critical")
+    slow = Rule(name="slow", when=parse_expression("available < 50"), for_=60)
+    engine = Engine([low, slow], clock=lambda: T0)
+    m = metrics()
+
+    def poll(available: str, now: float) -> None:
+        row = Balance("treasury", "bitso", "bitso", "USDT", "usdt", available=Decimal(available))
+        m.record_alerts(engine.observe("treasury", "bitso", [row], now))
+        m.record_evaluation("poll")
+        m.set_active(len(engine.pending()), len(engine.firing()))
+
+    poll("1", T0)  # low fires at once, slow starts pending
+    assert value(m, "alerts_active", state="firing") == 1
+    assert value(m, "alerts_active", state="pending") == 1
+    poll("100", T0 + 10)  # low resolves, slow drops silently
+    m.record_alerts(engine.tick(T0 + 20))
+    m.record_evaluation("tick")
+
+    low_labels = {"rule": "low", "severity": "critical"}
+    assert value(m, "alerts_total", **low_labels, event="firing") == 1
+    assert value(m, "alerts_total", **low_labels, event="resolved") == 1
+    assert value(m, "alerts_total", rule="slow", severity="warning", event="firing") is None
+    assert value(m, "alerts_active", state="firing") == 0
+    assert value(m, "alerts_active", state="pending") == 0
+    assert value(m, "rule_evaluations_total", trigger="poll") == 2
+    assert value(m, "rule_evaluations_total", trigger="tick") == 1
+
+
+def test_outbox_counters_follow_cumulative_snapshots_across_a_worker_restart() -> None:
+    m = metrics()
+    m.set_outbox({"mqtt": sink_stats(depth=3, delivered=5, failed=2, dead=0)})
+    m.set_outbox({"mqtt": sink_stats(depth=0, delivered=9, failed=2, dead=1)})
+    assert value(m, "outbox_depth", sink="mqtt") == 0
+    assert value(m, "deliveries_total", sink="mqtt", outcome="delivered") == 9
+    assert value(m, "deliveries_total", sink="mqtt", outcome="failed") == 2
+    assert value(m, "deliveries_total", sink="mqtt", outcome="dead") == 1
+
+    # A reload replaced the worker: its counts start again from zero.
+    m.set_outbox({"mqtt": sink_stats(depth=1, delivered=4, failed=0, dead=0)})
+    assert value(m, "deliveries_total", sink="mqtt", outcome="delivered") == 13
+    assert value(m, "deliveries_total", sink="mqtt", outcome="failed") == 2
+
+
+def test_outbox_adapter_tolerates_mappings_with_missing_and_foreign_keys() -> None:
+    m = metrics()
+    m.set_outbox({"hook": {"depth": 2, "delivered": 1, "sending": 7, "last_error": "x"}})
+    m.set_outbox({"hook": {"delivered": True, "failed": -1, "dead": "3"}})  # none is a count
+    assert value(m, "outbox_depth", sink="hook") == 2
+    assert value(m, "deliveries_total", sink="hook", outcome="delivered") == 1
+    assert value(m, "deliveries_total", sink="hook", outcome="failed") == 0
+    assert value(m, "deliveries_total", sink="hook", outcome="dead") == 0
+
+
+def test_a_sink_gone_from_the_outbox_loses_its_depth_and_restarts_its_baseline() -> None:
+    m = metrics()
+    m.set_outbox({"hook": {"depth": 4, "delivered": 6}, "mqtt": {"depth": 1}})
+    m.set_outbox({"mqtt": {"depth": 0}})
+    assert value(m, "outbox_depth", sink="hook") is None
+    assert value(m, "deliveries_total", sink="hook", outcome="delivered") == 6
+    m.set_outbox({"hook": {"depth": 0, "delivered": 2}})  # back, with a fresh worker
+    assert value(m, "deliveries_total", sink="hook", outcome="delivered") == 8
+
+
+def test_reloads_and_build_info() -> None:
+    m = metrics()
+    assert value(m, "config_reload_total", result="ok") == 0
+    assert value(m, "config_reload_total", result="error") == 0
+    m.record_reload(ok=True)
+    m.record_reload(ok=False)
+    m.record_reload(ok=False)
+    assert value(m, "config_reload_total", result="ok") == 1
+    assert value(m, "config_reload_total", result="error") == 2
+    assert value(m, "build_info", version="1.2.3") == 1
+
+
+def test_each_daemon_has_its_own_registry() -> None:
+    first, second = metrics(), metrics()  # the global registry would refuse the second
+    first.record_poll(good())
+    assert value(first, "polls_total", account="treasury", exchange="bitso") == 1
+    assert value(second, "polls_total", account="treasury", exchange="bitso") is None
+    assert b"python_gc" not in generate_latest(first.registry)
+
+
+def test_error_messages_never_reach_the_exposition() -> None:
+    m = metrics()
+    m.record_poll(failed(AuthError("bitso", f"key {FAKE_KEY} rejected")))
+    m.record_poll(failed(BadResponse("bitso", f"echo {FAKE_KEY}", asset="USDT", field="x")))
+    text = generate_latest(m.registry).decode()
+    assert FAKE_KEY not in text
+    assert "rejected" not in text
+    assert 'kind="auth"} 1.0' in text
+    assert 'kind="bad_response"} 1.0' in text
