@@ -1,0 +1,390 @@
+"""Delivery: one worker per sink, fed by the outbox, and the :class:`Outbox` that wires them.
+
+Each :class:`SinkWorker` mirrors its sink's pending deliveries in memory (loaded from the
+store at start, then appended by :meth:`Outbox.enqueue` after the commit), so the database
+is written but never polled. Workers share nothing but the store, so a sink that is down or
+slow only ever delays itself.
+
+Ordering: deliveries queue per fingerprint and only a queue's head is ever sent; the next one
+starts when the head was acknowledged or dead-lettered *and* that was committed. Different
+fingerprints are sent concurrently, up to ``concurrency`` sends at a time.
+
+Retries: a retryable failure puts the head back with an exponential, fully jittered delay
+from its attempt count (so one alert a receiver keeps rejecting delays only its own series).
+A ``retry_after`` from the receiver is a rate limit on the whole endpoint: the worker sends
+nothing to that sink until it has passed. Timers live in memory and use the injectable
+:class:`Clock`: after a restart every pending delivery is due at once, its attempt count
+kept. There is no retry limit: an alert is worth delivering late, and only the receiver can
+say it never will be (a non-retryable :class:`~balwatch.sinks.base.DeliveryError`).
+
+The scheduler sleeps on a wake-up event (set by new deliveries and finished sends) bounded
+by the earliest retry time; it never polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from balwatch.backoff import Backoff
+from balwatch.outbox.store import Delivery, OutboxStore
+from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+
+log = structlog.get_logger("balwatch.outbox")
+
+
+class Clock(Protocol):
+    """Time for the scheduler; tests substitute one they advance by hand."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    async def wait(self, wake: asyncio.Event, until: float | None) -> None:
+        """Return once ``wake`` is set or the clock reaches ``until`` (None: no deadline)."""
+        ...
+
+
+class LoopClock:
+    """The event loop's monotonic clock."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def wait(self, wake: asyncio.Event, until: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                await wake.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """Counters since the worker started, and gauges of what it holds now."""
+
+    delivered: int
+    failed: int  # failed attempts that will be retried
+    dead: int  # deliveries dead-lettered by this worker
+    dead_letters: int  # dead letters kept in the outbox for this sink, earlier runs included
+    depth: int  # pending deliveries, those being sent included
+    sending: int
+    last_error: str | None  # of the latest failed attempt
+
+
+class SinkWorker:
+    """Delivers one sink's deliveries. Start once with :meth:`start`; end with :meth:`drain`
+    or :meth:`stop`. The caller owns the sink (``async with sink``)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        store: OutboxStore,
+        *,
+        backoff: Backoff | None = None,
+        concurrency: int = 32,
+        clock: Clock | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.sink = sink
+        self.name = sink.name
+        self._store = store
+        self._backoff = backoff or Backoff()
+        self._concurrency = concurrency
+        self._clock = clock or LoopClock()
+        # Pending deliveries per fingerprint, oldest first. A fingerprint is in here exactly
+        # when it has pending deliveries, and then its head is either in `_ready` or in a task.
+        self._queues: dict[str, deque[Delivery]] = {}
+        self._ready: list[tuple[float, int, str]] = []  # heap of (due, tiebreak, fingerprint)
+        self._tiebreak = itertools.count()
+        self._paused_until = float("-inf")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sending = 0
+        self._depth = 0
+        self._wake = asyncio.Event()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._delivered = self._failed = self._dead = self._dead_letters = 0
+        self._last_error: str | None = None
+        self._failing = 0  # failed attempts since the last delivery: logs the first only
+
+    async def start(self) -> None:
+        """Resume what the outbox still holds for this sink, then begin delivering."""
+        if self._runner is not None:
+            raise RuntimeError(f"worker for sink {self.name} already started")
+        for delivery in await self._store.pending(self.name):
+            self.push(delivery)
+        counts = await self._store.counts()
+        self._dead_letters = counts[self.name].dead if self.name in counts else 0
+        self._runner = asyncio.create_task(self._run(), name=f"outbox-{self.name}")
+
+    def push(self, delivery: Delivery) -> None:
+        """Queue a committed delivery; call in enqueue (id) order."""
+        queue = self._queues.get(delivery.fingerprint)
+        if queue is None:
+            queue = self._queues[delivery.fingerprint] = deque()
+            self._schedule(delivery.fingerprint, self._clock.now())
+        queue.append(delivery)
+        self._depth += 1
+        self._wake.set()
+
+    async def wait_settled(self) -> None:
+        """Return once nothing is pending for this sink: all delivered or dead-lettered."""
+        await self._wait_for(lambda: self._depth == 0)
+
+    async def drain(self, timeout: float) -> bool:
+        """Shutdown: deliver what is due for up to ``timeout`` seconds, then :meth:`stop`.
+
+        True when nothing due was left. Deliveries backing off, or cut off by the timeout,
+        stay pending in the outbox for the next start (a cut-off send may then arrive twice,
+        with the same alert id).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_for(self._idle)
+        except TimeoutError:
+            drained = False
+        else:
+            drained = True
+        await self.stop()
+        return drained
+
+    async def stop(self) -> None:
+        """Stop at once; unfinished deliveries stay pending in the outbox."""
+        tasks = [*self._tasks, *([self._runner] if self._runner else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _, future in self._waiters:
+            future.cancel()
+
+    def stats(self) -> SinkStats:
+        return SinkStats(
+            delivered=self._delivered,
+            failed=self._failed,
+            dead=self._dead,
+            dead_letters=self._dead_letters,
+            depth=self._depth,
+            sending=self._sending,
+            last_error=self._last_error,
+        )
+
+    # --- scheduling --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self._clock.now()
+            while self._ready and self._sending < self._concurrency:
+                due, _, fingerprint = self._ready[0]
+                if max(due, self._paused_until) > now:
+                    break
+                heapq.heappop(self._ready)
+                self._start(self._queues[fingerprint][0])
+            self._notify()
+            deadline = None
+            if self._ready and self._sending < self._concurrency:
+                deadline = max(self._ready[0][0], self._paused_until)
+            await self._clock.wait(self._wake, deadline)
+
+    def _schedule(self, fingerprint: str, due: float) -> None:
+        heapq.heappush(self._ready, (due, next(self._tiebreak), fingerprint))
+
+    def _start(self, delivery: Delivery) -> None:
+        self._sending += 1
+        task = asyncio.create_task(self._attempt(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    def _idle(self) -> bool:
+        """Nothing in flight and nothing due: what :meth:`drain` waits for."""
+        due = bool(self._ready) and max(self._ready[0][0], self._paused_until) <= self._clock.now()
+        return not self._tasks and not due
+
+    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        if predicate():
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, future))
+        await future
+
+    def _notify(self) -> None:
+        if not self._waiters:
+            return
+        waiting = []
+        for predicate, future in self._waiters:
+            if future.done():  # the waiter was cancelled
+                continue
+            if predicate():
+                future.set_result(None)
+            else:
+                waiting.append((predicate, future))
+        self._waiters = waiting
+
+    # --- one attempt -------------------------------------------------------------------
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        error: str | None = None
+        dead = False
+        retry_after: float | None = None
+        try:
+            await self.sink.send(delivery.alert)
+        except DeliveryError as exc:
+            error, dead, retry_after = (
+                str(exc) or type(exc).__name__,
+                not exc.retryable,
+                exc.retry_after,
+            )
+        except Exception as exc:
+            # Breaks the sink contract; retry, and keep only the type: the message may hold
+            # a URL with a token. The log line (redacted) has the full traceback.
+            error = f"unexpected {type(exc).__name__}"
+            log.exception("sink raised unexpectedly", **self._fields(delivery))
+        finally:
+            self._sending -= 1
+            self._wake.set()
+        try:
+            if error is None:
+                await self._store.ack(delivery.id)
+            else:
+                await self._store.fail(delivery.id, error, dead=dead)
+        except Exception:
+            # Could not record the outcome: keep the delivery pending and try it again
+            # later. A redelivery repeats the alert id, which consumers dedupe on.
+            log.exception("outbox write failed", **self._fields(delivery))
+            error, dead, retry_after = error or "outbox write failed", False, None
+        self._settle(delivery, error, dead=dead, retry_after=retry_after)
+
+    def _settle(
+        self, delivery: Delivery, error: str | None, *, dead: bool, retry_after: float | None
+    ) -> None:
+        now = self._clock.now()
+        fields = self._fields(delivery)
+        queue = self._queues[delivery.fingerprint]
+        if error is not None:
+            self._last_error = error
+        if error is not None and not dead:
+            delivery.attempts += 1
+            self._failed += 1
+            if retry_after is not None:
+                delay = min(max(retry_after, 0.0), self._backoff.cap)
+                self._paused_until = max(self._paused_until, now + delay)
+            else:
+                delay = self._backoff.delay(delivery.attempts)
+            self._schedule(delivery.fingerprint, now + delay)
+            # A sink that is down fails every delivery it holds, over and over: warn once.
+            self._failing += 1
+            (log.warning if self._failing == 1 else log.debug)(
+                "delivery failed, will retry",
+                **fields,
+                error=error,
+                retry_in=round(delay, 3),
+            )
+            return
+        queue.popleft()
+        self._depth -= 1
+        if error is None:
+            self._delivered += 1
+            if self._failing:
+                log.info("sink delivering again", sink=self.name, failed_attempts=self._failing)
+                self._failing = 0
+        else:
+            self._dead += 1
+            self._dead_letters += 1
+            log.error("delivery dead-lettered", **fields, error=error)
+        if queue:
+            self._schedule(delivery.fingerprint, now)
+        else:
+            del self._queues[delivery.fingerprint]
+
+    def _fields(self, delivery: Delivery) -> dict[str, object]:
+        return {
+            "sink": self.name,
+            "delivery": delivery.id,
+            "alert_id": delivery.alert.get("id"),
+            "fingerprint": delivery.fingerprint,
+            "attempt": delivery.attempts + 1,
+        }
+
+
+class Outbox:
+    """Enqueue commits an alert's deliveries, then hands them to the sinks' workers."""
+
+    def __init__(
+        self,
+        store: OutboxStore,
+        sinks: Sequence[Sink],
+        *,
+        backoff: Backoff | None = None,
+        concurrency: int = 32,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.workers = {
+            sink.name: SinkWorker(
+                sink, store, backoff=backoff, concurrency=concurrency, clock=clock
+            )
+            for sink in sinks
+        }
+        self._started = False
+
+    async def start(self) -> None:
+        """Resume pending deliveries. Call before the first :meth:`enqueue`."""
+        counts = await self.store.counts()
+        for name in sorted(set(counts) - set(self.workers)):
+            log.warning(
+                "outbox holds deliveries for a sink that is not configured",
+                sink=name,
+                pending=counts[name].pending,
+                dead=counts[name].dead,
+            )
+        for worker in self.workers.values():
+            await worker.start()
+        self._started = True
+
+    async def enqueue(self, alert: AlertDoc, sinks: Sequence[str]) -> None:
+        """Commit ``alert`` for ``sinks``; returns once it is durable (delivery follows)."""
+        await self.enqueue_many([(alert, sinks)])
+
+    async def enqueue_many(self, items: Sequence[tuple[AlertDoc, Sequence[str]]]) -> None:
+        """Commit several alerts in one transaction, as one poll's transitions arrive."""
+        if not self._started:
+            raise RuntimeError("Outbox.start() must run before enqueue")
+        for _, sinks in items:
+            unknown = sorted(set(sinks) - set(self.workers))
+            if unknown:
+                raise ValueError(f"no worker for sink(s) {', '.join(unknown)}")
+        # Pushed by the store right after the commit, even if this caller is cancelled:
+        # committed deliveries must not wait for the next restart.
+        await self.store.enqueue_many(items, on_commit=self._push)
+
+    def _push(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self.workers[delivery.sink].push(delivery)
+
+    async def wait_settled(self) -> None:
+        """Return once every sink's deliveries are delivered or dead-lettered."""
+        await asyncio.gather(*(w.wait_settled() for w in self.workers.values()))
+
+    async def drain(self, timeout: float) -> bool:
+        """Shutdown: let every worker deliver what is due for up to ``timeout``; stop them."""
+        results = await asyncio.gather(*(w.drain(timeout) for w in self.workers.values()))
+        return all(results)
+
+    async def stop(self) -> None:
+        """Stop every worker at once; what is unfinished stays pending in the outbox."""
+        await asyncio.gather(*(w.stop() for w in self.workers.values()))
+
+    def stats(self) -> dict[str, SinkStats]:
+        return {name: worker.stats() for name, worker in self.workers.items()}

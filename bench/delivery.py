@@ -1,0 +1,221 @@
+"""Durable delivery throughput: outbox + MQTT sink against raw aiomqtt, on one loopback broker.
+
+Starts its own ``mosquitto`` on a free loopback port, then measures in the same run:
+
+(a) raw: aiomqtt QoS 1 publishes of an alert-sized payload, ``--publishers`` tasks sharing
+    one connection, each awaiting its PUBACK; messages/s;
+(b) ``MqttSink.send`` alone, ``--concurrency`` sends in flight, no outbox: the ceiling that
+    the sink itself sets;
+(c) outbox: ``--alerts`` alerts over ``--fingerprints`` series, enqueued by ``--producers``
+    tasks one alert per call (each call returns once its commit is on disk, WAL with
+    synchronous=FULL), delivered by the worker through ``balwatch.sinks.mqtt.MqttSink`` at
+    QoS 1, each delivery's removal committed too; alerts/s from the first enqueue until the
+    outbox is empty.
+
+Targets (issue 4): (c) >= 2,000 alerts/s, and (c) >= 0.5 of (a). The MQTT sink publishes two
+messages per alert (the event, and the retained ``active/`` state), so (c) is compared with
+(a) both as alerts per raw message and as messages per raw message.
+
+    .venv/bin/python bench/delivery.py [--alerts 20000] [--state-dir DIR]
+
+``--state-dir`` puts the database on the disk under test (default: a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from balwatch.config.model import MqttSink as MqttSinkConfig
+from balwatch.outbox.store import DB_FILE, OutboxStore
+from balwatch.outbox.worker import Outbox
+from balwatch.sinks.formats import encode_alert
+from balwatch.sinks.mqtt import MqttSink
+
+ALERTS_TARGET = 2000.0
+RATIO_TARGET = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_mosquitto(directory: Path) -> tuple[asyncio.subprocess.Process, int]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    config = directory / "mosquitto.conf"
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        "log_dest none",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")  # else it drops to a user that cannot read our temp dir
+    config.write_text("\n".join(lines) + "\n")
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    for _ in range(500):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.01)
+            continue
+        writer.close()
+        return process, port
+    process.kill()
+    raise RuntimeError("mosquitto did not start listening")
+
+
+def make_alert(seq: int, fingerprints: int) -> dict[str, Any]:
+    series = seq % fingerprints
+    resolved = (seq // fingerprints) % 2 == 1
+    return {
+        "version": 1,
+        "id": f"{seq:08d}",
+        "fingerprint": f"{series:016x}",
+        "status": "resolved" if resolved else "firing",
+        "event": "resolved" if resolved else "firing",
+        "rule": "low-available",
+        "severity": "critical",
+        "account": f"acct-{series:04d}",
+        "exchange": "bitso",
+        "venue": "bitso",
+        "asset": "USDT",
+        "summary": f"acct-{series:04d} USDT: only 4210.55 available",
+        "description": "Hot wallet running low",
+        "labels": {"team": "treasury"},
+        "expression": "available < 5000",
+        "values": {"available": "4210.55"},
+        "started_at": "2026-11-25T10:00:00Z",
+        "resolved_at": "2026-11-25T10:30:00Z" if resolved else None,
+        "observed_at": "2026-11-25T10:02:00Z",
+    }
+
+
+async def raw_rate(port: int, messages: int, publishers: int, protocol: str) -> float:
+    payload = encode_alert(make_alert(0, 1))
+    version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
+    async with aiomqtt.Client(
+        "127.0.0.1", port, protocol=version, max_inflight_messages=1000
+    ) as client:
+        client.pending_calls_threshold = publishers  # else it warns about every publish
+
+        async def publisher(share: int) -> None:
+            for i in range(share):
+                await client.publish(f"bench/raw/{i % 100}", payload, qos=1)
+
+        shares = [messages // publishers + (i < messages % publishers) for i in range(publishers)]
+        started = time.perf_counter()
+        await asyncio.gather(*(publisher(share) for share in shares))
+        return messages / (time.perf_counter() - started)
+
+
+def sink_config(port: int, protocol: str) -> MqttSinkConfig:
+    url = f"mqtt://127.0.0.1:{port}"
+    return MqttSinkConfig.model_validate(
+        {"type": "mqtt", "name": "bench", "url": url, "qos": 1, "protocol": protocol}
+    )
+
+
+async def sink_rate(port: int, args: argparse.Namespace) -> float:
+    """MqttSink.send alone, ``--concurrency`` sends in flight: the ceiling for the outbox."""
+    docs = [make_alert(seq, args.fingerprints) for seq in range(args.alerts)]
+    async with MqttSink(sink_config(port, args.protocol)) as sink:
+
+        async def sender(first: int) -> None:
+            for doc in docs[first :: args.concurrency]:
+                await sink.send(doc)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(i) for i in range(args.concurrency)))
+        return len(docs) / (time.perf_counter() - started)
+
+
+async def outbox_rate(port: int, state_dir: Path, args: argparse.Namespace) -> float:
+    """Alerts/s from the first enqueue until every delivery is acknowledged and pruned."""
+    docs = [make_alert(seq, args.fingerprints) for seq in range(args.alerts)]
+    store = await OutboxStore.open(state_dir / DB_FILE)
+    try:
+        async with MqttSink(sink_config(port, args.protocol)) as sink:
+            outbox = Outbox(store, [sink], concurrency=args.concurrency)
+            await outbox.start()
+
+            async def producer(first: int) -> None:
+                for doc in docs[first :: args.producers]:
+                    await outbox.enqueue(doc, ["bench"])
+
+            started = time.perf_counter()
+            await asyncio.gather(*(producer(i) for i in range(args.producers)))
+            await outbox.wait_settled()
+            elapsed = time.perf_counter() - started
+            stats = outbox.stats()["bench"]
+            await outbox.stop()
+        if stats.delivered != args.alerts or stats.failed or stats.dead:
+            raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
+        if await store.counts():
+            raise RuntimeError("the outbox is not empty after delivery")
+    finally:
+        await store.close()
+    return len(docs) / elapsed
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="balwatch-bench-") as tmp:
+        broker, port = await start_mosquitto(Path(tmp))
+        state_dir = Path(args.state_dir or tmp) / "bench-state"
+        shutil.rmtree(state_dir, ignore_errors=True)
+        try:
+            raw = await raw_rate(port, args.messages, args.publishers, args.protocol)
+            alone = await sink_rate(port, args)
+            durable = await outbox_rate(port, state_dir, args)
+        finally:
+            broker.kill()
+            await broker.wait()
+            shutil.rmtree(state_dir, ignore_errors=True)
+    # The sink publishes each alert twice: the event, and the retained active/ state.
+    print(f"MQTT {args.protocol}, QoS 1, loopback mosquitto; {args.alerts:,} alerts")
+    print(f"raw aiomqtt publish ({args.publishers} tasks):   {raw:8,.0f} msg/s")
+    print(f"MqttSink.send alone:           {alone:8,.0f} alerts/s ({2 * alone:,.0f} msg/s)")
+    print(f"outbox -> MqttSink, durable:   {durable:8,.0f} alerts/s ({2 * durable:,.0f} msg/s)")
+    print(f"  >= {ALERTS_TARGET:,.0f} alerts/s:      {verdict(durable >= ALERTS_TARGET)}")
+    print(
+        f"  >= {RATIO_TARGET} of raw:          {verdict(durable / raw >= RATIO_TARGET)} as "
+        f"alerts/msg ({durable / raw:.3f}); {verdict(2 * durable / raw >= RATIO_TARGET)} "
+        f"as msg/msg ({2 * durable / raw:.3f})"
+    )
+    print(f"  outbox keeps {durable / alone:.2f} of the sink's own rate")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--alerts", type=int, default=20_000)
+    parser.add_argument("--fingerprints", type=int, default=1_000)
+    parser.add_argument("--producers", type=int, default=64, help="enqueueing tasks")
+    parser.add_argument("--concurrency", type=int, default=64, help="sends in flight")
+    parser.add_argument("--messages", type=int, default=20_000, help="raw publishes")
+    parser.add_argument("--publishers", type=int, default=32, help="raw publisher tasks")
+    parser.add_argument("--protocol", choices=["3.1.1", "5"], default="5", help="for both")
+    parser.add_argument("--state-dir", help="where the outbox database goes")
+    asyncio.run(main(parser.parse_args()))
