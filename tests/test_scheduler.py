@@ -1,0 +1,105 @@
+"""Pollers against the real simulator: limits kept, failures back off, polls never stack."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from balwatch.adapters.base import RateLimit
+from balwatch.backoff import Backoff
+from balwatch.errors import AuthError, RateLimited, SourceUnavailable
+from balwatch.poll import PollResult, make_adapter
+from balwatch.ratelimit import Limiter
+from balwatch.scheduler import JITTER, PollPlan, Scheduler, next_delay
+from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.conftest import StartSim, account_spec
+
+
+def coinw(name: str, key: str = "ck") -> SimAccount:
+    return SimAccount(
+        name,
+        "coinw",
+        api_key=key,
+        api_secret="cs",
+        balances={"coinw": {"USDT": {"available": "10", "locked": "0"}}},
+    )
+
+
+async def collect(queue: asyncio.Queue[PollResult], n: int) -> list[PollResult]:
+    return [await asyncio.wait_for(queue.get(), 20) for _ in range(n)]
+
+
+async def test_accounts_sharing_a_key_never_exceed_its_limit(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    # The fake enforces 5 per 0.5 s per key; three accounts on one key poll as fast as allowed.
+    sim = await start_sim(coinw("a"), rate_limits={"coinw": (5, 0.5)})
+    results: asyncio.Queue[PollResult] = asyncio.Queue()
+    limiter = Limiter(RateLimit(4, 0.5))
+    plans = [
+        PollPlan(
+            make_adapter(
+                "coinw",
+                account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name=n),
+                http,
+            ),
+            0.001,
+            limiter,
+        )
+        for n in ("a1", "a2", "a3")
+    ]
+    async with Scheduler(results.put) as scheduler:
+        scheduler.start(plans)
+        got = await collect(results, 24)
+    assert all(r.ok for r in got), [str(r.error) for r in got if r.error]
+    assert sim.state.accounts["a"].max_requests_in(0.5) <= 4
+
+
+async def test_a_poll_that_overruns_its_interval_is_not_stacked(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(coinw("slow"))
+    sim.state.accounts["slow"].delay = 0.2  # each answer takes 20x the interval
+    results: asyncio.Queue[PollResult] = asyncio.Queue()
+    spec = account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name="slow")
+    async with Scheduler(results.put) as scheduler:
+        scheduler.start([PollPlan(make_adapter("coinw", spec, http), 0.01)])
+        await collect(results, 3)
+        # one request in flight at most: three answers, at most one more request started
+        assert sim.state.accounts["slow"].requests <= 4
+
+
+async def test_failures_back_off_and_recover(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(coinw("flaky"))
+    sim.state.accounts["flaky"].faults.append(Fault(FaultKind.STATUS, times=2, status=503))
+    results: asyncio.Queue[PollResult] = asyncio.Queue()
+    spec = account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name="flaky")
+    plan = PollPlan(make_adapter("coinw", spec, http), 0.01, backoff=Backoff(base=0.01, cap=0.05))
+    async with Scheduler(results.put) as scheduler:
+        scheduler.start([plan])
+        got = await collect(results, 3)
+    assert [type(r.error) for r in got] == [SourceUnavailable, SourceUnavailable, type(None)]
+    assert got[2].rows is not None and got[2].rows[0].available is not None
+
+
+def test_delay_rules() -> None:
+    top, mid = (lambda: 0.999999), (lambda: 0.5)
+    plan = PollPlan(
+        adapter=None,  # type: ignore[arg-type]
+        interval=30.0,
+        backoff=Backoff(base=5.0, cap=900.0, rand=top),
+        auth_backoff=Backoff(base=60.0, cap=3600.0, rand=top),
+    )
+    assert next_delay(plan, None, 0, mid) == 30.0
+    assert 30 * (1 - JITTER) <= next_delay(plan, None, 0, lambda: 0.0) < 30
+    # failures: never sooner than the interval, growing with the count up to the cap
+    unavailable = SourceUnavailable("coinw", "HTTP 503")
+    assert next_delay(plan, unavailable, 1, mid) == 30.0  # 5 s backoff < the interval
+    assert next_delay(plan, unavailable, 12, top) > 800
+    # a rate limit's retry-after is honoured even when longer than the backoff
+    assert next_delay(plan, RateLimited("bitso", "420", retry_after=120.0), 1, mid) == 120.0
+    # auth errors back off hard: up to an hour, never fast
+    assert next_delay(plan, AuthError("bitso", "0201"), 8, top) > 3000
