@@ -43,6 +43,9 @@ from balwatch.sinks.base import AlertDoc
 
 DB_FILE: Final = "balwatch.db"
 
+# Writes to other tables that must commit together with outbox changes; runs on the DB thread.
+StateWrite = Callable[[sqlite3.Connection], None]
+
 # One tuple of statements per schema version; append, never edit a released step.
 OUTBOX_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -202,12 +205,15 @@ class OutboxStore:
         items: Sequence[tuple[AlertDoc, Sequence[str]]],
         *,
         on_commit: Callable[[list[Delivery]], None] | None = None,
+        also: StateWrite | None = None,
     ) -> list[Delivery]:
         """:meth:`enqueue` for several alerts in one transaction; deliveries in id order.
 
         ``on_commit`` gets the deliveries on the event loop right after the commit, even if
         the caller was cancelled meanwhile, and before any later commit's ``on_commit``.
         An alert for no sink is not stored: nothing would ever deliver or prune it.
+        ``also`` runs in the same transaction: the engine state that produced these
+        alerts commits with them, so a crash can neither lose them nor send them twice.
         """
         # Validate and encode here: a bad document fails alone, before anything is queued.
         prepared = [
@@ -216,8 +222,12 @@ class OutboxStore:
             if sinks
         ]
         if not prepared:
+            if also is not None:
+                await self.write(also)
             return []
         batch = self._batch()
+        if also is not None:
+            batch.writes.append(also)
         offset = len(batch.sinks)
         for _, _, doc, names in prepared:
             batch.alerts.append((doc, len(names)))
@@ -238,6 +248,12 @@ class OutboxStore:
         batch.done.add_done_callback(committed)
         await asyncio.shield(batch.done)
         return deliveries
+
+    async def write(self, state: StateWrite) -> None:
+        """Run ``state`` (other tables of the same database) in the next transaction."""
+        batch = self._batch()
+        batch.writes.append(state)
+        await asyncio.shield(batch.done)
 
     async def ack(self, delivery_id: int) -> None:
         """The sink has it: forget the delivery (and the alert, once no sink needs it)."""
@@ -336,6 +352,7 @@ class _Batch:
     sinks: list[str] = field(default_factory=list)  # one per new delivery
     acks: list[int] = field(default_factory=list)
     fails: list[tuple[str, str, int]] = field(default_factory=list)  # (error, status, id)
+    writes: list[StateWrite] = field(default_factory=list)  # in call order: later wins
 
 
 def _encode(alert: AlertDoc) -> str:
@@ -395,6 +412,8 @@ def _write(conn: sqlite3.Connection, batch: _Batch) -> int:
                 "status = ?, updated_at = ? WHERE id = ?",
                 [(error, status, now, i) for error, status, i in batch.fails],
             )
+        for write in batch.writes:
+            write(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

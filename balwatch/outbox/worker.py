@@ -35,7 +35,7 @@ from typing import Protocol
 import structlog
 
 from balwatch.backoff import Backoff
-from balwatch.outbox.store import Delivery, OutboxStore
+from balwatch.outbox.store import Delivery, OutboxStore, StateWrite
 from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
 
 log = structlog.get_logger("balwatch.outbox")
@@ -357,8 +357,13 @@ class Outbox:
         """Commit ``alert`` for ``sinks``; returns once it is durable (delivery follows)."""
         await self.enqueue_many([(alert, sinks)])
 
-    async def enqueue_many(self, items: Sequence[tuple[AlertDoc, Sequence[str]]]) -> None:
-        """Commit several alerts in one transaction, as one poll's transitions arrive."""
+    async def enqueue_many(
+        self, items: Sequence[tuple[AlertDoc, Sequence[str]]], *, also: StateWrite | None = None
+    ) -> None:
+        """Commit several alerts in one transaction, as one poll's transitions arrive.
+
+        ``also`` writes the state that produced them in the same transaction.
+        """
         if not self._started:
             raise RuntimeError("Outbox.start() must run before enqueue")
         for _, sinks in items:
@@ -367,7 +372,7 @@ class Outbox:
                 raise ValueError(f"no worker for sink(s) {', '.join(unknown)}")
         # Pushed by the store right after the commit, even if this caller is cancelled:
         # committed deliveries must not wait for the next restart.
-        await self.store.enqueue_many(items, on_commit=self._push)
+        await self.store.enqueue_many(items, on_commit=self._push, also=also)
 
     def _push(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:

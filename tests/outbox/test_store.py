@@ -224,3 +224,28 @@ def test_a_failed_migration_step_leaves_the_version_unchanged(db_path: Path) -> 
         migrate(conn, "alerts", [["CREATE TABLE t (x)"]])
     finally:
         conn.close()
+
+
+async def test_state_writes_commit_with_the_alerts_they_produced(db_path: Path) -> None:
+    store = await OutboxStore.open(db_path)
+
+    def create(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS engine_probe (v INTEGER)")
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO engine_probe VALUES (1)")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    await store.write(create)
+    with pytest.raises(sqlite3.OperationalError):
+        await store.enqueue_many([(alert("fp-1", 1), ["s"])], also=broken)
+    # the failed state write took the alert down with it: all or nothing
+    assert await store.pending("s") == []
+
+    def good(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO engine_probe VALUES (2)")
+
+    await store.enqueue_many([(alert("fp-1", 1), ["s"])], also=good)
+    await store.close()
+    assert query(db_path, "SELECT v FROM engine_probe") == [(2,)]
+    assert query(db_path, "SELECT count(*) FROM outbox_delivery") == [(1,)]
