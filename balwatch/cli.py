@@ -1,7 +1,7 @@
 """The ``balwatch`` command: a thin face over the library.
 
-Exit codes: 0 success; 1 invalid config or rules, or a failed rule test; 2 usage error;
-3 some account polls failed.
+Exit codes: 0 success; 1 invalid config or rules (or state), or a failed rule test;
+2 usage error; 3 some account polls failed; 4 a test alert was not delivered.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
@@ -21,7 +20,10 @@ from pathlib import Path
 from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config, load_yaml
+from balwatch.daemon import Daemon
+from balwatch.demo.story import run_demo
 from balwatch.errors import ConfigError
+from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all
 from balwatch.rules.engine import Engine
 from balwatch.rules.explain import Poll, explain
@@ -30,9 +32,10 @@ from balwatch.rules.ruletest import plural, run_tests
 from balwatch.rules.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
+from balwatch.statestore import StateError
 from balwatch.table import balances_table, failures_table
 
-EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED = 0, 1, 3
+EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED, EXIT_SEND_FAILED = 0, 1, 3, 4
 DEFAULT_SIM_PORT = 8700
 
 
@@ -162,6 +165,35 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(Daemon(args.config).run())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    logs.configure(config.log.format, config.log.level, config.secrets())
+    try:
+        result = asyncio.run(send_test(config, args.sink, timeout=args.timeout))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if result.delivered:
+        print(f"{args.sink}: delivered test alert ({', '.join(result.alert_ids)})")
+        return EXIT_OK
+    print(f"{args.sink}: NOT delivered: {result.reason}", file=sys.stderr)
+    return EXIT_SEND_FAILED
+
+
 async def _serve_until_stopped(sim: Simulator) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -188,17 +220,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        scenario = load_scenario(_demo_file("scenario.yaml"))
-        async with Simulator(scenario.build()) as sim:
-            config = _load(_demo_file("balwatch.yaml"), {**os.environ, "SIM_URL": sim.url})
-            if config is None:
-                return EXIT_CONFIG
-            logs.configure("console", "warning", config.secrets())
-            print(f"simulated exchanges on {sim.url}; one poll round of every account:\n")
-            return _print_results(await _poll(config), as_json=False)
-
-    return asyncio.run(main())
+    return asyncio.run(run_demo(sys.stdout))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("check", help="validate the config and its rules; exit 1 on any error")
     )
     p.set_defaults(func=cmd_check)
+
+    p = with_config(sub.add_parser("run", help="the daemon: poll, evaluate, deliver alerts"))
+    p.set_defaults(func=cmd_run)
+
+    p = with_config(sub.add_parser("send-test", help="deliver a test alert through one sink"))
+    p.add_argument("--sink", required=True, help="the sink's name in the config")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
+    p.set_defaults(func=cmd_send_test)
 
     p = with_config(sub.add_parser("balances", help="poll every account once, print rows"))
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
@@ -239,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-config", type=Path, help="write a balwatch config for these accounts")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("demo", help="simulated exchanges and one poll round; no setup needed")
+    p = sub.add_parser("demo", help="simulators, daemon and a scripted story; no setup needed")
     p.set_defaults(func=cmd_demo)
     return parser
 

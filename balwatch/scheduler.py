@@ -35,7 +35,9 @@ class PollPlan:
     adapter: Adapter
     interval: float
     limiter: Limiter | None = None
-    backoff: Backoff = field(default_factory=lambda: Backoff(base=5.0, cap=900.0))
+    # Default: from the interval up to ten intervals (at most 15 min), so a source that comes
+    # back is noticed within a few intervals, not after an hour.
+    backoff: Backoff | None = None
     # An auth failure is retried slowly: repeated bad logins can lock the key.
     auth_backoff: Backoff = field(default_factory=lambda: Backoff(base=60.0, cap=3600.0))
 
@@ -52,7 +54,8 @@ def next_delay(
         return jittered
     if isinstance(error, AuthError):
         return max(jittered, plan.auth_backoff.delay(failures))
-    delay = max(jittered, plan.backoff.delay(failures))
+    backoff = plan.backoff or Backoff(base=plan.interval, cap=min(10 * plan.interval, 900.0))
+    delay = max(jittered, backoff.delay(failures))
     if isinstance(error, RateLimited) and error.retry_after is not None:
         delay = max(delay, error.retry_after)
     return delay

@@ -187,12 +187,15 @@ async def test_missing_variable_is_a_config_error_naming_it(tmp_path: Path) -> N
     assert_no_secret(err)
 
 
-async def test_demo_runs_without_setup() -> None:
+async def test_demo_tells_the_whole_story_without_setup() -> None:
     code, out, err = await run_cli("demo")
     assert code == 0, err
-    for account in ("bitso-treasury", "coinapi-ems", "kuna-custody", "coinw-spot"):
-        assert account in out
-    assert "BINANCESPOT" in out and "61250.10" in out
+    events = [line.split("] ", 1)[1] for line in out.splitlines() if "] " in line]
+    for rule in ("low-available", "large-pending-withdrawal", "aml-lock", "account-stale"):
+        assert any(e.startswith("FIRING") and f" {rule}:" in e for e in events), (rule, out)
+        assert any(e.startswith("RESOLVED") and f" {rule}:" in e for e in events), (rule, out)
+    assert any("sudden-drop: coinapi-ems BINANCESPOT BTC" in e for e in events), out
+    assert "Traceback" not in err
 
 
 async def test_simulate_then_balances_as_in_the_readme(tmp_path: Path) -> None:

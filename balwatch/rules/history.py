@@ -199,6 +199,14 @@ class History:
         series = self._series.get(key)
         return [] if series is None else list(zip(series.times, series.values, strict=True))
 
+    def samples_after(self, key: HistoryKey, t: float) -> list[tuple[float, Decimal]]:
+        """The samples newer than ``t``, oldest first: what a store has not written yet."""
+        series = self._series.get(key)
+        if series is None:
+            return []
+        start = bisect_right(series.times, t)
+        return list(zip(series.times[start:], series.values[start:], strict=True))
+
     def sample_count(self) -> int:
         return sum(len(s.values) for s in self._series.values())
 

@@ -37,6 +37,10 @@ class Sink(ABC):
     async def close(self) -> None:
         """Flush what is in flight and release connections."""
 
+    def connected(self) -> bool:
+        """Whether a send could go out now; connectionless sinks always can."""
+        return True
+
     @abstractmethod
     async def send(self, alert: AlertDoc) -> None:
         """Deliver one alert; return only once the receiver acknowledged it.

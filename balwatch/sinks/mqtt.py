@@ -302,6 +302,9 @@ class MqttSink(Sink):
 
     # --- connection -----------------------------------------------------------------
 
+    def connected(self) -> bool:
+        return self._connection is not None
+
     async def _live_connection(self) -> _Connection:
         if self._task is None or self._closing:
             raise DeliveryError(f"mqtt sink {self.name}: not running", retryable=True)

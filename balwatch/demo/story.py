@@ -1,0 +1,180 @@
+"""``balwatch demo``: simulated exchanges, the daemon and a scripted story, printed live.
+
+The story drains a balance, queues a large withdrawal, locks funds for AML, drops a
+balance suddenly and takes a source down, then puts everything back. Each alert is
+printed as it fires and resolves; with a broker on localhost:1883 they also go to MQTT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+from balwatch.alert import Alert
+from balwatch.daemon import Daemon
+from balwatch.simulator.scenario import load_scenario
+from balwatch.simulator.server import Simulator
+from balwatch.simulator.state import Fault, FaultKind, SimState
+from balwatch.systemd import Notifier
+
+Change = Callable[[SimState], None]
+MQTT_PORT = 1883
+
+
+def _set(account: str, asset: str, **fields: str) -> Change:
+    def change(state: SimState) -> None:
+        sim = state.accounts[account]
+        venue = next(v for v, assets in sim.balances.items() if asset in assets)
+        sim.balances[venue][asset].update(fields)
+
+    return change
+
+
+def _down(account: str) -> Change:
+    def change(state: SimState) -> None:
+        state.accounts[account].faults.append(Fault(FaultKind.STATUS, times=None, status=503))
+
+    return change
+
+
+def _up(account: str) -> Change:
+    def change(state: SimState) -> None:
+        state.accounts[account].faults.clear()
+
+    return change
+
+
+def _all(*changes: Change) -> Change:
+    def change(state: SimState) -> None:
+        for each in changes:
+            each(state)
+
+    return change
+
+
+# (seconds after the first poll round, what happens, the change)
+STORY: tuple[tuple[float, str, Change], ...] = (
+    (
+        2,
+        "bitso-treasury spends USDT down to 3,000",
+        _set("bitso-treasury", "USDT", total="4000.00", available="3000.00"),
+    ),
+    (
+        5,
+        "bitso-treasury queues a 150,000 MXN withdrawal",
+        _set("bitso-treasury", "MXN", pending_withdrawal="150000.00"),
+    ),
+    (
+        8,
+        "kuna-custody: 2,500 USDT frozen by an AML check",
+        _set("kuna-custody", "USDT", aml_locked="2500.00"),
+    ),
+    (
+        11,
+        "coinapi-ems: 40% of the BTC on BINANCESPOT vanishes",
+        _set("coinapi-ems", "BTC", total="2.1", available="1.7"),
+    ),
+    (14, "coinw-spot stops answering (HTTP 503)", _down("coinw-spot")),
+    (
+        24,
+        "everything recovers: top-up, withdrawal done, AML cleared, coinw back",
+        _all(
+            _set("bitso-treasury", "USDT", total="25000.00", available="24000.00"),
+            _set("bitso-treasury", "MXN", pending_withdrawal="0"),
+            _set("kuna-custody", "USDT", aml_locked="0"),
+            _up("coinw-spot"),
+        ),
+    ),
+)
+END_AFTER = 38.0  # the last recovery may wait out one backoff (<= 10 intervals)
+
+
+def _demo_file(name: str) -> Path:
+    return Path(str(resources.files("balwatch.demo").joinpath(name)))
+
+
+def _broker_answers(port: int = MQTT_PORT) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.3):
+        return True
+    return False
+
+
+def _config(sim_url: str, state_dir: Path, mqtt: bool) -> str:
+    text = _demo_file("balwatch.yaml").read_text().replace("${SIM_URL}", sim_url)
+    text += (
+        f"rules: [{_demo_file('rules.yaml')}]\n"
+        f"state_dir: {state_dir}\n"
+        "defaults: {poll_interval: 1s, timeout: 2s}\n"
+        "log: {format: console, level: error}\n"
+    )
+    if mqtt:
+        text += (
+            "sinks:\n"
+            "  - {name: local-mqtt, type: mqtt, url: 'mqtt://127.0.0.1:1883', "
+            "topic_prefix: balwatch-demo}\n"
+        )
+    return text
+
+
+class _Printer:
+    def __init__(self, out: TextIO, start: float) -> None:
+        self.out = out
+        self.start = start
+
+    def line(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.start:5.1f}s] {text}", file=self.out, flush=True)
+
+    def alerts(self, alerts: Sequence[Alert]) -> None:
+        for alert in alerts:
+            mark = {"firing": "FIRING  ", "repeat": "REPEAT  ", "resolved": "RESOLVED"}
+            self.line(f"{mark[alert.event]} {alert.severity:8} {alert.rule}: {alert.summary}")
+
+
+async def run_demo(out: TextIO) -> int:
+    state = load_scenario(_demo_file("scenario.yaml")).build()
+    mqtt = _broker_answers()
+    printer = _Printer(out, time.monotonic())
+    with tempfile.TemporaryDirectory(prefix="balwatch-demo-") as tmp:
+        async with Simulator(state) as sim:
+            config = Path(tmp) / "balwatch.yaml"
+            config.write_text(_config(sim.url, Path(tmp) / "state", mqtt))
+            daemon = Daemon(
+                config, on_alerts=printer.alerts, notifier=Notifier(None), configure_logs=True
+            )
+            printer.line(f"simulated exchanges on {sim.url}: bitso, coinapi, kunacore, coinw")
+            printer.line(
+                "alerts also go to MQTT, topics balwatch-demo/#"
+                if mqtt
+                else "no MQTT broker on localhost:1883: alerts are printed here only"
+            )
+            running = asyncio.create_task(daemon.run())
+            started = asyncio.create_task(daemon.started.wait())
+            await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                return running.result()
+            printer.line("first poll round done; the story begins")
+            zero = time.monotonic()
+            for at, what, change in STORY:
+                if await _sleep_until(daemon, zero + at):
+                    break
+                printer.line(f"story: {what}")
+                change(state)
+            await _sleep_until(daemon, zero + END_AFTER)
+            daemon.stopping.set()
+            code = await running
+            printer.line("demo over; `balwatch simulate` and `balwatch run` do this for real")
+            return code
+
+
+async def _sleep_until(daemon: Daemon, deadline: float) -> bool:
+    """Wait for ``deadline`` (monotonic); True if the daemon was stopped (Ctrl-C) first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(daemon.stopping.wait(), max(0.0, deadline - time.monotonic()))
+    return daemon.stopping.is_set()

@@ -1,0 +1,31 @@
+"""Config and rules together: what ``check``, ``eval`` and the daemon load."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from balwatch.config import Config, load_config, load_yaml
+from balwatch.errors import Problem
+from balwatch.rules.load import ListedIn, load_rule_set
+from balwatch.rules.rule import Rule
+
+
+class Loaded(NamedTuple):
+    config: Config
+    rules: tuple[Rule, ...]
+    warnings: tuple[Problem, ...]
+    files: tuple[str, ...]  # the config and every rule file read: what a reload watches
+
+
+def load_all(path: Path, environ: Mapping[str, str] | None = None) -> Loaded:
+    """The config and its rules; raises ConfigError with every problem of both."""
+    config = load_config(path, environ=environ)
+    rule_set = load_rule_set(
+        config.rules,
+        sink_names=[sink.name for sink in config.sinks],
+        accounts={account.name: account.exchange for account in config.accounts},
+        listed_in=ListedIn(load_yaml(path), ("rules",)),
+    )
+    return Loaded(config, rule_set.rules, rule_set.warnings, (str(path), *rule_set.files))

@@ -1,0 +1,75 @@
+"""Alerts about balwatch itself: a rejected reload, a source refusing our credentials.
+
+They travel the same path as rule alerts (outbox, routing, sinks), so the people who
+watch balances also learn when balwatch cannot watch them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from balwatch.alert import Alert, fingerprint
+from balwatch.rules.rule import Severity
+
+SELF = "balwatch"
+
+
+class SelfAlerts:
+    """Fires once per (rule, account) while a problem lasts; resolves when it ends."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._firing: dict[tuple[str, str], Alert] = {}
+
+    def fire(
+        self, rule: str, account: str, exchange: str, summary: str, severity: Severity
+    ) -> list[Alert]:
+        if (rule, account) in self._firing:
+            return []
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        alert = Alert(
+            fingerprint=fingerprint(rule, account, None, None),
+            event="firing",
+            rule=rule,
+            severity=severity,
+            account=account,
+            exchange=exchange,
+            venue=None,
+            asset=None,
+            summary=summary,
+            description="",
+            labels={"source": SELF},
+            expression="",
+            values={},
+            started_at=now,
+            observed_at=now,
+        )
+        self._firing[(rule, account)] = alert
+        return [alert]
+
+    def resolve(self, rule: str, account: str) -> list[Alert]:
+        firing = self._firing.pop((rule, account), None)
+        if firing is None:
+            return []
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        return [
+            Alert(
+                fingerprint=firing.fingerprint,
+                event="resolved",
+                rule=rule,
+                severity=firing.severity,
+                account=account,
+                exchange=firing.exchange,
+                venue=None,
+                asset=None,
+                summary=f"resolved: {firing.summary}",
+                description="",
+                labels=firing.labels,
+                expression="",
+                values={},
+                started_at=firing.started_at,
+                observed_at=now,
+                resolved_at=now,
+            )
+        ]

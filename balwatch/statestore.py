@@ -1,0 +1,140 @@
+"""Engine state in the state database: alert states, account liveness, metric history.
+
+Alert and account states are written in the same transaction as the alerts they produced
+(see :meth:`balwatch.outbox.store.OutboxStore.enqueue_many`), and otherwise every few
+seconds. History is written incrementally; a crash loses at most the samples since the
+last flush, which only shortens a change window's past, never invents one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+from balwatch.outbox.store import migrate, open_db
+from balwatch.rules.engine import AccountState, AlertState, Engine
+from balwatch.rules.history import History, HistoryKey
+
+ENGINE_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        "CREATE TABLE engine_alert (fingerprint TEXT NOT NULL, rule TEXT NOT NULL, "
+        "doc TEXT NOT NULL, PRIMARY KEY (fingerprint, rule))",
+        "CREATE TABLE engine_account (account TEXT PRIMARY KEY, doc TEXT NOT NULL)",
+        "CREATE TABLE engine_sample (account TEXT NOT NULL, venue TEXT NOT NULL, "
+        "asset TEXT NOT NULL, metric TEXT NOT NULL, t REAL NOT NULL, value TEXT NOT NULL, "
+        "PRIMARY KEY (account, venue, asset, metric, t)) WITHOUT ROWID",
+    ),
+)
+
+Sample = tuple[HistoryKey, float, Decimal]
+
+
+class StateError(Exception):
+    """The state database cannot be used; the file is left as it is."""
+
+
+@dataclass
+class Saved:
+    alerts: list[AlertState] = field(default_factory=list)
+    accounts: list[AccountState] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+
+
+def prepare(path: Path, since: float) -> Saved:
+    """Create or upgrade the engine tables and read what a previous run left.
+
+    A file that is not SQLite, is corrupt, or belongs to another program is a
+    :class:`StateError` naming the file; nothing in it is changed.
+    """
+    try:
+        conn = open_db(path)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: not a usable SQLite database ({exc})") from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "schema_version" not in tables:
+            raise StateError(
+                f"{path}: holds tables of another program ({', '.join(sorted(tables)[:3])}); "
+                "point state_dir at a directory of balwatch's own"
+            )
+        migrate(conn, "engine", ENGINE_SCHEMA)
+        return _read(conn, since)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: cannot read the state database ({exc})") from None
+    finally:
+        conn.close()
+
+
+def _read(conn: sqlite3.Connection, since: float) -> Saved:
+    saved = Saved()
+    for (doc,) in conn.execute("SELECT doc FROM engine_alert"):
+        saved.alerts.append(AlertState.from_json(json.loads(doc)))
+    for (doc,) in conn.execute("SELECT doc FROM engine_account"):
+        saved.accounts.append(AccountState.from_json(json.loads(doc)))
+    rows = conn.execute(
+        "SELECT account, venue, asset, metric, t, value FROM engine_sample WHERE t >= ? "
+        "ORDER BY account, venue, asset, metric, t",
+        (since,),
+    )
+    saved.samples = [((a, v, s, m), t, Decimal(value)) for a, v, s, m, t, value in rows]
+    return saved
+
+
+def restore(engine: Engine, saved: Saved, now: float) -> None:
+    """Load saved history into the engine (states are restored by ``Engine.restore``)."""
+    for key, t, value in saved.samples:
+        if t <= now:
+            engine.history.record(key, t, value)
+
+
+class HistoryCursor:
+    """Remembers what history was written, so each flush writes only new samples."""
+
+    def __init__(self) -> None:
+        self._written: dict[HistoryKey, float] = {}
+
+    def new_samples(self, history: History) -> list[Sample]:
+        out: list[Sample] = []
+        present = set(history.keys())
+        for key in present:
+            fresh = history.samples_after(key, self._written.get(key, float("-inf")))
+            if fresh:
+                out.extend((key, t, v) for t, v in fresh)
+                self._written[key] = fresh[-1][0]
+        for key in set(self._written) - present:
+            del self._written[key]
+        return out
+
+
+def writer(
+    alerts: Iterable[AlertState],
+    accounts: Iterable[AccountState] | None = None,
+    samples: Iterable[Sample] = (),
+    prune_before: float | None = None,
+) -> Callable[[sqlite3.Connection], None]:
+    """A state write for the outbox's transaction. Encodes now, on the loop, so the
+    snapshot is the engine's state at this moment, not when the DB thread gets to it."""
+    alert_rows = [(s.fingerprint, s.rule, json.dumps(s.to_json())) for s in alerts]
+    account_rows = (
+        None if accounts is None else [(a.account, json.dumps(a.to_json())) for a in accounts]
+    )
+    sample_rows = [(*key, t, str(v)) for key, t, v in samples]
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM engine_alert")
+        conn.executemany("INSERT INTO engine_alert VALUES (?, ?, ?)", alert_rows)
+        if account_rows is not None:
+            conn.execute("DELETE FROM engine_account")
+            conn.executemany("INSERT INTO engine_account VALUES (?, ?)", account_rows)
+        conn.executemany(
+            "INSERT OR REPLACE INTO engine_sample VALUES (?, ?, ?, ?, ?, ?)", sample_rows
+        )
+        if prune_before is not None:
+            conn.execute("DELETE FROM engine_sample WHERE t < ?", (prune_before,))
+
+    return write
