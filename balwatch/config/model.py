@@ -452,9 +452,20 @@ class Config(_Model):
         """Every secret value in the config, so the log redactor can scrub them."""
         found = [secret for account in self.accounts for secret in account.credentials.values()]
         for sink in self.sinks:
-            found.append(sink.url)
+            found.extend(_url_secrets(sink.url))
             if isinstance(sink, WebhookSink):
                 found.extend(sink.headers.values())
                 if sink.secret is not None:
                     found.append(sink.secret)
         return tuple(found)
+
+
+def _url_secrets(url: Secret) -> list[Secret]:
+    """The parts of a sink URL that are secret: the password, and the path and query
+    (webhook URLs carry their token there). Scheme, user and host stay readable in logs."""
+    parts = urlsplit(url.reveal())
+    found = [Secret(parts.password)] if parts.password else []
+    tail = parts.path + (f"?{parts.query}" if parts.query else "")
+    if len(tail) > 1:
+        found.append(Secret(tail))
+    return found

@@ -59,11 +59,12 @@ def test_valid_config_never_shows_secrets(write: WriteFile, environ: dict[str, s
     shown += [repr(config.account_spec(account)) for account in config.accounts]
     for text in shown:
         assert_hidden(text)
+    # URLs contribute their secret parts (password; path with the token), so the log
+    # redactor masks those and leaves scheme and host readable.
     assert {secret.reveal() for secret in config.secrets()} == {
         ENV_SECRET,
         FILE_SECRET,
-        environ["MQTT_URL"],
-        f"https://hooks.example/{FILE_SECRET}",
+        f"/{FILE_SECRET}",
         f"Bearer {ENV_SECRET}",
     }
 
