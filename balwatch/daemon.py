@@ -95,6 +95,8 @@ class Daemon:
         self._failing: set[str] = set()
         self._progress = time.monotonic()
         self._accounts: dict[str, _Account] = {}
+        self._unpublished: list[Alert] = []  # alerts whose commit failed, retried each tick
+        self._last_status = ""
 
     # --- start-up --------------------------------------------------------------------
 
@@ -237,15 +239,27 @@ class Daemon:
         self._check_ready()
 
     async def _publish(self, alerts: Sequence[Alert]) -> None:
-        """Commit the alerts with the engine state that produced them, then hand them on."""
-        if not alerts:
+        """Commit the alerts with the engine state that produced them, then hand them on.
+
+        If the commit fails (disk full, I/O error), the alerts are kept in memory and
+        retried with the next publish or tick: the engine has moved on, so dropping them
+        would lose them for good.
+        """
+        batch = [*self._unpublished, *alerts]
+        if not batch:
             return
         sinks = self.loaded.config.sinks
-        items = [(doc, route(doc, sinks, a.notify)) for a in alerts for doc in (a.to_json(),)]
-        await self.outbox.enqueue_many(items, also=writer(self.engine.states()))
-        self.metrics.record_alerts(alerts)
+        items = [(doc, route(doc, sinks, a.notify)) for a in batch for doc in (a.to_json(),)]
+        try:
+            await self.outbox.enqueue_many(items, also=writer(self.engine.states()))
+        except Exception:
+            self._unpublished = batch
+            log.exception("outbox_commit_failed", alerts=len(batch))
+            return
+        self._unpublished = []
+        self.metrics.record_alerts(batch)
         self.metrics.set_active(len(self.engine.pending()), len(self.engine.firing()))
-        for alert in alerts:
+        for alert in batch:
             log.info(
                 "alert",
                 transition=alert.event,
@@ -255,7 +269,7 @@ class Daemon:
                 summary=alert.summary,
             )
         if self._on_alerts is not None:
-            self._on_alerts(alerts)
+            self._on_alerts(batch)
 
     async def _flush(self) -> None:
         retention = self.engine.history.retention
@@ -277,7 +291,10 @@ class Daemon:
             self.metrics.record_evaluation("tick")
             self.metrics.set_active(len(self.engine.pending()), len(self.engine.firing()))
             self.metrics.set_outbox(self.outbox.stats())
-            self._notifier.status(self._status_line())
+            status = self._status_line()
+            if status != self._last_status:
+                self._last_status = status
+                self._notifier.status(status)
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
                 try:
