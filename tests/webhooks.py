@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -42,6 +43,7 @@ class Recorded:
     path: str
     headers: CIMultiDict[str]
     body: bytes
+    at: float  # time.monotonic() on arrival
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -91,6 +93,7 @@ class WebhookReceiver:
             path=request.path_qs,
             headers=CIMultiDict(request.headers),
             body=await request.read(),
+            at=time.monotonic(),
         )
         reply = self._replies.pop(0) if self._replies else self._default
         async with self._arrived:
