@@ -179,7 +179,12 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await scheduler.stop()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("state_flush_failed")
+            if self._unpublished:
+                log.error("stopped_with_uncommitted_alerts", alerts=len(self._unpublished))
             drained = await self.outbox.drain(STOP_GRACE_SECONDS)
             if not drained:
                 log.warning("stopped_with_pending_deliveries", grace=STOP_GRACE_SECONDS)

@@ -53,7 +53,9 @@ def next_delay(
     if error is None:
         return jittered
     if isinstance(error, AuthError):
-        return max(jittered, plan.auth_backoff.delay(failures))
+        # Half the ceiling at least: full jitter alone could retry right away.
+        ceiling = plan.auth_backoff.ceiling(failures)
+        return max(jittered, ceiling / 2 + plan.auth_backoff.delay(failures) / 2)
     backoff = plan.backoff or Backoff(base=plan.interval, cap=min(10 * plan.interval, 900.0))
     delay = max(jittered, backoff.delay(failures))
     if isinstance(error, RateLimited) and error.retry_after is not None:
