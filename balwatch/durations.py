@@ -25,9 +25,11 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of ``seconds`` in the largest whole unit."""
+    """The shortest exact spelling of ``seconds`` in the largest whole unit; zero is ``0s``."""
     millis = round(seconds * 1000)
+    if not millis:
+        return "0s"
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if millis and millis % size == 0:
+        if millis % size == 0:
             return f"{millis // size}{unit}"
     return f"{millis}ms"

@@ -92,7 +92,7 @@ def test_schema_describes_keys_and_exchange_options() -> None:
     rule = rules["$defs"]["RuleModel"]
     assert rule["additionalProperties"] is False
     assert {"when", "clear", "for", "repeat", "notify", "select"} <= set(rule["properties"])
-    assert rules["$defs"]["RuleDefaults"]["properties"]["for"]["default"] == "0ms"
+    assert rules["$defs"]["RuleDefaults"]["properties"]["for"]["default"] == "0s"
 
     config = json.loads(balwatch("schema").stdout)
     account = config["$defs"]["AccountConfig"]

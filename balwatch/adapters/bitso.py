@@ -40,17 +40,17 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from decimal import Decimal
 from typing import Any, ClassVar, Final
 
 from balwatch.adapters.base import Adapter, RateLimit
-from balwatch.adapters.http import (
-    Response,
+from balwatch.adapters.http import Response, generic_status_error, send
+from balwatch.adapters.wire import (
+    QUOTE_CHARS,
+    distinct,
     expect_list,
     expect_object,
     expect_str,
-    generic_status_error,
-    send,
+    extras,
 )
 from balwatch.errors import AuthError, BadResponse, RateLimited, SourceError, SourceUnavailable
 from balwatch.model import Balance, Metric
@@ -64,11 +64,9 @@ LOCKOUT_SECONDS: Final = 60.0
 # HTTP statuses Bitso gives an error category of its own (the code's first two digits).
 _STATUS_CATEGORY: Final = {401: "02", 420: "08", 400: "03"}
 _CODE_RE: Final = re.compile(r"[0-9]{1,4}")
-_NOT_EXTRAS: Final = frozenset(
+_MAPPED: Final = frozenset(
     {"currency", "total", "available", "locked", "pending_deposit", "pending_withdrawal"}
 )
-# Server text is quoted in error messages only this far.
-_QUOTE = 120
 
 
 def sign(secret: str, nonce: str, method: str, request_path: str, body: str = "") -> str:
@@ -153,7 +151,7 @@ def api_error(body: Any) -> ApiError | None:
     message = error.get("message")
     return ApiError(
         code.zfill(4) if isinstance(code, str) and _CODE_RE.fullmatch(code) else None,
-        " ".join(message.split())[:_QUOTE] if isinstance(message, str) else None,
+        " ".join(message.split())[:QUOTE_CHARS] if isinstance(message, str) else None,
     )
 
 
@@ -185,15 +183,13 @@ def parse_balances(body: Any, account: str) -> list[Balance]:
     if root.get("success") is not True:
         raise BadResponse(SOURCE, "response is not a success", field="success")
     payload = expect_object(root.get("payload"), SOURCE, "payload")
-    rows: list[Balance] = []
-    seen: set[str] = set()
-    for entry in expect_list(payload.get("balances"), SOURCE, "payload.balances"):
-        row = _row(entry, account)
-        if row.asset in seen:
-            raise BadResponse(SOURCE, "currency listed twice", asset=row.asset, field="currency")
-        seen.add(row.asset)
-        rows.append(row)
-    return rows
+    entries = expect_list(payload.get("balances"), SOURCE, "payload.balances")
+    return distinct(
+        (_row(entry, account) for entry in entries),
+        SOURCE,
+        message="currency listed twice",
+        field="currency",
+    )
 
 
 def _row(entry: Any, account: str) -> Balance:
@@ -211,22 +207,8 @@ def _row(entry: Any, account: str) -> Balance:
         locked=required_amount(item, "locked", source=SOURCE, asset=asset),
         pending_deposit=optional_amount(item, "pending_deposit", source=SOURCE, asset=asset),
         pending_withdrawal=optional_amount(item, "pending_withdrawal", source=SOURCE, asset=asset),
-        extras=_extras(item),
+        extras=extras(item, _MAPPED),
     )
-
-
-def _extras(item: dict[str, Any]) -> dict[str, str]:
-    """Unknown string and number fields as text; anything else unknown is dropped."""
-    extras: dict[str, str] = {}
-    for key, value in item.items():
-        if key in _NOT_EXTRAS or isinstance(value, bool):
-            continue
-        if isinstance(value, str):
-            extras[key] = value
-        elif isinstance(value, int | Decimal):
-            # Through Decimal: str() of a huge int hits Python's digit limit.
-            extras[key] = str(Decimal(value))
-    return extras
 
 
 class BitsoAdapter(Adapter):

@@ -33,19 +33,20 @@ gateway (empty credential set). The ``apikey=`` query form is never used: URLs e
 
 from __future__ import annotations
 
-from decimal import Decimal
+from collections.abc import Iterator
 from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict
 
 from balwatch.adapters.base import Adapter
-from balwatch.adapters.http import (
-    Response,
+from balwatch.adapters.http import Response, generic_status_error, send
+from balwatch.adapters.wire import (
+    distinct,
     expect_list,
     expect_object,
     expect_str,
-    generic_status_error,
-    send,
+    extras,
+    quote,
 )
 from balwatch.errors import BadResponse, SourceError, SourceUnavailable
 from balwatch.model import Balance, Metric
@@ -67,8 +68,6 @@ REQUEST_REJECTS: Final = frozenset(
     {"INVALID_TYPE", "METHOD_NOT_SUPPORTED", "JSON_ERROR", "ORDER_ID_NOT_FOUND"}
 )
 _ROW_FIELDS: Final = frozenset({"asset_id_exchange", "asset_id_coinapi", *AMOUNT_FIELDS})
-# Server text is quoted in error messages only this far.
-_QUOTE = 120
 
 
 class CoinApiOptions(BaseModel):
@@ -125,20 +124,17 @@ def reject_error(resp: Response) -> SourceError:
 
 def parse_balances(body: Any, account: str) -> list[Balance]:
     """Every row of a ``/v1/balances`` answer, or BadResponse naming asset and field."""
-    rows: list[Balance] = []
-    seen: set[tuple[str, str]] = set()
+    return distinct(
+        _rows(body, account), SOURCE, message="listed twice on {venue}", field="asset_id_coinapi"
+    )
+
+
+def _rows(body: Any, account: str) -> Iterator[Balance]:
     for index, raw_entry in enumerate(expect_list(body, SOURCE, "balances")):
         entry = expect_object(raw_entry, SOURCE, f"balances[{index}]")
         venue = expect_str(entry.get("exchange_id"), SOURCE, "exchange_id")
         for raw_row in expect_list(entry.get("data"), SOURCE, f"{venue} data"):
-            row = _parse_row(raw_row, account, venue)
-            if (venue, row.asset) in seen:
-                raise BadResponse(
-                    SOURCE, f"listed twice on {venue}", asset=row.asset, field="asset_id_coinapi"
-                )
-            seen.add((venue, row.asset))
-            rows.append(row)
-    return rows
+            yield _parse_row(raw_row, account, venue)
 
 
 def _parse_row(raw: Any, account: str, venue: str) -> Balance:
@@ -163,24 +159,10 @@ def _parse_row(raw: Any, account: str, venue: str) -> Balance:
         available=optional_amount(row, "available", source=SOURCE, asset=asset),
         locked=optional_amount(row, "locked", source=SOURCE, asset=asset),
         rate_usd=optional_amount(row, "rate_usd", source=SOURCE, asset=asset),
-        extras=_extras(row),
+        # Scalar fields with no column of their own (``traded``, ``last_updated_by``).
+        extras=extras(row, _ROW_FIELDS),
     )
 
 
-def _extras(row: dict[str, Any]) -> dict[str, str]:
-    """Scalar fields with no column of their own (``traded``, ``last_updated_by``) as text."""
-    extras: dict[str, str] = {}
-    for name, value in row.items():
-        if name in _ROW_FIELDS or isinstance(value, bool):
-            continue
-        if isinstance(value, str):
-            extras[name] = value
-        elif isinstance(value, int | Decimal):
-            extras[name] = str(Decimal(value))
-    return extras
-
-
 def _quote(value: object) -> str:
-    if not isinstance(value, str):
-        return "-"
-    return repr(value if len(value) <= _QUOTE else value[:_QUOTE] + "...")
+    return quote(value) if isinstance(value, str) else "-"

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any, ClassVar, Final
 
 from balwatch.adapters.base import Adapter, RateLimit
-from balwatch.adapters.http import expect_object, generic_status_error, send
+from balwatch.adapters.http import generic_status_error, send
+from balwatch.adapters.wire import expect_object, extras, quote, scalar_text
 from balwatch.errors import AuthError, BadResponse, RateLimited, SourceError, SourceUnavailable
 from balwatch.model import Balance, Metric
 from balwatch.money import exact_sum, required_amount
@@ -40,8 +40,6 @@ SYSTEM_CODES: Final = frozenset({"-200", "500"})
 _UNSIGNED: Final = frozenset({"command", "sign"})
 # The fields this adapter maps; everything else an asset carries becomes an extra.
 _MAPPED: Final = frozenset({"available", "onOrders"})
-# A server message is quoted this far: enough to diagnose, never a whole page.
-_QUOTE: Final = 120
 
 
 def signature(params: Mapping[str, str], secret: str) -> str:
@@ -68,7 +66,7 @@ def body_error(body: Any, *, retry_after: float | None = None) -> SourceError | 
     """
     if not isinstance(body, dict):
         return None
-    code = _scalar_text(body.get("code"))
+    code = scalar_text(body.get("code"))
     if code is None:
         return None
     what = f"error code {code}: {_message(body)}"
@@ -93,13 +91,15 @@ def parse_balances(body: Any, account: str) -> list[Balance]:
     top = expect_object(body, SOURCE, "response")
     if "code" not in top:
         raise BadResponse(SOURCE, "response has no code", field="code")
-    code = _scalar_text(top["code"])
+    code = scalar_text(top["code"])
     if code is None:
         raise BadResponse(SOURCE, "code is neither a string nor a number", field="code")
     if code != SUCCESS_CODE:
-        raise BadResponse(SOURCE, f"error code {_quote(code)}: {_message(top)}", field="code")
+        raise BadResponse(SOURCE, f"error code {quote(code)}: {_message(top)}", field="code")
     data = expect_object(top.get("data"), SOURCE, "data")
     rows: list[Balance] = []
+    # Checked on the key, before the entry is read (not through wire.distinct): two codes
+    # that differ only in case are the fault, whatever their entries hold.
     seen: set[str] = set()
     for raw_asset, fields in data.items():
         if not isinstance(raw_asset, str) or not raw_asset:
@@ -117,45 +117,22 @@ def parse_balances(body: Any, account: str) -> list[Balance]:
 def _row(account: str, raw_asset: str, asset: str, fields: dict[str, Any]) -> Balance:
     available = required_amount(fields, "available", source=SOURCE, asset=asset)
     on_orders = required_amount(fields, "onOrders", source=SOURCE, asset=asset)
-    total = exact_sum(available, on_orders)
-    extras = {
-        name: text
-        for name, value in fields.items()
-        if name not in _MAPPED and (text := _scalar_text(value)) is not None
-    }
     return Balance(
         account=account,
         exchange=SOURCE,
         venue=SOURCE,
         asset=asset,
         raw_asset=raw_asset,
-        total=total,
+        total=exact_sum(available, on_orders),
         available=available,
         locked=on_orders,
-        extras=extras,
+        extras=extras(fields, _MAPPED),
     )
-
-
-def _scalar_text(value: Any) -> str | None:
-    """A JSON string or number as text (codes and extras come either way), else None."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(Decimal(value))  # via Decimal: str(int) refuses more than 4300 digits
-    if isinstance(value, Decimal):
-        return str(value)
-    return None
 
 
 def _message(body: dict[str, Any]) -> str:
     msg = body.get("msg")
-    return _quote(msg) if isinstance(msg, str) else "no message"
-
-
-def _quote(text: str) -> str:
-    return repr(text if len(text) <= _QUOTE else text[:_QUOTE] + "...")
+    return quote(msg) if isinstance(msg, str) else "no message"
 
 
 class CoinwAdapter(Adapter):

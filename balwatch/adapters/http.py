@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from balwatch.adapters.wire import quote
 from balwatch.errors import (
     AuthError,
     BadResponse,
@@ -21,9 +22,6 @@ from balwatch.errors import (
     SourceUnavailable,
 )
 from balwatch.secret import Secret
-
-# An error body is quoted in messages only this far: enough to diagnose, never a whole page.
-_SNIPPET = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +48,8 @@ class Response:
             return None
 
     def snippet(self) -> str:
-        text = " ".join(self.text.split())
-        return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
+        """The body on one line, quoted and cut short for an error message."""
+        return quote(" ".join(self.text.split()))
 
     def retry_after(self) -> float | None:
         return parse_retry_after(self.headers.get("Retry-After"))
@@ -155,36 +153,3 @@ def generic_status_error(resp: Response) -> SourceError | None:
     if status == 408 or status >= 500:
         return SourceUnavailable(resp.source, where)
     return BadResponse(resp.source, where)
-
-
-def expect_object(
-    value: Any, source: str, what: str, *, asset: str | None = None
-) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise BadResponse(
-            source, f"{what}: expected an object, got {_type_name(value)}", asset=asset
-        )
-    return value
-
-
-def expect_list(value: Any, source: str, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise BadResponse(source, f"{what}: expected a list, got {_type_name(value)}")
-    return value
-
-
-def expect_str(value: Any, source: str, field: str, *, asset: str | None = None) -> str:
-    if not isinstance(value, str) or not value:
-        raise BadResponse(
-            source,
-            f"expected a non-empty string, got {_type_name(value)}",
-            asset=asset,
-            field=field,
-        )
-    return value
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if isinstance(value, int | Decimal) else type(value).__name__
-    )

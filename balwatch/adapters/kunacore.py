@@ -28,22 +28,15 @@ key, password, token) echoed in an error body are masked before the body is quot
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from balwatch.adapters.base import AccountSpec, Adapter
-from balwatch.adapters.http import (
-    Response,
-    expect_list,
-    expect_object,
-    expect_str,
-    generic_status_error,
-    send,
-)
-from balwatch.errors import AuthError, BadResponse, RateLimited, SourceUnavailable
+from balwatch.adapters.http import Response, generic_status_error, send
+from balwatch.adapters.wire import distinct, expect_list, expect_object, expect_str, extras
+from balwatch.errors import AuthError, RateLimited, SourceUnavailable
 from balwatch.model import Balance, Metric
 from balwatch.money import exact_sum, optional_amount, required_amount
 from balwatch.secret import Secret
@@ -65,7 +58,7 @@ WIRE_METRICS: Final[dict[str, Metric]] = {
     "lockBalance": "aml_locked",
     "referralBalance": "referral",
 }
-_NOT_EXTRAS: Final = frozenset({"asset", "depositAddress", *WIRE_METRICS})
+_MAPPED: Final = frozenset({"asset", "depositAddress", *WIRE_METRICS})
 
 
 class KunaCoreOptions(BaseModel):
@@ -111,15 +104,12 @@ def token_from_login(resp: Response) -> str:
 def parse_balances(body: Any, account: str) -> list[Balance]:
     """Every row of a ``/v2/balance`` answer, or BadResponse naming asset and field."""
     data = expect_list(expect_object(body, SOURCE, "response").get("data"), SOURCE, "data")
-    rows: list[Balance] = []
-    seen: set[str] = set()
-    for entry in data:
-        row = _row(entry, account)
-        if row.asset in seen:
-            raise BadResponse(SOURCE, "asset listed twice", asset=row.asset, field="asset")
-        seen.add(row.asset)
-        rows.append(row)
-    return rows
+    return distinct(
+        (_row(entry, account) for entry in data),
+        SOURCE,
+        message="asset listed twice",
+        field="asset",
+    )
 
 
 def _row(entry: Any, account: str) -> Balance:
@@ -141,22 +131,8 @@ def _row(entry: Any, account: str) -> Balance:
         hold=hold,
         aml_locked=aml_locked,
         referral=optional_amount(item, "referralBalance", source=SOURCE, asset=asset),
-        extras=_extras(item),
+        extras=extras(item, _MAPPED),
     )
-
-
-def _extras(item: dict[str, Any]) -> dict[str, str]:
-    """Unknown string and number fields as text; anything else unknown is dropped."""
-    extras: dict[str, str] = {}
-    for key, value in item.items():
-        if key in _NOT_EXTRAS or isinstance(value, bool):
-            continue
-        if isinstance(value, str):
-            extras[key] = value
-        elif isinstance(value, int | Decimal):
-            # Through Decimal: str() of a huge int hits Python's digit limit.
-            extras[key] = str(Decimal(value))
-    return extras
 
 
 class KunaCoreAdapter(Adapter):

@@ -5,8 +5,9 @@ setting. Values that can carry credentials (account credentials, sink URLs and s
 webhook headers) are :class:`~balwatch.secret.Secret`, so no repr or log shows them.
 
 Error convention, relied on by :mod:`balwatch.config.load`: validators raise
-:func:`_invalid` with a message that may contain ``{input}`` where the offending value
-belongs; the loader fills it in only when the value came verbatim from the file.
+:func:`~balwatch.config.problems.field_error` with a message that may contain ``{input}``
+where the offending value belongs; the loader fills it in only when the value came verbatim
+from the file.
 """
 
 from __future__ import annotations
@@ -34,20 +35,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
+from balwatch.config.problems import field_error
 from balwatch.durations import parse_duration
 from balwatch.secret import Secret
 
 if TYPE_CHECKING:
     from balwatch.adapters.base import AccountSpec, Adapter
 
-ERROR_TYPE: Final = "balwatch"
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _invalid(message: str) -> PydanticCustomError:
-    return PydanticCustomError(ERROR_TYPE, message)
 
 
 def _invalid_at(
@@ -57,7 +54,7 @@ def _invalid_at(
     return ValidationError.from_exception_data(
         title,
         [
-            InitErrorDetails(type=_invalid(message), loc=loc, input=value)
+            InitErrorDetails(type=field_error(message), loc=loc, input=value)
             for loc, message, value in errors
         ],
     )
@@ -88,15 +85,17 @@ def adapter_for(exchange: object) -> type[Adapter] | None:
 
 def _duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _invalid("expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}")
+        raise field_error("expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}")
     if not isinstance(value, str):
-        raise _invalid("expected a duration with a unit, like 30s, got {input}")
+        raise field_error("expected a duration with a unit, like 30s, got {input}")
     try:
         seconds = parse_duration(value)
     except ValueError:
-        raise _invalid("expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}") from None
+        raise field_error(
+            "expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}"
+        ) from None
     if seconds <= 0:
-        raise _invalid("expected a duration above zero, got {input}")
+        raise field_error("expected a duration above zero, got {input}")
     return seconds
 
 
@@ -113,9 +112,9 @@ def _secret(value: object) -> Secret:
         return value
     if not isinstance(value, str):
         # YAML reads unquoted 0123 or 1e5 as numbers: the text would not survive.
-        raise _invalid("expected a string; put the value in quotes")
+        raise field_error("expected a string; put the value in quotes")
     if not value:
-        raise _invalid("expected a value, got an empty string")
+        raise field_error("expected a value, got an empty string")
     return Secret(value)
 
 
@@ -129,7 +128,7 @@ SecretText = Annotated[
 
 def _name(value: str) -> str:
     if not _NAME_RE.fullmatch(value):
-        raise _invalid("expected a name of letters, digits, '_', '.' and '-', got {input}")
+        raise field_error("expected a name of letters, digits, '_', '.' and '-', got {input}")
     return value
 
 
@@ -145,7 +144,7 @@ ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
 
 def _existing_file(value: Path) -> Path:
     if not value.is_file():
-        raise _invalid("file {input} not found (relative paths start at the config file)")
+        raise field_error("file {input} not found (relative paths start at the config file)")
     return value
 
 
@@ -161,9 +160,9 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> None:
         parts = urlsplit(value)
         _ = parts.port  # raises on a port that is not a number
     except ValueError:
-        raise _invalid(f"expected a URL starting with {expected}") from None
+        raise field_error(f"expected a URL starting with {expected}") from None
     if parts.scheme not in schemes or not parts.hostname:
-        raise _invalid(f"expected a URL with a host, starting with {expected}")
+        raise field_error(f"expected a URL with a host, starting with {expected}")
 
 
 def _number_text(value: object) -> object:
@@ -215,7 +214,7 @@ def _split_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:9464
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _invalid("expected host:port like 127.0.0.1:9464, got {input}")
+        raise field_error("expected host:port like 127.0.0.1:9464, got {input}")
     return host, int(port)
 
 
@@ -252,7 +251,7 @@ class AccountConfig(_Model):
 
         if value not in REGISTRY:
             supported = ", ".join(sorted(REGISTRY))
-            raise _invalid("exchange {input} is not supported; expected one of: " + supported)
+            raise field_error("exchange {input} is not supported; expected one of: " + supported)
         return value
 
     @field_validator("base_url")
@@ -261,7 +260,7 @@ class AccountConfig(_Model):
         adapter = adapter_for(info.data.get("exchange"))
         if value is None:
             if adapter is not None and adapter.default_base_url is None:
-                raise _invalid(
+                raise field_error(
                     f"missing required key 'base_url' in account: {adapter.name} has no default URL"
                 )
             return None
@@ -295,7 +294,7 @@ class AccountConfig(_Model):
                 ],
             )
         given = "{" + ", ".join(sorted(value)) + "}" if value else "none"
-        raise _invalid(f"credentials for {adapter.name} must be one of: {allowed}; got {given}")
+        raise field_error(f"credentials for {adapter.name} must be one of: {allowed}; got {given}")
 
     @field_validator("options", mode="plain")
     @classmethod
@@ -337,7 +336,7 @@ class MqttSink(_Model):
     @classmethod
     def _topic_prefix(cls, value: str) -> str:
         if not value or value.endswith("/") or "+" in value or "#" in value:
-            raise _invalid(
+            raise field_error(
                 "expected a topic prefix without '+', '#' or a trailing '/', got {input}"
             )
         return value

@@ -462,6 +462,14 @@ def _neg_fn(operand: _Node) -> NumFn:
     return neg
 
 
+def _fragment(text: str, limit: int = 20) -> str:
+    """``text`` quoted on one line, cut at a word boundary after ``limit`` characters."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = (text[:limit].rsplit(" ", 1)[0] or text[:limit]) + "..."
+    return repr(text)
+
+
 def _suggest(word: str, candidates: tuple[str, ...]) -> str:
     if word.lower() in candidates:
         return f"; names are lowercase: did you mean '{word.lower()}'?"
@@ -630,8 +638,10 @@ class _Parser:
             self.advance()
             inner = self.expr(0)
             if not self.is_op(")"):
+                # Quoted, not counted: a column inside the expression reads as a file column.
+                opened = _fragment(self.source[tok.offset + 1 : self.tok.offset])
                 raise ExprError(
-                    f"expected ')' to close the '(' at column {tok.offset + 1}, "
+                    f"expected ')' to close the '(' opened before {opened}, "
                     f"got {self.tok.describe()}",
                     self.tok.offset,
                 )

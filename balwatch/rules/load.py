@@ -25,8 +25,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import NoneType, UnionType
-from typing import Annotated, Any, Final, Literal, NamedTuple, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -39,10 +38,11 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails
 
 from balwatch.adapters import REGISTRY
-from balwatch.config.model import ERROR_TYPE, Duration, Name
+from balwatch.config.model import Duration, Name
+from balwatch.config.problems import Reporter, Scalars, field_error, value_at
 from balwatch.config.yamlsource import Position, YamlDocument, YamlPath, load_yaml
 from balwatch.durations import parse_duration
 from balwatch.errors import ConfigError, Problem
@@ -58,15 +58,6 @@ DURATION_SCHEMA: Final = _POSITIVE_DURATION.json_schema()
 
 
 # --------------------------------------------------------------------------- field types
-
-
-def field_error(message: str, offset: int | None = None) -> PydanticCustomError:
-    """A validation error in the config's convention; ``offset`` points inside the text.
-
-    ``{input}`` in ``message`` becomes the offending value; with an ``offset``, the error is
-    positioned on that character of the YAML scalar (see :class:`Scalars`).
-    """
-    return PydanticCustomError(ERROR_TYPE, message, None if offset is None else {"offset": offset})
 
 
 def _zero_or_duration(value: object) -> float:
@@ -224,54 +215,8 @@ class RuleFile(StrictModel, title="rule file"):
     rules: tuple[RuleModel, ...]
 
 
-# --------------------------------------------------------------------------- positions
-
-
-class Scalars:
-    """Positions inside the YAML scalars of one file, for errors with an offset in the text.
-
-    The parsed text differs from the file where YAML folds lines, strips indentation or
-    unescapes quotes, but only whitespace and escapes change: so the n-th non-space
-    character of the value is the n-th one from where the scalar starts (after an opening
-    quote; on the line below a ``|``/``>`` header). Exact for plain and block scalars and
-    for quoted ones without escapes, off by the escapes before the offset otherwise.
-    """
-
-    def __init__(self, doc: YamlDocument) -> None:
-        self.doc = doc
-        self._lines: list[str] | None = None  # read only when an error needs it
-
-    def at(self, path: YamlPath, value: str, offset: int) -> Position:
-        start = self.doc.position(path)
-        if self._lines is None:
-            self._lines = Path(self.doc.file).read_text(encoding="utf-8").split("\n")
-        row, col = start.line - 1, start.column - 1
-        head = self._lines[row][col : col + 1] if row < len(self._lines) else ""
-        if head in ("|", ">"):
-            row, col = row + 1, 0
-        elif head in ("'", '"'):
-            col += 1
-        before = value[:offset]
-        wanted = len(before) - sum(char.isspace() for char in before)
-        on_char = offset < len(value) and not value[offset].isspace()
-        if wanted == 0 and not on_char:
-            return Position(row + 1, col + 1)
-        seen, after_last = 0, Position(row + 1, col + 1)
-        for r in range(row, len(self._lines)):
-            line = self._lines[r]
-            for c in range(col if r == row else 0, len(line)):
-                if line[c].isspace():
-                    continue
-                if on_char and seen == wanted:
-                    return Position(r + 1, c + 1)
-                seen += 1
-                after_last = Position(r + 1, c + 2)
-                if not on_char and seen == wanted:
-                    return after_last
-        return after_last
-
-
 # --------------------------------------------------------------------------- messages
+
 
 # What a pydantic error type expected, in the words of the file's author.
 _EXPECTED: Final = {
@@ -282,6 +227,24 @@ _EXPECTED: Final = {
 }
 
 
+class _Reporter(Reporter):
+    """Rule files and rule-test files: titled models, one message for a misspelt key."""
+
+    expected = _EXPECTED
+
+    def skip(self, error: ErrorDetails, errors: list[ErrorDetails], path: YamlPath) -> bool:
+        """A missing key that an unknown key beside it misspells: one mistake, one message."""
+        if error["type"] != "missing":
+            return False
+        parent, key = error["loc"][:-1], str(error["loc"][-1])
+        return any(
+            other["type"] == "extra_forbidden"
+            and other["loc"][:-1] == parent
+            and difflib.get_close_matches(str(other["loc"][-1]), [key], n=1)
+            for other in errors
+        )
+
+
 def validation_problems(
     doc: YamlDocument, exc: ValidationError, model: type[BaseModel], scalars: Scalars
 ) -> list[Problem]:
@@ -290,158 +253,7 @@ def validation_problems(
     Shared by the rule loader and the rule-test loader: both validate a hand-written YAML
     file whose models carry a ``title`` that names each mapping in messages.
     """
-    errors = exc.errors(include_url=False)
-    found = []
-    for error in errors:
-        if _misspelt(error, errors):
-            continue
-        path, on_key = _yaml_path(error["loc"], doc.data)
-        value = _get(doc.data, path)
-        message = _message(error, path, doc.data, model, value)
-        offset = (error.get("ctx") or {}).get("offset")
-        if isinstance(offset, int) and isinstance(value, str) and not on_key:
-            line, column = scalars.at(path, value, offset)
-        else:
-            line, column = doc.position(path, key=on_key or error["type"] == "extra_forbidden")
-        found.append(Problem(doc.file, line, column, message))
-    return found
-
-
-def _misspelt(error: ErrorDetails, errors: list[ErrorDetails]) -> bool:
-    """A missing key that an unknown key beside it misspells: one mistake, one message."""
-    if error["type"] != "missing":
-        return False
-    parent, key = error["loc"][:-1], str(error["loc"][-1])
-    return any(
-        other["type"] == "extra_forbidden"
-        and other["loc"][:-1] == parent
-        and difflib.get_close_matches(str(other["loc"][-1]), [key], n=1)
-        for other in errors
-    )
-
-
-def _message(
-    error: ErrorDetails, path: YamlPath, data: object, model: type[BaseModel], value: object
-) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        return f"missing required key {error['loc'][-1]!r} in {_where(data, path, model)}"
-    if kind == "extra_forbidden":
-        return _unknown_key(data, path, model)
-    if kind == "literal_error":
-        return f"expected {error['ctx']['expected']}, got {_shown(value)}"
-    if kind in _EXPECTED:
-        shown = _type_name(value) if isinstance(value, dict | list) else _shown(value)
-        message = f"expected {_EXPECTED[kind]}, got {shown}"
-        if kind == "string_type" and isinstance(value, int | float):
-            message += "; quote it to keep it as text"  # YAML made a number or bool of it
-        return message
-    return error["msg"].replace("{input}", _shown(value)).removeprefix("Value error, ")
-
-
-def _unknown_key(data: object, path: YamlPath, root: type[BaseModel]) -> str:
-    key, parent = path[-1], path[:-1]
-    message = f"unknown key {key!r} in {_where(data, parent, root)}"
-    model = _model_at(root, parent)
-    if model is None:
-        return message
-    fields = [info.alias or name for name, info in model.model_fields.items()]
-    close = difflib.get_close_matches(str(key), fields, n=1)
-    if close:
-        message += f" (did you mean {close[0]!r}?)"
-    return f"{message}; expected one of: {', '.join(fields)}"
-
-
-def _where(data: object, path: YamlPath, root: type[BaseModel]) -> str:
-    """The mapping at ``path`` as a reader calls it: ``rule 'low-available'``."""
-    model = _model_at(root, path)
-    title = model.model_config.get("title") if model else None
-    where = title or ".".join(str(part) for part in path) or "the file"
-    name = _get(data, (*path, "name"))
-    return f"{where} {name!r}" if isinstance(name, str) else where
-
-
-def _model_at(root: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
-    """The model that validates the mapping at ``path``, following fields and items."""
-    current: object = root
-    for part in path:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            fields = {info.alias or name: info for name, info in current.model_fields.items()}
-            if part not in fields:
-                return None
-            current = fields[part].annotation
-        else:
-            args = get_args(current)
-            if not args:
-                return None
-            current = args[-1] if get_origin(current) is dict else args[0]
-    current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unwrap(annotation: object) -> object:
-    """``X | None`` and ``Annotated[X, ...]`` to ``X``."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin in (Union, UnionType):
-            annotation = next(a for a in get_args(annotation) if a is not NoneType)
-        else:
-            return annotation
-
-
-def _yaml_path(loc: tuple[int | str, ...], data: object) -> tuple[YamlPath, bool]:
-    """The YAML path of a pydantic location, and whether the error is about a mapping key.
-
-    Parts that are not in the data (the name of a missing key, pydantic's ``[key]``
-    marker) are skipped, so an error lands on the deepest part that was written.
-    """
-    path: list[object] = []
-    node = data
-    on_key = False
-    for part in loc:
-        if part == "[key]":
-            on_key = True
-        elif _has(node, part):
-            node = node[part]  # type: ignore[index]
-            path.append(part)
-    return tuple(path), on_key
-
-
-def _has(node: object, part: object) -> bool:
-    if isinstance(node, dict):
-        return part in node
-    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-
-
-def _get(data: object, path: YamlPath) -> object:
-    for part in path:
-        if not _has(data, part):
-            return None
-        data = data[part]  # type: ignore[index]
-    return data
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    return _type_name(value)
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
+    return _Reporter(doc, model, scalars=scalars).problems(exc)
 
 
 # --------------------------------------------------------------------------- loading
@@ -548,7 +360,7 @@ def _unmatched(
         file, (line, column) = _display(joined), Position(1, 1)
     else:
         path = (*listed_in.path, index)
-        written = _get(listed_in.doc.data, path)
+        written = value_at(listed_in.doc.data, path)
         pattern = written if isinstance(written, str) else pattern
         file, (line, column) = listed_in.doc.file, listed_in.doc.position(path)
     return Problem(file, line, column, f"no rule file matches {pattern!r}", severity)

@@ -48,6 +48,7 @@ from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema
 
 from balwatch.alert import Alert
 from balwatch.config.model import Duration, Name
+from balwatch.config.problems import Scalars, field_error
 from balwatch.config.yamlsource import YamlDocument, load_yaml
 from balwatch.durations import format_duration
 from balwatch.errors import ConfigError, Problem
@@ -55,10 +56,8 @@ from balwatch.model import Balance, Metric
 from balwatch.rules.engine import Engine
 from balwatch.rules.load import (
     ListedIn,
-    Scalars,
     StrictModel,
     WaitDuration,
-    field_error,
     load_rule_set,
     validation_problems,
 )
@@ -247,15 +246,11 @@ def plural(count: int, noun: str) -> str:
 
 
 def _report(file: str, check: CheckResult) -> str:
-    lines = [f"  {file}:{check.line}:{check.column}: at {_time(check.at)}:"]
+    lines = [f"  {file}:{check.line}:{check.column}: at {format_duration(check.at)}:"]
     lines += [f"    missing:    {alert}" for alert in check.missing]
     lines += [f"    unexpected: {alert}" for alert in check.unexpected]
     lines += [f"    different:  {alert}" for alert in check.different]
     return "\n".join(lines)
-
-
-def _time(seconds: float) -> str:
-    return "0s" if seconds == 0 else format_duration(seconds)
 
 
 # --------------------------------------------------------------------------- checks

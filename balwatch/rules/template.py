@@ -142,20 +142,21 @@ def _check_field(body: str, offset: int) -> None:
     rest = offset + len(name)
     if len(name) < len(body):
         char = body[len(name)]
-        problem = {
-            ".": "attribute access",
-            "[": "indexing",
-            "!": "conversions like !r",
-            ":": "format specs",
-            "{": "nested fields",
+        unsupported = {
+            ".": ("attribute access", "is"),
+            "[": ("indexing", "is"),
+            "!": ("conversions like !r", "are"),
+            ":": ("format specs", "are"),
+            "{": ("nested fields", "are"),
         }.get(char)
-        if problem is None:
+        if unsupported is None:
             raise TemplateError(
                 f"invalid field '{{{body}}}'; fields are plain names: {_FIELD_LIST}",
                 offset if not name else rest,
             )
+        problem, verb = unsupported
         raise TemplateError(
-            f"{problem} in template fields is not supported; write a plain name like "
+            f"{problem} in template fields {verb} not supported; write a plain name like "
             f"{{{name or 'available'}}}",
             rest,
         )

@@ -307,6 +307,12 @@ ERROR_CASES = {
         20,
         "expected a string, got 5; quote it to keep it as text",
     ),
+    "number for a key": (
+        VALID_ACCOUNT + "    labels: {5: desk}\n",
+        5,
+        14,
+        "expected a string, got 5; quote it to keep it as text",
+    ),
     "unknown option": (
         "accounts:\n  - name: k\n    exchange: kunacore\n    base_url: https://k\n"
         "    credentials: {api_key: x}\n    options: {wallet: w}\n",

@@ -93,6 +93,21 @@ def test_alias_cycles_terminate(write: WriteFile) -> None:
     assert doc.position(("a", 1, 0)) == (1, 4)
 
 
+def test_empty_value_in_a_flow_mapping_is_placed_after_its_colon(write: WriteFile) -> None:
+    # libyaml (yaml.CSafeLoader) places it one column later, on the brace: a reason the
+    # parser stays pyyaml's own.
+    doc = load_yaml(write("select: {accounts: [a], assets: }\n"))
+    assert doc.data == {"select": {"accounts": ["a"], "assets": None}}
+    assert doc.position(("select", "assets")) == (1, 32)
+
+
+def test_tab_after_a_colon_is_rejected(write: WriteFile) -> None:
+    # libyaml would accept it: another reason the parser stays pyyaml's own.
+    problem = only_problem(write("a:\tb\n"))
+    assert (problem.line, problem.column) == (1, 3)
+    assert problem.message == "tab character here; YAML separates with spaces"
+
+
 def test_tab_in_indentation(write: WriteFile) -> None:
     problem = only_problem(write("log:\n\tlevel: info\n"))
     assert (problem.line, problem.column) == (2, 1)

@@ -54,10 +54,10 @@ def test_no_fields_and_empty() -> None:
 @pytest.mark.parametrize(
     ("text", "message", "offset"),
     [
-        ("{account.name}", "attribute access", 8),
-        ("x {asset[0]}", "indexing", 8),
-        ("{asset!r}", "conversions", 6),
-        ("{available:.2f}", "format specs", 10),
+        ("{account.name}", "attribute access in template fields is not supported", 8),
+        ("x {asset[0]}", "indexing in template fields is not supported", 8),
+        ("{asset!r}", "conversions like !r in template fields are not supported", 6),
+        ("{available:.2f}", "format specs in template fields are not supported", 10),
         ("{}", "empty field", 1),
         ("{0}", "plain names", 1),
         ("{ asset}", "plain names", 1),
@@ -66,7 +66,7 @@ def test_no_fields_and_empty() -> None:
         ("{foo}", "expected one of", 1),
         ("only { here", "never closed", 5),
         ("a } b", "single '}'", 2),
-        ("{a{b}", "nested fields", 2),
+        ("{a{b}", "nested fields in template fields are not supported", 2),
     ],
 )
 def test_bad_templates_name_the_problem_and_its_offset(

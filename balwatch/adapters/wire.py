@@ -1,0 +1,93 @@
+"""Reading a decoded balance answer, shared by the adapters: shape checks, extras, quoting.
+
+Every helper raises :class:`BadResponse` naming the source (and the asset and field where
+known) for an answer of the wrong shape. What a source's fields mean stays in its own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Set
+from decimal import Decimal
+from typing import Any, Final
+
+from balwatch.errors import BadResponse
+from balwatch.model import Balance
+
+# Server text is quoted in error messages only this far: enough to diagnose, never a page.
+QUOTE_CHARS: Final = 120
+
+
+def expect_object(
+    value: Any, source: str, what: str, *, asset: str | None = None
+) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadResponse(
+            source, f"{what}: expected an object, got {_type_name(value)}", asset=asset
+        )
+    return value
+
+
+def expect_list(value: Any, source: str, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadResponse(source, f"{what}: expected a list, got {_type_name(value)}")
+    return value
+
+
+def expect_str(value: Any, source: str, field: str, *, asset: str | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadResponse(
+            source,
+            f"expected a non-empty string, got {_type_name(value)}",
+            asset=asset,
+            field=field,
+        )
+    return value
+
+
+def scalar_text(value: Any) -> str | None:
+    """A JSON string or number as text, else None (booleans, null, objects, lists)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(Decimal(value))  # via Decimal: str(int) refuses more than 4300 digits
+    if isinstance(value, Decimal):
+        return str(value)
+    return None
+
+
+def extras(fields: Mapping[str, Any], mapped: Set[str]) -> dict[str, str]:
+    """The string and number fields outside ``mapped``, as text; anything else is dropped."""
+    found: dict[str, str] = {}
+    for name, value in fields.items():
+        if name not in mapped and (text := scalar_text(value)) is not None:
+            found[name] = text
+    return found
+
+
+def distinct(rows: Iterable[Balance], source: str, *, message: str, field: str) -> list[Balance]:
+    """``rows`` as a list, or BadResponse at a (venue, asset) listed again: which row is true?
+
+    ``{venue}`` in ``message`` names the venue.
+    """
+    found: list[Balance] = []
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row.venue, row.asset)
+        if key in seen:
+            raise BadResponse(source, message.format(venue=row.venue), asset=row.asset, field=field)
+        seen.add(key)
+        found.append(row)
+    return found
+
+
+def quote(text: str) -> str:
+    """``text`` in quotes for an error message, cut at :data:`QUOTE_CHARS`."""
+    return repr(text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "...")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, int | Decimal) else type(value).__name__
+    )
