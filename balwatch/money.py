@@ -28,9 +28,7 @@ def parse_amount(value: object, *, source: str, asset: str | None, field: str) -
         amount = _from_text(value, source, asset, field)
     elif isinstance(value, Decimal):
         amount = value
-        exponent = value.as_tuple().exponent
-        if isinstance(exponent, int) and exponent < -_MAX_SCALE:
-            raise BadResponse(source, "too many decimal places", asset=asset, field=field)
+        _check_exponent(amount, source, asset, field)
     elif isinstance(value, int) and not isinstance(value, bool):
         if value.bit_length() > 140:  # beyond _MAX_EXPONENT digits; avoids a huge str()
             raise BadResponse(source, "amount is implausibly large", asset=asset, field=field)
@@ -59,11 +57,26 @@ def _from_text(text: str, source: str, asset: str | None, field: str) -> Decimal
         and "_" not in text
     ):
         try:
-            return Decimal(text)
+            amount = Decimal(text)
         except InvalidOperation:
             pass
+        else:
+            if "e" in text or "E" in text:
+                _check_exponent(amount, source, asset, field)
+            elif (dot := text.find(".")) >= 0 and len(text) - dot - 1 > _MAX_SCALE:
+                raise BadResponse(source, "too many decimal places", asset=asset, field=field)
+            return amount
     shown = text if len(text) <= 32 else text[:32] + "..."
     raise BadResponse(source, f"not a decimal amount: {shown!r}", asset=asset, field=field)
+
+
+def _check_exponent(amount: Decimal, source: str, asset: str | None, field: str) -> None:
+    # as_tuple() is slow, so plain decimal text is checked by its length instead; this
+    # is for exponent notation and JSON numbers, where "0E+999999999" is a valid zero
+    # that would make exact sums enormous.
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and not -_MAX_SCALE <= exponent <= _MAX_EXPONENT:
+        raise BadResponse(source, "amount is out of range", asset=asset, field=field)
 
 
 def _json_type(value: object) -> str:

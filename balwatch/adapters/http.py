@@ -39,6 +39,10 @@ class Response:
             raise BadResponse(
                 self.source, f"HTTP {self.status}: body is not valid JSON: {self.snippet()}"
             ) from exc
+        except RecursionError:  # a hostile body nested thousands deep
+            raise BadResponse(
+                self.source, f"HTTP {self.status}: body is nested too deeply"
+            ) from None
 
     def json_or_none(self) -> Any:
         """Like :meth:`json`, but None for a body that is not JSON (error pages)."""

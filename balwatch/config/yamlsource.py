@@ -84,9 +84,30 @@ def _parse(file: str, text: str) -> tuple[Any, _Indexer]:
         root = loader.get_single_node()
         if root is None:
             return None, index
-        index.walk(root, ())
-        # Construction is skipped when keys repeat: the error is reported either way.
-        return (None if index.problems else loader.construct_document(root)), index
+        try:
+            index.walk(root, ())
+            # Construction is skipped when keys repeat: the error is reported either way.
+            if index.problems:
+                return None, index
+            return loader.construct_document(root), index
+        except RecursionError:
+            line, column = _mark(root)
+            index.problems.append(Problem(file, line, column, "nested too deeply"))
+            return None, index
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
+            # pyyaml's constructors raise these, without a position, for explicitly tagged
+            # junk (`!!float ""`) and impossible dates (`2026-02-30`).
+            line, column = _mark(root)
+            index.problems.append(
+                Problem(
+                    file,
+                    line,
+                    column,
+                    f"a value cannot be read as its type ({type(exc).__name__}): an "
+                    "impossible date, or an explicit tag such as !!float on the wrong text?",
+                )
+            )
+            return None, index
     finally:
         loader.dispose()
 
@@ -111,17 +132,32 @@ class _Indexer:
         self._constructor = SafeConstructor()
         # Aliases make the node graph a DAG (or a cycle): descend into each node once.
         self._seen: set[int] = set()
+        self._open: set[int] = set()  # nodes on the path being walked
 
     def walk(self, node: Node, path: YamlPath) -> None:
         self.values[path] = _mark(node)
+        if id(node) in self._open:
+            # An alias inside its own anchor: the data would be infinitely deep.
+            where = _mark(node)
+            self.problems.append(
+                Problem(
+                    self.file,
+                    where.line,
+                    where.column,
+                    "an alias refers to a value that contains it",
+                )
+            )
+            return
         if id(node) in self._seen:
             return
         self._seen.add(id(node))
+        self._open.add(id(node))
         if isinstance(node, SequenceNode):
             for index, item in enumerate(node.value):
                 self.walk(item, (*path, index))
         elif isinstance(node, MappingNode):
             self._walk_mapping(node, path)
+        self._open.discard(id(node))
 
     def _walk_mapping(self, node: MappingNode, path: YamlPath) -> None:
         first_seen: dict[object, Node] = {}

@@ -88,9 +88,13 @@ def test_merge_key_override_is_not_a_duplicate(write: WriteFile) -> None:
     assert doc.position(("use", "x")) == (4, 6)
 
 
-def test_alias_cycles_terminate(write: WriteFile) -> None:
-    doc = load_yaml(write("a: &x [1, *x]\n"))
-    assert doc.position(("a", 1, 0)) == (1, 4)
+def test_an_alias_inside_its_own_anchor_is_an_error(write: WriteFile) -> None:
+    # The data would be infinitely deep: every later walk over it would recurse forever.
+    with pytest.raises(ConfigError) as info:
+        load_yaml(write("a: &x [1, *x]\n"))
+    [problem] = info.value.problems
+    assert (problem.line, problem.column) == (1, 4)
+    assert "alias refers to a value that contains it" in problem.message
 
 
 def test_empty_value_in_a_flow_mapping_is_placed_after_its_colon(write: WriteFile) -> None:
