@@ -25,6 +25,7 @@ from balwatch import __version__, logs
 from balwatch.adapters.base import Adapter
 from balwatch.adapters.http import new_session
 from balwatch.alert import Alert
+from balwatch.backoff import Backoff
 from balwatch.config import Config
 from balwatch.errors import ConfigError, ErrorKind
 from balwatch.httpapi import HttpServer
@@ -141,7 +142,8 @@ class Daemon:
             ]
             store = await OutboxStore.open(db)
             stack.push_async_callback(store.close)
-            self.outbox = Outbox(store, self.sinks)
+            # Retries cap at 30 s: a sink that comes back is served within half a minute.
+            self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
             await self.outbox.start()
             stack.push_async_callback(self.outbox.stop)
             if config.http is not None:

@@ -51,23 +51,41 @@ def prepare(path: Path, since: float) -> Saved:
     A file that is not SQLite, is corrupt, or belongs to another program is a
     :class:`StateError` naming the file; nothing in it is changed.
     """
+    _refuse_foreign(path)
     try:
         conn = open_db(path)
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: not a usable SQLite database ({exc})") from None
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "schema_version" not in tables:
-            raise StateError(
-                f"{path}: holds tables of another program ({', '.join(sorted(tables)[:3])}); "
-                "point state_dir at a directory of balwatch's own"
-            )
         migrate(conn, "engine", ENGINE_SCHEMA)
         return _read(conn, since)
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: cannot read the state database ({exc})") from None
     finally:
         conn.close()
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Look before touching: opening for real switches the file to WAL, which rewrites
+    its header, so a database that is not ours is inspected read-only first."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: not a usable SQLite database ({exc})") from None
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: not a usable SQLite database ({exc})") from None
+    finally:
+        conn.close()
+    tables = {name for (name,) in rows}
+    if tables and "schema_version" not in tables:
+        raise StateError(
+            f"{path}: holds tables of another program ({', '.join(sorted(tables)[:3])}); "
+            "point state_dir at a directory of balwatch's own"
+        )
 
 
 def _read(conn: sqlite3.Connection, since: float) -> Saved:

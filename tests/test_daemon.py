@@ -1,0 +1,507 @@
+"""The daemon in-process: restarts, a broker outage, and the per-key rate limit under reloads.
+
+Real simulator, real Mosquitto and webhook receiver, the real :class:`Daemon` with its
+SQLite state: only the process boundary is skipped (``tests/test_e2e.py`` has it). Waits are
+on alerts the daemon hands out (``on_alerts``), MQTT messages, webhook requests, simulator
+requests and sd_notify datagrams, never on the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from balwatch.adapters.bitso import BitsoAdapter
+from balwatch.adapters.coinw import CoinwAdapter
+from balwatch.alert import Alert
+from balwatch.daemon import Daemon
+from balwatch.ratelimit import with_headroom
+from balwatch.simulator.server import Simulator
+from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
+from balwatch.systemd import Notifier
+from tests.brokers import Mosquitto
+from tests.conftest import StartSim
+from tests.test_e2e import Notifications, notify_socket
+from tests.webhooks import WebhookReceiver
+
+WAIT = 20.0
+
+
+class AlertLog:
+    """``on_alerts`` of the daemon: every alert it committed, in order, and waits on them."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, batch: Sequence[Alert]) -> None:
+        self.alerts.extend(batch)
+        self._changed.set()
+
+    async def wait_for(
+        self, predicate: Callable[[Alert], bool], *, after: int = 0, timeout: float = WAIT
+    ) -> Alert:
+        """The first alert at index >= ``after`` that satisfies ``predicate``."""
+        async with asyncio.timeout(timeout):
+            index = after
+            while True:
+                while index < len(self.alerts):
+                    if predicate(self.alerts[index]):
+                        return self.alerts[index]
+                    index += 1
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def event(
+        self, rule: str, account: str, event: str, *, asset: str | None = None, after: int = 0
+    ) -> Alert:
+        def match(a: Alert) -> bool:
+            return (
+                a.rule == rule
+                and a.account == account
+                and a.event == event
+                and (asset is None or a.asset == asset)
+            )
+
+        try:
+            return await self.wait_for(match, after=after)
+        except TimeoutError:
+            seen = [(a.rule, a.account, a.asset, a.event) for a in self.alerts[after:]]
+            raise AssertionError(f"no {event} of {rule} for {account}; got {seen}") from None
+
+
+@contextlib.asynccontextmanager
+async def running(
+    config: Path, alerts: AlertLog, notifier: Notifier | None = None
+) -> AsyncIterator[Daemon]:
+    """A started daemon (first poll round done, sinks connected); stopped on exit: exit 0."""
+    daemon = Daemon(
+        config, on_alerts=alerts, notifier=notifier or Notifier(None), configure_logs=False
+    )
+    task = asyncio.create_task(daemon.run())
+    started = asyncio.create_task(daemon.started.wait())
+    done, _ = await asyncio.wait({task, started}, timeout=WAIT, return_when="FIRST_COMPLETED")
+    if task in done:
+        raise AssertionError(f"the daemon ended before it was ready: {task.result()}")
+    if started not in done:
+        started.cancel()
+        daemon.stopping.set()
+        await task
+        raise AssertionError(f"not ready within {WAIT}s: {daemon.ready()[1]}")
+    try:
+        yield daemon
+    finally:
+        daemon.stopping.set()
+        code = await asyncio.wait_for(task, 30)
+    assert code == 0
+
+
+def set_fields(state: SimState, account: str, asset: str, **fields: str) -> None:
+    sim = state.accounts[account]
+    venue = next(v for v, assets in sim.balances.items() if asset in assets)
+    sim.balances[venue][asset].update(fields)
+
+
+def write_config(
+    path: Path,
+    *,
+    state_dir: Path,
+    rules: Path,
+    accounts: str,
+    sinks: str = "",
+    interval: str = "300ms",
+) -> Path:
+    path.write_text(
+        f"state_dir: {state_dir}\n"
+        f"rules: ['{rules}']\n"
+        f"defaults: {{poll_interval: {interval}, timeout: 2s}}\n"
+        "log: {format: json, level: warning}\n"
+        f"accounts:\n{accounts}" + (f"sinks:\n{sinks}" if sinks else "")
+    )
+    return path
+
+
+def bitso(name: str, url: str, key: str = "k-bitso") -> str:
+    return (
+        f"  - {{name: {name}, exchange: bitso, base_url: '{url}', "
+        f"credentials: {{api_key: {key}, api_secret: s-bitso}}}}\n"
+    )
+
+
+def coinw(name: str, url: str, key: str = "k-coinw") -> str:
+    return (
+        f"  - {{name: {name}, exchange: coinw, base_url: '{url}', "
+        f"credentials: {{api_key: {key}, api_secret: s-coinw}}}}\n"
+    )
+
+
+def bitso_account(name: str = "treasury", key: str = "k-bitso", **usdt: str) -> SimAccount:
+    fields = {"total": "10000", "available": "10000", "locked": "0", **usdt}
+    mxn = {"total": "90000", "available": "90000", "locked": "0"}
+    return SimAccount(
+        name,
+        "bitso",
+        api_key=key,
+        api_secret="s-bitso",
+        balances={"bitso": {"USDT": fields, "MXN": mxn}},
+    )
+
+
+def coinw_account(name: str = "spot", key: str = "k-coinw") -> SimAccount:
+    return SimAccount(
+        name,
+        "coinw",
+        api_key=key,
+        api_secret="s-coinw",
+        balances={"coinw": {"USDT": {"available": "10000", "locked": "0"}}},
+    )
+
+
+# --- restart ---------------------------------------------------------------------------
+
+RESTART_RULES = """\
+rules:
+  - name: low-available
+    select: {assets: [USDT]}
+    when: available < 5000
+    clear: available >= 6000
+    for: 0s
+    severity: critical
+  - name: account-stale
+    when: age > 1s
+    for: 0s
+  - name: account-very-stale
+    when: age > 4s
+    for: 0s
+"""
+
+
+async def test_restart_neither_refires_nor_forgets_and_age_survives(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    sim = await start_sim(bitso_account(available="3000"), coinw_account())
+    sim.state.accounts["spot"].faults.append(Fault(FaultKind.STATUS, times=None, status=503))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RESTART_RULES)
+    async with WebhookReceiver() as hook:
+        config = write_config(
+            tmp_path / "balwatch.yaml",
+            state_dir=tmp_path / "state",
+            rules=rules,
+            accounts=bitso("treasury", sim.url) + coinw("spot", sim.url),
+            sinks=f"  - {{name: hook, type: webhook, url: '{hook.url}'}}\n",
+        )
+        first = AlertLog()
+        async with running(config, first) as daemon:
+            stale_since = next(
+                a for a in daemon.engine.accounts() if a.account == "spot"
+            ).first_seen
+            low = await first.event("low-available", "treasury", "firing")
+            stale = await first.event("account-stale", "spot", "firing")
+        assert not [a for a in first.alerts if a.event != "firing"], first.alerts
+
+        second = AlertLog()
+        restarted_at = time.time()
+        async with running(config, second) as daemon:
+            # Ready means every account was polled: the bitso row still below 5000 and the
+            # coinw poll failed again, so both rules were evaluated on restored state.
+            firing = {s.rule for s in daemon.engine.firing()}
+            assert firing == {"low-available", "account-stale"}, (
+                f"after the restart firing: {firing}; a restored alert was dropped, or "
+                "account-stale resolved because age started again at zero"
+            )
+            # account-very-stale (age > 4s) fires 4 s after coinw was first seen *by the
+            # first run*, well within 4 s of the restart: age kept counting across it.
+            very = await second.event("account-very-stale", "spot", "firing")
+            age = float(very.values["age"])
+            since_first_run = very.started_at.timestamp() - stale_since
+            assert age > 4 and abs(age - since_first_run) < 0.01, (
+                f"age {age} at firing, {since_first_run:.3f}s since the first run saw coinw"
+            )
+            assert very.started_at.timestamp() - restarted_at < 4, (
+                f"very-stale fired {very.started_at.timestamp() - restarted_at:.1f}s after the "
+                "restart: age started again at zero"
+            )
+            before_recovery = list(second.alerts)
+            assert [(a.rule, a.event) for a in before_recovery] == [
+                ("account-very-stale", "firing")
+            ], f"a restart must not re-fire or falsely resolve: {before_recovery}"
+
+            set_fields(sim.state, "treasury", "USDT", total="9000", available="9000")
+            resolved = await second.event("low-available", "treasury", "resolved")
+            assert resolved.fingerprint == low.fingerprint
+            assert resolved.started_at == low.started_at, "the alert carried over, not a new one"
+            sim.state.accounts["spot"].faults.clear()
+            stale_resolved = await second.event("account-stale", "spot", "resolved")
+            assert stale_resolved.fingerprint == stale.fingerprint
+            await second.event("account-very-stale", "spot", "resolved")
+
+        # At the webhook: one firing and one resolved per alert, over both runs.
+        bodies = [r.json() for r in hook.requests]
+        events = sorted((b["rule"], b["event"]) for b in bodies)
+        assert events == sorted(
+            [
+                ("low-available", "firing"),
+                ("low-available", "resolved"),
+                ("account-stale", "firing"),
+                ("account-stale", "resolved"),
+                ("account-very-stale", "firing"),
+                ("account-very-stale", "resolved"),
+            ]
+        ), events
+
+
+# --- broker outage ---------------------------------------------------------------------
+
+OUTAGE_RULES = """\
+rules:
+  - name: low-available
+    when: available < 5000
+    for: 0s
+"""
+
+
+@contextlib.asynccontextmanager
+async def watcher(port: int, received: list[dict[str, Any]]) -> AsyncIterator[asyncio.Event]:
+    """A persistent-session subscriber (what the broker queues for it survives a restart);
+    the yielded event is set whenever a message arrives."""
+    arrived = asyncio.Event()
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier="daemon-outage-watcher",
+        clean_session=False,
+        protocol=aiomqtt.ProtocolVersion.V311,
+    ) as client:
+        await client.subscribe("balwatch/alerts/#", qos=1)
+
+        async def read() -> None:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                received.append(json.loads(message.payload))
+                arrived.set()
+
+        task = asyncio.create_task(read())
+        try:
+            yield arrived
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+async def wait_ids(
+    received: list[dict[str, Any]], arrived: asyncio.Event, ids: set[str], timeout: float
+) -> None:
+    async with asyncio.timeout(timeout):
+        while not ids <= {d["id"] for d in received}:
+            arrived.clear()
+            await arrived.wait()
+
+
+async def test_broker_outage_mid_run_every_alert_arrives_in_order(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    sim = await start_sim(bitso_account(), coinw_account())
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(OUTAGE_RULES)
+    received: list[dict[str, Any]] = []
+    log = AlertLog()
+    targets = [("treasury", "USDT"), ("treasury", "MXN"), ("spot", "USDT")]
+
+    async def toggle(low: bool) -> None:
+        """Every target below or above 5000; returns once the daemon produced the alerts."""
+        mark = len(log.alerts)
+        for account, asset in targets:
+            amount = "100" if low else "10000"
+            fields = (
+                {"available": amount}
+                if account == "spot"
+                else {"total": amount, "available": amount}
+            )
+            set_fields(sim.state, account, asset, **fields)
+        event = "firing" if low else "resolved"
+        for account, asset in targets:
+            await log.event("low-available", account, event, asset=asset, after=mark)
+
+    async with Mosquitto(persistence=True) as broker:
+        config = write_config(
+            tmp_path / "balwatch.yaml",
+            state_dir=tmp_path / "state",
+            rules=rules,
+            accounts=bitso("treasury", sim.url) + coinw("spot", sim.url),
+            sinks=f"  - {{name: mqtt, type: mqtt, url: '{broker.url}'}}\n",
+        )
+        async with running(config, log) as daemon:
+            async with watcher(broker.port, received) as arrived:
+                await toggle(low=True)
+                await wait_ids(received, arrived, {a.id for a in log.alerts}, WAIT)
+                await broker.stop()
+            # The broker is down: three fingerprints go through two more cycles each.
+            produced_in_outage = len(log.alerts)
+            await toggle(low=False)
+            await toggle(low=True)
+            await toggle(low=False)
+            await toggle(low=True)
+            assert len(log.alerts) - produced_in_outage == 12
+            await broker.start()
+            async with watcher(broker.port, received) as arrived:
+                # The sink reconnects (backoff <= 10 s) and the outbox retries each
+                # fingerprint's head with its own backoff (<= 16 s after 4 failed tries).
+                await wait_ids(received, arrived, {a.id for a in log.alerts}, 60)
+                await toggle(low=False)
+                await wait_ids(received, arrived, {a.id for a in log.alerts}, WAIT)
+            await asyncio.wait_for(daemon.outbox.wait_settled(), WAIT)  # acks committed
+            stats = daemon.outbox.stats()["mqtt"]
+            assert stats.failed > 0, "deliveries were attempted during the outage"
+            assert stats.depth == 0 and stats.dead == 0, stats
+
+    produced = [a.id for a in log.alerts]
+    arrived_ids = [d["id"] for d in received]
+    assert set(arrived_ids) == set(produced), "every alert arrived, and nothing else"
+    first_arrivals = list(dict.fromkeys(arrived_ids))
+    by_fingerprint: dict[str, list[str]] = defaultdict(list)
+    for alert in log.alerts:
+        by_fingerprint[alert.fingerprint].append(alert.id)
+    assert len(by_fingerprint) == 3
+    for fingerprint, ids in by_fingerprint.items():
+        mine = [i for i in first_arrivals if i in set(ids)]
+        assert mine == ids, f"{fingerprint}: arrived out of order"
+    # Duplicates (at-least-once) only ever repeat an id with the same document.
+    docs: dict[str, dict[str, Any]] = {}
+    for doc in received:
+        assert docs.setdefault(doc["id"], doc) == doc
+
+
+# --- rate limit per key ----------------------------------------------------------------
+
+
+class CountingState(SimState):
+    """SimState that lets a test wait for an account's n-th request."""
+
+    def __init__(self, accounts: list[SimAccount]) -> None:
+        super().__init__(accounts)
+        self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
+
+    def record(self, account: SimAccount) -> None:
+        super().record(account)
+        for waiter in list(self._waiters):
+            name, count, future = waiter
+            if name == account.name and account.requests >= count and not future.done():
+                future.set_result(None)
+                self._waiters.remove(waiter)
+
+    async def requests(self, account: str, count: int, timeout: float = WAIT) -> None:
+        if self.accounts[account].requests >= count:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((account, count, future))
+        await asyncio.wait_for(future, timeout)
+
+
+def many_rules(offset: int) -> str:
+    lines = ["rules:"]
+    for i in range(40):
+        select = ["USDT"], ["MXN"], ["USDT", "MXN"]
+        lines += [
+            f"  - name: r{i + offset}",
+            f"    select: {{assets: {select[i % 3]}}}",
+            f"    when: available < {1 + i}",
+            "    for: 1s",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def paced(times: list[float], spacing: float) -> float:
+    """The smallest gap between request k and k+n, divided by n, over the whole run: how
+    fast the requests came on average at their densest (1 / requests per second)."""
+    worst = float("inf")
+    for n in (4, 8):
+        for k in range(len(times) - n):
+            worst = min(worst, (times[k + n] - times[k]) / n)
+    return worst
+
+
+async def test_shared_keys_never_exceed_the_documented_limit_across_a_reload(
+    tmp_path: Path,
+) -> None:
+    state = CountingState([bitso_account("bitso-key-owner"), coinw_account("coinw-key-owner")])
+    async with Simulator(state) as sim:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(many_rules(0))
+
+        def accounts(n: int) -> str:
+            return "".join(bitso(f"b{i}", sim.url) + coinw(f"c{i}", sim.url) for i in range(n))
+
+        config = write_config(
+            tmp_path / "balwatch.yaml",
+            state_dir=tmp_path / "state",
+            rules=rules,
+            accounts=accounts(6),
+            interval="100ms",
+        )
+        coinw_sim = state.accounts["coinw-key-owner"]
+        bitso_sim = state.accounts["bitso-key-owner"]
+        with notify_socket() as (sock, path):
+            async with (
+                Notifications(sock) as notes,
+                running(config, AlertLog(), Notifier(path)) as daemon,
+            ):
+                # 12 accounts want 120 requests/s on two keys; the limiters allow 4/s and 2/s.
+                await state.requests("coinw-key-owner", 6)
+                mark = len(notes.received)
+                rules.write_text(many_rules(100))
+                write_config(
+                    config,
+                    state_dir=tmp_path / "state",
+                    rules=rules,
+                    accounts=accounts(8),
+                    interval="100ms",
+                )
+                os.kill(os.getpid(), signal.SIGHUP)
+                at, _ = await notes.wait_for(lambda n: n.get("RELOADING") == "1", after=mark)
+                await notes.wait_for(lambda n: n.get("READY") == "1", after=at)
+                assert {r.name for r in daemon.engine.rules} == {f"r{i}" for i in range(100, 140)}
+                after_reload = coinw_sim.requests
+                await state.requests("coinw-key-owner", after_reload + 6)
+                errors = {
+                    (s.labels["account"], s.labels["kind"]): s.value
+                    for metric in daemon.metrics.registry.collect()
+                    if metric.name == "balwatch_poll_errors"
+                    for s in metric.samples
+                    if s.name.endswith("_total") and s.value
+                }
+
+    coinw_limit = CoinwAdapter.rate_limit
+    bitso_limit = BitsoAdapter.rate_limit
+    assert coinw_limit is not None and bitso_limit is not None
+    for sim_account, limit in ((coinw_sim, coinw_limit), (bitso_sim, bitso_limit)):
+        documented = sim_account.max_requests_in(limit.per_seconds)
+        assert documented <= limit.requests, (
+            f"{sim_account.exchange}: {documented} requests in {limit.per_seconds:g}s, "
+            f"documented limit {limit.requests}"
+        )
+        # The daemon paces at 80% of the limit: one request per spacing, on average at
+        # least that far apart at the densest stretch (a little latency jitter allowed).
+        scaled = with_headroom(limit)
+        assert sim_account.max_requests_in(scaled.per_seconds) <= scaled.requests + 1
+        spacing = scaled.per_seconds / scaled.requests
+        densest = paced(sim_account.request_times, spacing)
+        assert densest >= spacing * 0.9, (
+            f"{sim_account.exchange}: requests {densest:.3f}s apart at the densest, "
+            f"paced limit is one per {spacing:.3f}s"
+        )
+        # Not vacuous: the limiter, not the poll interval, was the bottleneck.
+        assert sim_account.requests >= 12, sim_account.requests
+    assert coinw_sim.max_requests_in(2.0) <= 5
+    assert not errors, f"polls failed (the simulator enforces CoinW's limit): {errors}"
