@@ -6,10 +6,11 @@ watch balances also learn when balwatch cannot watch them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from balwatch.alert import Alert, fingerprint
+from balwatch.alert import Alert, fingerprint, new_id
 from balwatch.rules.rule import Severity
 
 SELF = "balwatch"
@@ -54,21 +55,11 @@ class SelfAlerts:
             return []
         now = datetime.fromtimestamp(self._clock(), UTC)
         return [
-            Alert(
-                fingerprint=firing.fingerprint,
+            dataclasses.replace(
+                firing,
+                id=new_id(),
                 event="resolved",
-                rule=rule,
-                severity=firing.severity,
-                account=account,
-                exchange=firing.exchange,
-                venue=None,
-                asset=None,
                 summary=f"resolved: {firing.summary}",
-                description="",
-                labels=firing.labels,
-                expression="",
-                values={},
-                started_at=firing.started_at,
                 observed_at=now,
                 resolved_at=now,
             )

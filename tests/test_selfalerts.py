@@ -1,0 +1,20 @@
+"""Alerts about balwatch itself fire once per problem and resolve when it ends."""
+
+from __future__ import annotations
+
+from balwatch.selfalerts import SelfAlerts
+
+
+def test_fires_once_and_resolves_with_a_new_id() -> None:
+    now = [1_764_064_800.0]
+    alerts = SelfAlerts(lambda: now[0])
+    [fired] = alerts.fire("config_error", "balwatch", "balwatch", "reload rejected", "critical")
+    assert alerts.fire("config_error", "balwatch", "balwatch", "again", "critical") == []
+    now[0] += 60
+    [resolved] = alerts.resolve("config_error", "balwatch")
+    doc = resolved.to_json()
+    assert (doc["status"], doc["event"], doc["asset"]) == ("resolved", "resolved", None)
+    assert resolved.fingerprint == fired.fingerprint and resolved.id != fired.id
+    assert doc["started_at"] == "2025-11-25T10:00:00Z"
+    assert doc["resolved_at"] == "2025-11-25T10:01:00Z"
+    assert alerts.resolve("config_error", "balwatch") == []
