@@ -43,7 +43,7 @@ from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.sinks.base import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.statestore import HistoryCursor, prepare, restore, writer
+from balwatch.statestore import HistoryCursor, changes_writer, prepare, restore, writer
 from balwatch.systemd import Notifier, run_watchdog
 
 log = structlog.get_logger("balwatch.daemon")
@@ -258,14 +258,20 @@ class Daemon:
         sinks = self.loaded.config.sinks
         items = [(doc, route(doc, sinks, a.notify)) for a in batch for doc in (a.to_json(),)]
         try:
-            await self.outbox.enqueue_many(items, also=writer(self.engine.states()))
+            changed = {
+                (a.fingerprint, a.rule): self.engine.state_for(a.account, a.venue, a.asset, a.rule)
+                for a in batch
+            }
+            await self.outbox.enqueue_many(
+                items, also=changes_writer((fp, rule, st) for (fp, rule), st in changed.items())
+            )
         except Exception:
             self._unpublished = batch
             log.exception("outbox_commit_failed", alerts=len(batch))
             return
         self._unpublished = []
         self.metrics.record_alerts(batch)
-        self.metrics.set_active(len(self.engine.pending()), len(self.engine.firing()))
+        self.metrics.set_active(*self.engine.counts())
         for alert in batch:
             log.info(
                 "alert",
@@ -296,7 +302,7 @@ class Daemon:
             self._progress = time.monotonic()
             await self._publish(self.engine.tick(self._clock()))
             self.metrics.record_evaluation("tick")
-            self.metrics.set_active(len(self.engine.pending()), len(self.engine.firing()))
+            self.metrics.set_active(*self.engine.counts())
             self.metrics.set_outbox(self.outbox.stats())
             status = self._status_line()
             if status != self._last_status:
@@ -315,7 +321,7 @@ class Daemon:
         failing = len(self._failing)
         return (
             f"{total - failing}/{total} accounts ok, {failing} failing, "
-            f"{len(self.engine.firing())} alerts firing"
+            f"{self.engine.counts()[1]} alerts firing"
         )
 
     def _check_ready(self) -> None:

@@ -156,3 +156,20 @@ def writer(
             conn.execute("DELETE FROM engine_sample WHERE t < ?", (prune_before,))
 
     return write
+
+
+def changes_writer(
+    changed: Iterable[tuple[str, str, AlertState | None]],
+) -> Callable[[sqlite3.Connection], None]:
+    """The states behind a batch of alerts, as (fingerprint, rule, state or None when it
+    went inactive): what must commit with those alerts. Writing only these keeps an alert
+    commit independent of how many other alerts are pending or firing; the periodic flush
+    writes the rest."""
+    upserts = [(fp, rule, json.dumps(s.to_json())) for fp, rule, s in changed if s is not None]
+    deletes = [(fp, rule) for fp, rule, s in changed if s is None]
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT OR REPLACE INTO engine_alert VALUES (?, ?, ?)", upserts)
+        conn.executemany("DELETE FROM engine_alert WHERE fingerprint = ? AND rule = ?", deletes)
+
+    return write

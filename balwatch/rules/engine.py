@@ -520,6 +520,17 @@ class Engine:
         """Copies of every pending and firing state, for the store."""
         return [s.copy() for states in self._states.values() for s in states.values()]
 
+    def state_for(
+        self, account: str, venue: str | None, asset: str | None, rule: str
+    ) -> AlertState | None:
+        """The live state behind one alert, or None once it is inactive (not a copy)."""
+        return self._states.get((account, venue, asset), {}).get(rule)
+
+    def counts(self) -> tuple[int, int]:
+        """(pending, firing), without copying every state as :meth:`states` does."""
+        phases = [s.phase for states in self._states.values() for s in states.values()]
+        return phases.count("pending"), phases.count("firing")
+
     def firing(self) -> list[AlertState]:
         return [s for s in self.states() if s.phase == "firing"]
 

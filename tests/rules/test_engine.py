@@ -595,3 +595,16 @@ def test_forget_account_resolves_and_drops_everything() -> None:
     assert e.states() == [] and len(e.history) == 0
     assert [a.account for a in e.accounts()] == ["other"]
     assert [a.account for a in e.tick(T0 + 61)] == ["other"]
+
+
+def test_state_for_and_counts_see_live_states_without_copies() -> None:
+    e = engine(Rule(name="low", when=parse_expression("available < 10"), for_=60.0))
+    poll(e, T0, row(available="5"))
+    assert e.counts() == (1, 0)
+    state = e.state_for(ACCT, EXCH, "USDT", "low")
+    assert state is not None and state.phase == "pending"
+    poll(e, T0 + 60, row(available="5"))
+    assert e.counts() == (0, 1)
+    poll(e, T0 + 61, row(available="50"))
+    assert e.counts() == (0, 0)
+    assert e.state_for(ACCT, EXCH, "USDT", "low") is None
