@@ -35,7 +35,7 @@ class Response:
         """The body parsed with every JSON number as Decimal or int, never float."""
         try:
             return json.loads(self.text, parse_float=Decimal, parse_constant=_reject_constant)
-        except ValueError as exc:
+        except (ValueError, ArithmeticError) as exc:  # decimal refuses 1e1000000000000000000
             raise BadResponse(
                 self.source, f"HTTP {self.status}: body is not valid JSON: {self.snippet()}"
             ) from exc
