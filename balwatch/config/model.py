@@ -326,6 +326,11 @@ class MqttSink(_Model):
     send_resolved: bool = True
     keepalive: Duration = 30.0
 
+    @property
+    def receives_resolved(self) -> bool:
+        # Even without resolved events, the retained active/ alert must still be cleared.
+        return True
+
     @field_validator("url")
     @classmethod
     def _mqtt_url(cls, value: Secret) -> Secret:
@@ -362,6 +367,10 @@ class WebhookSink(_Model):
     verify_tls: bool = True
     min_severity: Severity = "info"
     send_resolved: bool = True
+
+    @property
+    def receives_resolved(self) -> bool:
+        return self.send_resolved
 
     @field_validator("url")
     @classmethod

@@ -20,7 +20,8 @@ class RoutedSink(Protocol):
     def min_severity(self) -> str: ...
 
     @property
-    def send_resolved(self) -> bool: ...
+    def receives_resolved(self) -> bool:
+        """Whether resolved alerts go to the sink (``send_resolved`` decides what it sends)."""
 
 
 def route(
@@ -45,5 +46,5 @@ def route(
         for sink in sinks
         if (notify is None or sink.name in notify)
         and rank >= SEVERITY_RANK[sink.min_severity]
-        and (sink.send_resolved or not resolved)
+        and (sink.receives_resolved or not resolved)
     ]

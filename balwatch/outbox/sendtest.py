@@ -6,8 +6,8 @@ behave as they will in production. The outbox is a throwaway database, not the o
 ``state_dir``: a running daemon must not pick up (and deliver again) a test alert, and a
 test that failed must not keep retrying after the command has reported it.
 
-The test alert fires and, unless the sink has ``send_resolved: false``, resolves again, so
-it leaves no retained ``active/`` message on an MQTT broker.
+The test alert fires and resolves again (on a webhook with ``send_resolved: false`` it only
+fires), so it leaves no retained ``active/`` message on an MQTT broker.
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ async def send_test(
         from balwatch.sinks.registry import build_sink
 
         build = build_sink
-    alerts = synthetic_alerts(sink_name, resolve=sink_config.send_resolved, now=datetime.now(UTC))
+    alerts = synthetic_alerts(
+        sink_name, resolve=sink_config.receives_resolved, now=datetime.now(UTC)
+    )
     ids = tuple(str(alert["id"]) for alert in alerts)
     with tempfile.TemporaryDirectory(prefix="balwatch-send-test-") as tmp:
         store = await OutboxStore.open(Path(tmp) / DB_FILE)

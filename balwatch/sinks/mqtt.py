@@ -4,7 +4,8 @@ Topics (DESIGN.md section 5), under the configured prefix:
 
 - ``alerts/<rule>/<account>/<asset>``: every notification, not retained;
 - ``active/<rule>/<account>/<asset>``: the firing alert, retained; an empty retained
-  payload on resolve clears it, so a bot that connects late sees exactly what fires now;
+  payload on resolve clears it, so a bot that connects late sees exactly what fires now
+  (with ``send_resolved: false`` the resolve still clears it, only the event is left out);
 - ``status``: retained ``online`` after every (re)connect, ``offline`` as the will and on
   a clean stop (a will is only sent on an unclean disconnect).
 
@@ -284,7 +285,10 @@ class MqttSink(Sink):
             ) from None
         events, active = self.topics(alert)
         if alert.get("status") == "resolved":
-            return [(events, payload, False, self._properties(alert)), (active, b"", True, None)]
+            clear = (active, b"", True, None)
+            if not self._config.send_resolved:
+                return [clear]
+            return [(events, payload, False, self._properties(alert)), clear]
         return [
             (events, payload, False, self._properties(alert)),
             (active, payload, True, self._properties(alert, expiry=self._active_expiry)),

@@ -12,6 +12,10 @@ from tests.outbox.doubles import alert
 
 SINKS = (
     MqttSink.model_validate({"type": "mqtt", "name": "ops-mqtt", "url": "mqtt://broker"}),
+    # Gets resolved alerts all the same: it must clear their retained active/ state.
+    MqttSink.model_validate(
+        {"type": "mqtt", "name": "quiet-mqtt", "url": "mqtt://b2", "send_resolved": False}
+    ),
     WebhookSink.model_validate(
         {
             "type": "webhook",
@@ -41,12 +45,12 @@ def doc(severity: str, event: str = "firing", **extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("alert_doc", "notify", "expected"),
     [
-        (doc("info"), None, ["ops-mqtt"]),
-        (doc("warning"), None, ["ops-mqtt", "ops-slack"]),
-        (doc("critical"), None, ["ops-mqtt", "ops-slack", "pager"]),
-        (doc("critical", "repeat"), None, ["ops-mqtt", "ops-slack", "pager"]),
-        (doc("critical", "resolved"), None, ["ops-mqtt", "ops-slack"]),
-        (doc("warning", "resolved"), None, ["ops-mqtt", "ops-slack"]),
+        (doc("info"), None, ["ops-mqtt", "quiet-mqtt"]),
+        (doc("warning"), None, ["ops-mqtt", "quiet-mqtt", "ops-slack"]),
+        (doc("critical"), None, ["ops-mqtt", "quiet-mqtt", "ops-slack", "pager"]),
+        (doc("critical", "repeat"), None, ["ops-mqtt", "quiet-mqtt", "ops-slack", "pager"]),
+        (doc("critical", "resolved"), None, ["ops-mqtt", "quiet-mqtt", "ops-slack"]),
+        (doc("warning", "resolved"), None, ["ops-mqtt", "quiet-mqtt", "ops-slack"]),
         # The rule's notify list narrows; min_severity still applies; order is config order.
         (doc("critical"), ["pager", "ops-mqtt"], ["ops-mqtt", "pager"]),
         (doc("info"), ["ops-slack"], []),
@@ -54,7 +58,7 @@ def doc(severity: str, event: str = "firing", **extra: Any) -> dict[str, Any]:
         (doc("critical"), ["not-configured", "pager"], ["pager"]),
         # A document carrying "notify" routes by it when no list is passed.
         (doc("critical", notify=["pager"]), None, ["pager"]),
-        (doc("critical", notify=None), None, ["ops-mqtt", "ops-slack", "pager"]),
+        (doc("critical", notify=None), None, ["ops-mqtt", "quiet-mqtt", "ops-slack", "pager"]),
         (doc("critical", notify=["pager"]), ["ops-slack"], ["ops-slack"]),
     ],
 )

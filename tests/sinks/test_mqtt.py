@@ -89,6 +89,19 @@ async def test_resolve_publishes_the_event_then_clears_active(broker: Mosquitto)
     ]
 
 
+async def test_without_send_resolved_a_resolve_only_clears_active(broker: Mosquitto) -> None:
+    """No resolved event goes out, yet a late subscriber must not see the alert as firing."""
+    async with fast(broker.url, send_resolved=False) as sink:
+        await sink.send(ALERT)
+        async with subscribe(broker.port, ["balwatch/alerts/#", "balwatch/active/#"]) as sub:
+            assert [m.topic.value for m in await sub.drain()] == [ACTIVE]
+            await sink.send(resolved(ALERT, id="id-resolved"))
+            live = await sub.drain()
+    assert [(m.topic.value, body(m)) for m in live] == [(ACTIVE, b"")]
+    async with subscribe(broker.port, ["balwatch/active/#"]) as late:
+        assert await late.drain() == []
+
+
 def test_topic_segments_cannot_split_or_wildcard() -> None:
     assert topic_segment("a/b+c#d") == "a_b_c_d"
     assert topic_segment("tab\there\x00nul\x7f\u0085") == "tab_here_nul__"
