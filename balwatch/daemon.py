@@ -43,7 +43,7 @@ from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.sinks.base import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.statestore import HistoryCursor, changes_writer, prepare, restore, writer
+from balwatch.statestore import changes_writer, prepare, restore, writer
 from balwatch.systemd import Notifier, run_watchdog
 
 log = structlog.get_logger("balwatch.daemon")
@@ -91,7 +91,6 @@ class Daemon:
         self.metrics = Metrics(__version__)
         self.latest = LatestBalances(clock=clock)
         self._self_alerts = SelfAlerts(clock)
-        self._history = HistoryCursor()
         self._polled: set[str] = set()
         self._failing: set[str] = set()
         self._progress = time.monotonic()
@@ -290,7 +289,7 @@ class Daemon:
             writer(
                 self.engine.states(),
                 self.engine.accounts(),
-                self._history.new_samples(self.engine.history),
+                self.engine.history.take_unsaved(),
                 prune_before=self._clock() - retention - FLUSH_SECONDS,
             )
         )

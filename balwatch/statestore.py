@@ -18,7 +18,7 @@ from typing import Final
 
 from balwatch.outbox.store import migrate, open_db
 from balwatch.rules.engine import AccountState, AlertState, Engine
-from balwatch.rules.history import History, HistoryKey
+from balwatch.rules.history import HistoryKey
 
 ENGINE_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -108,25 +108,7 @@ def restore(engine: Engine, saved: Saved, now: float) -> None:
     for key, t, value in saved.samples:
         if t <= now:
             engine.history.record(key, t, value)
-
-
-class HistoryCursor:
-    """Remembers what history was written, so each flush writes only new samples."""
-
-    def __init__(self) -> None:
-        self._written: dict[HistoryKey, float] = {}
-
-    def new_samples(self, history: History) -> list[Sample]:
-        out: list[Sample] = []
-        present = set(history.keys())
-        for key in present:
-            fresh = history.samples_after(key, self._written.get(key, float("-inf")))
-            if fresh:
-                out.extend((key, t, v) for t, v in fresh)
-                self._written[key] = fresh[-1][0]
-        for key in set(self._written) - present:
-            del self._written[key]
-        return out
+    engine.history.mark_saved()
 
 
 def writer(
@@ -135,22 +117,31 @@ def writer(
     samples: Iterable[Sample] = (),
     prune_before: float | None = None,
 ) -> Callable[[sqlite3.Connection], None]:
-    """A state write for the outbox's transaction. Encodes now, on the loop, so the
-    snapshot is the engine's state at this moment, not when the DB thread gets to it."""
-    alert_rows = [(s.fingerprint, s.rule, json.dumps(s.to_json())) for s in alerts]
-    account_rows = (
-        None if accounts is None else [(a.account, json.dumps(a.to_json())) for a in accounts]
-    )
-    sample_rows = [(*key, t, str(v)) for key, t, v in samples]
+    """A state write for the outbox's transaction.
+
+    The snapshot is taken now, on the loop, so it is the engine's state at this moment;
+    the text encoding is left to the DB thread, off the loop: the snapshot's dicts are
+    copies and samples are immutable.
+    """
+    alert_docs = [(s.fingerprint, s.rule, s.to_json()) for s in alerts]
+    account_docs = None if accounts is None else [(a.account, a.to_json()) for a in accounts]
+    sample_list = list(samples)
 
     def write(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM engine_alert")
-        conn.executemany("INSERT INTO engine_alert VALUES (?, ?, ?)", alert_rows)
-        if account_rows is not None:
-            conn.execute("DELETE FROM engine_account")
-            conn.executemany("INSERT INTO engine_account VALUES (?, ?)", account_rows)
         conn.executemany(
-            "INSERT OR REPLACE INTO engine_sample VALUES (?, ?, ?, ?, ?, ?)", sample_rows
+            "INSERT INTO engine_alert VALUES (?, ?, ?)",
+            [(fp, rule, json.dumps(doc)) for fp, rule, doc in alert_docs],
+        )
+        if account_docs is not None:
+            conn.execute("DELETE FROM engine_account")
+            conn.executemany(
+                "INSERT INTO engine_account VALUES (?, ?)",
+                [(account, json.dumps(doc)) for account, doc in account_docs],
+            )
+        conn.executemany(
+            "INSERT OR REPLACE INTO engine_sample VALUES (?, ?, ?, ?, ?, ?)",
+            [(*key, t, str(v)) for key, t, v in sample_list],
         )
         if prune_before is not None:
             conn.execute("DELETE FROM engine_sample WHERE t < ?", (prune_before,))

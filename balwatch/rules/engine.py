@@ -97,7 +97,14 @@ class AccountState:
         return DECIMAL_CONTEXT.divide(Decimal(max(0, round((now - since) * 1000))), _THOUSAND)
 
     def to_json(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        # Spelled out: asdict's deep copy costs ~10x more, times every account every flush.
+        return {
+            "account": self.account,
+            "exchange": self.exchange,
+            "first_seen": self.first_seen,
+            "last_ok": self.last_ok,
+            "failures": self.failures,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> AccountState:
@@ -147,10 +154,23 @@ class AlertState:
 
     def to_json(self) -> dict[str, object]:
         """JSON-ready: values as decimal strings, times as unix seconds."""
-        out = dataclasses.asdict(self)
-        out["values"] = {k: decimal_text(v) for k, v in self.values.items()}
-        out["notify"] = None if self.notify is None else list(self.notify)
-        return out
+        return {
+            "fingerprint": self.fingerprint,
+            "rule": self.rule,
+            "when": self.when,
+            "clear": self.clear,
+            "severity": self.severity,
+            "account": self.account,
+            "exchange": self.exchange,
+            "venue": self.venue,
+            "asset": self.asset,
+            "phase": self.phase,
+            "since": self.since,
+            "last_notified": self.last_notified,
+            "values": {k: decimal_text(v) for k, v in self.values.items()},
+            "labels": dict(self.labels),
+            "notify": None if self.notify is None else list(self.notify),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> AlertState:

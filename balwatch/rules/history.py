@@ -63,17 +63,22 @@ _CTX: Final = DECIMAL_CONTEXT
 
 
 class _Series:
-    """Parallel arrays: float times (8 bytes each) and the Decimal values."""
+    """Parallel arrays: float times (8 bytes each) and the Decimal values.
 
-    __slots__ = ("times", "values")
+    ``saved`` counts the leading samples a store has already taken (:meth:`History.take_unsaved`).
+    """
+
+    __slots__ = ("saved", "times", "values")
 
     def __init__(self) -> None:
         self.times: array[float] = array("d")
         self.values: list[Decimal] = []
+        self.saved = 0
 
     def drop_oldest(self, count: int) -> None:
         del self.times[:count]
         del self.values[:count]
+        self.saved = max(0, self.saved - count)
 
     def index_at(self, t: float) -> int:
         """Index of the newest sample at or before ``t``; -1 when there is none."""
@@ -105,6 +110,9 @@ class History:
             raise ValueError("max_samples must be at least 2 (a window needs two samples)")
         self._series: dict[HistoryKey, _Series] = {}
         self._by_account: dict[str, set[HistoryKey]] = {}
+        # Series with samples not yet taken by a store: a flush then costs what is new,
+        # not a scan of every series.
+        self._unsaved: set[HistoryKey] = set()
         self._max_samples = max_samples
         self._slack = slack
         self._keep = 0.0
@@ -133,6 +141,7 @@ class History:
         if series is None:
             series = self._series[key] = _Series()
             self._by_account.setdefault(key[0], set()).add(key)
+        self._unsaved.add(key)
         times = series.times
         if times:
             last = times[-1]
@@ -141,6 +150,7 @@ class History:
                 return False
             if t == last:
                 series.values[-1] = value
+                series.saved = min(series.saved, len(times) - 1)  # take it again
                 return True
         times.append(t)
         series.values.append(value)
@@ -199,13 +209,29 @@ class History:
         series = self._series.get(key)
         return [] if series is None else list(zip(series.times, series.values, strict=True))
 
-    def samples_after(self, key: HistoryKey, t: float) -> list[tuple[float, Decimal]]:
-        """The samples newer than ``t``, oldest first: what a store has not written yet."""
-        series = self._series.get(key)
-        if series is None:
-            return []
-        start = bisect_right(series.times, t)
-        return list(zip(series.times[start:], series.values[start:], strict=True))
+    def take_unsaved(self) -> list[tuple[HistoryKey, float, Decimal]]:
+        """Samples recorded (or replaced) since the last call, each series oldest first;
+        they count as saved from now on. What a store writes on each flush."""
+        out: list[tuple[HistoryKey, float, Decimal]] = []
+        for key in self._unsaved:
+            series = self._series.get(key)
+            if series is None:  # forgotten since
+                continue
+            times, values, count = series.times, series.values, len(series.times)
+            if series.saved == count - 1:  # the usual case: one poll since the last flush
+                out.append((key, times[-1], values[-1]))
+            else:
+                new = zip(times[series.saved :], values[series.saved :], strict=True)
+                out.extend((key, t, v) for t, v in new)
+            series.saved = count
+        self._unsaved.clear()
+        return out
+
+    def mark_saved(self) -> None:
+        """Count every sample as saved (just restored from the store)."""
+        for series in self._series.values():
+            series.saved = len(series.times)
+        self._unsaved.clear()
 
     def sample_count(self) -> int:
         return sum(len(s.values) for s in self._series.values())

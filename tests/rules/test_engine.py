@@ -452,6 +452,15 @@ def roundtrip(e: Engine) -> tuple[list[AlertState], list[AccountState]]:
     return states, accts
 
 
+def test_saved_states_come_back_equal() -> None:
+    """Every field survives the JSON a store keeps: a field left out would reset on restart."""
+    e = engine(rule("low", "available < 5000", labels={"team": "ops"}, notify=("ops-mqtt",)))
+    poll(e, T0, row(available="1.50"))
+    states, accts = roundtrip(e)
+    assert states == e.states() and states[0].labels == {"team": "ops"}
+    assert accts == e.accounts()
+
+
 def test_restore_neither_refires_nor_forgets_to_resolve() -> None:
     rules = (rule("low", "available < 5000", repeat=3600), rule("slow", "total < 1", for_=600))
     e = engine(*rules)

@@ -305,3 +305,18 @@ def test_pruning_never_changes_answers_within_retention(
     for func in WINDOW_FUNCS:
         assert small.window_value(func, KEY, t, w) == big.window_value(func, KEY, t, w)
     assert len(small.samples(KEY)) <= retention / 0.5 + 2
+
+
+def test_take_unsaved_hands_out_each_sample_once_through_pruning_and_forgetting() -> None:
+    h = History(100, slack=0)
+    other: HistoryKey = ("acct", "spot", "BTC", "total")
+    h.record(KEY, 0, D(1))
+    h.record(KEY, 50, D(2))
+    assert h.take_unsaved() == [(KEY, 0, D(1)), (KEY, 50, D(2))]
+    h.record(KEY, 300, D(3))  # prunes the saved samples before the window
+    h.record(KEY, 310, D(4))
+    h.record(other, 310, D(5))
+    h.forget(other)
+    assert h.samples(KEY)[0] == (50, D(2))  # proof that pruning happened
+    assert h.take_unsaved() == [(KEY, 300, D(3)), (KEY, 310, D(4))]
+    assert h.take_unsaved() == []
