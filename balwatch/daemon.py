@@ -156,7 +156,7 @@ class Daemon:
 
             scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
             self._scheduler = scheduler
-            scheduler.start(self._plans(config))
+            await scheduler.apply(self._plans(config))
             log.info(
                 "started",
                 accounts=len(config.accounts),
@@ -391,9 +391,9 @@ class Daemon:
                 update={"sinks": old.sinks, "http": old.http, "state_dir": old.state_dir}
             )
         )
-        if old.accounts != new.accounts:
-            await self._scheduler.stop()
-            self._scheduler.start(self._plans(self.loaded.config))
+        # Also when only defaults changed (interval, timeout): apply() restarts just the
+        # pollers whose plan is different.
+        await self._scheduler.apply(self._plans(self.loaded.config))
         alerts += self._self_alerts.resolve("config_error", SELF)
         await self._publish(alerts)
         self.metrics.record_reload(True)

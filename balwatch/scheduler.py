@@ -1,7 +1,9 @@
 """Per-account pollers: interval with jitter, per-credential rate limit, backoff on failure.
 
 Each account has one task that polls, hands the result on, then waits. A poll that
-overruns its interval delays the next one; polls of one account never stack.
+overruns its interval delays the next one; polls of one account never stack. A reload
+restarts only the pollers whose plan changed: the others keep their timing and backoff,
+so a reload neither bursts every account at once nor retries a locked-out key early.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ class PollPlan:
     backoff: Backoff | None = None
     # An auth failure is retried slowly: repeated bad logins can lock the key.
     auth_backoff: Backoff = field(default_factory=lambda: Backoff(base=60.0, cap=3600.0))
+
+    def same_as(self, other: PollPlan) -> bool:
+        """Polls the same way: same adapter and limiter objects, same timing."""
+        return (
+            self.adapter is other.adapter
+            and self.limiter is other.limiter
+            and (self.interval, self.backoff, self.auth_backoff)
+            == (other.interval, other.backoff, other.auth_backoff)
+        )
 
 
 def next_delay(
@@ -96,30 +107,44 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
 
 
 class Scheduler:
-    """Runs one poller task per plan; ``async with`` stops them all on exit."""
+    """Runs one poller task per account; ``async with`` stops them all on exit."""
 
     def __init__(self, on_result: OnResult, *, rand: Callable[[], float] = random.random) -> None:
         self._on_result = on_result
         self._rand = rand
         self._stop = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, tuple[PollPlan, asyncio.Task[None]]] = {}
 
-    def start(self, plans: Iterable[PollPlan]) -> None:
-        for plan in plans:
-            name = plan.adapter.account.name
-            self._tasks[name] = asyncio.create_task(
-                run_poller(plan, self._on_result, self._stop, rand=self._rand),
-                name=f"poller:{name}",
-            )
+    async def apply(self, plans: Iterable[PollPlan]) -> None:
+        """Poll exactly ``plans``: an account whose plan is unchanged keeps its poller; the
+        pollers of changed and removed accounts stop (a poll in flight is cancelled)."""
+        wanted = {plan.adapter.account.name: plan for plan in plans}
+        stale = [
+            name
+            for name, (plan, _) in self._running.items()
+            if name not in wanted or not wanted[name].same_as(plan)
+        ]
+        await self._cancel([self._running.pop(name)[1] for name in stale])
+        for name, plan in wanted.items():
+            if name not in self._running:
+                task = asyncio.create_task(
+                    run_poller(plan, self._on_result, self._stop, rand=self._rand),
+                    name=f"poller:{name}",
+                )
+                self._running[name] = (plan, task)
 
     async def stop(self) -> None:
         """Stop every poller; a poll in flight is cancelled (its result would be stale)."""
         self._stop.set()
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        self._tasks.clear()
+        await self._cancel([task for _, task in self._running.values()])
+        self._running.clear()
         self._stop = asyncio.Event()
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def __aenter__(self) -> Scheduler:
         return self

@@ -50,7 +50,7 @@ async def test_accounts_sharing_a_key_never_exceed_its_limit(
         for n in ("a1", "a2", "a3")
     ]
     async with Scheduler(results.put) as scheduler:
-        scheduler.start(plans)
+        await scheduler.apply(plans)
         got = await collect(results, 24)
     assert all(r.ok for r in got), [str(r.error) for r in got if r.error]
     assert sim.state.accounts["a"].max_requests_in(0.5) <= 4
@@ -64,7 +64,7 @@ async def test_a_poll_that_overruns_its_interval_is_not_stacked(
     results: asyncio.Queue[PollResult] = asyncio.Queue()
     spec = account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name="slow")
     async with Scheduler(results.put) as scheduler:
-        scheduler.start([PollPlan(make_adapter("coinw", spec, http), 0.01)])
+        await scheduler.apply([PollPlan(make_adapter("coinw", spec, http), 0.01)])
         await collect(results, 3)
         # one request in flight at most: three answers, at most one more request started
         assert sim.state.accounts["slow"].requests <= 4
@@ -79,7 +79,7 @@ async def test_failures_back_off_and_recover(
     spec = account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name="flaky")
     plan = PollPlan(make_adapter("coinw", spec, http), 0.01, backoff=Backoff(base=0.01, cap=0.05))
     async with Scheduler(results.put) as scheduler:
-        scheduler.start([plan])
+        await scheduler.apply([plan])
         got = await collect(results, 3)
     assert [type(r.error) for r in got] == [SourceUnavailable, SourceUnavailable, type(None)]
     assert got[2].rows is not None and got[2].rows[0].available is not None
@@ -103,3 +103,42 @@ def test_delay_rules() -> None:
     assert next_delay(plan, RateLimited("bitso", "420", retry_after=120.0), 1, mid) == 120.0
     # auth errors back off hard: up to an hour, never fast
     assert next_delay(plan, AuthError("bitso", "0201"), 8, top) > 3000
+
+
+async def test_apply_restarts_only_the_pollers_whose_plan_changed(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    """A reload must not retry a key that is backing off after an auth failure, nor keep
+    polling a removed account; a new or changed plan starts at once."""
+    sim = await start_sim(coinw("locked", key="lk"), coinw("ok"), coinw("new", key="nk"))
+    results: asyncio.Queue[PollResult] = asyncio.Queue()
+
+    def plan(name: str, key: str, secret: str) -> PollPlan:
+        creds = {"api_key": key, "api_secret": secret}
+        return PollPlan(
+            make_adapter("coinw", account_spec("coinw", sim.url, creds, name=name), http), 0.01
+        )
+
+    locked, ok = plan("locked", "lk", "wrong"), plan("ok", "ck", "cs")
+    async with Scheduler(results.put) as scheduler:
+        await scheduler.apply([locked, ok])
+        got = await collect(results, 4)
+        failed = [r for r in got if r.account == "locked"]
+        assert [type(r.error) for r in failed] == [AuthError], "one try, then a long backoff"
+
+        await scheduler.apply([locked, ok, plan("new", "nk", "cs")])
+        while not results.empty():
+            results.get_nowait()
+        await scheduler.apply(
+            [locked, plan("new", "nk", "cs")]
+        )  # ok removed, new changed: restarted
+        while not results.empty():
+            results.get_nowait()
+        later = await collect(results, 4)
+        assert sim.state.accounts["locked"].requests == 1, "a reload retried a locked-out key"
+        assert {r.account for r in later} == {"new"}, "the removed account kept polling"
+
+        # The same adapter at another interval is a changed plan: polled again at once.
+        await scheduler.apply([PollPlan(locked.adapter, 0.02)])
+        [again] = await collect(results, 1)
+        assert again.account == "locked" and isinstance(again.error, AuthError)
