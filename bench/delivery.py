@@ -14,7 +14,7 @@ Starts its own ``mosquitto`` on a free loopback port, then measures in the same 
 
 Targets (issue 4): (c) >= 2,000 alerts/s, and (c) >= 0.5 of (a). The MQTT sink publishes two
 messages per alert (the event, and the retained ``active/`` state), so (c) is compared with
-(a) both as alerts per raw message and as messages per raw message.
+(a) doing the same work, two raw publishes per alert; alerts per raw message is printed too.
 
     .venv/bin/python bench/delivery.py [--alerts 20000] [--state-dir DIR]
 
@@ -194,16 +194,20 @@ async def main(args: argparse.Namespace) -> None:
             broker.kill()
             await broker.wait()
             shutil.rmtree(state_dir, ignore_errors=True)
-    # The sink publishes each alert twice: the event, and the retained active/ state.
+    # The sink publishes each alert twice (DESIGN.md section 5): the event, and the retained
+    # active/ state. Raw aiomqtt delivering the same alerts makes the same two publishes, so
+    # the like-for-like baseline is half its message rate.
+    raw_alerts = raw / 2
+    ratio = durable / raw_alerts
     print(f"MQTT {args.protocol}, QoS 1, loopback mosquitto; {args.alerts:,} alerts")
     print(f"raw aiomqtt publish ({args.publishers} tasks):   {raw:8,.0f} msg/s")
+    print(f"  same two publishes per alert:  {raw_alerts:8,.0f} alerts/s")
     print(f"MqttSink.send alone:           {alone:8,.0f} alerts/s ({2 * alone:,.0f} msg/s)")
     print(f"outbox -> MqttSink, durable:   {durable:8,.0f} alerts/s ({2 * durable:,.0f} msg/s)")
     print(f"  >= {ALERTS_TARGET:,.0f} alerts/s:      {verdict(durable >= ALERTS_TARGET)}")
     print(
-        f"  >= {RATIO_TARGET} of raw:          {verdict(durable / raw >= RATIO_TARGET)} as "
-        f"alerts/msg ({durable / raw:.3f}); {verdict(2 * durable / raw >= RATIO_TARGET)} "
-        f"as msg/msg ({2 * durable / raw:.3f})"
+        f"  >= {RATIO_TARGET} of raw:          {verdict(ratio >= RATIO_TARGET)} ({ratio:.2f} of "
+        f"raw for the same publishes; {durable / raw:.2f} alerts per raw message)"
     )
     print(f"  outbox keeps {durable / alone:.2f} of the sink's own rate")
 
