@@ -180,10 +180,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await scheduler.stop()
-            try:
-                await self._flush()
-            except Exception:
-                log.exception("state_flush_failed")
+            await self._flush()
             if self._unpublished:
                 log.error("stopped_with_uncommitted_alerts", alerts=len(self._unpublished))
             drained = await self.outbox.drain(STOP_GRACE_SECONDS)
@@ -266,9 +263,12 @@ class Daemon:
             )
         except Exception:
             self._unpublished = batch
+            self.metrics.record_state_write_failure("alerts")
+            self.metrics.set_uncommitted(len(batch))
             log.exception("outbox_commit_failed", alerts=len(batch))
             return
         self._unpublished = []
+        self.metrics.set_uncommitted(0)
         self.metrics.record_alerts(batch)
         self.metrics.set_active(*self.engine.counts())
         for alert in batch:
@@ -284,15 +284,22 @@ class Daemon:
             self._on_alerts(batch)
 
     async def _flush(self) -> None:
+        """Write the engine state that no alert commit carried: pending timers, account
+        liveness, new history samples. A failure is reported, never raised: a full or
+        read-only disk must not stop polling and alerting."""
         retention = self.engine.history.retention
-        await self.outbox.store.write(
-            writer(
-                self.engine.states(),
-                self.engine.accounts(),
-                self.engine.history.take_unsaved(),
-                prune_before=self._clock() - retention - FLUSH_SECONDS,
+        try:
+            await self.outbox.store.write(
+                writer(
+                    self.engine.states(),
+                    self.engine.accounts(),
+                    self.engine.history.take_unsaved(),
+                    prune_before=self._clock() - retention - FLUSH_SECONDS,
+                )
             )
-        )
+        except Exception:
+            self.metrics.record_state_write_failure("flush")
+            log.exception("state_flush_failed")
 
     async def _ticker(self) -> None:
         last_flush = time.monotonic()
@@ -309,19 +316,18 @@ class Daemon:
                 self._notifier.status(status)
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
-                try:
-                    await self._flush()
-                except Exception:
-                    # A full or read-only disk must not stop alerting: report and go on.
-                    log.exception("state_flush_failed")
+                await self._flush()
 
     def _status_line(self) -> str:
         total = len(self._accounts)
         failing = len(self._failing)
-        return (
+        line = (
             f"{total - failing}/{total} accounts ok, {failing} failing, "
             f"{self.engine.counts()[1]} alerts firing"
         )
+        if self._unpublished:
+            line += f", {len(self._unpublished)} alerts held: state database not writable"
+        return line
 
     def _check_ready(self) -> None:
         if self.started.is_set():

@@ -133,6 +133,22 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self._state_write_failures = Counter(
+            "state_write_failures",
+            "Failed writes to the state database (disk full, read-only, I/O error), by what "
+            "was written: alerts (held in memory, retried every second) or flush (periodic "
+            "engine state and history).",
+            ["write"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._alerts_uncommitted = Gauge(
+            "alerts_uncommitted",
+            "Alerts whose commit failed, held in memory until the state database takes "
+            "them; they are not delivered before then.",
+            namespace=ns,
+            registry=reg,
+        )
         self._config_reloads = Counter(
             "config_reload",
             "Config and rule reloads by result.",
@@ -153,6 +169,8 @@ class Metrics:
         self.set_active(0, 0)
         for result in ("ok", "error"):
             self._config_reloads.labels(result)
+        for write in ("alerts", "flush"):
+            self._state_write_failures.labels(write)
         self._exchanges: dict[str, str] = {}  # account -> exchange, to remove its series
         self._delivery_seen: dict[str, dict[str, int]] = {}  # sink -> outcome -> last count
 
@@ -201,6 +219,14 @@ class Metrics:
 
     def record_reload(self, ok: bool) -> None:
         self._config_reloads.labels("ok" if ok else "error").inc()
+
+    # -- state database
+
+    def record_state_write_failure(self, write: Literal["alerts", "flush"]) -> None:
+        self._state_write_failures.labels(write).inc()
+
+    def set_uncommitted(self, alerts: int) -> None:
+        self._alerts_uncommitted.set(alerts)
 
     # -- outbox
 
