@@ -25,7 +25,7 @@ import random
 import re
 import secrets
 import ssl
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -65,8 +65,21 @@ def topic_segment(value: object) -> str:
 
 
 class _PackedProperties(Properties):
-    """Properties serialized once: paho packs them anew for every publish, and in Python
-    that costs as much as the rest of the publish. Never changed after the first pack."""
+    """PUBLISH properties serialized once: paho packs them anew for every publish, and in
+    Python that costs as much as the rest of the publish. Never changed after the first pack.
+
+    paho gives every instance its own copy of its lookup tables (6 KB); these share one
+    copy, which paho only reads, so thousands of cached instances cost little.
+    """
+
+    _tables: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        if not self._tables:
+            template = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            tables = {name: vars(template)[name] for name in ("types", "names", "properties")}
+            _PackedProperties._tables = tables
+        self.__dict__.update(self._tables, packetType=PacketTypes.PUBLISH)
 
     def pack(self) -> bytes:
         packed: bytes | None = self.__dict__.get("_packed")
@@ -80,7 +93,7 @@ class _PackedProperties(Properties):
 def _v5_properties(rule: str, severity: str, fingerprint: str, expiry: int | None) -> Properties:
     """PUBLISH properties; cached because paho builds them slowly and a fingerprint's
     events repeat them."""
-    properties = _PackedProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties = _PackedProperties()
     properties.PayloadFormatIndicator = 1  # UTF-8
     properties.ContentType = "application/json"
     properties.UserProperty = [("rule", rule), ("severity", severity), ("fingerprint", fingerprint)]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from structlog.testing import capture_logs
 
 from balwatch.sinks.base import DeliveryError
 from balwatch.sinks.formats import encode_alert
-from balwatch.sinks.mqtt import MqttSink, topic_segment
+from balwatch.sinks.mqtt import MqttSink, _v5_properties, topic_segment
 from tests.brokers import Mosquitto, free_port, make_tls_files, subscribe
 from tests.sinks.conftest import ALERT, alert, mqtt_config, resolved
 
@@ -204,6 +207,25 @@ async def test_v5_user_properties_and_expiry_on_active(broker: Mosquitto) -> Non
         assert prop(message, "ContentType") == "application/json"
     assert prop(event, "MessageExpiryInterval") is None
     assert 3590 <= prop(active, "MessageExpiryInterval") <= 3600
+
+
+def test_cached_v5_properties_pack_as_paho_does_and_stay_small() -> None:
+    """Thousands of fingerprints are cached: each entry must not carry paho's 6 KB tables."""
+    reference = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    reference.PayloadFormatIndicator = 1
+    reference.ContentType = "application/json"
+    reference.UserProperty = [("rule", "r"), ("severity", "critical"), ("fingerprint", "fp")]
+    reference.MessageExpiryInterval = 60
+    assert _v5_properties("r", "critical", "fp", 60).pack() == reference.pack()
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cached = [_v5_properties("r", "critical", f"size-{i}", None) for i in range(500)]
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(cached)
+    finally:
+        tracemalloc.stop()
+    assert per_entry < 2000, f"{per_entry:.0f} bytes per cached properties"
 
 
 async def test_v311_sends_no_properties(broker: Mosquitto) -> None:
