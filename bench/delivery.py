@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,53 +34,18 @@ from typing import Any
 
 import aiomqtt
 
-from balwatch.config.model import MqttSink as MqttSinkConfig
-from balwatch.outbox.store import DB_FILE, OutboxStore
-from balwatch.outbox.worker import Outbox
-from balwatch.sinks.formats import encode_alert
-from balwatch.sinks.mqtt import MqttSink
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the test suite
+
+from balwatch.config.model import MqttSink as MqttSinkConfig  # noqa: E402
+from balwatch.outbox.store import DB_FILE, OutboxStore  # noqa: E402
+from balwatch.outbox.worker import Outbox  # noqa: E402
+from balwatch.sinks.formats import encode_alert  # noqa: E402
+from balwatch.sinks.mqtt import MqttSink  # noqa: E402
+from tests.brokers import Mosquitto  # noqa: E402
 
 ALERTS_TARGET = 2000.0
 RATIO_TARGET = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def start_mosquitto(directory: Path) -> tuple[asyncio.subprocess.Process, int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    config = directory / "mosquitto.conf"
-    lines = [
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence false",
-        "log_dest none",
-    ]
-    if os.geteuid() == 0:
-        lines.append("user root")  # else it drops to a user that cannot read our temp dir
-    config.write_text("\n".join(lines) + "\n")
-    process = await asyncio.create_subprocess_exec(
-        binary,
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    for _ in range(500):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.01)
-            continue
-        writer.close()
-        return process, port
-    process.kill()
-    raise RuntimeError("mosquitto did not start listening")
 
 
 def make_alert(seq: int, fingerprints: int) -> dict[str, Any]:
@@ -183,16 +147,14 @@ def verdict(ok: bool) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="balwatch-bench-") as tmp:
-        broker, port = await start_mosquitto(Path(tmp))
         state_dir = Path(args.state_dir or tmp) / "bench-state"
         shutil.rmtree(state_dir, ignore_errors=True)
         try:
-            raw = await raw_rate(port, args.messages, args.publishers, args.protocol)
-            alone = await sink_rate(port, args)
-            durable = await outbox_rate(port, state_dir, args)
+            async with Mosquitto() as broker:
+                raw = await raw_rate(broker.port, args.messages, args.publishers, args.protocol)
+                alone = await sink_rate(broker.port, args)
+                durable = await outbox_rate(broker.port, state_dir, args)
         finally:
-            broker.kill()
-            await broker.wait()
             shutil.rmtree(state_dir, ignore_errors=True)
     # The sink publishes each alert twice (DESIGN.md section 5): the event, and the retained
     # active/ state. Raw aiomqtt delivering the same alerts makes the same two publishes, so

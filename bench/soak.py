@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import sys
@@ -55,6 +54,11 @@ from typing import Any, Final
 import aiohttp
 import aiomqtt
 import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the test suite
+
+from tests.brokers import Mosquitto, free_port, wait_for_port  # noqa: E402
 
 EXCHANGES: Final = ("bitso", "coinapi", "kunacore", "coinw")
 ASSETS: Final = ("USDT", "BTC", "ETH")
@@ -83,27 +87,6 @@ rules:
     summary: "{{account}}: {{failures}} failed polls in a row"
 """
 AlertKey = tuple[Any, Any, Any, Any]  # rule, account, asset, event
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_port(port: int, process: asyncio.subprocess.Process, what: str) -> None:
-    for _ in range(1200):
-        if process.returncode is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode} before listening")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise RuntimeError(f"{what} did not listen on {port}")
 
 
 # --------------------------------------------------------------------------- set-up
@@ -196,25 +179,6 @@ class Ports:
     sim: int
     http: int
     interval: float
-
-
-async def start_mosquitto(directory: Path, port: int) -> asyncio.subprocess.Process:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
-    lines += ["log_dest none", "max_queued_messages 0"]
-    if os.geteuid() == 0:
-        lines.append("user root")  # else it drops to a user that cannot read our temp dir
-    config = directory / "mosquitto.conf"
-    config.write_text("\n".join(lines) + "\n")
-    process = await asyncio.create_subprocess_exec(
-        binary,
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    await wait_port(port, process, "mosquitto")
-    return process
 
 
 # --------------------------------------------------------------------------- observers
@@ -385,9 +349,21 @@ async def soak(args: argparse.Namespace, directory: Path) -> int:
     rng = random.Random(args.seed)
     accounts = make_accounts(args.accounts)
     write_files(directory, accounts)
-    ports = Ports(free_port(), free_port(), free_port(), args.interval)
     seen = Observed()
-    broker = await start_mosquitto(directory, ports.mqtt)
+    # The subscriber's session must not drop messages however many queue up.
+    async with Mosquitto(extra_config="max_queued_messages 0\n") as broker:
+        ports = Ports(broker.port, free_port(), free_port(), args.interval)
+        return await soak_with_broker(args, directory, rng, accounts, ports, seen)
+
+
+async def soak_with_broker(
+    args: argparse.Namespace,
+    directory: Path,
+    rng: random.Random,
+    accounts: list[Account],
+    ports: Ports,
+    seen: Observed,
+) -> int:
     sim = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "balwatch", "simulate", "--scenario",
         str(directory / "scenario.yaml"), "--port", str(ports.sim),
@@ -397,7 +373,7 @@ async def soak(args: argparse.Namespace, directory: Path) -> int:
     tasks: list[asyncio.Task[None]] = []
     swings: set[asyncio.Task[None]] = set()
     try:
-        await wait_port(ports.sim, sim, "the simulator")
+        await wait_for_port(ports.sim, timeout=60, process=sim)
         sim_url = f"http://127.0.0.1:{ports.sim}"
         config = write_config(directory, accounts, sim_url, ports)
         subscribed = asyncio.Event()
@@ -441,7 +417,7 @@ async def soak(args: argparse.Namespace, directory: Path) -> int:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for process in (daemon, sim, broker):
+        for process in (daemon, sim):
             if process is not None and process.returncode is None:
                 process.kill()
                 await process.wait()

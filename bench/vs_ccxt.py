@@ -57,11 +57,15 @@ from typing import Any, Final
 import aiohttp
 import yaml
 
-from balwatch.adapters.base import AccountSpec, NoOptions
-from balwatch.adapters.bitso import BALANCE_PATH, NONCES, BitsoAdapter, authorization
-from balwatch.adapters.http import new_session
-from balwatch.poll import poll_all
-from balwatch.secret import Secret
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests/brokers.py: the test suite's free_port
+
+from balwatch.adapters.base import AccountSpec, NoOptions  # noqa: E402
+from balwatch.adapters.bitso import BALANCE_PATH, NONCES, BitsoAdapter, authorization  # noqa: E402
+from balwatch.adapters.http import new_session  # noqa: E402
+from balwatch.poll import poll_all  # noqa: E402
+from balwatch.secret import Secret  # noqa: E402
+from tests.brokers import free_port  # noqa: E402
 
 TARGET_RATIO: Final = 1 / 3
 ASSET_CODES: Final = [f"C{i:03d}" for i in range(1000)]
@@ -70,13 +74,6 @@ try:
     import ccxt.async_support as ccxt_async  # type: ignore[import-untyped, unused-ignore]
 except ImportError:  # pragma: no cover - the bench extra is not installed
     ccxt_async = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def credentials(index: int) -> tuple[str, str]:
