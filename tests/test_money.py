@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from balwatch import money
 from balwatch.errors import BadResponse
 from balwatch.money import optional_amount, parse_amount, required_amount
 
@@ -20,6 +22,8 @@ from balwatch.money import optional_amount, parse_amount, required_amount
         ("0.00000001", Decimal("0.00000001")),
         ("1e-8", Decimal("1e-8")),
         (".5", Decimal("0.5")),
+        ("9" * 41, Decimal("9" * 41)),
+        ("0." + "0" * 39 + "1", Decimal("1e-40")),
         (12, Decimal(12)),
         (Decimal("0.1"), Decimal("0.1")),
         (
@@ -58,6 +62,8 @@ def test_valid_amounts_are_exact(wire: object, expected: Decimal) -> None:
         ("-5", "negative"),
         ("1e-41", "out of range"),
         ("0." + "0" * 41, "decimal places"),
+        ("1" + "0" * 41, "out of range"),
+        ("0." + "0" * 40 + "1", "decimal places"),
         ("0e999999", "out of range"),
         (Decimal("0E+999999999"), "out of range"),
         (Decimal("1E-99999"), "out of range"),
@@ -94,3 +100,23 @@ def test_any_input_gives_a_decimal_or_bad_response(wire: object) -> None:
     except BadResponse:
         return
     assert isinstance(value, Decimal) and value.is_finite() and value >= 0
+
+
+def _outcome(text: str) -> Decimal | str:
+    try:
+        return parse_amount(text, source="bitso", asset="USDT", field="total")
+    except BadResponse as exc:
+        return f"rejected: {exc.message}"
+
+
+@given(st.text(alphabet="0123456789.", max_size=90))
+@settings(max_examples=500)
+def test_plain_text_shortcut_agrees_with_the_full_checks(text: str) -> None:
+    """Plain decimal text skips the checks; it must get exactly what the checks would say."""
+    fast = _outcome(text)
+    shortcut, money._PLAIN = money._PLAIN, re.compile(r"(?!)")  # matches nothing
+    try:
+        full = _outcome(text)
+    finally:
+        money._PLAIN = shortcut
+    assert fast == full and str(fast) == str(full)
