@@ -459,6 +459,7 @@ async def test_shared_keys_never_exceed_the_documented_limit_across_a_reload(
             ):
                 # 12 accounts want 120 requests/s on two keys; the limiters allow 4/s and 2/s.
                 await state.requests("coinw-key-owner", 6)
+                pollers = dict(daemon._scheduler._running)
                 mark = len(notes.received)
                 rules.write_text(many_rules(100))
                 write_config(
@@ -472,6 +473,10 @@ async def test_shared_keys_never_exceed_the_documented_limit_across_a_reload(
                 at, _ = await notes.wait_for(lambda n: n.get("RELOADING") == "1", after=mark)
                 await notes.wait_for(lambda n: n.get("READY") == "1", after=at)
                 assert {r.name for r in daemon.engine.rules} == {f"r{i}" for i in range(100, 140)}
+                # The unchanged accounts kept their pollers (no burst, no reset backoff).
+                now_running = daemon._scheduler._running
+                assert len(now_running) == 16
+                assert all(now_running[name][1] is task for name, (_, task) in pollers.items())
                 after_reload = coinw_sim.requests
                 await state.requests("coinw-key-owner", after_reload + 6)
                 errors = {
