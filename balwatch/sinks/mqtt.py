@@ -25,14 +25,14 @@ import random
 import re
 import secrets
 import ssl
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from balwatch.config.model import MqttSink as MqttSinkConfig
@@ -57,6 +57,14 @@ _PERMANENT_REASONS: Final = frozenset({0x87, 0x90, 0x95, 0x99})
 # Mosquitto silently drops QoS 2 publishes beyond its default of 20: so 20 for v3.1.1.
 _MAX_INFLIGHT_V5: Final = 100
 _MAX_INFLIGHT_V311: Final = 20
+# paho's lookup tables for PUBLISH properties, and from them the User Property identifier
+# and its value type (a UTF-8 string pair).
+_PAHO: Final = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+_TABLES: Final[dict[str, Any]] = {
+    name: vars(_PAHO)[name] for name in ("types", "names", "properties")
+}
+_USER_PROPERTY: Final[int] = _PAHO.names["User Property"]
+_STRING_PAIR: Final[int] = _PAHO.types.index("UTF-8 String Pair")
 
 
 def topic_segment(value: object) -> str:
@@ -65,41 +73,51 @@ def topic_segment(value: object) -> str:
 
 
 class _PackedProperties(Properties):
-    """PUBLISH properties serialized once: paho packs them anew for every publish, and in
-    Python that costs as much as the rest of the publish. Never changed after the first pack.
+    """PUBLISH properties with their wire bytes made up front.
 
-    paho gives every instance its own copy of its lookup tables (6 KB); these share one
-    copy, which paho only reads, so thousands of cached instances cost little.
+    paho packs properties anew for every publish and builds each instance with its own copy
+    of its lookup tables (6 KB); in Python that costs as much as the rest of the publish.
+    These share one copy of the tables, which paho only reads, and :func:`_v5_properties`
+    makes the bytes from a per-rule cached part. Never changed once made.
     """
 
-    _tables: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self) -> None:
-        if not self._tables:
-            template = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            tables = {name: vars(template)[name] for name in ("types", "names", "properties")}
-            _PackedProperties._tables = tables
-        self.__dict__.update(self._tables, packetType=PacketTypes.PUBLISH)
+    def __init__(self, packed: bytes, **values: Any) -> None:
+        # Past paho's __setattr__, which validates each name against its tables, slowly.
+        self.__dict__.update(_TABLES, packetType=PacketTypes.PUBLISH, **values)
+        self.__dict__["_packed"] = packed
 
     def pack(self) -> bytes:
-        packed: bytes | None = self.__dict__.get("_packed")
-        if packed is None:
-            packed = super().pack()  # type: ignore[no-untyped-call]
-            object.__setattr__(self, "_packed", packed)  # paho's __setattr__ allows only its names
+        packed: bytes = self.__dict__["_packed"]
         return packed
 
 
-@functools.lru_cache(maxsize=4096)
-def _v5_properties(rule: str, severity: str, fingerprint: str, expiry: int | None) -> Properties:
-    """PUBLISH properties; cached because paho builds them slowly and a fingerprint's
-    events repeat them."""
-    properties = _PackedProperties()
-    properties.PayloadFormatIndicator = 1  # UTF-8
-    properties.ContentType = "application/json"
-    properties.UserProperty = [("rule", rule), ("severity", severity), ("fingerprint", fingerprint)]
+@functools.lru_cache(maxsize=1024)
+def _rule_properties(rule: str, severity: str, expiry: int | None) -> tuple[Properties, bytes]:
+    """The properties every alert of a rule shares, and their packed bytes without the
+    length prefix. Keyed by rule, not fingerprint, so the cache stays small."""
+    shared = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    shared.PayloadFormatIndicator = 1  # UTF-8
+    shared.ContentType = "application/json"
+    shared.UserProperty = [("rule", rule), ("severity", severity)]
     if expiry is not None:
-        properties.MessageExpiryInterval = expiry
-    return properties
+        shared.MessageExpiryInterval = expiry
+    framed: bytes = shared.pack()  # type: ignore[no-untyped-call]
+    _, prefix = VariableByteIntegers.decode(framed)  # type: ignore[no-untyped-call]
+    return shared, framed[prefix:]
+
+
+def _v5_properties(rule: str, severity: str, fingerprint: str, expiry: int | None) -> Properties:
+    """PUBLISH properties: payload format, content type, expiry, and the user properties
+    rule, severity and fingerprint. paho packs User Property last (its identifier is the
+    highest a PUBLISH carries), so the fingerprint pair goes at the end of the rule's bytes.
+    """
+    shared, body = _rule_properties(rule, severity, expiry)
+    pair = ("fingerprint", fingerprint)
+    body += _PAHO.writeProperty(_USER_PROPERTY, _STRING_PAIR, pair)  # type: ignore[no-untyped-call]
+    packed: bytes = VariableByteIntegers.encode(len(body)) + body  # type: ignore[no-untyped-call]
+    values = {name: value for name, value in vars(shared).items() if name[0].isupper()}
+    values["UserProperty"] = [*values["UserProperty"], pair]
+    return _PackedProperties(packed, **values)
 
 
 class _Connection(aiomqtt.Client):

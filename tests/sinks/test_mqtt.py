@@ -209,23 +209,32 @@ async def test_v5_user_properties_and_expiry_on_active(broker: Mosquitto) -> Non
     assert 3590 <= prop(active, "MessageExpiryInterval") <= 3600
 
 
-def test_cached_v5_properties_pack_as_paho_does_and_stay_small() -> None:
-    """Thousands of fingerprints are cached: each entry must not carry paho's 6 KB tables."""
+@pytest.mark.parametrize("expiry", [None, 604800])
+def test_v5_properties_pack_as_paho_packs_them(expiry: int | None) -> None:
+    """The bytes are assembled from a per-rule part; they must be paho's own, exactly."""
     reference = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     reference.PayloadFormatIndicator = 1
     reference.ContentType = "application/json"
     reference.UserProperty = [("rule", "r"), ("severity", "critical"), ("fingerprint", "fp")]
-    reference.MessageExpiryInterval = 60
-    assert _v5_properties("r", "critical", "fp", 60).pack() == reference.pack()
+    if expiry is not None:
+        reference.MessageExpiryInterval = expiry
+    made = _v5_properties("r", "critical", "fp", expiry)
+    assert made.pack() == reference.pack()
+    assert made.json() == reference.json()  # what paho's debug log would show
 
+
+def test_properties_memory_does_not_grow_with_fingerprints() -> None:
+    """Every new fingerprint used to add a 6.5 KB cache entry: a slow climb over weeks."""
+    _v5_properties("r", "critical", "warm-up", None)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        cached = [_v5_properties("r", "critical", f"size-{i}", None) for i in range(500)]
-        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(cached)
+        for i in range(2000):
+            _v5_properties("r", "critical", f"fingerprint-{i}", None).pack()
+        grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert per_entry < 2000, f"{per_entry:.0f} bytes per cached properties"
+    assert grown < 20_000, f"{grown} bytes kept after 2,000 fingerprints"
 
 
 async def test_v311_sends_no_properties(broker: Mosquitto) -> None:
