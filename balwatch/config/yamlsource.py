@@ -81,7 +81,15 @@ def _parse(file: str, text: str) -> tuple[Any, _Indexer]:
     index = _Indexer(file)
     loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
+        try:
+            root = loader.get_single_node()
+        except ValueError:
+            # pyyaml's scanner calls chr() on a "\U" escape without checking the range.
+            mark = loader.get_mark()
+            message = 'a "\\U" escape beyond the last Unicode character (\\U0010FFFF)'
+            # The scanner stopped at the escape's hex digits; the escape starts 2 before.
+            index.problems.append(Problem(file, mark.line + 1, max(1, mark.column - 1), message))
+            return None, index
         if root is None:
             return None, index
         try:

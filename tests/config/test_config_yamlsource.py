@@ -145,3 +145,9 @@ def test_second_document_is_rejected(write: WriteFile) -> None:
     problem = only_problem(write("a: 1\n---\nb: 2\n"))
     assert (problem.line, problem.column) == (2, 1)
     assert "only one YAML document" in problem.message
+
+
+def test_unicode_escape_beyond_unicode(write: WriteFile) -> None:
+    problem = only_problem(write('a: 1\nb: "x\\U00267089"\n'))
+    assert (problem.line, problem.column) == (2, 6)
+    assert "beyond the last Unicode character" in problem.message
