@@ -361,11 +361,16 @@ class Daemon:
         self._notifier.reloading()
         try:
             loaded = await asyncio.to_thread(load_all, self.config_path, self._environ)
-        except ConfigError as exc:
+        except Exception as exc:
+            # A loader bug must not end reloading for good: reject the set like a bad one.
             self.metrics.record_reload(False)
-            for problem in exc.problems:
-                log.error("reload_rejected", problem=str(problem))
-            first = exc.problems[0] if exc.problems else "unknown problem"
+            if isinstance(exc, ConfigError):
+                for problem in exc.problems:
+                    log.error("reload_rejected", problem=str(problem))
+                first = str(exc.problems[0]) if exc.problems else "unknown problem"
+            else:
+                log.exception("reload_failed")
+                first = f"the files could not be loaded ({type(exc).__name__}; see the log)"
             await self._publish(
                 self._self_alerts.fire(
                     "config_error",

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
+import balwatch.daemon
 from balwatch.adapters.bitso import BitsoAdapter
 from balwatch.adapters.coinw import CoinwAdapter
 from balwatch.alert import Alert
@@ -510,3 +512,32 @@ async def test_shared_keys_never_exceed_the_documented_limit_across_a_reload(
         assert sim_account.requests >= 12, sim_account.requests
     assert coinw_sim.max_requests_in(2.0) <= 5
     assert not errors, f"polls failed (the simulator enforces CoinW's limit): {errors}"
+
+
+async def test_a_loader_crash_on_reload_is_rejected_and_reloading_goes_on(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception out of loading, not only a ConfigError, keeps the running set."""
+    sim = await start_sim(bitso_account())
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: low, when: available < 5000}\n")
+    config = write_config(
+        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state", rules=rules,
+        accounts=bitso("treasury", sim.url),
+    )  # fmt: skip
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        real = balwatch.daemon.load_all
+
+        def crash(*args: object) -> object:
+            raise RuntimeError("a loader bug")
+
+        monkeypatch.setattr(balwatch.daemon, "load_all", crash)
+        assert await daemon.reload() is False
+        error = await alerts.event("config_error", "balwatch", "firing")
+        assert "RuntimeError" in error.summary and "last good rules" in error.summary
+        assert [r.name for r in daemon.engine.rules] == ["low"]
+
+        monkeypatch.setattr(balwatch.daemon, "load_all", real)
+        assert await daemon.reload() is True
+        await alerts.event("config_error", "balwatch", "resolved")
