@@ -120,3 +120,59 @@ def test_plain_text_shortcut_agrees_with_the_full_checks(text: str) -> None:
     finally:
         money._PLAIN = shortcut
     assert fast == full and str(fast) == str(full)
+
+
+# --- plain_amounts: a whole answer's amounts in one check ------------------------------------
+
+FIELDS = ("total", "available")
+plain_like = st.text(alphabet="0123456789.,", max_size=50)
+items = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({name: plain_like for name in FIELDS}),
+        st.fixed_dictionaries(
+            {"total": plain_like},
+            optional={"available": st.one_of(plain_like, st.none(), st.integers(), st.text())},
+        ),
+        st.lists(plain_like, max_size=2),
+    ),
+    max_size=5,
+)
+
+
+@given(items)
+@settings(max_examples=1000)
+def test_plain_amounts_agree_with_reading_each_amount_checked(answer: list[object]) -> None:
+    """The batch either declines (None) or gives exactly what the checked reading gives."""
+    batch = money.plain_amounts(answer, FIELDS)
+    if batch is None:
+        return
+    assert len(batch) == len(answer)
+    for item, amounts in zip(answer, batch, strict=True):
+        assert isinstance(item, dict)
+        for name, amount in zip(FIELDS, amounts, strict=True):
+            checked = required_amount(item, name, source="bitso", asset="X")
+            assert amount == checked and str(amount) == str(checked)
+
+
+def test_plain_amounts_take_the_batch_for_a_plain_answer() -> None:
+    answer = [{"total": "1.50", "available": "0", "x": 1}, {"total": "7", "available": "0.1"}]
+    assert money.plain_amounts(answer, FIELDS) == [
+        (Decimal("1.50"), Decimal("0")),
+        (Decimal("7"), Decimal("0.1")),
+    ]
+    assert money.plain_amounts([], FIELDS) == []
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"total": "1,5", "available": "2"},  # two plain-looking halves: must not split
+        {"total": "1", "available": None},
+        {"total": "1"},
+        {"total": "1e5", "available": "2"},
+        {"total": Decimal("1"), "available": "2"},
+        ["1", "2"],
+    ],
+)
+def test_plain_amounts_decline_anything_else(second: object) -> None:
+    assert money.plain_amounts([{"total": "1", "available": "2"}, second], FIELDS) is None

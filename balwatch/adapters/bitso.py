@@ -40,6 +40,8 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from itertools import repeat
 from typing import Any, ClassVar, Final
 
 from balwatch.adapters.base import Adapter, RateLimit
@@ -54,7 +56,7 @@ from balwatch.adapters.wire import (
 )
 from balwatch.errors import AuthError, BadResponse, RateLimited, SourceError, SourceUnavailable
 from balwatch.model import Balance, Metric
-from balwatch.money import optional_amount, required_amount
+from balwatch.money import optional_amount, plain_amounts, required_amount
 from balwatch.secret import Secret
 
 SOURCE: Final = "bitso"
@@ -64,9 +66,9 @@ LOCKOUT_SECONDS: Final = 60.0
 # HTTP statuses Bitso gives an error category of its own (the code's first two digits).
 _STATUS_CATEGORY: Final = {401: "02", 420: "08", 400: "03"}
 _CODE_RE: Final = re.compile(r"[0-9]{1,4}")
-_MAPPED: Final = frozenset(
-    {"currency", "total", "available", "locked", "pending_deposit", "pending_withdrawal"}
-)
+# The amounts in the order _row unpacks them.
+_AMOUNTS: Final = ("total", "available", "locked", "pending_deposit", "pending_withdrawal")
+_MAPPED: Final = frozenset({"currency", *_AMOUNTS})
 
 
 def sign(secret: str, nonce: str, method: str, request_path: str, body: str = "") -> str:
@@ -184,29 +186,40 @@ def parse_balances(body: Any, account: str) -> list[Balance]:
         raise BadResponse(SOURCE, "response is not a success", field="success")
     payload = expect_object(root.get("payload"), SOURCE, "payload")
     entries = expect_list(payload.get("balances"), SOURCE, "payload.balances")
+    plain = plain_amounts(entries, _AMOUNTS)
     return distinct(
-        (_row(entry, account) for entry in entries),
+        map(_row, entries, repeat(account), repeat(None) if plain is None else plain),
         SOURCE,
         message="currency listed twice",
         field="currency",
     )
 
 
-def _row(entry: Any, account: str) -> Balance:
+def _row(entry: Any, account: str, plain: tuple[Decimal | None, ...] | None) -> Balance:
+    """One entry as a row; ``plain``: its amounts from :func:`plain_amounts`, if it had them."""
     item = expect_object(entry, SOURCE, "balance entry")
     raw_asset = expect_str(item.get("currency"), SOURCE, "currency")
     asset = raw_asset.upper()
+    if plain is None:
+        plain = (
+            required_amount(item, "total", source=SOURCE, asset=asset),
+            required_amount(item, "available", source=SOURCE, asset=asset),
+            required_amount(item, "locked", source=SOURCE, asset=asset),
+            optional_amount(item, "pending_deposit", source=SOURCE, asset=asset),
+            optional_amount(item, "pending_withdrawal", source=SOURCE, asset=asset),
+        )
+    total, available, locked, pending_deposit, pending_withdrawal = plain
     return Balance(
-        account=account,
-        exchange=SOURCE,
-        venue=SOURCE,
-        asset=asset,
-        raw_asset=raw_asset,
-        total=required_amount(item, "total", source=SOURCE, asset=asset),
-        available=required_amount(item, "available", source=SOURCE, asset=asset),
-        locked=required_amount(item, "locked", source=SOURCE, asset=asset),
-        pending_deposit=optional_amount(item, "pending_deposit", source=SOURCE, asset=asset),
-        pending_withdrawal=optional_amount(item, "pending_withdrawal", source=SOURCE, asset=asset),
+        account,
+        SOURCE,
+        SOURCE,
+        asset,
+        raw_asset,
+        total=total,
+        available=available,
+        locked=locked,
+        pending_deposit=pending_deposit,
+        pending_withdrawal=pending_withdrawal,
         extras=extras(item, _MAPPED),
     )
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from decimal import Decimal
+from itertools import repeat
 from typing import Any, ClassVar, Final
 
 from balwatch.adapters.base import Adapter, RateLimit
@@ -21,7 +23,7 @@ from balwatch.adapters.http import generic_status_error, send
 from balwatch.adapters.wire import expect_object, extras, quote, scalar_text
 from balwatch.errors import AuthError, BadResponse, RateLimited, SourceError, SourceUnavailable
 from balwatch.model import Balance, Metric
-from balwatch.money import exact_sum, required_amount
+from balwatch.money import exact_sum, plain_amounts, required_amount
 
 SOURCE: Final = "coinw"
 PATH: Final = "/api/v1/private"
@@ -38,8 +40,10 @@ SYSTEM_CODES: Final = frozenset({"-200", "500"})
 
 # Parameters the signature leaves out (CoinW's recipe).
 _UNSIGNED: Final = frozenset({"command", "sign"})
+# The amounts in the order _row unpacks them.
+_AMOUNTS: Final = ("available", "onOrders")
 # The fields this adapter maps; everything else an asset carries becomes an extra.
-_MAPPED: Final = frozenset({"available", "onOrders"})
+_MAPPED: Final = frozenset(_AMOUNTS)
 
 
 def signature(params: Mapping[str, str], secret: str) -> str:
@@ -97,32 +101,44 @@ def parse_balances(body: Any, account: str) -> list[Balance]:
     if code != SUCCESS_CODE:
         raise BadResponse(SOURCE, f"error code {quote(code)}: {_message(top)}", field="code")
     data = expect_object(top.get("data"), SOURCE, "data")
+    plain = plain_amounts(data.values(), _AMOUNTS)
     rows: list[Balance] = []
     # Checked on the key, before the entry is read (not through wire.distinct): two codes
     # that differ only in case are the fault, whatever their entries hold.
     seen: set[str] = set()
-    for raw_asset, fields in data.items():
+    for (raw_asset, fields), amounts in zip(
+        data.items(), repeat(None) if plain is None else plain, strict=False
+    ):
         if not isinstance(raw_asset, str) or not raw_asset:
             raise BadResponse(SOURCE, "data: an asset code is empty", field="data")
         asset = raw_asset.upper()
         if asset in seen:
             raise BadResponse(SOURCE, "asset listed twice (codes differ only in case)", asset=asset)
         seen.add(asset)
-        rows.append(
-            _row(account, raw_asset, asset, expect_object(fields, SOURCE, "balance", asset=asset))
-        )
+        entry = expect_object(fields, SOURCE, "balance", asset=asset)
+        rows.append(_row(account, raw_asset, asset, entry, amounts))
     return rows
 
 
-def _row(account: str, raw_asset: str, asset: str, fields: dict[str, Any]) -> Balance:
-    available = required_amount(fields, "available", source=SOURCE, asset=asset)
-    on_orders = required_amount(fields, "onOrders", source=SOURCE, asset=asset)
+def _row(
+    account: str,
+    raw_asset: str,
+    asset: str,
+    fields: dict[str, Any],
+    plain: tuple[Decimal, ...] | None,
+) -> Balance:
+    """One asset as a row; ``plain``: its amounts from :func:`plain_amounts`, if it had them."""
+    if plain is None:
+        available = required_amount(fields, "available", source=SOURCE, asset=asset)
+        on_orders = required_amount(fields, "onOrders", source=SOURCE, asset=asset)
+    else:
+        available, on_orders = plain
     return Balance(
-        account=account,
-        exchange=SOURCE,
-        venue=SOURCE,
-        asset=asset,
-        raw_asset=raw_asset,
+        account,
+        SOURCE,
+        SOURCE,
+        asset,
+        raw_asset,
         total=exact_sum(available, on_orders),
         available=available,
         locked=on_orders,

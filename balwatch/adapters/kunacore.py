@@ -28,6 +28,8 @@ key, password, token) echoed in an error body are masked before the body is quot
 
 from __future__ import annotations
 
+from decimal import Decimal
+from itertools import repeat
 from typing import Any, ClassVar, Final, Literal
 
 import aiohttp
@@ -38,7 +40,7 @@ from balwatch.adapters.http import Response, generic_status_error, send
 from balwatch.adapters.wire import distinct, expect_list, expect_object, expect_str, extras
 from balwatch.errors import AuthError, RateLimited, SourceUnavailable
 from balwatch.model import Balance, Metric
-from balwatch.money import exact_sum, optional_amount, required_amount
+from balwatch.money import exact_sum, optional_amount, plain_amounts, required_amount
 from balwatch.secret import Secret
 
 SOURCE: Final = "kunacore"
@@ -58,6 +60,8 @@ WIRE_METRICS: Final[dict[str, Metric]] = {
     "lockBalance": "aml_locked",
     "referralBalance": "referral",
 }
+# The amounts in the order _row unpacks them.
+_AMOUNTS: Final = ("balance", "holdBalance", "lockBalance", "referralBalance")
 _MAPPED: Final = frozenset({"asset", "depositAddress", *WIRE_METRICS})
 
 
@@ -104,33 +108,39 @@ def token_from_login(resp: Response) -> str:
 def parse_balances(body: Any, account: str) -> list[Balance]:
     """Every row of a ``/v2/balance`` answer, or BadResponse naming asset and field."""
     data = expect_list(expect_object(body, SOURCE, "response").get("data"), SOURCE, "data")
+    plain = plain_amounts(data, _AMOUNTS)
     return distinct(
-        (_row(entry, account) for entry in data),
+        map(_row, data, repeat(account), repeat(None) if plain is None else plain),
         SOURCE,
         message="asset listed twice",
         field="asset",
     )
 
 
-def _row(entry: Any, account: str) -> Balance:
+def _row(entry: Any, account: str, plain: tuple[Decimal, ...] | None) -> Balance:
+    """One entry as a row; ``plain``: its amounts from :func:`plain_amounts`, if it had them."""
     item = expect_object(entry, SOURCE, "data item")
     raw_asset = expect_str(item.get("asset"), SOURCE, "asset")
     asset = raw_asset.upper()
-    available = required_amount(item, "balance", source=SOURCE, asset=asset)
-    hold = optional_amount(item, "holdBalance", source=SOURCE, asset=asset)
-    aml_locked = optional_amount(item, "lockBalance", source=SOURCE, asset=asset)
+    if plain is None:
+        available = required_amount(item, "balance", source=SOURCE, asset=asset)
+        hold = optional_amount(item, "holdBalance", source=SOURCE, asset=asset)
+        aml_locked = optional_amount(item, "lockBalance", source=SOURCE, asset=asset)
+        referral = optional_amount(item, "referralBalance", source=SOURCE, asset=asset)
+    else:
+        available, hold, aml_locked, referral = plain
     total = None if hold is None or aml_locked is None else exact_sum(available, hold, aml_locked)
     return Balance(
-        account=account,
-        exchange=SOURCE,
-        venue=SOURCE,
-        asset=asset,
-        raw_asset=raw_asset,
+        account,
+        SOURCE,
+        SOURCE,
+        asset,
+        raw_asset,
         total=total,
         available=available,
         hold=hold,
         aml_locked=aml_locked,
-        referral=optional_amount(item, "referralBalance", source=SOURCE, asset=asset),
+        referral=referral,
         extras=extras(item, _MAPPED),
     )
 

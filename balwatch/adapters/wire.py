@@ -60,6 +60,8 @@ def scalar_text(value: Any) -> str | None:
 def extras(fields: Mapping[str, Any], mapped: Set[str]) -> dict[str, str]:
     """The string and number fields outside ``mapped``, as text; anything else is dropped."""
     found: dict[str, str] = {}
+    if fields.keys() <= mapped:  # the common case, checked in C
+        return found
     for name, value in fields.items():
         if name not in mapped and (text := scalar_text(value)) is not None:
             found[name] = text
