@@ -2,7 +2,9 @@
 
 Prints responses/s and rows/s for balwatch's four parsers (JSON text -> Balance rows), and,
 on the same Bitso payload in the same run, ccxt's Bitso balance parser as the baseline.
-Target (issue 2): balwatch's Bitso parser at least 5x ccxt's throughput.
+Target (issue 2): balwatch's Bitso parser at least 5x ccxt's throughput. For scale, the run
+also measures a floor on the same payload: ``json.loads`` and one ``Decimal()`` per amount,
+with no checks and no rows, the least any parser that hands out Decimals must spend.
 
     .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/parse.py [--assets 200]
 """
@@ -78,6 +80,16 @@ def payloads(n: int, seed: int = 7) -> dict[str, str]:
     }
 
 
+def decimals_only(text: str) -> list[Decimal]:
+    """What any parser handing out Decimals must spend at least: decode, one Decimal() each."""
+    return [
+        Decimal(value)
+        for entry in json.loads(text)["payload"]["balances"]
+        for key, value in entry.items()
+        if key != "currency"
+    ]
+
+
 def rate(fn: Callable[[], Any], seconds: float) -> float:
     """Calls per second of ``fn``, best of three timed runs."""
     fn()  # warm up
@@ -130,6 +142,11 @@ def main() -> None:
     ratio = figures["bitso"] / baseline
     print(
         f"  ccxt     bitso     {baseline:9.0f} responses/s  {baseline * args.assets:11.0f} rows/s"
+    )
+    floor = rate(lambda: decimals_only(text), args.seconds)
+    print(
+        f"  floor    bitso     {floor:9.0f} responses/s  (json.loads and one Decimal() per amount,"
+        f" no checks, no rows: {floor / baseline:.1f}x ccxt)"
     )
     verdict = "meets" if ratio >= 5 else "MISSES"
     print(f"bitso: balwatch / ccxt = {ratio:.1f}x ({verdict} the 5x target)")
