@@ -210,11 +210,11 @@ def _row(entry: Any, account: str, plain: tuple[Decimal | None, ...] | None) -> 
         )
     total, available, locked, pending_deposit, pending_withdrawal = plain
     return Balance(
-        account,
-        SOURCE,
-        SOURCE,
-        asset,
-        raw_asset,
+        account=account,
+        exchange=SOURCE,
+        venue=SOURCE,
+        asset=asset,
+        raw_asset=raw_asset,
         total=total,
         available=available,
         locked=locked,

@@ -134,11 +134,11 @@ def _row(
     else:
         available, on_orders = plain
     return Balance(
-        account,
-        SOURCE,
-        SOURCE,
-        asset,
-        raw_asset,
+        account=account,
+        exchange=SOURCE,
+        venue=SOURCE,
+        asset=asset,
+        raw_asset=raw_asset,
         total=exact_sum(available, on_orders),
         available=available,
         locked=on_orders,

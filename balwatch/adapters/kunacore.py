@@ -131,11 +131,11 @@ def _row(entry: Any, account: str, plain: tuple[Decimal, ...] | None) -> Balance
         available, hold, aml_locked, referral = plain
     total = None if hold is None or aml_locked is None else exact_sum(available, hold, aml_locked)
     return Balance(
-        account,
-        SOURCE,
-        SOURCE,
-        asset,
-        raw_asset,
+        account=account,
+        exchange=SOURCE,
+        venue=SOURCE,
+        asset=asset,
+        raw_asset=raw_asset,
         total=total,
         available=available,
         hold=hold,
