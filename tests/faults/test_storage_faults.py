@@ -255,7 +255,9 @@ async def test_storage_fault_mid_run(
         assert metric("balwatch_alerts_uncommitted") == 1
         assert "1 alerts held: state database not writable" in r.daemon._status_line()
         assert r.alerts.empty(), "an alert was handed on although its commit failed"
-        assert await r.mqtt.drain() == [], "an uncommitted alert went out"
+        # The firing may go again: the write that marks it delivered can fail too (at
+        # least once). What must not go out is the resolve, which never committed.
+        assert set(_ids(await r.mqtt.drain())) <= {fired_id}, "an uncommitted alert went out"
 
         # The fault clears: the held alert commits with the next tick and goes out.
         await storage.fault.end(r)
