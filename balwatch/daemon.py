@@ -287,14 +287,10 @@ class Daemon:
         """Write the engine state that no alert commit carried: pending timers, account
         liveness, new history samples. A failure is reported, never raised: a full or
         read-only disk must not stop polling and alerting."""
-        retention = self.engine.history.retention
         try:
             await self.outbox.store.write(
                 writer(
-                    self.engine.states(),
-                    self.engine.accounts(),
-                    self.engine.history.take_unsaved(),
-                    prune_before=self._clock() - retention - FLUSH_SECONDS,
+                    self.engine.states(), self.engine.accounts(), self.engine.history.take_changes()
                 )
             )
         except Exception:

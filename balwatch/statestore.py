@@ -2,8 +2,10 @@
 
 Alert and account states are written in the same transaction as the alerts they produced
 (see :meth:`balwatch.outbox.store.OutboxStore.enqueue_many`), and otherwise every few
-seconds. History is written incrementally; a crash loses at most the samples since the
-last flush, which only shortens a change window's past, never invents one.
+seconds. History is written incrementally, as the engine's history changes (new samples, trimmed
+and forgotten series), so the table mirrors what the engine holds; a crash loses at most
+the samples since the last flush, which only shortens a change window's past, never
+invents one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Final
 
 from balwatch.outbox.store import migrate, open_db
 from balwatch.rules.engine import AccountState, AlertState, Engine
-from balwatch.rules.history import HistoryKey
+from balwatch.rules.history import HistoryChanges, HistoryKey
 
 ENGINE_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -94,10 +96,15 @@ def _read(conn: sqlite3.Connection, since: float) -> Saved:
         saved.alerts.append(AlertState.from_json(json.loads(doc)))
     for (doc,) in conn.execute("SELECT doc FROM engine_account"):
         saved.accounts.append(AccountState.from_json(json.loads(doc)))
+    # Per series, the samples from ``since`` on and the newest one before it: that one is
+    # the value at a window's start after a stop longer than the window, as it would be
+    # for a daemon that kept running through the same gap.
     rows = conn.execute(
-        "SELECT account, venue, asset, metric, t, value FROM engine_sample WHERE t >= ? "
-        "ORDER BY account, venue, asset, metric, t",
-        (since,),
+        "SELECT account, venue, asset, metric, t, value FROM engine_sample AS s "
+        "WHERE t >= COALESCE((SELECT MAX(t) FROM engine_sample AS o WHERE o.account = "
+        "s.account AND o.venue = s.venue AND o.asset = s.asset AND o.metric = s.metric "
+        "AND o.t <= ?), ?) ORDER BY account, venue, asset, metric, t",
+        (since, since),
     )
     saved.samples = [((a, v, s, m), t, Decimal(value)) for a, v, s, m, t, value in rows]
     return saved
@@ -109,13 +116,22 @@ def restore(engine: Engine, saved: Saved, now: float) -> None:
         if t <= now:
             engine.history.record(key, t, value)
     engine.history.mark_saved()
+    engine.drop_unused_history()  # metrics no rule reads any more: gone at the next flush
+
+
+_DELETE_SERIES: Final = (
+    "DELETE FROM engine_sample WHERE account = ? AND venue = ? AND asset = ? AND metric = ?"
+)
+_TRIM_SERIES: Final = (
+    "DELETE FROM engine_sample "
+    "WHERE account = ? AND venue = ? AND asset = ? AND metric = ? AND t < ?"
+)
 
 
 def writer(
     alerts: Iterable[AlertState],
     accounts: Iterable[AccountState] | None = None,
-    samples: Iterable[Sample] = (),
-    prune_before: float | None = None,
+    history: HistoryChanges | None = None,
 ) -> Callable[[sqlite3.Connection], None]:
     """A state write for the outbox's transaction.
 
@@ -125,7 +141,6 @@ def writer(
     """
     alert_docs = [(s.fingerprint, s.rule, s.to_json()) for s in alerts]
     account_docs = None if accounts is None else [(a.account, a.to_json()) for a in accounts]
-    sample_list = list(samples)
 
     def write(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM engine_alert")
@@ -139,12 +154,13 @@ def writer(
                 "INSERT INTO engine_account VALUES (?, ?)",
                 [(account, json.dumps(doc)) for account, doc in account_docs],
             )
-        conn.executemany(
-            "INSERT OR REPLACE INTO engine_sample VALUES (?, ?, ?, ?, ?, ?)",
-            [(*key, t, str(v)) for key, t, v in sample_list],
-        )
-        if prune_before is not None:
-            conn.execute("DELETE FROM engine_sample WHERE t < ?", (prune_before,))
+        if history is not None:
+            conn.executemany(_DELETE_SERIES, history.forgotten)
+            conn.executemany(_TRIM_SERIES, [(*key, t) for key, t in history.trimmed])
+            conn.executemany(
+                "INSERT OR REPLACE INTO engine_sample VALUES (?, ?, ?, ?, ?, ?)",
+                [(*key, t, str(v)) for key, t, v in history.samples],
+            )
 
     return write
 

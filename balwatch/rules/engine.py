@@ -305,7 +305,11 @@ class Engine:
                 raise ValueError(f"duplicate rule name {rule.name!r}")
         self._index, self._rules = index, by_name
         self.history.set_retention(max((r.windows for r in index.rules), default=0.0))
-        used = {m for rule in index.rules for m in rule.history_metrics}
+        self.drop_unused_history()
+
+    def drop_unused_history(self) -> None:
+        """Forget the series of metrics that no rule's window function reads."""
+        used = {m for rule in self._index.rules for m in rule.history_metrics}
         series = self.history.keys()  # History is not a dict: no iteration of its own
         for key in [k for k in series if k[3] not in used]:
             self.history.forget(key)

@@ -39,6 +39,10 @@ and each series keeps at most ``max_samples`` (oldest evicted first, counted in
 ``evicted``). Eviction only ever shortens what is known, so a too-small cap makes long
 windows report no data, never a wrong number. Size it to at least longest window / poll
 interval + 2. Series of rows that disappear are dropped with :meth:`History.retain`.
+
+A store mirrors the history through :meth:`History.take_changes`: new samples, how far
+each series was trimmed, and which series were dropped whole, so that a restart reads back
+exactly what a daemon that kept running would hold.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import math
 from array import array
 from bisect import bisect_right
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
@@ -62,23 +67,39 @@ _HUNDRED: Final = Decimal(100)
 _CTX: Final = DECIMAL_CONTEXT
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryChanges:
+    """What a store applies, in this order, to mirror the history since the last take."""
+
+    forgotten: list[HistoryKey]
+    """Series dropped whole: delete every stored sample (a series recorded again since then
+    has its new samples in ``samples``)."""
+    trimmed: list[tuple[HistoryKey, float]]
+    """Series that lost old samples: delete the stored ones before this time."""
+    samples: list[tuple[HistoryKey, float, Decimal]]
+    """Samples recorded or replaced, each series oldest first: write them."""
+
+
 class _Series:
     """Parallel arrays: float times (8 bytes each) and the Decimal values.
 
-    ``saved`` counts the leading samples a store has already taken (:meth:`History.take_unsaved`).
+    ``saved`` counts the leading samples a store has already taken, ``trimmed`` whether old
+    samples were dropped since (:meth:`History.take_changes`).
     """
 
-    __slots__ = ("saved", "times", "values")
+    __slots__ = ("saved", "times", "trimmed", "values")
 
     def __init__(self) -> None:
         self.times: array[float] = array("d")
         self.values: list[Decimal] = []
         self.saved = 0
+        self.trimmed = False
 
     def drop_oldest(self, count: int) -> None:
         del self.times[:count]
         del self.values[:count]
         self.saved = max(0, self.saved - count)
+        self.trimmed = True
 
     def index_at(self, t: float) -> int:
         """Index of the newest sample at or before ``t``; -1 when there is none."""
@@ -113,6 +134,7 @@ class History:
         # Series with samples not yet taken by a store: a flush then costs what is new,
         # not a scan of every series.
         self._unsaved: set[HistoryKey] = set()
+        self._forgotten: set[HistoryKey] = set()
         self._max_samples = max_samples
         self._slack = slack
         self._keep = 0.0
@@ -168,6 +190,7 @@ class History:
         """Drop one series; True if it existed."""
         if self._series.pop(key, None) is None:
             return False
+        self._forgotten.add(key)
         keys = self._by_account[key[0]]
         keys.discard(key)
         if not keys:
@@ -179,6 +202,7 @@ class History:
         keys = self._by_account.pop(account, set())
         for key in keys:
             del self._series[key]
+        self._forgotten.update(keys)
         return len(keys)
 
     def retain(self, account: str, present: Collection[tuple[str, str]]) -> int:
@@ -209,28 +233,35 @@ class History:
         series = self._series.get(key)
         return [] if series is None else list(zip(series.times, series.values, strict=True))
 
-    def take_unsaved(self) -> list[tuple[HistoryKey, float, Decimal]]:
-        """Samples recorded (or replaced) since the last call, each series oldest first;
-        they count as saved from now on. What a store writes on each flush."""
-        out: list[tuple[HistoryKey, float, Decimal]] = []
+    def take_changes(self) -> HistoryChanges:
+        """What changed since the last call; it counts as saved from now on. What a store
+        writes on each flush, at a cost of what changed, not of all it holds."""
+        trimmed: list[tuple[HistoryKey, float]] = []
+        samples: list[tuple[HistoryKey, float, Decimal]] = []
         for key in self._unsaved:
             series = self._series.get(key)
             if series is None:  # forgotten since
                 continue
             times, values, count = series.times, series.values, len(series.times)
+            if series.trimmed:
+                trimmed.append((key, times[0]))
+                series.trimmed = False
             if series.saved == count - 1:  # the usual case: one poll since the last flush
-                out.append((key, times[-1], values[-1]))
+                samples.append((key, times[-1], values[-1]))
             else:
                 new = zip(times[series.saved :], values[series.saved :], strict=True)
-                out.extend((key, t, v) for t, v in new)
+                samples.extend((key, t, v) for t, v in new)
             series.saved = count
+        changes = HistoryChanges(list(self._forgotten), trimmed, samples)
         self._unsaved.clear()
-        return out
+        self._forgotten.clear()
+        return changes
 
     def mark_saved(self) -> None:
         """Count every sample as saved (just restored from the store)."""
         for series in self._series.values():
             series.saved = len(series.times)
+            series.trimmed = False
         self._unsaved.clear()
 
     def sample_count(self) -> int:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from balwatch.model import Metric
 from balwatch.rules.expr import WINDOW_FUNCS, WindowFunc, parse_expression
-from balwatch.rules.history import History, HistoryKey
+from balwatch.rules.history import History, HistoryChanges, HistoryKey
 
 D = Decimal
 KEY: HistoryKey = ("acct", "spot", "USDT", "total")
@@ -307,16 +307,28 @@ def test_pruning_never_changes_answers_within_retention(
     assert len(small.samples(KEY)) <= retention / 0.5 + 2
 
 
-def test_take_unsaved_hands_out_each_sample_once_through_pruning_and_forgetting() -> None:
+def test_take_changes_hands_out_each_change_once() -> None:
     h = History(100, slack=0)
     other: HistoryKey = ("acct", "spot", "BTC", "total")
     h.record(KEY, 0, D(1))
     h.record(KEY, 50, D(2))
-    assert h.take_unsaved() == [(KEY, 0, D(1)), (KEY, 50, D(2))]
-    h.record(KEY, 300, D(3))  # prunes the saved samples before the window
+    assert h.take_changes() == HistoryChanges([], [], [(KEY, 0, D(1)), (KEY, 50, D(2))])
+    h.record(KEY, 300, D(3))  # trims the sample before the window start's value
     h.record(KEY, 310, D(4))
     h.record(other, 310, D(5))
     h.forget(other)
-    assert h.samples(KEY)[0] == (50, D(2))  # proof that pruning happened
-    assert h.take_unsaved() == [(KEY, 300, D(3)), (KEY, 310, D(4))]
-    assert h.take_unsaved() == []
+    assert h.samples(KEY)[0] == (50, D(2))  # proof that trimming happened
+    assert h.take_changes() == HistoryChanges(
+        forgotten=[other], trimmed=[(KEY, 50)], samples=[(KEY, 300, D(3)), (KEY, 310, D(4))]
+    )
+    assert h.take_changes() == HistoryChanges([], [], [])
+
+
+def test_a_forgotten_account_is_handed_out_whole() -> None:
+    h = History(100)
+    keys = [("a", "spot", asset, "total") for asset in ("USDT", "BTC")]
+    for key in keys:
+        h.record(key, 0, D(1))
+    h.take_changes()
+    h.forget_account("a")
+    assert sorted(h.take_changes().forgotten) == sorted(keys)
