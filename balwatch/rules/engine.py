@@ -234,6 +234,8 @@ class _RowContext:
         return value
 
     def window_value(self, func: WindowFunc, metric: Metric, window: float) -> Decimal | None:
+        if getattr(self.row, metric) is None:  # not in this answer: no data, not the last value
+            return None
         key = (self.acct.account, self.venue, self.asset, metric)
         return self.history.window_value(func, key, self.now, window)
 

@@ -564,6 +564,17 @@ def test_replace_rules_keeps_state_of_unchanged_rules() -> None:
     assert firing_usdt.severity == "critical"
 
 
+def test_a_window_function_on_a_metric_the_answer_left_out_is_no_data() -> None:
+    """Neither fire nor resolve on the last recorded value when the metric is missing now."""
+    e = engine(rule("drop", "pct_change(total, 15m) <= -20"))
+    poll(e, T0, row(total="1000"))
+    [fired] = poll(e, T0 + 900, row(total="700"))
+    assert fired.event == "firing"
+    for minute in range(1, 30):
+        assert poll(e, T0 + 900 + 60 * minute, row(total=None, available="5")) == []
+    assert [s.rule for s in e.firing()] == ["drop"]
+
+
 def test_replace_rules_resolves_firing_states_of_removed_or_changed_rules() -> None:
     e = engine(LOW, rule("wd", "pending_withdrawal > 0"), rule("p", "total < 1", for_=60))
     poll(e, T0, row(available="1", pending_withdrawal="1", total="0"))
