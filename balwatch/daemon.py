@@ -383,6 +383,7 @@ class Daemon:
         if _restart_only(old) != _restart_only(new):
             log.warning("reload_needs_restart", changed="sinks, http or state_dir")
         now = self._clock()
+        self.engine.set_account_labels(_labels(new))
         alerts = self.engine.replace_rules(loaded.rules, now)
         for gone in {a.name for a in old.accounts} - {a.name for a in new.accounts}:
             alerts += self.engine.forget_account(gone, now)

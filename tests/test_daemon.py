@@ -541,3 +541,22 @@ async def test_a_loader_crash_on_reload_is_rejected_and_reloading_goes_on(
         monkeypatch.setattr(balwatch.daemon, "load_all", real)
         assert await daemon.reload() is True
         await alerts.event("config_error", "balwatch", "resolved")
+
+
+async def test_account_labels_follow_a_reload(tmp_path: Path, start_sim: StartSim) -> None:
+    """Labels edited in the config reach the alerts after a reload, without a restart."""
+    sim = await start_sim(bitso_account())
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: low, when: available < 5000, select: {assets: [USDT]}}\n")
+    account = bitso("treasury", sim.url)
+    labelled = account.replace("}}\n", "}, labels: {desk: treasury}}\n")
+    config = write_config(
+        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state", rules=rules, accounts=account
+    )
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        write_config(config, state_dir=tmp_path / "state", rules=rules, accounts=labelled)
+        assert await daemon.reload() is True
+        set_fields(sim.state, "treasury", "USDT", available="3000")
+        fired = await alerts.event("low", "treasury", "firing")
+        assert fired.labels == {"desk": "treasury"}

@@ -126,7 +126,9 @@ class AlertState:
     is the last firing/repeat notification (None while pending); ``values`` are those of
     the last transition. ``when``/``clear`` (sources), ``severity``, ``labels`` and
     ``notify`` are kept so a state can be matched to reloaded rules and, if its rule is
-    gone, closed with a resolved notification without the old rule.
+    gone, closed with a resolved notification without the old rule. A firing state keeps
+    the ``severity`` and ``notify`` it fired with through reloads, so its repeats and its
+    resolve are routed to the sinks that got the firing.
     """
 
     fingerprint: str
@@ -282,7 +284,8 @@ class Engine:
         account_labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._clock = clock
-        self._account_labels = {a: dict(labels) for a, labels in (account_labels or {}).items()}
+        self._account_labels: dict[str, dict[str, str]] = {}
+        self.set_account_labels(account_labels or {})
         self._accounts: dict[str, AccountState] = {}
         self._states: dict[StateKey, dict[str, AlertState]] = {}
         self.history = History(0)
@@ -315,6 +318,11 @@ class Engine:
         series = self.history.keys()  # History is not a dict: no iteration of its own
         for key in [k for k in series if k[3] not in used]:
             self.history.forget(key)
+
+    def set_account_labels(self, account_labels: Mapping[str, Mapping[str, str]]) -> None:
+        """New labels per account (config reloaded); live states take them at the next
+        :meth:`replace_rules`."""
+        self._account_labels = {a: dict(labels) for a, labels in account_labels.items()}
 
     def replace_rules(self, rules: Iterable[Rule], now: float | None = None) -> list[Alert]:
         """Hot reload. Returns resolved notifications for firing states that were dropped."""
@@ -506,7 +514,7 @@ class Engine:
             "venue": state.venue,
             "asset": state.asset,
             "rule": rule.name,
-            "severity": rule.severity,
+            "severity": state.severity,
             "age": duration_text(ctx.acct.age(now)),
             "failures": ctx.acct.failures,
             "values": _values_text(values),
@@ -520,7 +528,7 @@ class Engine:
             fingerprint=state.fingerprint,
             event=event,
             rule=rule.name,
-            severity=rule.severity,
+            severity=state.severity,
             account=state.account,
             exchange=state.exchange,
             venue=state.venue,
@@ -537,7 +545,7 @@ class Engine:
             started_at=_wall(state.since),
             observed_at=moment,
             resolved_at=moment if event == "resolved" else None,
-            notify=rule.notify,
+            notify=state.notify,
         )
 
     # -- persistence and listings
@@ -597,9 +605,12 @@ class Engine:
                     out.append(_closed(state, now, reason))
                 continue
             assert rule is not None
-            state.severity = rule.severity
             state.labels = self._labels(rule, state.account)
-            state.notify = rule.notify
+            if state.phase != "firing":
+                # A firing alert keeps the routing it fired with, so its repeats and its
+                # resolve reach the sinks that got the firing; a new one applies next time.
+                state.severity = rule.severity
+                state.notify = rule.notify
             self._states.setdefault(state.key, {})[state.rule] = state
         return out
 

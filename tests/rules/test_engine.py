@@ -561,7 +561,28 @@ def test_replace_rules_keeps_state_of_unchanged_rules() -> None:
     [btc] = poll(e, T0 + 71, row("BTC", available="1", total="5"))  # new for applies
     assert (btc.asset, btc.severity, btc.labels) == ("BTC", "critical", {"v": "2"})
     [firing_usdt] = [s for s in e.firing() if s.asset == "USDT"]
-    assert firing_usdt.severity == "critical"
+    # The new labels apply at once; the severity it fired with stays until it resolves.
+    assert (firing_usdt.severity, firing_usdt.labels) == ("warning", {"v": "2"})
+
+
+def test_a_firing_alert_keeps_its_routing_through_a_reload_until_it_resolves() -> None:
+    """The resolve goes where the firing went: a severity or notify edited meanwhile would
+    otherwise leave a sink (an MQTT retained active/ topic, a chat) with a firing that
+    never resolves, and send a resolve to sinks that never saw the firing."""
+    e = engine(rule("low", "available < 5000", severity="critical", notify=("pager",)))
+    [fired] = poll(e, T0, row(available="1"))
+    edited = rule("low", "available < 5000", severity="warning", notify=("chat",), repeat=60)
+    assert e.replace_rules([edited], T0 + 1) == []
+    [repeat] = poll(e, T0 + 61, row(available="1"))
+    [done] = poll(e, T0 + 62, row(available="9000"))
+    for alert in (fired, repeat, done):
+        assert (alert.severity, alert.notify) == ("critical", ("pager",))
+    [next_time] = poll(e, T0 + 63, row(available="1"))
+    assert (next_time.event, next_time.severity, next_time.notify) == (
+        "firing",
+        "warning",
+        ("chat",),
+    )
 
 
 def test_a_window_function_on_a_metric_the_answer_left_out_is_no_data() -> None:
