@@ -98,10 +98,15 @@ class CoinApiAdapter(Adapter):
             headers=auth_headers(None if key is None else key.reveal()),
             params=None if exchange_id is None else {"exchange_id": exchange_id},
         )
-        error = reject_error(resp) if resp.status == REJECT_STATUS else generic_status_error(resp)
+        # Error answers are quoted with the key masked, in case a server echoes it back.
+        quotable = resp.masked((key,))
+        if resp.status == REJECT_STATUS:
+            raise reject_error(quotable)
+        error = generic_status_error(quotable)
         if error is not None:
             raise error
-        return parse_balances(resp.json(), self.account.name)
+        body = resp.json_or_none()
+        return parse_balances(quotable.json() if body is None else body, self.account.name)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

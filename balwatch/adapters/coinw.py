@@ -7,7 +7,8 @@ total = available + onOrders (CoinW sends no total). Other numeric or text field
 are kept as extras.
 
 The signed query string carries the key and the signature, so no message here quotes the URL
-or the parameters; :func:`balwatch.adapters.http.send` leaves them out as well.
+or the parameters; :func:`balwatch.adapters.http.send` leaves them out as well. An error
+answer is quoted with the key, the secret and the sign masked, in case it echoes them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from balwatch.adapters.wire import expect_object, extras, quote, scalar_text
 from balwatch.errors import AuthError, BadResponse, RateLimited, SourceError, SourceUnavailable
 from balwatch.model import Balance, Metric
 from balwatch.money import exact_sum, plain_amounts, required_amount
+from balwatch.secret import Secret
 
 SOURCE: Final = "coinw"
 PATH: Final = "/api/v1/private"
@@ -146,6 +148,10 @@ def _row(
     )
 
 
+def _succeeded(body: Any) -> bool:
+    return isinstance(body, dict) and scalar_text(body.get("code")) == SUCCESS_CODE
+
+
 def _message(body: dict[str, Any]) -> str:
     msg = body.get("msg")
     return quote(msg) if isinstance(msg, str) else "no message"
@@ -159,20 +165,30 @@ class CoinwAdapter(Adapter):
     rate_limit = RATE_LIMIT
 
     async def fetch(self) -> list[Balance]:
+        query = self._signed_query()
         resp = await send(
             self.session,
             self.name,
             "POST",
             self.account.base_url.rstrip("/") + PATH,
             timeout=self.account.timeout,
-            params=self._signed_query(),
+            params=query,
         )
-        # A 2xx must be JSON; another status may carry a proxy's page instead.
-        body = resp.json() if 200 <= resp.status < 300 else resp.json_or_none()
-        error = body_error(body, retry_after=resp.retry_after()) or generic_status_error(resp)
+        ok = 200 <= resp.status < 300
+        if ok and _succeeded(body := resp.json_or_none()):
+            return parse_balances(body, self.account.name)
+        # An error: read it from the answer with the key and the sign masked, since servers
+        # and proxies echo the request; the sign never changes for this command, so it is as
+        # good as the secret. A 2xx must be JSON; another status may carry a proxy's page.
+        credentials = self.account.credentials
+        quotable = resp.masked(
+            (credentials["api_key"], credentials["api_secret"], Secret(query["sign"]))
+        )
+        body = quotable.json() if ok else quotable.json_or_none()
+        error = body_error(body, retry_after=resp.retry_after()) or generic_status_error(quotable)
         if error is not None:
             raise error
-        return parse_balances(body, self.account.name)
+        return parse_balances(body, self.account.name)  # not a success: raises, naming the code
 
     def _signed_query(self) -> dict[str, str]:
         """The query string: the only place the key and the secret are revealed."""

@@ -455,6 +455,12 @@ async def test_key_never_in_errors(start_sim: StartSim, http: aiohttp.ClientSess
         errors.append(await failing_poll(sim, http, timeout=0.3))
     queue(sim, FaultKind.STATUS, status=500)
     errors.append(await failing_poll(sim, http))
+    # A server that echoes the key back, in an error page or a 490 reject's message.
+    queue(sim, FaultKind.RAW, status=403, body=f'{{"message": "key {KEY} has no EMS access"}}')
+    errors.append(await failing_poll(sim, http))
+    reject = {"reject_reason": "OTHER", "exchange_id": "X", "message": f"bad key {KEY}"}
+    queue(sim, FaultKind.RAW, status=490, body=json.dumps(reject))
+    errors.append(await failing_poll(sim, http))
     for error in errors:
         for text in _texts(error):
             assert KEY not in text and WRONG_KEY not in text

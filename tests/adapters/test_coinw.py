@@ -47,6 +47,10 @@ def adapter(
     return CoinwAdapter(spec, http)
 
 
+ECHOED_SIGN = signature({"api_key": KEY}, SECRET)
+ECHOED_URL = f"/api/v1/private?command=returnCompleteBalances&api_key={KEY}&sign={ECHOED_SIGN}"
+
+
 def raw_200(body: object, retry_after: str | None = None) -> Fault:
     text = body if isinstance(body, str) else json.dumps(body)
     return Fault(FaultKind.RAW, status=200, body=text, retry_after=retry_after)
@@ -538,6 +542,27 @@ async def test_credentials_never_in_errors(
     sign = signature({"api_key": KEY}, secret)
     text = chain_text(error)
     for leaked in (secret, KEY, sign, sign.lower(), "api_key="):
+        assert leaked not in text
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        raw_200({"code": "10006", "msg": f"api_key {KEY} invalid"}),
+        raw_200({"code": 424242, "msg": f"unknown sign {ECHOED_SIGN} for {KEY}"}),
+        raw_200(f"<p>{ECHOED_URL}</p>"),
+        Fault(FaultKind.RAW, status=400, body=f"Bad request: {ECHOED_URL}"),
+        Fault(FaultKind.RAW, status=503, body=f"<h1>503</h1><p>{ECHOED_URL}</p>"),
+    ],
+)
+async def test_an_echoed_request_is_masked_in_errors(
+    start_sim: StartSim, http: aiohttp.ClientSession, fault: Fault
+) -> None:
+    """Servers and proxies echo the request, key and sign included. The sign never changes
+    for this command, so it is as good as the secret: not even a cut-off piece may show."""
+    text = chain_text(await failing_poll(start_sim, http, fault))
+    assert "***" in text
+    for leaked in (SECRET, KEY, ECHOED_SIGN[:8], ECHOED_SIGN[:8].lower()):
         assert leaked not in text
 
 
