@@ -277,11 +277,12 @@ class SinkWorker:
         if error is not None and not dead:
             delivery.attempts += 1
             self._failed += 1
+            delay = self._backoff.delay(delivery.attempts)
             if retry_after is not None:
-                delay = min(max(retry_after, 0.0), self._backoff.cap)
+                # Never sooner than the backoff: a Retry-After of 0, or a date the receiver's
+                # slow clock puts in the past, would otherwise retry at once, over and over.
+                delay = min(max(retry_after, delay), self._backoff.cap)
                 self._paused_until = max(self._paused_until, now + delay)
-            else:
-                delay = self._backoff.delay(delivery.attempts)
             self._schedule(delivery.fingerprint, now + delay)
             # A sink that is down fails every delivery it holds, over and over: warn once.
             self._failing += 1

@@ -130,6 +130,27 @@ async def test_retry_after_is_honoured_for_the_whole_sink(
     assert sorted(sink.delivered_ids()) == ["fp1:1", "fp2:1"]
 
 
+@pytest.mark.parametrize("retry_after", [0.0, 0.2])
+async def test_a_retry_after_shorter_than_the_backoff_still_backs_off(
+    store: OutboxStore, clock: FakeClock, retry_after: float
+) -> None:
+    """A Retry-After of 0 (or an HTTP date in the past: a receiver whose clock is behind)
+    must not turn a 429 into a request storm."""
+    sink = fail_first(3, retryable("HTTP 429", retry_after=retry_after))
+    outbox = await started(store, sink, clock=clock, backoff=HALF)
+    await outbox.enqueue(alert("fp1", 1), ["s"])
+    seen = 0
+    for attempt in (1, 2, 3):
+        # Bounded: a worker that retries at once never sleeps towards a deadline at all.
+        deadline = await asyncio.wait_for(clock.sleeping_until(after=seen), 5)
+        assert deadline == clock.now() + HALF.delay(attempt)
+        seen = clock.sleeps
+        clock.advance(HALF.delay(attempt))
+    await outbox.wait_settled()
+    assert len(sink.attempts) == 4
+    await outbox.stop()
+
+
 async def test_retry_after_is_capped(store: OutboxStore, clock: FakeClock) -> None:
     sink = fail_first(1, retryable("HTTP 429", retry_after=86400))
     outbox = await started(store, sink, clock=clock, backoff=HALF)
