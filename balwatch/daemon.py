@@ -96,6 +96,9 @@ class Daemon:
         self._progress = time.monotonic()
         self._accounts: dict[str, _Account] = {}
         self._unpublished: list[Alert] = []  # alerts whose commit failed, retried each tick
+        # Alerts waiting for the commit in flight to end; the next commit takes them all.
+        self._queued: list[Alert] = []
+        self._committing = asyncio.Lock()
         self._last_status = ""
 
     # --- start-up --------------------------------------------------------------------
@@ -247,8 +250,19 @@ class Daemon:
         If the commit fails (disk full, I/O error), the alerts are kept in memory and
         retried with the next publish or tick: the engine has moved on, so dropping them
         would lose them for good.
+
+        One commit at a time: pollers and the ticker publish concurrently, and two commits in
+        flight could each fail and keep only their own alerts, or both carry the held ones
+        (a firing delivered again after its resolve), or commit out of order. Alerts that
+        arrive meanwhile wait and go, in order, with the next commit.
         """
-        batch = [*self._unpublished, *alerts]
+        self._queued += alerts
+        async with self._committing:
+            batch = [*self._unpublished, *self._queued]
+            self._queued = []
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Alert]) -> None:
         if not batch:
             return
         sinks = self.loaded.config.sinks

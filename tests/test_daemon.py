@@ -13,9 +13,12 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -560,3 +563,60 @@ async def test_account_labels_follow_a_reload(tmp_path: Path, start_sim: StartSi
         set_fields(sim.state, "treasury", "USDT", available="3000")
         fired = await alerts.event("low", "treasury", "firing")
         assert fired.labels == {"desk": "treasury"}
+
+
+def synthetic_alert(fingerprint: str, event: str = "firing") -> Alert:
+    moment = datetime(2026, 11, 25, tzinfo=UTC)
+    return Alert(
+        fingerprint=fingerprint, event=event, rule="low", severity="warning",
+        account="treasury", exchange="bitso", venue="bitso", asset=fingerprint,
+        summary=fingerprint, description="", labels={}, expression="available < 1",
+        values={}, started_at=moment, observed_at=moment,
+        resolved_at=moment if event == "resolved" else None,
+    )  # fmt: skip
+
+
+async def test_overlapping_failed_commits_keep_every_alert_once_and_in_order(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pollers and the ticker publish concurrently. When commits fail (disk full), every
+    alert is held, none twice, and they go out in the order they were made once it clears."""
+    sim = await start_sim(bitso_account())
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    config = write_config(
+        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state", rules=rules,
+        accounts=bitso("treasury", sim.url),
+    )  # fmt: skip
+    in_commit, release = threading.Event(), threading.Event()
+    disk_full = True
+    real_writer = balwatch.daemon.changes_writer
+
+    def failing_writer(changed: Any) -> Callable[[sqlite3.Connection], None]:
+        write = real_writer(changed)
+
+        def attempt(conn: sqlite3.Connection) -> None:
+            if disk_full:
+                in_commit.set()
+                release.wait(WAIT)  # the first commit stays in flight until released
+                raise sqlite3.OperationalError("database or disk is full")
+            write(conn)
+
+        return attempt
+
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        monkeypatch.setattr(balwatch.daemon, "changes_writer", failing_writer)
+        first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
+        assert await asyncio.to_thread(in_commit.wait, WAIT)
+        second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
+        await asyncio.sleep(0)  # B is made while A's commit is in flight
+        release.set()
+        await asyncio.gather(first, second)
+        assert alerts.alerts == []
+        assert "2 alerts held" in daemon._status_line()
+
+        disk_full = False
+        await daemon._publish([synthetic_alert("A", "resolved")])
+        made = [(a.fingerprint, a.event) for a in alerts.alerts]
+        assert made == [("A", "firing"), ("B", "firing"), ("A", "resolved")]
