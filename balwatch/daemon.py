@@ -301,13 +301,13 @@ class Daemon:
         """Write the engine state that no alert commit carried: pending timers, account
         liveness, new history samples. A failure is reported, never raised: a full or
         read-only disk must not stop polling and alerting."""
+        history = self.engine.history.take_changes()
         try:
             await self.outbox.store.write(
-                writer(
-                    self.engine.states(), self.engine.accounts(), self.engine.history.take_changes()
-                )
+                writer(self.engine.states(), self.engine.accounts(), history)
             )
         except Exception:
+            self.engine.history.retake(history)  # a forgotten series must still leave the table
             self.metrics.record_state_write_failure("flush")
             log.exception("state_flush_failed")
 

@@ -257,6 +257,17 @@ class History:
         self._forgotten.clear()
         return changes
 
+    def retake(self, changes: HistoryChanges) -> None:
+        """The store could not write ``changes``: hand them out again with the next take
+        (the samples of a series whole, which rewrites what was written before)."""
+        self._forgotten.update(changes.forgotten)
+        for key in {key for key, _ in changes.trimmed} | {key for key, _, _ in changes.samples}:
+            series = self._series.get(key)
+            if series is not None:
+                series.saved = 0
+                series.trimmed = True
+                self._unsaved.add(key)
+
     def mark_saved(self) -> None:
         """Count every sample as saved (just restored from the store)."""
         for series in self._series.values():

@@ -332,3 +332,21 @@ def test_a_forgotten_account_is_handed_out_whole() -> None:
     h.take_changes()
     h.forget_account("a")
     assert sorted(h.take_changes().forgotten) == sorted(keys)
+
+
+def test_changes_a_store_could_not_write_are_handed_out_again() -> None:
+    h = History(100, slack=0)
+    gone: HistoryKey = ("acct", "spot", "BTC", "total")
+    h.record(gone, 0, D(9))
+    h.record(KEY, 0, D(1))
+    h.take_changes()
+    h.forget(gone)
+    h.record(KEY, 50, D(2))
+    h.record(KEY, 300, D(3))  # trims the sample at 0
+    failed = h.take_changes()
+    h.retake(failed)
+    h.record(KEY, 310, D(4))
+    again = h.take_changes()
+    assert again.forgotten == [gone]
+    assert again.trimmed == [(KEY, 50)]
+    assert again.samples == [(KEY, 50, D(2)), (KEY, 300, D(3)), (KEY, 310, D(4))]
