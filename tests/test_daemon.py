@@ -162,6 +162,21 @@ def bitso_account(name: str = "treasury", key: str = "k-bitso", **usdt: str) -> 
     )
 
 
+async def treasury_daemon_files(
+    tmp_path: Path, start_sim: StartSim, rules_text: str
+) -> tuple[Simulator, Path, Path]:
+    """A simulated Bitso ``treasury`` account, a rule file and a config using both:
+    (simulator, config, rules)."""
+    sim = await start_sim(bitso_account())
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_text)
+    config = write_config(
+        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state", rules=rules,
+        accounts=bitso("treasury", sim.url),
+    )  # fmt: skip
+    return sim, config, rules
+
+
 def coinw_account(name: str = "spot", key: str = "k-coinw") -> SimAccount:
     return SimAccount(
         name,
@@ -521,13 +536,9 @@ async def test_a_loader_crash_on_reload_is_rejected_and_reloading_goes_on(
     tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Any exception out of loading, not only a ConfigError, keeps the running set."""
-    sim = await start_sim(bitso_account())
-    rules = tmp_path / "rules.yaml"
-    rules.write_text("rules:\n  - {name: low, when: available < 5000}\n")
-    config = write_config(
-        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state", rules=rules,
-        accounts=bitso("treasury", sim.url),
-    )  # fmt: skip
+    _, config, _ = await treasury_daemon_files(
+        tmp_path, start_sim, "rules:\n  - {name: low, when: available < 5000}\n"
+    )
     alerts = AlertLog()
     async with running(config, alerts) as daemon:
         real = balwatch.daemon.load_all
@@ -548,14 +559,10 @@ async def test_a_loader_crash_on_reload_is_rejected_and_reloading_goes_on(
 
 async def test_account_labels_follow_a_reload(tmp_path: Path, start_sim: StartSim) -> None:
     """Labels edited in the config reach the alerts after a reload, without a restart."""
-    sim = await start_sim(bitso_account())
-    rules = tmp_path / "rules.yaml"
-    rules.write_text("rules:\n  - {name: low, when: available < 5000, select: {assets: [USDT]}}\n")
-    account = bitso("treasury", sim.url)
-    labelled = account.replace("}}\n", "}, labels: {desk: treasury}}\n")
-    config = write_config(
-        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state", rules=rules, accounts=account
+    sim, config, rules = await treasury_daemon_files(
+        tmp_path, start_sim, "rules:\n  - {name: low, when: available < 5000}\n"
     )
+    labelled = bitso("treasury", sim.url).replace("}}\n", "}, labels: {desk: treasury}}\n")
     alerts = AlertLog()
     async with running(config, alerts) as daemon:
         write_config(config, state_dir=tmp_path / "state", rules=rules, accounts=labelled)
@@ -581,13 +588,7 @@ async def test_overlapping_failed_commits_keep_every_alert_once_and_in_order(
 ) -> None:
     """Pollers and the ticker publish concurrently. When commits fail (disk full), every
     alert is held, none twice, and they go out in the order they were made once it clears."""
-    sim = await start_sim(bitso_account())
-    rules = tmp_path / "rules.yaml"
-    rules.write_text("rules: []\n")
-    config = write_config(
-        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state", rules=rules,
-        accounts=bitso("treasury", sim.url),
-    )  # fmt: skip
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
     in_commit, release = threading.Event(), threading.Event()
     disk_full = True
     real_writer = balwatch.daemon.changes_writer
