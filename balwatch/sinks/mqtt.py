@@ -47,7 +47,14 @@ OFFLINE: Final = b"offline"
 ACCOUNT_SCOPE_ASSET: Final = "-"
 # '/', '+' and '#' are topic syntax; control characters and lone surrogates are not
 # valid (or not visible) in a topic name.
-_UNSAFE: Final = re.compile(r"[/+#\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Noncharacters (U+FDD0-FDEF and the last two code points of every plane): MQTT lets a
+# broker treat them as a malformed packet, and Mosquitto drops the connection.
+_NONCHARACTERS: Final = "\ufdd0-\ufdef" + "".join(
+    f"{chr(plane + 0xFFFE)}{chr(plane + 0xFFFF)}" for plane in range(0, 0x110000, 0x10000)
+)
+_UNSAFE: Final = re.compile(f"[/+#\x00-\x1f\x7f-\x9f\ud800-\udfff{_NONCHARACTERS}]")
+# The MQTT limit on a topic name, in UTF-8 bytes.
+_MAX_TOPIC_BYTES: Final = 65535
 # v5 negative acknowledgements that a retry cannot fix: not authorized, topic name
 # invalid, packet too large, payload format invalid. Others (quota, server busy) can pass.
 _PERMANENT_REASONS: Final = frozenset({0x87, 0x90, 0x95, 0x99})
@@ -315,6 +322,11 @@ class MqttSink(Sink):
                 retryable=False,
             ) from None
         events, active = self.topics(alert)
+        if len(active.encode()) > _MAX_TOPIC_BYTES:  # events/ is shorter
+            raise DeliveryError(
+                f"mqtt sink {self.name}: topic longer than MQTT allows ({len(active)} chars)",
+                retryable=False,
+            )
         if alert.get("status") == "resolved":
             clear = (active, b"", True, None)
             if not self._config.send_resolved:

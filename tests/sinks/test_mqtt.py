@@ -111,6 +111,8 @@ def test_topic_segments_cannot_split_or_wildcard() -> None:
     assert topic_segment("") == "_"
     assert topic_segment(None) == "_"
     assert topic_segment("ünïcode-ok.1") == "ünïcode-ok.1"
+    # Noncharacters: MQTT lets a broker call them malformed, and Mosquitto disconnects.
+    assert topic_segment("A\ufdd0B\ufffeC\uffffD\U0001fffeE\U0010ffff") == "A_B_C_D_E_"
     sink = MqttSink(mqtt_config("mqtt://127.0.0.1", topic_prefix="corp/balwatch"))
     assert sink.topics(alert(rule="r/1", account="a+b", asset="#")) == (
         "corp/balwatch/alerts/r_1/a_b/_",
@@ -385,6 +387,26 @@ async def test_mqtts_verifies_the_broker_certificate(tmp_path: Path) -> None:
                 with pytest.raises(DeliveryError):
                     await sink.send(ALERT)
     assert any("CERTIFICATE_VERIFY_FAILED" in str(entry.get("error")) for entry in logs)
+
+
+async def test_an_asset_with_a_noncharacter_is_delivered_without_dropping_the_connection(
+    broker: Mosquitto,
+) -> None:
+    """An exchange's asset code reaches the topic; one the broker calls malformed would
+    drop the connection on every retry, and every alert in flight with it."""
+    odd = alert(id="id-odd", fingerprint="fp-odd", asset="USDT\uffff")
+    async with fast(broker.url) as sink, subscribe(broker.port, ["balwatch/alerts/#"]) as sub:
+        await asyncio.gather(sink.send(odd), sink.send(ALERT))
+        topics = sorted(m.topic.value for m in await sub.drain())
+    assert topics == [EVENTS, "balwatch/alerts/low-available/bitso-treasury/USDT_"]
+
+
+async def test_a_topic_past_the_mqtt_limit_is_a_dead_letter(broker: Mosquitto) -> None:
+    async with fast(broker.url) as sink:
+        with pytest.raises(DeliveryError) as caught:
+            await sink.send(alert(asset="A" * 70_000))
+        await sink.send(ALERT)  # the connection is still good
+    assert caught.value.retryable is False
 
 
 async def test_an_alert_that_is_not_json_is_a_dead_letter(broker: Mosquitto) -> None:
