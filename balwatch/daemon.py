@@ -183,6 +183,8 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await scheduler.stop()
+            # Alerts of pollers cancelled while they waited for, or were in, a commit.
+            await self._publish([])
             await self._flush()
             if self._unpublished:
                 log.error("stopped_with_uncommitted_alerts", alerts=len(self._unpublished))
@@ -260,7 +262,11 @@ class Daemon:
         async with self._committing:
             batch = [*self._unpublished, *self._queued]
             self._queued = []
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except asyncio.CancelledError:  # stop or reload cancelled the publisher
+                self._unpublished = batch  # the final commit at stop takes them
+                raise
 
     async def _commit(self, batch: list[Alert]) -> None:
         if not batch:

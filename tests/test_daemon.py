@@ -621,3 +621,40 @@ async def test_overlapping_failed_commits_keep_every_alert_once_and_in_order(
         await daemon._publish([synthetic_alert("A", "resolved")])
         made = [(a.fingerprint, a.event) for a in alerts.alerts]
         assert made == [("A", "firing"), ("B", "firing"), ("A", "resolved")]
+
+
+async def test_a_stop_commits_the_alerts_of_pollers_it_cancels(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM cancels the pollers: one in the middle of a commit, one waiting for it. The
+    engine already counts their alerts as sent, so the stop must commit them."""
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    in_commit, release = threading.Event(), threading.Event()
+    real_writer = balwatch.daemon.changes_writer
+
+    def slow_writer(changed: Any) -> Callable[[sqlite3.Connection], None]:
+        write = real_writer(changed)
+
+        def attempt(conn: sqlite3.Connection) -> None:
+            in_commit.set()
+            release.wait(WAIT)  # the first commit stays in flight until released
+            write(conn)
+
+        return attempt
+
+    alerts = AlertLog()
+    daemon = Daemon(config, on_alerts=alerts, notifier=Notifier(None), configure_logs=False)
+    run = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.started.wait(), WAIT)
+    monkeypatch.setattr(balwatch.daemon, "changes_writer", slow_writer)
+    first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
+    assert await asyncio.to_thread(in_commit.wait, WAIT)
+    second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
+    await asyncio.sleep(0)  # B waits for A's commit
+    for poller in (first, second):  # as Scheduler.stop does on SIGTERM
+        poller.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    release.set()
+    daemon.stopping.set()
+    assert await asyncio.wait_for(run, WAIT) == 0
+    assert [a.fingerprint for a in alerts.alerts] == ["A", "B"]
