@@ -38,6 +38,10 @@ class Limiter:
         self._next_start = float("-inf")
         self._lock = asyncio.Lock()  # FIFO: waiters are served in arrival order
 
+    def hold_off(self, seconds: float) -> None:
+        """No request starts for ``seconds`` (the source said Retry-After, or locked us out)."""
+        self._next_start = max(self._next_start, self._clock() + seconds)
+
     async def acquire(self) -> None:
         async with self._lock:
             now = self._clock()

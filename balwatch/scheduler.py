@@ -28,6 +28,12 @@ OnResult = Callable[[PollResult], Awaitable[None]]
 
 # Spread polls over this fraction of the interval so accounts do not poll in lock-step.
 JITTER = 0.1
+# The first round is spread over at most this long: the daemon is READY once every account
+# has been polled, and systemd gives a start 90 s by default, whatever the interval.
+FIRST_SPREAD_MAX = 5.0
+# A source's Retry-After is honoured up to this long. More is a broken header or clock, and
+# polling must not stop for days; a rate-limited account shows in `age` and `failures`.
+MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass
@@ -67,11 +73,20 @@ def next_delay(
         # Half the ceiling at least: full jitter alone could retry right away.
         ceiling = plan.auth_backoff.ceiling(failures)
         return max(jittered, ceiling / 2 + plan.auth_backoff.delay(failures) / 2)
-    backoff = plan.backoff or Backoff(base=plan.interval, cap=min(10 * plan.interval, 900.0))
+    cap = max(plan.interval, min(10 * plan.interval, 900.0))  # an hourly poll backs off hourly
+    backoff = plan.backoff or Backoff(base=plan.interval, cap=cap)
     delay = max(jittered, backoff.delay(failures))
-    if isinstance(error, RateLimited) and error.retry_after is not None:
-        delay = max(delay, error.retry_after)
+    retry_after = source_retry_after(error)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
     return delay
+
+
+def source_retry_after(error: SourceError | None) -> float | None:
+    """How long the source asked us to wait, bounded by :data:`MAX_RETRY_AFTER`."""
+    if isinstance(error, RateLimited) and error.retry_after is not None:
+        return min(error.retry_after, MAX_RETRY_AFTER)
+    return None
 
 
 async def run_poller(
@@ -84,12 +99,16 @@ async def run_poller(
     """Poll until ``stop`` is set. ``on_result`` failures are logged, never fatal."""
     failures = 0
     # A random first offset within the jitter spreads the first round too.
-    delay = plan.interval * JITTER * rand()
+    delay = min(plan.interval * JITTER, FIRST_SPREAD_MAX) * rand()
     while not await _wait(stop, delay):
         if plan.limiter is not None:
             await plan.limiter.acquire()
         result = await poll_account(plan.adapter)
         failures = 0 if result.ok else failures + 1
+        retry_after = source_retry_after(result.error)
+        if retry_after is not None and plan.limiter is not None:
+            # The source counts per key: every account on it waits, not only this one.
+            plan.limiter.hold_off(retry_after)
         try:
             await on_result(result)
         except Exception:

@@ -61,3 +61,15 @@ def test_registry_shares_one_limiter_per_credential() -> None:
     assert registry.get("key-fp-1", RateLimit(5, 2.0)) is a
     assert registry.get("key-fp-2", RateLimit(5, 2.0)) is not a
     assert registry.get("key-fp-1", RateLimit(4, 2.0)) is not a  # a changed limit applies
+
+
+async def test_hold_off_delays_every_caller() -> None:
+    t = FakeTime()
+    limiter = Limiter(RateLimit(2, 1.0), clock=t.clock, sleep=t.sleep)
+    await limiter.acquire()
+    limiter.hold_off(30.0)  # the source said Retry-After: 30
+    await limiter.acquire()
+    assert t.clock() == 1030.0
+    limiter.hold_off(0.0)  # a shorter hold-off never shortens the pacing
+    await limiter.acquire()
+    assert t.clock() == 1030.5

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
+import pytest
 
+import balwatch.scheduler
 from balwatch.adapters.base import RateLimit
 from balwatch.backoff import Backoff
 from balwatch.errors import AuthError, RateLimited, SourceUnavailable
 from balwatch.poll import PollResult, make_adapter
 from balwatch.ratelimit import Limiter
-from balwatch.scheduler import JITTER, PollPlan, Scheduler, next_delay
+from balwatch.scheduler import JITTER, MAX_RETRY_AFTER, PollPlan, Scheduler, next_delay
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
 from tests.conftest import StartSim, account_spec
 
@@ -103,6 +106,60 @@ def test_delay_rules() -> None:
     assert next_delay(plan, RateLimited("bitso", "420", retry_after=120.0), 1, mid) == 120.0
     # auth errors back off hard: up to an hour, never fast
     assert next_delay(plan, AuthError("bitso", "0201"), 8, top) > 3000
+    # a Retry-After of days is a broken header or clock: polling resumes within the hour
+    days = RateLimited("bitso", "420", retry_after=864_000.0)
+    assert next_delay(plan, days, 1, mid) == MAX_RETRY_AFTER
+
+
+def test_an_interval_past_the_backoff_cap_still_backs_off() -> None:
+    """poll_interval 30m: the default backoff starts above its usual 15-minute cap, which
+    once raised out of the poller and stopped the account's polling for good."""
+    hourly = PollPlan(adapter=None, interval=3600.0)  # type: ignore[arg-type]
+    for failures in (1, 5, 50):
+        delay = next_delay(hourly, SourceUnavailable("coinw", "HTTP 503"), failures, lambda: 0.5)
+        assert 3600 <= delay <= 3600 * (1 + JITTER)
+
+
+async def test_a_retry_after_holds_off_every_account_on_the_key(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    """The source counts per key: after one account is told to wait, none of the accounts
+    sharing the key asks again before the time is up."""
+    sim = await start_sim(coinw("a"), rate_limits={"coinw": (10**6, 1.0)})  # only our fault
+    throttle = {"code": "29001", "msg": "API access frequently"}
+    sim.state.accounts["a"].faults.append(
+        Fault(FaultKind.RAW, status=200, body=json.dumps(throttle), retry_after="0.6")
+    )
+    told_to_wait: list[float] = []
+
+    async def on_result(result: PollResult) -> None:
+        if isinstance(result.error, RateLimited):
+            told_to_wait.append(sim.state.clock())
+        await results.put(result)
+
+    results: asyncio.Queue[PollResult] = asyncio.Queue()
+    limiter = Limiter(RateLimit(1000, 1.0))
+    plans = [
+        PollPlan(
+            make_adapter(
+                "coinw",
+                account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name=n),
+                http,
+            ),
+            0.01,
+            limiter,
+        )
+        for n in ("a1", "a2", "a3")
+    ]
+    async with Scheduler(on_result) as scheduler:
+        await scheduler.apply(plans)
+        got = await collect(results, 12)
+    assert sum(isinstance(r.error, RateLimited) for r in got) == 1
+    [answered] = told_to_wait
+    quiet = [
+        t for t in sim.state.accounts["a"].request_times if answered + 0.05 < t < answered + 0.55
+    ]
+    assert quiet == []
 
 
 async def test_apply_restarts_only_the_pollers_whose_plan_changed(
@@ -142,3 +199,18 @@ async def test_apply_restarts_only_the_pollers_whose_plan_changed(
         await scheduler.apply([PollPlan(locked.adapter, 0.02)])
         [again] = await collect(results, 1)
         assert again.account == "locked" and isinstance(again.error, AuthError)
+
+
+async def test_the_first_poll_of_a_long_interval_waits_seconds_not_minutes(
+    start_sim: StartSim, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon is READY after every first poll, and systemd allows a start 90 s: an
+    hourly account's first poll cannot wait out a tenth of its interval."""
+    monkeypatch.setattr(balwatch.scheduler, "FIRST_SPREAD_MAX", 0.05)
+    sim = await start_sim(coinw("hourly"))
+    spec = account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name="hourly")
+    results: asyncio.Queue[PollResult] = asyncio.Queue()
+    async with Scheduler(results.put, rand=lambda: 0.999) as scheduler:
+        await scheduler.apply([PollPlan(make_adapter("coinw", spec, http), 3600.0)])
+        first = await asyncio.wait_for(results.get(), 5)
+    assert first.ok
