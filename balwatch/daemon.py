@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
 import signal
 import time
@@ -38,6 +37,7 @@ from balwatch.outbox.worker import Outbox
 from balwatch.poll import PollResult, make_adapter
 from balwatch.ratelimit import LimiterRegistry, with_headroom
 from balwatch.rules.engine import Engine
+from balwatch.rules.load import matching_paths
 from balwatch.scheduler import PollPlan, Scheduler
 from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
@@ -105,6 +105,8 @@ class Daemon:
 
     async def run(self) -> int:
         loaded = load_all(self.config_path, self._environ)  # ConfigError: the CLI reports it
+        # The files as they were read: an edit during the rest of start-up is a change.
+        watched = _signature(loaded)
         self.loaded = loaded
         config = loaded.config
         if self._configure_logs:
@@ -169,7 +171,7 @@ class Daemon:
             )
             background = [
                 asyncio.create_task(self._ticker(), name="tick"),
-                asyncio.create_task(self._watch_files(), name="watch"),
+                asyncio.create_task(self._watch_files(watched), name="watch"),
                 asyncio.create_task(self._reloader(), name="reload"),
                 asyncio.create_task(
                     run_watchdog(self._notifier, lambda: self._progress, self.stopping),
@@ -356,8 +358,7 @@ class Daemon:
 
     # --- reload ----------------------------------------------------------------------
 
-    async def _watch_files(self) -> None:
-        seen = _signature(self.loaded)
+    async def _watch_files(self, seen: _Signature) -> None:
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             current = _signature(self.loaded)
@@ -465,11 +466,14 @@ def _restart_only(config: Config) -> tuple[object, ...]:
     return (config.sinks, config.http, config.state_dir)
 
 
-def _signature(loaded: Loaded) -> tuple[tuple[str, int, int], ...]:
+_Signature = tuple[tuple[str, int, int], ...]  # (file, mtime_ns, size) of each watched file
+
+
+def _signature(loaded: Loaded) -> _Signature:
     """What a reload depends on: the files read, and what the rule globs match now."""
     names = set(loaded.files)
     for pattern in loaded.config.rules:
-        names.update(glob.glob(pattern))
+        names.update(matching_paths(pattern))
     out = []
     for name in sorted(names):
         with contextlib.suppress(OSError):

@@ -658,3 +658,62 @@ async def test_a_stop_commits_the_alerts_of_pollers_it_cancels(
     daemon.stopping.set()
     assert await asyncio.wait_for(run, WAIT) == 0
     assert [a.fingerprint for a in alerts.alerts] == ["A", "B"]
+
+
+class Reloads:
+    """Every reload of the daemon, whatever starts it (a file change, SIGHUP), awaitable."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._done = asyncio.Event()
+        real = Daemon.reload
+
+        async def reload(daemon: Daemon) -> bool:
+            ok = await real(daemon)
+            self._done.set()
+            return ok
+
+        monkeypatch.setattr(Daemon, "reload", reload)
+        monkeypatch.setattr(balwatch.daemon, "WATCH_SECONDS", 0.02)  # look at files often
+
+    async def next(self) -> None:
+        await asyncio.wait_for(self._done.wait(), WAIT)
+        self._done.clear()
+
+
+async def test_a_rule_file_added_under_a_recursive_glob_is_loaded(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher matches globs as the loader does: `**` included."""
+    reloads = Reloads(monkeypatch)
+    team = tmp_path / "rules" / "team"
+    team.mkdir(parents=True)
+    (team / "a.yaml").write_text("rules:\n  - {name: a, when: available < 1}\n")
+    sim = await start_sim(bitso_account())
+    config = write_config(
+        tmp_path / "balwatch.yaml", state_dir=tmp_path / "state",
+        rules=tmp_path / "rules" / "**" / "*.yaml", accounts=bitso("treasury", sim.url),
+    )  # fmt: skip
+    async with running(config, AlertLog()) as daemon:
+        (tmp_path / "rules" / "b.yaml").write_text("rules:\n  - {name: b, when: available < 1}\n")
+        await reloads.next()
+        assert sorted(r.name for r in daemon.engine.rules) == ["a", "b"]
+
+
+async def test_a_rule_edit_during_start_up_is_loaded(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher compares with the files as start-up read them, not as they were later."""
+    reloads = Reloads(monkeypatch)
+    _, config, rules = await treasury_daemon_files(
+        tmp_path, start_sim, "rules:\n  - {name: old, when: available < 1}\n"
+    )
+    real_prepare = balwatch.daemon.prepare
+
+    def prepare(*args: Any) -> Any:  # after the files were read, before polling starts
+        rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
+        return real_prepare(*args)
+
+    monkeypatch.setattr(balwatch.daemon, "prepare", prepare)
+    async with running(config, AlertLog()) as daemon:
+        await reloads.next()
+        assert [r.name for r in daemon.engine.rules] == ["new"]

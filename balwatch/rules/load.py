@@ -325,9 +325,8 @@ def _expand(
     files: list[str] = []
     problems: list[Problem] = []
     for index, pattern in enumerate(patterns):
-        joined = os.path.join(base_dir, pattern) if base_dir else pattern
         matched = False
-        for match in sorted(glob.glob(joined, recursive=True)):
+        for match in matching_paths(pattern, base_dir):
             resolved = Path(match).resolve()
             if resolved == own or not resolved.is_file():
                 continue
@@ -336,8 +335,17 @@ def _expand(
                 seen.add(resolved)
                 files.append(_display(match))
         if not matched:
-            problems.append(_unmatched(pattern, joined, index, listed_in, unmatched))
+            problems.append(_unmatched(pattern, base_dir, index, listed_in, unmatched))
     return files, problems
+
+
+def matching_paths(pattern: str, base_dir: Path | None = None) -> list[str]:
+    """What one rule-file glob matches, sorted: what the loader reads and a reload watches."""
+    return sorted(glob.glob(_joined(pattern, base_dir), recursive=True))
+
+
+def _joined(pattern: str, base_dir: Path | None) -> str:
+    return os.path.join(base_dir, pattern) if base_dir else pattern
 
 
 def _display(path: str) -> str:
@@ -351,13 +359,13 @@ def _display(path: str) -> str:
 
 def _unmatched(
     pattern: str,
-    joined: str,
+    base_dir: Path | None,
     index: int,
     listed_in: ListedIn | None,
     severity: Literal["warning", "error"],
 ) -> Problem:
     if listed_in is None:
-        file, (line, column) = _display(joined), Position(1, 1)
+        file, (line, column) = _display(_joined(pattern, base_dir)), Position(1, 1)
     else:
         path = (*listed_in.path, index)
         written = value_at(listed_in.doc.data, path)
