@@ -20,7 +20,7 @@ from pathlib import Path
 from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config, load_yaml
-from balwatch.daemon import Daemon
+from balwatch.daemon import Daemon, StartError
 from balwatch.demo.story import run_demo
 from balwatch.errors import ConfigError
 from balwatch.outbox.sendtest import send_test
@@ -172,8 +172,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
-    except StateError as exc:
+    except (StateError, StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:  # e.g. a TLS file that is not a certificate
+        print(f"error: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
 

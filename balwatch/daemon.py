@@ -66,6 +66,10 @@ class _Account:
     exchange: str
 
 
+class StartError(Exception):
+    """The daemon cannot start with this config: a listener, a directory, a certificate."""
+
+
 class Daemon:
     """One run of the service. ``await Daemon(path).run()`` returns the exit code."""
 
@@ -151,9 +155,12 @@ class Daemon:
             await self.outbox.start()
             stack.push_async_callback(self.outbox.stop)
             if config.http is not None:
-                await stack.enter_async_context(
-                    HttpServer(config.http.host, config.http.port, self, self.metrics.registry)
-                )
+                http = HttpServer(config.http.host, config.http.port, self, self.metrics.registry)
+                try:
+                    await stack.enter_async_context(http)
+                except OSError as exc:  # port taken, unknown host: say which setting
+                    where = f"{config.http.host}:{config.http.port}"
+                    raise StartError(f"http.listen {where}: {exc.strerror or exc}") from None
             session = await stack.enter_async_context(new_session())
             self._session = session
             self._limiters = LimiterRegistry()

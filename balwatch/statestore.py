@@ -53,6 +53,12 @@ def prepare(path: Path, since: float) -> Saved:
     A file that is not SQLite, is corrupt, or belongs to another program is a
     :class:`StateError` naming the file; nothing in it is changed.
     """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"{path.parent}: cannot be the state directory ({exc.strerror or exc})"
+        ) from None
     _refuse_foreign(path)
     try:
         conn = open_db(path)

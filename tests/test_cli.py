@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections import deque
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.brokers import free_port
 from tests.conftest import StartSim
 
 BITSO_SECRET = "TOPSECRET-bitso-9f8e7d6c"
@@ -230,3 +232,33 @@ async def test_simulate_then_balances_as_in_the_readme(tmp_path: Path) -> None:
 async def test_missing_config_file_is_reported(command: str, tmp_path: Path) -> None:
     code, _, err = await run_cli(command, "-c", str(tmp_path / "nope.yaml"))
     assert code == 1 and "nope.yaml:1:1" in err
+
+
+@pytest.mark.parametrize("unusable", ["state_dir is a file", "http port taken"])
+async def test_run_refuses_an_unusable_setting_with_a_message_not_a_traceback(
+    tmp_path: Path, unusable: str
+) -> None:
+    """`balwatch check` cannot know these; `run` must still say what is wrong, exit 1."""
+    state_dir = tmp_path / "state"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        if unusable == "state_dir is a file":
+            state_dir.write_text("not a directory")
+            port = free_port()
+        config = tmp_path / "balwatch.yaml"
+        config.write_text(
+            f"state_dir: {state_dir}\n"
+            f"http: {{listen: '127.0.0.1:{port}'}}\n"
+            "accounts:\n"
+            "  - {name: a, exchange: coinw, base_url: 'http://127.0.0.1:9',"
+            " credentials: {api_key: k, api_secret: s}}\n"
+        )
+        code, _, err = await run_cli("run", "-c", str(config))
+    assert code == 1 and "Traceback" not in err, err
+    expected = {
+        "state_dir is a file": f"{state_dir}: cannot be the state directory",
+        "http port taken": f"error: http.listen 127.0.0.1:{port}: ",
+    }[unusable]
+    assert expected in err, err
