@@ -172,6 +172,13 @@ def _number_text(value: object) -> object:
     return value
 
 
+def _text_number(value: object) -> object:
+    """A ``${VAR}`` always gives text: ``qos: ${QOS}`` means the number it holds."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return value
+
+
 def redact_url(url: Secret) -> str:
     """``scheme://host:port/`` of a sink URL, safe to log: no user, password, path or query."""
     try:
@@ -317,8 +324,11 @@ class MqttSink(_Model):
     name: Name
     url: SecretText  # carries the broker password
     topic_prefix: str = "balwatch"
-    qos: Literal[0, 1, 2] = 1
-    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(_number_text)] = "5"
+    qos: Annotated[Literal[0, 1, 2], BeforeValidator(_text_number)] = 1
+    protocol: Annotated[
+        Literal["3.1.1", "5"],
+        BeforeValidator(_number_text, json_schema_input_type=Literal["3.1.1", "5", 5]),
+    ] = "5"
     ca_file: ExistingFile | None = None
     client_cert: ExistingFile | None = None
     client_key: ExistingFile | None = None
@@ -360,7 +370,9 @@ class WebhookSink(_Model):
     format: Literal["generic", "slack", "discord", "telegram", "mattermost", "teams"] = "generic"
     url: SecretText  # Slack/Discord/Telegram URLs are bearer credentials themselves
     secret: SecretText | None = None  # HMAC key for the generic signature header
-    chat_id: Annotated[str, BeforeValidator(_number_text)] | None = None
+    chat_id: (
+        Annotated[str, BeforeValidator(_number_text, json_schema_input_type=str | int)] | None
+    ) = None
     # Values are secrets: `Authorization: Bearer ...` is the usual reason to set headers.
     headers: dict[str, SecretText] = Field(default_factory=dict)
     timeout: Duration = 10.0

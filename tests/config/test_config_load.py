@@ -476,3 +476,27 @@ def test_a_failed_reference_is_reported_once(write: WriteFile) -> None:
 def test_model_validates_without_the_loader() -> None:
     config = Config.model_validate({"sinks": [{"name": "m", "type": "mqtt", "url": "mqtt://b"}]})
     assert config.sinks[0].url == Secret("mqtt://b")
+
+
+def test_numbers_from_variables_and_numbers_where_text_is_expected(write: WriteFile) -> None:
+    """${VAR} always gives text, and YAML reads `protocol: 5` or a chat id as numbers: each
+    field takes what a person writes, and the JSON Schema editors use says the same."""
+    path = write(
+        """
+        sinks:
+          - {name: m, type: mqtt, url: 'mqtt://b', qos: '${QOS}', protocol: 5}
+          - {name: t, type: webhook, format: telegram, url: 'https://t/bot', chat_id: -1001234}
+        """
+    )
+    config = load_config(path, environ={"QOS": "2"})
+    mqtt, telegram = config.sinks
+    assert isinstance(mqtt, MqttSink) and (mqtt.qos, mqtt.protocol) == (2, "5")
+    assert isinstance(telegram, WebhookSink) and telegram.chat_id == "-1001234"
+    schema = Config.model_json_schema()["$defs"]
+    assert {"type": "integer"} in schema["WebhookSink"]["properties"]["chat_id"]["anyOf"]
+    assert 5 in schema["MqttSink"]["properties"]["protocol"]["enum"]
+    [wrong] = problems(path, {"QOS": "7"})
+    assert (wrong.line, wrong.message) == (
+        2,
+        "expected 0, 1 or 2, got '${QOS}' (after substitution)",
+    )
