@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from balwatch.config.yamlsource import Position, YamlDocument, YamlPath
 from balwatch.errors import Problem
 
+_BOOLS: Final = frozenset({"true", "false"})
 # The pydantic error type of every error balwatch's own validators raise.
 ERROR_TYPE: Final = "balwatch"
 
@@ -117,6 +118,8 @@ class Reporter:
         found = []
         for error in errors:
             path, on_key = yaml_path(error["loc"], self.data)
+            # A key that is not text (`on:` or `yes:` read as a boolean): about the key.
+            on_key = on_key or error["type"] == "invalid_key"
             if self.skip(error, errors, path):
                 continue
             if error["type"] == "union_tag_invalid" and self.tag_key is not None:
@@ -147,6 +150,9 @@ class Reporter:
         shown = describe(error["input"]) if on_key else self.shown(path)
         if kind == "literal_error":
             return f"expected {error['ctx']['expected']}, got {shown}"
+        if kind == "invalid_key" or (on_key and kind == "string_type"):
+            hint = " (YAML reads on, off, yes and no as booleans)" if shown in _BOOLS else ""
+            return f"expected a text key, got {shown}{hint}; quote it to keep it as text"
         if kind in self.expected:
             value = error["input"] if on_key else value_at(self.data, path)
             if kind in self.by_type:
@@ -198,7 +204,11 @@ def yaml_path(loc: tuple[int | str, ...], data: Any) -> tuple[YamlPath, bool]:
     for part in loc:
         if part == "[key]":
             on_key = True
-        elif _has(node, part):
+            continue
+        if not _has(node, part) and isinstance(node, dict):
+            # pydantic writes a key that is not text as text: `~:` is 'None' in the loc.
+            part = next((key for key in node if str(key) == part), part)
+        if _has(node, part):
             node = node[part]
             path.append(part)
     return tuple(path), on_key

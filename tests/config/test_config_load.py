@@ -311,7 +311,7 @@ ERROR_CASES = {
         VALID_ACCOUNT + "    labels: {5: desk}\n",
         5,
         14,
-        "expected a string, got 5; quote it to keep it as text",
+        "expected a text key, got 5; quote it to keep it as text",
     ),
     "unknown option": (
         "accounts:\n  - name: k\n    exchange: kunacore\n    base_url: https://k\n"
@@ -500,3 +500,31 @@ def test_numbers_from_variables_and_numbers_where_text_is_expected(write: WriteF
         2,
         "expected 0, 1 or 2, got '${QOS}' (after substitution)",
     )
+
+
+def test_a_key_that_is_not_text_is_reported_at_the_key(write: WriteFile) -> None:
+    path = write(
+        """
+        accounts:
+          - name: a
+            exchange: coinw
+            credentials: {api_key: k, api_secret: s}
+            labels:
+              desk: treasury
+              ~: x
+              7: y
+        log:
+          format: json
+          on: debug
+        """
+    )
+    assert [(p.line, p.column, p.message) for p in problems(path)] == [
+        (7, 7, "expected a text key, got an empty value; quote it to keep it as text"),
+        (8, 7, "expected a text key, got 7; quote it to keep it as text"),
+        (
+            11,
+            3,
+            "expected a text key, got true (YAML reads on, off, yes and no as booleans);"
+            " quote it to keep it as text",
+        ),
+    ]
