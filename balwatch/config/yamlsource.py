@@ -195,7 +195,10 @@ def _reader_problem(file: str, text: str, exc: ReaderError) -> Problem:
     before = text[: exc.position]
     line = before.count("\n") + 1
     column = exc.position - (before.rfind("\n") + 1) + 1
-    return Problem(file, line, column, f"character {exc.character!r} is not allowed in YAML")
+    # pyyaml gives the character as its code point (an int) for text, a byte for bytes.
+    char = exc.character
+    code = char if isinstance(char, int) else ord(char)
+    return Problem(file, line, column, f"character U+{code:04X} is not allowed in YAML")
 
 
 def _syntax_problem(file: str, text: str, exc: yaml.MarkedYAMLError) -> Problem:

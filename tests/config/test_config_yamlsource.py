@@ -151,3 +151,16 @@ def test_unicode_escape_beyond_unicode(write: WriteFile) -> None:
     problem = only_problem(write('a: 1\nb: "x\\U00267089"\n'))
     assert (problem.line, problem.column) == (2, 6)
     assert "beyond the last Unicode character" in problem.message
+
+
+def test_a_control_character_is_named_by_its_code_point(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text('a: 1\nb: "x\x01y"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(path)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.column, problem.message) == (
+        2,
+        6,
+        "character U+0001 is not allowed in YAML",
+    )
