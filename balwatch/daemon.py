@@ -408,6 +408,10 @@ class Daemon:
             return False
         old = self.loaded.config
         new = loaded.config
+        if self._configure_logs:
+            # The redactor learns the new credentials, and keeps the old for polls in flight;
+            # the log format and level follow the file too.
+            logs.configure(new.log.format, new.log.level, (*old.secrets(), *new.secrets()))
         if _restart_only(old) != _restart_only(new):
             log.warning("reload_needs_restart", changed="sinks, http or state_dir")
         now = self._clock()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -24,6 +26,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+import structlog
 
 import balwatch.daemon
 from balwatch.adapters.bitso import BitsoAdapter
@@ -717,3 +720,28 @@ async def test_a_rule_edit_during_start_up_is_loaded(
     async with running(config, AlertLog()) as daemon:
         await reloads.next()
         assert [r.name for r in daemon.engine.rules] == ["new"]
+
+
+async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key rotated by a reload is masked in log lines like the one it replaced."""
+    rotated = "rotated-key-7f3e9a"
+    sim, config, rules = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)  # where the daemon's own log set-up writes
+    saved = structlog.get_config()
+    daemon = Daemon(config, on_alerts=AlertLog(), notifier=Notifier(None))
+    run = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.started.wait(), WAIT)
+        accounts = bitso("treasury", sim.url, key=rotated)
+        write_config(config, state_dir=tmp_path / "state", rules=rules, accounts=accounts)
+        assert await daemon.reload() is True
+        structlog.get_logger("test").warning("echo", error=f"server said: bad key {rotated}")
+        daemon.stopping.set()
+        assert await asyncio.wait_for(run, WAIT) == 0
+    finally:
+        structlog.configure(**saved)
+    assert "server said: bad key ***" in out.getvalue()
+    assert rotated not in out.getvalue()
