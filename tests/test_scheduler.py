@@ -29,6 +29,24 @@ def coinw(name: str, key: str = "ck") -> SimAccount:
     )
 
 
+def key_sharing_plans(
+    url: str, http: aiohttp.ClientSession, limiter: Limiter, *, interval: float
+) -> list[PollPlan]:
+    """Three CoinW accounts on one key (the simulator's account "a"), one shared limiter."""
+    return [
+        PollPlan(
+            make_adapter(
+                "coinw",
+                account_spec("coinw", url, {"api_key": "ck", "api_secret": "cs"}, name=n),
+                http,
+            ),
+            interval,
+            limiter,
+        )
+        for n in ("a1", "a2", "a3")
+    ]
+
+
 async def collect(queue: asyncio.Queue[PollResult], n: int) -> list[PollResult]:
     return [await asyncio.wait_for(queue.get(), 20) for _ in range(n)]
 
@@ -39,19 +57,7 @@ async def test_accounts_sharing_a_key_never_exceed_its_limit(
     # The fake enforces 5 per 0.5 s per key; three accounts on one key poll as fast as allowed.
     sim = await start_sim(coinw("a"), rate_limits={"coinw": (5, 0.5)})
     results: asyncio.Queue[PollResult] = asyncio.Queue()
-    limiter = Limiter(RateLimit(4, 0.5))
-    plans = [
-        PollPlan(
-            make_adapter(
-                "coinw",
-                account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name=n),
-                http,
-            ),
-            0.001,
-            limiter,
-        )
-        for n in ("a1", "a2", "a3")
-    ]
+    plans = key_sharing_plans(sim.url, http, Limiter(RateLimit(4, 0.5)), interval=0.001)
     async with Scheduler(results.put) as scheduler:
         await scheduler.apply(plans)
         got = await collect(results, 24)
@@ -138,19 +144,7 @@ async def test_a_retry_after_holds_off_every_account_on_the_key(
         await results.put(result)
 
     results: asyncio.Queue[PollResult] = asyncio.Queue()
-    limiter = Limiter(RateLimit(1000, 1.0))
-    plans = [
-        PollPlan(
-            make_adapter(
-                "coinw",
-                account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name=n),
-                http,
-            ),
-            0.01,
-            limiter,
-        )
-        for n in ("a1", "a2", "a3")
-    ]
+    plans = key_sharing_plans(sim.url, http, Limiter(RateLimit(1000, 1.0)), interval=0.01)
     async with Scheduler(on_result) as scheduler:
         await scheduler.apply(plans)
         got = await collect(results, 12)
