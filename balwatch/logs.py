@@ -23,18 +23,27 @@ def make_redactor(secrets: Iterable[Secret]) -> structlog.types.Processor:
     # Longest first, so a secret that contains another is masked whole.
     values = sorted({s.reveal() for s in secrets if len(s.reveal()) >= 4}, key=len, reverse=True)
 
+    def scrub(value: Any) -> Any:
+        if isinstance(value, BaseException):
+            value = str(value)
+        if isinstance(value, str):
+            for secret in values:
+                if secret in value:
+                    value = value.replace(secret, "***")
+            return value
+        # Text inside a field's list or mapping (`items=[...]`) is scrubbed too.
+        if isinstance(value, list | tuple):
+            return [scrub(item) for item in value]
+        if isinstance(value, dict):
+            return {scrub(key): scrub(item) for key, item in value.items()}
+        return value
+
     def redact(
         logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         if values:
             for key, value in event_dict.items():
-                if not isinstance(value, str):
-                    value = str(value) if isinstance(value, BaseException) else value
-                if isinstance(value, str):
-                    for secret in values:
-                        if secret in value:
-                            value = value.replace(secret, "***")
-                    event_dict[key] = value
+                event_dict[key] = scrub(value)
         return event_dict
 
     return redact

@@ -19,6 +19,7 @@ def test_json_lines_mask_secrets_in_any_field() -> None:
     log = structlog.get_logger("t")
     log.warning("poll_failed", account="a", error=f"server said: bad key {KEY.reveal()}")
     log.info("config", credentials={"api_key": KEY})
+    log.info("nested", echoed=[f"key {KEY.reveal()}", {"why": (KEY.reveal(), 1)}])
     try:
         raise ValueError(f"boom {KEY.reveal()}")
     except ValueError:
@@ -29,7 +30,8 @@ def test_json_lines_mask_secrets_in_any_field() -> None:
     assert events[0]["event"] == "poll_failed" and events[0]["level"] == "warning"
     assert events[0]["error"] == "server said: bad key ***"
     assert events[1]["credentials"] == {"api_key": "Secret('***')"}
-    assert "boom ***" in events[2]["exception"]
+    assert events[2]["echoed"] == ["key ***", {"why": ["***", 1]}]
+    assert "boom ***" in events[3]["exception"]
 
 
 def test_level_filters_and_console_format() -> None:
