@@ -206,7 +206,12 @@ async def _serve_until_stopped(sim: Simulator) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    scenario = load_scenario(args.scenario)
+    try:
+        scenario = load_scenario(args.scenario)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
 
     async def main() -> None:
         async with Simulator(scenario.build(), host=args.host, port=args.port) as sim:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from balwatch.errors import ConfigError
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
 from tests.conftest import StartSim
@@ -114,3 +116,47 @@ async def test_control_api_expires_tokens_and_counts_requests(
     assert sim.state.tokens == {}
     async with http.get(f"{sim.url}/_sim/requests") as resp:
         assert await resp.json() == {"k1": 1}
+
+
+async def test_control_api_keeps_every_digit_and_refuses_values_that_would_break_serving(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(SimAccount(name="b1", exchange="bitso", api_key="k", api_secret="s"))
+    base = f"{sim.url}/_sim/accounts/b1"
+    exact = '{"balances": {"ETH": {"available": 1234567890.123456789012345678}}}'
+    async with http.put(f"{base}/balances", data=exact) as resp:
+        assert resp.status == 200
+    assert sim.state.accounts["b1"].balances == {
+        "bitso": {"ETH": {"available": "1234567890.123456789012345678"}}
+    }
+    for path, body in (
+        ("delay", {"seconds": "inf"}),  # would hang every later request
+        ("faults", {"kind": "status", "status": 9999}),
+        ("faults", {"kind": "throttle", "retry_after": "1\r\nX-Injected: 1"}),
+    ):
+        method = http.put if path == "delay" else http.post
+        async with method(f"{base}/{path}", json=body) as resp:
+            assert resp.status == 400, (path, body)
+
+
+def test_scenario_errors_name_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        "accounts:\n"
+        "  - name: x\n"
+        "    exchange: bitso\n"
+        "    bogus: 1\n"
+        "  - name: y\n"
+        "    exchange: bitso\n"
+        "    balances: {BTC: {total: .inf}}\n"  # served as written: a bad amount on purpose
+        "    delay: soon\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+    assert [(p.line, p.column, p.message.split(";")[0]) for p in caught.value.problems] == [
+        (4, 5, "unknown key 'bogus' in accounts.0 'x'"),
+        (8, 12, "expected a number, got 'soon'"),
+    ]
+    path.write_text("accounts: [{name: y, exchange: bitso, balances: {BTC: {total: .inf}}}]\n")
+    [account] = load_scenario(path).build().accounts.values()
+    assert account.balances == {"bitso": {"BTC": {"total": ".inf"}}}

@@ -24,7 +24,7 @@ from balwatch.config.model import (
     LogConfig,
     adapter_for,
 )
-from balwatch.config.problems import Reporter, value_at
+from balwatch.config.problems import EXPECTED, Reporter, value_at
 from balwatch.config.substitute import Substituted, substitute
 from balwatch.config.yamlsource import YamlDocument, YamlPath, load_yaml
 from balwatch.errors import ConfigError
@@ -35,23 +35,6 @@ _SECTIONS: Final[Mapping[str, type[BaseModel]]] = {
     "defaults": Defaults,
 }
 
-# What a pydantic error type expected, in the words of the file's author.
-_EXPECTED: Final = {
-    "string_type": "a string",
-    "int_type": "a whole number",
-    "int_parsing": "a whole number",
-    "int_from_float": "a whole number",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "dict_type": "a mapping (key: value)",
-    "model_type": "a mapping (key: value)",
-    "model_attributes_type": "a mapping (key: value)",
-    "list_type": "a list",
-    "tuple_type": "a list",
-    "path_type": "a file path",
-}
 # Where a container was expected, a string found there may be a secret written in the
 # wrong place (`headers: "Authorization: ..."`): name its type, not its text.
 _CONTAINER_TYPES: Final = frozenset(
@@ -86,7 +69,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
 class _Reporter(Reporter):
     """Names the config's mappings by where they are, and shows substituted values as written."""
 
-    expected = _EXPECTED
+    expected = EXPECTED
     by_type = _CONTAINER_TYPES
     tag_key = "type"
 

@@ -25,6 +25,23 @@ from balwatch.config.yamlsource import Position, YamlDocument, YamlPath
 from balwatch.errors import Problem
 
 _BOOLS: Final = frozenset({"true", "false"})
+# What a pydantic error type expected, in the words of a person editing a config file.
+EXPECTED: Final[Mapping[str, str]] = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping (key: value)",
+    "model_attributes_type": "a mapping (key: value)",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "path_type": "a file path",
+}
 # The pydantic error type of every error balwatch's own validators raise.
 ERROR_TYPE: Final = "balwatch"
 

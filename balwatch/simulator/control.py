@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from balwatch.simulator.scenario import FaultSpec, to_fields
 from balwatch.simulator.state import SimAccount, SimState
@@ -37,7 +39,7 @@ class BalancesBody(BaseModel):
 class DelayBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: float = Field(ge=0)
+    seconds: float = Field(ge=0, allow_inf_nan=False)
 
 
 def set_balances(account: SimAccount, body: BalancesBody, *, replace: bool) -> None:
@@ -72,8 +74,9 @@ def routes(state: SimState) -> list[web.RouteDef]:
 
     async def parse(request: web.Request, model: type[M]) -> M:
         try:
-            return model.model_validate_json(await request.read())
-        except ValidationError as exc:
+            # JSON numbers as Decimal: an amount keeps every digit, never rounds via float.
+            return model.model_validate(json.loads(await request.read(), parse_float=Decimal))
+        except ValueError as exc:  # bad JSON, or a ValidationError
             raise web.HTTPBadRequest(text=str(exc)) from None
 
     async def list_accounts(request: web.Request) -> web.Response:

@@ -21,13 +21,16 @@ Balance fields use the normalized metric names; each fake source renders its own
 from __future__ import annotations
 
 from collections import deque
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from balwatch.config.problems import EXPECTED, Reporter
+from balwatch.config.yamlsource import load_yaml
+from balwatch.errors import ConfigError
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
 
 
@@ -45,10 +48,10 @@ class FaultSpec(BaseModel):
 
     kind: FaultKind
     times: int | None = Field(default=1, ge=1)
-    status: int = 500
+    status: int = Field(default=500, ge=100, le=599)
     body: str = ""
     content_type: str = "application/json"
-    retry_after: str | None = None
+    retry_after: str | None = Field(default=None, pattern=r"^[\x20-\x7e]*$")  # a header value
 
     def build(self) -> Fault:
         return Fault(**self.model_dump())
@@ -67,7 +70,7 @@ class AccountScenario(BaseModel):
     balances: dict[str, dict[str, Any]] = Field(default_factory=dict)
     venues: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     faults: list[FaultSpec] = Field(default_factory=list)
-    delay: float = Field(default=0.0, ge=0)
+    delay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     @field_validator("balances", "venues", mode="before")
     @classmethod
@@ -107,17 +110,30 @@ class Scenario(BaseModel):
 
 
 def load_scenario(path: Path) -> Scenario:
-    # Floats in YAML would lose digits: read numbers as text by loading with Decimal-safe tags.
-    data = yaml.load(path.read_text(), Loader=_DecimalLoader)  # noqa: S506 - safe loader subclass
-    return Scenario.model_validate(data or {})
+    """The scenario in ``path``; raises ConfigError naming file, line and column."""
+    doc = load_yaml(path)  # YAML errors, and the positions for validation errors
+    # The data again with YAML floats as Decimal from their text: amounts keep every digit.
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_DecimalLoader)  # noqa: S506
+    try:
+        return Scenario.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(_Reporter(doc, Scenario, data=data).problems(exc)) from None
+
+
+class _Reporter(Reporter):
+    expected = EXPECTED
 
 
 class _DecimalLoader(yaml.SafeLoader):
     """SafeLoader that turns YAML floats into Decimal from their source text."""
 
 
-def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
-    return Decimal(str(loader.construct_scalar(node)))  # type: ignore[arg-type]
+def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal | str:
+    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # .inf, .nan: served as written, a bad amount on purpose
+        return text
 
 
 _DecimalLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
