@@ -36,7 +36,7 @@ from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.poll import PollResult, make_adapter
 from balwatch.ratelimit import LimiterRegistry, with_headroom
-from balwatch.rules.engine import Engine
+from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import matching_paths
 from balwatch.scheduler import PollPlan, Scheduler
 from balwatch.secret import Secret
@@ -48,8 +48,6 @@ from balwatch.systemd import Notifier, run_watchdog
 
 log = structlog.get_logger("balwatch.daemon")
 
-# Account-scope rules (age, failures) must fire without any poll arriving.
-TICK_SECONDS = 1.0
 # Non-urgent state (history samples, account liveness) is flushed this often.
 FLUSH_SECONDS = 5.0
 # How often rule files and the config are checked for changes.

@@ -77,6 +77,9 @@ Phase = Literal["pending", "firing"]
 StateKey = tuple[str, str | None, str | None]
 """(account, venue, asset); venue and asset are None for account-scope rules."""
 
+# How often the daemon calls :meth:`Engine.tick`, so account-scope rules (``age``) fire
+# without a poll arriving; ``balwatch test`` ticks as often.
+TICK_SECONDS: Final = 1.0
 _THOUSAND: Final = Decimal(1000)
 
 

@@ -24,9 +24,9 @@ account with data is polled: its rows are the series entries with a number at k,
 metric that is ``_`` while others of its row have numbers is missing (``None``) in that row.
 An account whose series are all ``_`` at k is not polled at all (a gap: ``age`` grows),
 and ``fail`` in any of its series makes the whole poll fail (the others must be ``fail`` or
-``_`` there). After the polls of each step, and at each ``at``, the engine ticks, as the
-daemon does between polls. Steps continue past the end of the series (without polls) up
-to the last ``at``.
+``_`` there). The engine ticks once a second in between, as the daemon does, after the
+polls of each step and at each ``at``: account-scope rules (``age``) fire when they would in
+production. Steps continue past the end of the series (without polls) up to the last ``at``.
 
 ``expected_alerts`` lists the alerts *firing* at ``at`` (pending ones are not firing). An
 alert matches on ``rule``, ``account``, ``asset`` (omit it for account-scope rules) and
@@ -53,7 +53,7 @@ from balwatch.config.yamlsource import YamlDocument, load_yaml
 from balwatch.durations import format_duration
 from balwatch.errors import ConfigError, Problem
 from balwatch.model import Balance, Metric
-from balwatch.rules.engine import Engine
+from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import (
     ListedIn,
     StrictModel,
@@ -333,6 +333,8 @@ class _Run:
         self.accounts = {name: _exchange(test, name) for name in accounts}
         for name, exchange in self.accounts.items():
             self.engine.register_account(name, exchange)
+        self.account_rules = any(rule.account_scope for rule in rules)
+        self.ticked = 0.0  # when the ticker last ran
 
     def checks(self) -> tuple[CheckResult, ...]:
         order = sorted(range(len(self.test.alert_tests)), key=lambda i: self.test.alert_tests[i].at)
@@ -342,12 +344,26 @@ class _Run:
         for index in order:
             at = self.test.alert_tests[index].at
             while step * interval <= at + _EPSILON:
+                self._tick_until(step * interval)
                 self._step(step, step * interval)
                 step += 1
+            self._tick_until(at)
             self.clock.now = at
             self._apply(self.engine.tick())
             results[index] = self._compare(index)
         return tuple(results[i] for i in range(len(self.test.alert_tests)))
+
+    def _tick_until(self, until: float) -> None:
+        """The daemon's ticker between samples: account-scope rules (``age``) are evaluated
+        every second, so they fire when they would in production, not at the next sample."""
+        if not self.account_rules:
+            return
+        t = self.ticked + TICK_SECONDS
+        while t < until - _EPSILON:
+            self.clock.now = t
+            self._apply(self.engine.tick())
+            t += TICK_SECONDS
+        self.ticked = max(self.ticked, until)
 
     def _step(self, step: int, now: float) -> None:
         self.clock.now = now

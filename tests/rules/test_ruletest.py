@@ -183,6 +183,28 @@ def test_gaps_and_steps_after_the_series_make_an_account_stale(tmp_path: Path) -
     assert [summary(check) for check in result.checks] == [((), (), ())] * 3
 
 
+def test_account_rules_fire_on_the_daemons_once_a_second_tick(tmp_path: Path) -> None:
+    """Not at the next sample: a `for:` on `age` starts and ends when it would in production."""
+    result = run(
+        tmp_path,
+        """
+        rule_files: [../rules/a.rules.yaml]
+        interval: 5m
+        input_series:
+          - account: acct
+            asset: USDT
+            series: {total: "1"}
+        alert_tests:
+          - at: 240s    # stale since 181s, pending for 59s
+            expected_alerts: []
+          - at: 241s
+            expected_alerts: [{rule: stale, account: acct, summary: "acct: 4m1s"}]
+        """,
+        rules="rules:\n  - {name: stale, when: age > 3m, for: 1m, summary: '{account}: {age}'}\n",
+    )
+    assert [summary(check) for check in result.checks] == [((), (), ())] * 2
+
+
 def test_failed_polls_are_not_balances(tmp_path: Path) -> None:
     result = run(
         tmp_path,
