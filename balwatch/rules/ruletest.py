@@ -98,8 +98,11 @@ def parse_series(text: str) -> tuple[Sample, ...]:
 
 
 def _series(value: object) -> tuple[Sample, ...]:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)  # a single sample that YAML read as a number
+    if isinstance(value, float):
+        # YAML made a float of it: digits past the 17th are gone before we see them.
+        raise field_error('quote a fractional sample to keep every digit, like "1.5"; got {input}')
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a single whole-number sample that YAML read as a number
     if not isinstance(value, str):
         raise field_error('expected samples as text like "6000 5500 _ fail", got {input}')
     return parse_series(value)

@@ -339,3 +339,24 @@ def test_test_file_errors_are_positioned(tmp_path: Path) -> None:
         "unknown key 'alerts_tests' in rule test file (did you mean 'alert_tests'?)"
         in (messages[3])
     )
+
+
+def test_an_unquoted_fractional_sample_is_refused_not_rounded(tmp_path: Path) -> None:
+    """YAML reads 1.000000000000000001 as a float, 1.0: the rule would see another balance."""
+    result = run(
+        tmp_path,
+        """
+        rule_files: [../rules/a.rules.yaml]
+        input_series:
+          - account: acct
+            asset: ETH
+            series: {total: 1.000000000000000001}
+        alert_tests:
+          - at: 0s
+            expected_alerts: [{rule: dust, account: acct, asset: ETH}]
+        """,
+        rules="rules:\n  - {name: dust, when: total > 1}\n",
+    )
+    [(_, line, column, message)] = errors(result)
+    assert (line, column) == (5, 21)
+    assert message.startswith('quote a fractional sample to keep every digit, like "1.5"')
