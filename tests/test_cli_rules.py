@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from balwatch.rules.explain import Poll, explain
+from balwatch.rules.expr import parse_expression
+from balwatch.rules.rule import Rule
+from balwatch.rules.select import Selector
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
 from tests.conftest import StartSim
 from tests.test_cli import run_cli
@@ -272,3 +276,16 @@ async def test_eval_shows_each_rule_per_row_and_sends_nothing(
     assert rows[("polls-failing", "coinw-spot", "false")].split()[3] == "failures=1"
     failed = out.split("failed polls:")[1]
     assert "coinw-spot" in failed and "rate_limited" in failed
+
+
+def test_eval_says_a_selected_accounts_poll_failed_not_that_the_rule_selects_nothing() -> None:
+    dust = Rule(
+        name="dust",
+        when=parse_expression("total >= 0"),
+        selector=Selector(accounts=("broken",)),
+    )
+    table = explain([dust], [Poll("broken", "coinw", None)], [], [])
+    [line] = [line for line in table.splitlines() if line.startswith("dust")]
+    assert line.split()[:4] == ["dust", "broken", "-", "no"]
+    assert line.endswith("poll failed: no rows")
+    assert "selects nothing" in explain([dust], [Poll("other", "coinw", None)], [], [])

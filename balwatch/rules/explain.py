@@ -67,8 +67,18 @@ def explain(
     lines: list[list[str]] = []
     for rule in rules:
         targets = _targets(rule, polls)
-        if not targets:
+        # A row rule's account whose poll failed has no rows: say so, not "selects nothing".
+        unpolled = [
+            poll
+            for poll in polls
+            if poll.rows is None
+            and not rule.account_scope
+            and rule.selector.matches_account(poll.account, poll.exchange)
+        ]
+        if not targets and not unpolled:
             lines.append([rule.name, "-", "-", "selects nothing", "", ""])
+        for poll in unpolled:
+            lines.append([rule.name, poll.account, "-", "no data", "", "poll failed: no rows"])
         for poll, row, venue, asset in targets:
             ctx = _OnePoll(poll, row)
             result = rule.when.evaluate(ctx)
