@@ -33,11 +33,21 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Literal, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from balwatch.alert import Alert
 from balwatch.errors import ErrorKind
 from balwatch.poll import PollResult
+
+# Every counter and histogram would get a `_created` series too: a timestamp nobody alerts
+# on, doubling what is scraped. (A process-wide switch: balwatch is the only user.)
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 NAMESPACE: Final = "balwatch"
 # One HTTP request to an exchange: from a fast local answer to the longest sane timeout.

@@ -194,3 +194,10 @@ def test_error_messages_never_reach_the_exposition() -> None:
     assert "rejected" not in text
     assert 'kind="auth"} 1.0' in text
     assert 'kind="bad_response"} 1.0' in text
+
+
+def test_the_exposition_has_no_created_timestamps() -> None:
+    m = metrics()
+    m.record_poll(good(seconds=0.2))
+    text = generate_latest(m.registry).decode()
+    assert "balwatch_polls_total" in text and "_created" not in text
