@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from balwatch.errors import ConfigError
+from balwatch.errors import BadResponse, ConfigError
+from balwatch.poll import make_adapter
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
-from tests.conftest import StartSim
+from tests.conftest import StartSim, account_spec
 
 
 def test_scenario_keeps_amounts_exact_and_faults_queued(tmp_path: Path) -> None:
@@ -160,3 +162,24 @@ def test_scenario_errors_name_file_line_and_column(tmp_path: Path) -> None:
     path.write_text("accounts: [{name: y, exchange: bitso, balances: {BTC: {total: .inf}}}]\n")
     [account] = load_scenario(path).build().accounts.values()
     assert account.balances == {"bitso": {"BTC": {"total": ".inf"}}}
+
+
+@pytest.mark.parametrize("exchange", ["bitso", "coinw", "kunacore", "coinapi"])
+async def test_wrong_types_on_an_account_without_assets_is_still_a_bad_answer(
+    start_sim: StartSim, http: aiohttp.ClientSession, exchange: str
+) -> None:
+    """Else the fault sends a valid empty answer and a test of it passes vacuously."""
+    secret = None if exchange in ("kunacore", "coinapi") else "s"
+    sim = await start_sim(
+        SimAccount(
+            name="empty",
+            exchange=exchange,
+            api_key="k",
+            api_secret=secret,
+            faults=deque([Fault(FaultKind.WRONG_TYPES)]),
+        )
+    )
+    credentials = {"api_key": "k"} if secret is None else {"api_key": "k", "api_secret": "s"}
+    spec = account_spec(exchange, sim.url, credentials, name="empty")
+    with pytest.raises(BadResponse):
+        await make_adapter(exchange, spec, http).fetch()

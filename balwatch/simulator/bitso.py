@@ -47,7 +47,7 @@ from aiohttp import web
 from balwatch.adapters.bitso import BALANCE_PATH, SOURCE, sign
 from balwatch.model import METRICS
 from balwatch.money import exact_sum
-from balwatch.simulator.respond import json_text, serve_balances
+from balwatch.simulator.respond import PLACEHOLDER_ASSETS, json_text, serve_balances
 from balwatch.simulator.state import (
     AssetFields,
     Fault,
@@ -112,7 +112,8 @@ def _sum(a: str, b: str) -> str:
 
 def _body(account: SimAccount, *, wrong_types: bool = False) -> str:
     rows: list[dict[str, str | bool]] = []
-    for asset, fields in account.balances.get(account.exchange, {}).items():
+    assets = account.balances.get(account.exchange, {})
+    for asset, fields in (assets or PLACEHOLDER_ASSETS if wrong_types else assets).items():
         row: dict[str, str | bool] = dict(wire_row(asset, fields))
         if wrong_types:
             row.update(dict.fromkeys(_AMOUNTS, True))

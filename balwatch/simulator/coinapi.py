@@ -43,7 +43,7 @@ from balwatch.adapters.coinapi import (
     SOURCE,
 )
 from balwatch.model import METRICS
-from balwatch.simulator.respond import json_text, serve_balances
+from balwatch.simulator.respond import PLACEHOLDER_ASSETS, json_text, serve_balances
 from balwatch.simulator.state import (
     AssetFields,
     Fault,
@@ -113,9 +113,22 @@ def _render_fault(fault: Fault, account: SimAccount, venue: str | None) -> web.R
         case FaultKind.AUTH:
             return _unauthorized("Invalid API key")
         case FaultKind.WRONG_TYPES:
-            return json_text(200, _encode(_document(account, venue, lambda _text: True)))
+            selected = [a for name, a in account.balances.items() if venue in (None, name)]
+            if any(selected):
+                document = _document(account, venue, _boolean)
+            else:
+                rows = [
+                    _row(asset, fields, _boolean) for asset, fields in PLACEHOLDER_ASSETS.items()
+                ]
+                document = [{"exchange_id": venue or account.exchange, "data": rows}]
+            return json_text(200, _encode(document))
         case _:
             return None
+
+
+def _boolean(_text: str) -> object:
+    """A wrong-types amount: JSON true instead of a number."""
+    return True
 
 
 def _unauthorized(problem: str) -> web.Response:

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from balwatch.adapters.coinw import COMMAND, PATH, RATE_LIMIT, SOURCE, SUCCESS_CODE, signature
 from balwatch.model import METRICS
-from balwatch.simulator.respond import json_text, serve_balances
+from balwatch.simulator.respond import PLACEHOLDER_ASSETS, json_text, serve_balances
 from balwatch.simulator.state import (
     AssetFields,
     Fault,
@@ -109,8 +109,7 @@ def render_fault(fault: Fault, account: SimAccount) -> web.Response | None:
         case FaultKind.REJECT:
             return error_body(*SYSTEM_ERROR)
         case FaultKind.WRONG_TYPES:
-            # At least one asset, or an empty account would make this a valid answer.
-            assets = account.balances.get(account.exchange) or {"BTC": {}}
+            assets = account.balances.get(account.exchange) or PLACEHOLDER_ASSETS
             wrong = {
                 asset: {"available": True, "onOrders": {"amount": wire_fields(fields)["onOrders"]}}
                 for asset, fields in assets.items()

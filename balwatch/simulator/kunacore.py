@@ -53,7 +53,13 @@ from balwatch.adapters.kunacore import (
     WIRE_METRICS,
 )
 from balwatch.model import METRICS
-from balwatch.simulator.respond import RenderFault, RenderOk, json_text, serve_balances
+from balwatch.simulator.respond import (
+    PLACEHOLDER_ASSETS,
+    RenderFault,
+    RenderOk,
+    json_text,
+    serve_balances,
+)
 from balwatch.simulator.state import AssetFields, Fault, FaultKind, SimAccount, SimState
 
 _PHRASES: Final = {status.value: status.phrase for status in HTTPStatus}
@@ -185,7 +191,9 @@ def _render_fault(wallet: str, assets: frozenset[str] | None) -> RenderFault:
             case FaultKind.STATUS:
                 return _error(fault.status, _PHRASES.get(fault.status, "Error"), headers)
             case FaultKind.WRONG_TYPES:
-                entries = _entries(account, wallet, assets)
+                entries = _entries(account, wallet, assets) or [
+                    _entry(account, asset, fields) for asset, fields in PLACEHOLDER_ASSETS.items()
+                ]
                 for entry in entries:
                     entry.update(dict.fromkeys(WIRE_METRICS, True))
                 return json_text(200, json.dumps({"data": entries}))

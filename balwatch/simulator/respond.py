@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Final
 
 from aiohttp import web
 
-from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
+from balwatch.simulator.state import AssetFields, Fault, FaultKind, SimAccount, SimState
 
 # Longest a "timeout" fault holds a request open; clients give up long before.
 _HANG_SECONDS = 300.0
@@ -17,6 +18,12 @@ _HTML_PAGE = (
     "<html><head><title>502 Bad Gateway</title></head><body>"
     "<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
 )
+
+# What a wrong-types fault renders for an account with no assets (or none selected): one
+# asset, or the fault would send a valid empty answer and a test of it would pass vacuously.
+PLACEHOLDER_ASSETS: Final[dict[str, AssetFields]] = {
+    "BTC": {"total": "0", "available": "0", "locked": "0"}
+}
 
 # Renders the good answer for an account.
 RenderOk = Callable[[SimAccount], web.Response]
