@@ -388,8 +388,12 @@ class Daemon:
             self.metrics.record_reload(False)
             if isinstance(exc, ConfigError):
                 for problem in exc.problems:
-                    log.error("reload_rejected", problem=str(problem))
-                first = str(exc.problems[0]) if exc.problems else "unknown problem"
+                    (log.warning if problem.severity == "warning" else log.error)(
+                        "reload_rejected", problem=str(problem)
+                    )
+                # The alert names what rejected the set: an error, not a warning beside it.
+                errors = [p for p in exc.problems if p.severity != "warning"] or exc.problems
+                first = str(errors[0]) if errors else "unknown problem"
             else:
                 log.exception("reload_failed")
                 first = f"the files could not be loaded ({type(exc).__name__}; see the log)"

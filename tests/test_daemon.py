@@ -745,3 +745,16 @@ async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
         structlog.configure(**saved)
     assert "server said: bad key ***" in out.getvalue()
     assert rotated not in out.getvalue()
+
+
+async def test_a_rejected_reload_alerts_with_the_error_not_a_warning_beside_it(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    warned = "rules:\n  - {name: w, when: available < 1, select: {accounts: [nobody]}}\n"
+    _, config, rules = await treasury_daemon_files(tmp_path, start_sim, warned)
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        rules.write_text(warned + "  - {name: e, when: available < 1, whn: typo}\n")
+        assert await daemon.reload() is False
+        error = await alerts.event("config_error", "balwatch", "firing")
+        assert "unknown key 'whn'" in error.summary, error.summary
