@@ -126,6 +126,12 @@ class Daemon:
             engine.register_account(account.name, account.exchange, now)
         for gone in {a.account for a in saved.accounts} - {a.name for a in config.accounts}:
             restored += engine.forget_account(gone, now)
+        self._self_alerts.restore(saved.self_alerts)
+        restored += self._self_alerts.resolve("config_error", SELF)  # this config loaded
+        configured = {a.name for a in config.accounts}
+        for name in self._self_alerts.accounts("source_auth_failed"):
+            if name not in configured:
+                restored += self._self_alerts.resolve("source_auth_failed", name)
         self.engine = engine
         log.info(
             "state_restored",
@@ -286,7 +292,11 @@ class Daemon:
                 for a in batch
             }
             await self.outbox.enqueue_many(
-                items, also=changes_writer((fp, rule, st) for (fp, rule), st in changed.items())
+                items,
+                also=changes_writer(
+                    ((fp, rule, st) for (fp, rule), st in changed.items()),
+                    self._self_alerts.firing(),
+                ),
             )
         except Exception:
             self._unpublished = batch
@@ -421,6 +431,7 @@ class Daemon:
         alerts = self.engine.replace_rules(loaded.rules, now)
         for gone in {a.name for a in old.accounts} - {a.name for a in new.accounts}:
             alerts += self.engine.forget_account(gone, now)
+            alerts += self._self_alerts.resolve("source_auth_failed", gone)
             self.metrics.forget_account(gone)
             self.latest.forget(gone)
             self._polled.discard(gone)

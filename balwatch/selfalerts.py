@@ -7,7 +7,7 @@ watch balances also learn when balwatch cannot watch them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from balwatch.alert import Alert, fingerprint, new_id
@@ -17,11 +17,27 @@ SELF = "balwatch"
 
 
 class SelfAlerts:
-    """Fires once per (rule, account) while a problem lasts; resolves when it ends."""
+    """Fires once per (rule, account) while a problem lasts; resolves when it ends.
+
+    What is firing is saved with the alerts (:meth:`firing`) and read back at start
+    (:meth:`restore`), so a restart neither fires one again nor forgets to resolve it.
+    """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._firing: dict[tuple[str, str], Alert] = {}
+
+    def firing(self) -> list[Alert]:
+        """The self-alerts firing now: what the state database keeps."""
+        return list(self._firing.values())
+
+    def restore(self, alerts: Iterable[Alert]) -> None:
+        """Take back what a previous run left firing."""
+        self._firing = {(a.rule, a.account): a for a in alerts}
+
+    def accounts(self, rule: str) -> list[str]:
+        """The accounts ``rule`` is firing for."""
+        return [account for name, account in self._firing if name == rule]
 
     def fire(
         self, rule: str, account: str, exchange: str, summary: str, severity: Severity

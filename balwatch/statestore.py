@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
+from balwatch.alert import Alert
 from balwatch.outbox.store import migrate, open_db
 from balwatch.rules.engine import AccountState, AlertState, Engine
 from balwatch.rules.history import HistoryChanges, HistoryKey
@@ -31,6 +32,8 @@ ENGINE_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
         "asset TEXT NOT NULL, metric TEXT NOT NULL, t REAL NOT NULL, value TEXT NOT NULL, "
         "PRIMARY KEY (account, venue, asset, metric, t)) WITHOUT ROWID",
     ),
+    # Self-alerts firing (balwatch.selfalerts), as alert JSON documents.
+    ("CREATE TABLE self_alert (fingerprint TEXT PRIMARY KEY, doc TEXT NOT NULL)",),
 )
 
 Sample = tuple[HistoryKey, float, Decimal]
@@ -45,6 +48,7 @@ class Saved:
     alerts: list[AlertState] = field(default_factory=list)
     accounts: list[AccountState] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
+    self_alerts: list[Alert] = field(default_factory=list)
 
 
 def prepare(path: Path, since: float) -> Saved:
@@ -113,6 +117,8 @@ def _read(conn: sqlite3.Connection, since: float) -> Saved:
         (since, since),
     )
     saved.samples = [((a, v, s, m), t, Decimal(value)) for a, v, s, m, t, value in rows]
+    for (doc,) in conn.execute("SELECT doc FROM self_alert"):
+        saved.self_alerts.append(Alert.from_json(json.loads(doc)))
     return saved
 
 
@@ -173,16 +179,20 @@ def writer(
 
 def changes_writer(
     changed: Iterable[tuple[str, str, AlertState | None]],
+    self_alerts: Iterable[Alert] = (),
 ) -> Callable[[sqlite3.Connection], None]:
     """The states behind a batch of alerts, as (fingerprint, rule, state or None when it
-    went inactive): what must commit with those alerts. Writing only these keeps an alert
-    commit independent of how many other alerts are pending or firing; the periodic flush
-    writes the rest."""
+    went inactive), and the self-alerts firing now: what must commit with those alerts.
+    Writing only these keeps an alert commit independent of how many other alerts are
+    pending or firing; the periodic flush writes the rest."""
     upserts = [(fp, rule, json.dumps(s.to_json())) for fp, rule, s in changed if s is not None]
     deletes = [(fp, rule) for fp, rule, s in changed if s is None]
+    firing = [(a.fingerprint, json.dumps(a.to_json())) for a in self_alerts]
 
     def write(conn: sqlite3.Connection) -> None:
         conn.executemany("INSERT OR REPLACE INTO engine_alert VALUES (?, ?, ?)", upserts)
         conn.executemany("DELETE FROM engine_alert WHERE fingerprint = ? AND rule = ?", deletes)
+        conn.execute("DELETE FROM self_alert")  # a handful of rows: rewrite them whole
+        conn.executemany("INSERT INTO self_alert VALUES (?, ?)", firing)
 
     return write

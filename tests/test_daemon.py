@@ -596,8 +596,8 @@ async def test_overlapping_failed_commits_keep_every_alert_once_and_in_order(
     disk_full = True
     real_writer = balwatch.daemon.changes_writer
 
-    def failing_writer(changed: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(changed)
+    def failing_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
+        write = real_writer(*args)
 
         def attempt(conn: sqlite3.Connection) -> None:
             if disk_full:
@@ -635,8 +635,8 @@ async def test_a_stop_commits_the_alerts_of_pollers_it_cancels(
     in_commit, release = threading.Event(), threading.Event()
     real_writer = balwatch.daemon.changes_writer
 
-    def slow_writer(changed: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(changed)
+    def slow_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
+        write = real_writer(*args)
 
         def attempt(conn: sqlite3.Connection) -> None:
             in_commit.set()
@@ -758,3 +758,48 @@ async def test_a_rejected_reload_alerts_with_the_error_not_a_warning_beside_it(
         assert await daemon.reload() is False
         error = await alerts.event("config_error", "balwatch", "firing")
         assert "unknown key 'whn'" in error.summary, error.summary
+
+
+async def test_a_self_alert_survives_a_restart_firing_once_and_resolving_once(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """source_auth_failed is saved with the alerts: a restart with the key still wrong does
+    not page again, and one with the key fixed sends the resolve."""
+    sim, config, rules = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+
+    def with_key(key: str) -> None:
+        accounts = bitso("treasury", sim.url, key=key)
+        write_config(config, state_dir=tmp_path / "state", rules=rules, accounts=accounts)
+
+    with_key("wrong-key")
+    first = AlertLog()
+    async with running(config, first):
+        await first.event("source_auth_failed", "treasury", "firing")
+    again = AlertLog()
+    async with running(config, again):  # ready: the first poll round was handled
+        assert [(a.rule, a.event) for a in again.alerts] == []
+    with_key("k-bitso")
+    fixed = AlertLog()
+    async with running(config, fixed):
+        resolved = await fixed.event("source_auth_failed", "treasury", "resolved")
+    assert (
+        resolved.fingerprint
+        == (await first.event("source_auth_failed", "treasury", "firing")).fingerprint
+    )
+
+
+async def test_removing_an_account_resolves_its_self_alert(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    sim, config, rules = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    other = bitso("other", sim.url)
+    write_config(
+        config, state_dir=tmp_path / "state", rules=rules,
+        accounts=bitso("treasury", sim.url, key="wrong-key") + other,
+    )  # fmt: skip
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        await alerts.event("source_auth_failed", "treasury", "firing")
+        write_config(config, state_dir=tmp_path / "state", rules=rules, accounts=other)
+        assert await daemon.reload() is True
+        await alerts.event("source_auth_failed", "treasury", "resolved")
