@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -43,7 +44,7 @@ from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.sinks.base import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.statestore import changes_writer, prepare, restore, writer
+from balwatch.statestore import StateError, changes_writer, prepare, restore, writer
 from balwatch.systemd import Notifier, run_watchdog
 
 log = structlog.get_logger("balwatch.daemon")
@@ -152,11 +153,14 @@ class Daemon:
             self.sinks: list[Sink] = [
                 await stack.enter_async_context(build_sink(s)) for s in config.sinks
             ]
-            store = await OutboxStore.open(db)
-            stack.push_async_callback(store.close)
-            # Retries cap at 30 s: a sink that comes back is served within half a minute.
-            self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
-            await self.outbox.start()
+            try:
+                store = await OutboxStore.open(db)
+                stack.push_async_callback(store.close)
+                # Retries cap at 30 s: a sink that comes back is served within half a minute.
+                self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
+                await self.outbox.start()
+            except sqlite3.DatabaseError as exc:  # outbox tables too new, or corrupt
+                raise StateError(f"{db}: cannot use the outbox ({exc})") from None
             stack.push_async_callback(self.outbox.stop)
             if config.http is not None:
                 http = HttpServer(config.http.host, config.http.port, self, self.metrics.registry)

@@ -83,7 +83,8 @@ def _refuse_foreign(path: Path) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # as_uri() escapes '%', '#' and '?', which a raw "file:" URI would misread.
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: not a usable SQLite database ({exc})") from None
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections import deque
 from pathlib import Path
@@ -262,3 +264,24 @@ async def test_run_refuses_an_unusable_setting_with_a_message_not_a_traceback(
         "http port taken": f"error: http.listen 127.0.0.1:{port}: ",
     }[unusable]
     assert expected in err, err
+
+
+async def test_run_refuses_outbox_tables_from_a_newer_balwatch_with_a_message(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    with contextlib.closing(sqlite3.connect(state_dir / "balwatch.db")) as conn:
+        conn.execute("CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER)")
+        conn.execute("INSERT INTO schema_version VALUES ('outbox', 99)")
+        conn.commit()
+    config = tmp_path / "balwatch.yaml"
+    config.write_text(
+        f"state_dir: {state_dir}\n"
+        "accounts:\n"
+        "  - {name: a, exchange: coinw, base_url: 'http://127.0.0.1:9',"
+        " credentials: {api_key: k, api_secret: s}}\n"
+    )
+    code, _, err = await run_cli("run", "-c", str(config))
+    assert code == 1 and "Traceback" not in err, err
+    assert "cannot use the outbox" in err and "newer than this balwatch" in err, err

@@ -161,3 +161,12 @@ async def test_history_no_rule_reads_any_more_leaves_the_table(tmp_path: Path) -
     assert KEY not in again.history
     await flush(again, db)
     assert stored_samples(db) == 0
+
+
+@pytest.mark.parametrize("directory", ["st%41", "a#b", "what?"])
+def test_a_state_dir_with_uri_characters_opens_again(tmp_path: Path, directory: str) -> None:
+    """The read-only look before opening builds a file: URI; '%', '#' and '?' are escaped."""
+    db = tmp_path / directory / DB_FILE
+    prepare(db, 0)
+    prepare(db, 0)  # the second start reads what the first made
+    assert sorted(p.name for p in tmp_path.iterdir()) == [directory]
