@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TextIO
+
+import aiomqtt
 
 from balwatch.alert import Alert
 from balwatch.daemon import Daemon
@@ -100,10 +101,14 @@ def _demo_file(name: str) -> Path:
     return Path(str(resources.files("balwatch.demo").joinpath(name)))
 
 
-def _broker_answers(port: int = MQTT_PORT) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.3):
-        return True
-    return False
+async def _broker_answers(port: int = MQTT_PORT) -> bool:
+    """Whether an MQTT broker on localhost takes an anonymous connection: something that
+    only accepts TCP, or refuses us, would keep the daemon from ever getting ready."""
+    try:
+        async with aiomqtt.Client("127.0.0.1", port, timeout=2.0):
+            return True
+    except (aiomqtt.MqttError, OSError, TimeoutError):
+        return False
 
 
 def _config(sim_url: str, state_dir: Path, mqtt: bool) -> str:
@@ -139,7 +144,7 @@ class _Printer:
 
 async def run_demo(out: TextIO) -> int:
     state = load_scenario(_demo_file("scenario.yaml")).build()
-    mqtt = _broker_answers()
+    mqtt = await _broker_answers()
     printer = _Printer(out, time.monotonic())
     with tempfile.TemporaryDirectory(prefix="balwatch-demo-") as tmp:
         async with Simulator(state) as sim:
