@@ -44,7 +44,14 @@ from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.sinks.base import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.statestore import StateError, changes_writer, prepare, restore, writer
+from balwatch.statestore import (
+    StateError,
+    changes_writer,
+    prepare,
+    restore,
+    state_lock,
+    writer,
+)
 from balwatch.systemd import Notifier, run_watchdog
 
 log = structlog.get_logger("balwatch.daemon")
@@ -116,7 +123,12 @@ class Daemon:
             logs.configure(config.log.format, config.log.level, config.secrets())
         for problem in loaded.warnings:
             log.warning("config_warning", problem=str(problem))
+        with state_lock(config.state_dir):  # StateError: another daemon has it
+            return await self._serve(loaded, watched)
 
+    async def _serve(self, loaded: Loaded, watched: _Signature) -> int:
+        """Run until stopped, holding the state directory."""
+        config = loaded.config
         now = self._clock()
         db = config.state_dir / DB_FILE
         engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))

@@ -10,9 +10,12 @@ invents one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -37,6 +40,8 @@ ENGINE_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
 )
 
 Sample = tuple[HistoryKey, float, Decimal]
+# Held by the running daemon (state_lock).
+LOCK_FILE: Final = "balwatch.lock"
 
 
 class StateError(Exception):
@@ -57,12 +62,7 @@ def prepare(path: Path, since: float) -> Saved:
     A file that is not SQLite, is corrupt, or belongs to another program is a
     :class:`StateError` naming the file; nothing in it is changed.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(
-            f"{path.parent}: cannot be the state directory ({exc.strerror or exc})"
-        ) from None
+    _make_state_dir(path.parent)
     _refuse_foreign(path)
     try:
         conn = open_db(path)
@@ -75,6 +75,40 @@ def prepare(path: Path, since: float) -> Saved:
         raise StateError(f"{path}: cannot read the state database ({exc})") from None
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir`` for this process while the block runs.
+
+    Two daemons on one state directory would deliver the same outbox twice and overwrite
+    each other's alert states; the second gets a StateError instead. The lock is the
+    kernel's (flock), so it goes with the process, however it ends.
+    """
+    _make_state_dir(state_dir)
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"{state_dir}: cannot lock ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"{state_dir}: another balwatch is running with this state directory"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _make_state_dir(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"{state_dir}: cannot be the state directory ({exc.strerror or exc})"
+        ) from None
 
 
 def _refuse_foreign(path: Path) -> None:

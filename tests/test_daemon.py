@@ -36,6 +36,7 @@ from balwatch.daemon import Daemon
 from balwatch.ratelimit import with_headroom
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
+from balwatch.statestore import StateError
 from balwatch.systemd import Notifier
 from tests.brokers import Mosquitto
 from tests.conftest import StartSim
@@ -803,3 +804,17 @@ async def test_removing_an_account_resolves_its_self_alert(
         write_config(config, state_dir=tmp_path / "state", rules=rules, accounts=other)
         assert await daemon.reload() is True
         await alerts.event("source_auth_failed", "treasury", "resolved")
+
+
+async def test_a_second_daemon_on_the_same_state_directory_is_refused(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """Two would deliver the same outbox twice and overwrite each other's alert states."""
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    async with running(config, AlertLog()):
+        second = Daemon(config, on_alerts=AlertLog(), configure_logs=False)
+        with pytest.raises(StateError, match="another balwatch is running"):
+            await asyncio.wait_for(second.run(), WAIT)
+    # The lock went with the first daemon: the state directory is free again.
+    async with running(config, AlertLog()):
+        pass
