@@ -236,6 +236,17 @@ async def test_missing_config_file_is_reported(command: str, tmp_path: Path) -> 
     assert code == 1 and "nope.yaml:1:1" in err
 
 
+def run_config(tmp_path: Path, state_dir: Path, extra: str = "") -> Path:
+    """A config for `balwatch run` with one account (never reached: start-up fails first)."""
+    config = tmp_path / "balwatch.yaml"
+    config.write_text(
+        f"state_dir: {state_dir}\n{extra}accounts:\n"
+        "  - {name: a, exchange: coinw, base_url: 'http://127.0.0.1:9',"
+        " credentials: {api_key: k, api_secret: s}}\n"
+    )
+    return config
+
+
 @pytest.mark.parametrize("unusable", ["state_dir is a file", "http port taken"])
 async def test_run_refuses_an_unusable_setting_with_a_message_not_a_traceback(
     tmp_path: Path, unusable: str
@@ -249,14 +260,7 @@ async def test_run_refuses_an_unusable_setting_with_a_message_not_a_traceback(
         if unusable == "state_dir is a file":
             state_dir.write_text("not a directory")
             port = free_port()
-        config = tmp_path / "balwatch.yaml"
-        config.write_text(
-            f"state_dir: {state_dir}\n"
-            f"http: {{listen: '127.0.0.1:{port}'}}\n"
-            "accounts:\n"
-            "  - {name: a, exchange: coinw, base_url: 'http://127.0.0.1:9',"
-            " credentials: {api_key: k, api_secret: s}}\n"
-        )
+        config = run_config(tmp_path, state_dir, f"http: {{listen: '127.0.0.1:{port}'}}\n")
         code, _, err = await run_cli("run", "-c", str(config))
     assert code == 1 and "Traceback" not in err, err
     expected = {
@@ -275,13 +279,6 @@ async def test_run_refuses_outbox_tables_from_a_newer_balwatch_with_a_message(
         conn.execute("CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER)")
         conn.execute("INSERT INTO schema_version VALUES ('outbox', 99)")
         conn.commit()
-    config = tmp_path / "balwatch.yaml"
-    config.write_text(
-        f"state_dir: {state_dir}\n"
-        "accounts:\n"
-        "  - {name: a, exchange: coinw, base_url: 'http://127.0.0.1:9',"
-        " credentials: {api_key: k, api_secret: s}}\n"
-    )
-    code, _, err = await run_cli("run", "-c", str(config))
+    code, _, err = await run_cli("run", "-c", str(run_config(tmp_path, state_dir)))
     assert code == 1 and "Traceback" not in err, err
     assert "cannot use the outbox" in err and "newer than this balwatch" in err, err
