@@ -147,7 +147,7 @@ def plain_amounts(
     # A comma inside an amount would split it into two that each look plain.
     if joined.count(",") != len(texts) - 1 or _PLAIN_LIST.fullmatch(joined) is None:
         return None
-    amounts = iter(list(map(Decimal, texts)))
+    amounts = map(Decimal, texts)  # one iterator, taken len(fields) at a time
     return list(zip(*[amounts] * len(fields), strict=True))
 
 

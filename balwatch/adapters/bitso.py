@@ -195,20 +195,19 @@ def parse_balances(body: Any, account: str) -> list[Balance]:
     )
 
 
-def _row(entry: Any, account: str, plain: tuple[Decimal | None, ...] | None) -> Balance:
+def _row(entry: Any, account: str, plain: tuple[Decimal, ...] | None) -> Balance:
     """One entry as a row; ``plain``: its amounts from :func:`plain_amounts`, if it had them."""
     item = expect_object(entry, SOURCE, "balance entry")
     raw_asset = expect_str(item.get("currency"), SOURCE, "currency")
     asset = raw_asset.upper()
     if plain is None:
-        plain = (
-            required_amount(item, "total", source=SOURCE, asset=asset),
-            required_amount(item, "available", source=SOURCE, asset=asset),
-            required_amount(item, "locked", source=SOURCE, asset=asset),
-            optional_amount(item, "pending_deposit", source=SOURCE, asset=asset),
-            optional_amount(item, "pending_withdrawal", source=SOURCE, asset=asset),
-        )
-    total, available, locked, pending_deposit, pending_withdrawal = plain
+        total = required_amount(item, "total", source=SOURCE, asset=asset)
+        available = required_amount(item, "available", source=SOURCE, asset=asset)
+        locked = required_amount(item, "locked", source=SOURCE, asset=asset)
+        pending_deposit = optional_amount(item, "pending_deposit", source=SOURCE, asset=asset)
+        pending_withdrawal = optional_amount(item, "pending_withdrawal", source=SOURCE, asset=asset)
+    else:
+        total, available, locked, pending_deposit, pending_withdrawal = plain
     return Balance(
         account=account,
         exchange=SOURCE,

@@ -113,7 +113,9 @@ def _sum(a: str, b: str) -> str:
 def _body(account: SimAccount, *, wrong_types: bool = False) -> str:
     rows: list[dict[str, str | bool]] = []
     assets = account.balances.get(account.exchange, {})
-    for asset, fields in (assets or PLACEHOLDER_ASSETS if wrong_types else assets).items():
+    if wrong_types and not assets:
+        assets = PLACEHOLDER_ASSETS
+    for asset, fields in assets.items():
         row: dict[str, str | bool] = dict(wire_row(asset, fields))
         if wrong_types:
             row.update(dict.fromkeys(_AMOUNTS, True))
