@@ -20,9 +20,12 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Final, Literal, cast, get_args
 
-from balwatch.rules.rule import SEVERITIES, Severity
-from balwatch.rules.template import decimal_text
+from balwatch.money import decimal_text
 
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: Final[tuple[Severity, ...]] = ("info", "warning", "critical")
+# Lowest first: a sink with ``min_severity`` takes alerts of that rank and above.
+SEVERITY_RANK: Final[Mapping[str, int]] = {name: rank for rank, name in enumerate(SEVERITIES)}
 Status = Literal["firing", "resolved"]
 Event = Literal["firing", "repeat", "resolved"]
 VERSION: Final = 1

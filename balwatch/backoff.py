@@ -1,4 +1,5 @@
-"""Exponential backoff with full jitter, for anything that retries: deliveries, pollers.
+"""When to retry: exponential backoff with full jitter for anything that retries (deliveries,
+pollers), and the delay a server asks for in ``Retry-After``.
 
 "Full jitter" (AWS Architecture Blog, "Exponential Backoff And Jitter") draws the delay
 uniformly from ``[0, min(cap, base * factor ** (attempt - 1))]``. Spreading retries over
@@ -13,6 +14,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +45,23 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """A delay drawn from ``[0, ceiling(attempt))``."""
         return self.ceiling(attempt) * self.rand()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return max(0.0, seconds)

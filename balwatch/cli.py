@@ -19,17 +19,18 @@ from pathlib import Path
 
 from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
-from balwatch.config import Config, load_config, load_yaml
+from balwatch.config import Config, load_config
 from balwatch.daemon import Daemon, StartError
 from balwatch.demo.story import run_demo
 from balwatch.errors import ConfigError
+from balwatch.loading import load_config_rules
 from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all
 from balwatch.rules.engine import Engine
 from balwatch.rules.explain import Poll, explain
-from balwatch.rules.load import ListedIn, RuleSet, load_rule_set
+from balwatch.rules.load import RuleSet
 from balwatch.rules.ruletest import plural, run_tests
-from balwatch.rules.schema import SchemaKind, schema_text
+from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.statestore import StateError
@@ -87,12 +88,7 @@ def _print_results(results: list[PollResult], as_json: bool) -> int:
 def _load_rules(config: Config, path: Path) -> RuleSet | None:
     """The config's rules, or None; every problem, warnings included, goes to stderr."""
     try:
-        rule_set = load_rule_set(
-            config.rules,
-            sink_names=[sink.name for sink in config.sinks],
-            accounts={account.name: account.exchange for account in config.accounts},
-            listed_in=ListedIn(load_yaml(path), ("rules",)),
-        )
+        rule_set = load_config_rules(config, path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from balwatch.adapters import REPORTED_METRICS
 from balwatch.config import Config, load_config, load_yaml
 from balwatch.errors import Problem
-from balwatch.rules.load import ListedIn, load_rule_set
+from balwatch.rules.load import ListedIn, RuleSet, load_rule_set
 from balwatch.rules.rule import Rule
 
 
@@ -22,10 +23,17 @@ class Loaded(NamedTuple):
 def load_all(path: Path, environ: Mapping[str, str] | None = None) -> Loaded:
     """The config and its rules; raises ConfigError with every problem of both."""
     config = load_config(path, environ=environ)
-    rule_set = load_rule_set(
+    rule_set = load_config_rules(config, path)
+    return Loaded(config, rule_set.rules, rule_set.warnings, (str(path), *rule_set.files))
+
+
+def load_config_rules(config: Config, path: Path) -> RuleSet:
+    """The rules that ``config`` (read from ``path``) lists, checked against its sinks and
+    accounts; raises ConfigError with every problem."""
+    return load_rule_set(
         config.rules,
         sink_names=[sink.name for sink in config.sinks],
         accounts={account.name: account.exchange for account in config.accounts},
+        reported_metrics=REPORTED_METRICS,
         listed_in=ListedIn(load_yaml(path), ("rules",)),
     )
-    return Loaded(config, rule_set.rules, rule_set.warnings, (str(path), *rule_set.files))

@@ -157,3 +157,8 @@ def exact_sum(*values: Decimal) -> Decimal:
     for value in values:
         total = _EXACT.add(total, value)
     return total
+
+
+def decimal_text(value: Decimal) -> str:
+    """Plain positional notation: ``1000`` rather than ``1E+3``, ``0.00000001`` not ``1E-8``."""
+    return format(value, "f")

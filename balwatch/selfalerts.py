@@ -10,8 +10,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from balwatch.alert import Alert, fingerprint, new_id
-from balwatch.rules.rule import Severity
+from balwatch.alert import Alert, Severity, fingerprint, new_id
 
 SELF = "balwatch"
 

@@ -37,7 +37,7 @@ import aiomqtt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the test suite
 
-from balwatch.config.model import MqttSink as MqttSinkConfig  # noqa: E402
+from balwatch.config.model import MqttSinkConfig  # noqa: E402
 from balwatch.outbox.store import DB_FILE, OutboxStore  # noqa: E402
 from balwatch.outbox.worker import Outbox  # noqa: E402
 from balwatch.sinks.formats import encode_alert  # noqa: E402

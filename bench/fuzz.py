@@ -65,7 +65,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from balwatch.adapters import bitso, coinapi, coinw, kunacore
+from balwatch.adapters import REPORTED_METRICS, bitso, coinapi, coinw, kunacore
 from balwatch.adapters.http import Response
 from balwatch.config import Config, load_config
 from balwatch.errors import BadResponse, ConfigError
@@ -1080,7 +1080,12 @@ CONFIGURED: Final = {"main": "bitso", "bitso-1": "bitso", "ops": "coinw", "chat"
 def rules_case(work: Workdir, content: str | bytes) -> bool:
     path = work.write("fuzz.rules.yaml", content)
     try:
-        rule_set = load_rule_set([str(path)], sink_names=SINK_NAMES, accounts=CONFIGURED)
+        rule_set = load_rule_set(
+            [str(path)],
+            sink_names=SINK_NAMES,
+            accounts=CONFIGURED,
+            reported_metrics=REPORTED_METRICS,
+        )
     except ConfigError as exc:
         expect(bool(exc.problems), "ConfigError without a problem")
         expect(any(p.severity == "error" for p in exc.problems), "raised for warnings only")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from balwatch.adapters import REPORTED_METRICS
 from balwatch.model import Balance
 from balwatch.rules.engine import Engine
 from balwatch.rules.expr import parse_expression
@@ -159,7 +160,11 @@ def load_seconds(rules: list[Rule], runs: int = 5) -> float:
         for _ in range(runs):
             start_time = time.perf_counter()
             loaded = load_rule_set(
-                ["*.rules.yaml"], Path(tmp), sink_names=["ops-mqtt"], accounts=accounts
+                ["*.rules.yaml"],
+                Path(tmp),
+                sink_names=["ops-mqtt"],
+                accounts=accounts,
+                reported_metrics=REPORTED_METRICS,
             )
             times.append(time.perf_counter() - start_time)
             assert len(loaded.rules) == len(rules), "every rule loads"

@@ -105,7 +105,7 @@ def test_schema_describes_keys_and_exchange_options() -> None:
         c for c in account["allOf"] if c["if"]["properties"]["exchange"]["const"] == "kunacore"
     )
     assert "wallet_id" in kuna["then"]["properties"]["options"]["properties"]
-    assert config["$defs"]["Defaults"]["properties"]["poll_interval"]["default"] == "30s"
+    assert config["$defs"]["DefaultsConfig"]["properties"]["poll_interval"]["default"] == "30s"
 
 
 def test_schema_kinds_are_exclusive() -> None:

@@ -19,7 +19,7 @@ from balwatch.config.model import (
     AccountConfig,
     Config,
     ConfigContext,
-    Defaults,
+    DefaultsConfig,
     HttpConfig,
     LogConfig,
     adapter_for,
@@ -32,7 +32,7 @@ from balwatch.errors import ConfigError
 _SECTIONS: Final[Mapping[str, type[BaseModel]]] = {
     "http": HttpConfig,
     "log": LogConfig,
-    "defaults": Defaults,
+    "defaults": DefaultsConfig,
 }
 
 # Where a container was expected, a string found there may be a secret written in the

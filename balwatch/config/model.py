@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from balwatch.alert import Severity
 from balwatch.config.problems import field_error
 from balwatch.durations import parse_duration
 from balwatch.secret import Secret
@@ -150,8 +151,6 @@ def _existing_file(value: Path) -> Path:
 
 ExistingFile = Annotated[ConfigPath, AfterValidator(_existing_file)]
 
-Severity = Literal["info", "warning", "critical"]
-
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> None:
     """The error names the expected schemes but never echoes the value: it may be secret."""
@@ -231,7 +230,7 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class Defaults(_Model):
+class DefaultsConfig(_Model):
     poll_interval: Duration = 30.0
     timeout: Duration = 10.0
 
@@ -319,7 +318,7 @@ class AccountConfig(_Model):
         return adapter
 
 
-class MqttSink(_Model):
+class MqttSinkConfig(_Model):
     type: Literal["mqtt"]
     name: Name
     url: SecretText  # carries the broker password
@@ -357,14 +356,14 @@ class MqttSink(_Model):
         return value
 
     @model_validator(mode="after")
-    def _key_needs_cert(self) -> MqttSink:
+    def _key_needs_cert(self) -> MqttSinkConfig:
         if self.client_key is not None and self.client_cert is None:
             message = "client_key needs client_cert; set both"
             raise _invalid_at("mqtt", [(("client_key",), message, None)])
         return self
 
 
-class WebhookSink(_Model):
+class WebhookSinkConfig(_Model):
     type: Literal["webhook"]
     name: Name
     format: Literal["generic", "slack", "discord", "telegram", "mattermost", "teams"] = "generic"
@@ -391,7 +390,7 @@ class WebhookSink(_Model):
         return value
 
     @model_validator(mode="after")
-    def _telegram_chat(self) -> WebhookSink:
+    def _telegram_chat(self) -> WebhookSinkConfig:
         if self.format == "telegram" and self.chat_id is None:
             message = "missing required key 'chat_id' in sink: format telegram needs it"
             raise _invalid_at("webhook", [(("chat_id",), message, None)])
@@ -401,10 +400,10 @@ class WebhookSink(_Model):
         return self
 
 
-Sink = Annotated[MqttSink | WebhookSink, Field(discriminator="type")]
-SINK_TYPES: Final[Mapping[str, type[MqttSink | WebhookSink]]] = {
-    "mqtt": MqttSink,
-    "webhook": WebhookSink,
+SinkConfig = Annotated[MqttSinkConfig | WebhookSinkConfig, Field(discriminator="type")]
+SINK_TYPES: Final[Mapping[str, type[MqttSinkConfig | WebhookSinkConfig]]] = {
+    "mqtt": MqttSinkConfig,
+    "webhook": WebhookSinkConfig,
 }
 
 
@@ -430,14 +429,16 @@ class Config(_Model):
     )
     http: HttpConfig | None = None
     log: LogConfig = LogConfig()
-    defaults: Defaults = Defaults()
+    defaults: DefaultsConfig = DefaultsConfig()
     accounts: tuple[AccountConfig, ...] = ()
-    sinks: tuple[Sink, ...] = ()
+    sinks: tuple[SinkConfig, ...] = ()
 
     @field_validator("accounts", "sinks")
     @classmethod
     def _unique_names(
-        cls, items: tuple[AccountConfig | MqttSink | WebhookSink, ...], info: ValidationInfo
+        cls,
+        items: tuple[AccountConfig | MqttSinkConfig | WebhookSinkConfig, ...],
+        info: ValidationInfo,
     ) -> tuple[Any, ...]:
         what = "account" if info.field_name == "accounts" else "sink"
         message = f"duplicate {what} name {{input}}; names must be unique"
@@ -473,7 +474,7 @@ class Config(_Model):
         found = [secret for account in self.accounts for secret in account.credentials.values()]
         for sink in self.sinks:
             found.extend(_url_secrets(sink.url))
-            if isinstance(sink, WebhookSink):
+            if isinstance(sink, WebhookSinkConfig):
                 found.extend(sink.headers.values())
                 if sink.secret is not None:
                     found.append(sink.secret)

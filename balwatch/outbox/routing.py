@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
+from balwatch.alert import SEVERITY_RANK
 from balwatch.sinks.base import AlertDoc
-
-SEVERITY_RANK: Final = {"info": 0, "warning": 1, "critical": 2}
 
 
 class RoutedSink(Protocol):

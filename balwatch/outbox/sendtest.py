@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from balwatch.config.model import Config, MqttSink, WebhookSink
+from balwatch.config.model import Config, SinkConfig
 from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sinks.base import Sink
@@ -30,7 +30,6 @@ from balwatch.sinks.base import Sink
 TEST_RULE: Final = "balwatch-test"
 TEST_ACCOUNT: Final = "send-test"
 
-SinkConfig = MqttSink | WebhookSink
 BuildSink = Callable[[SinkConfig], Sink]
 
 

@@ -65,13 +65,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final, Literal, cast
 
-from balwatch.alert import Alert, Event, fingerprint
+from balwatch.alert import SEVERITIES, Alert, Event, Severity, fingerprint
 from balwatch.model import METRICS, Balance, Metric
+from balwatch.money import decimal_text
 from balwatch.rules.expr import DECIMAL_CONTEXT, WindowFunc
 from balwatch.rules.history import History
-from balwatch.rules.rule import SEVERITIES, Rule, Severity
+from balwatch.rules.rule import Rule
 from balwatch.rules.select import RuleIndex
-from balwatch.rules.template import decimal_text, duration_text
+from balwatch.rules.template import duration_text
 
 Phase = Literal["pending", "firing"]
 StateKey = tuple[str, str | None, str | None]

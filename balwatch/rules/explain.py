@@ -16,10 +16,10 @@ from typing import NamedTuple
 from balwatch.alert import Alert, fingerprint
 from balwatch.durations import format_duration
 from balwatch.model import Balance, Metric
+from balwatch.money import decimal_text
 from balwatch.rules.engine import AlertState
 from balwatch.rules.expr import WindowFunc
 from balwatch.rules.rule import Rule
-from balwatch.rules.template import decimal_text
 from balwatch.table import render_table
 
 

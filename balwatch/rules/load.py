@@ -40,14 +40,14 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from balwatch.adapters import REGISTRY
+from balwatch.alert import Severity
 from balwatch.config.model import Duration, Name
 from balwatch.config.problems import Reporter, Scalars, field_error, value_at
 from balwatch.config.yamlsource import Position, YamlDocument, YamlPath, load_yaml
 from balwatch.durations import parse_duration
 from balwatch.errors import ConfigError, Problem
 from balwatch.rules.expr import ExprError, Expression, parse_expression
-from balwatch.rules.rule import Rule, RuleError, Severity
+from balwatch.rules.rule import Rule, RuleError
 from balwatch.rules.select import Exclude, Selector
 from balwatch.rules.template import Template, TemplateError
 
@@ -288,6 +288,7 @@ def load_rule_set(
     *,
     sink_names: Collection[str] | None = None,
     accounts: Mapping[str, str] | None = None,
+    reported_metrics: Mapping[str, Collection[str]] | None = None,
     listed_in: ListedIn | None = None,
     unmatched: Literal["warning", "error"] = "warning",
 ) -> RuleSet:
@@ -295,13 +296,19 @@ def load_rule_set(
 
     ``patterns`` are globs (``**`` allowed), relative to ``base_dir`` (default: the working
     directory). ``sink_names``: the configured sinks that ``notify`` may name (``None``:
-    not checked). ``accounts``: configured account name -> exchange, for the selection and
-    metric warnings (``None``: not checked). A file matched by several globs loads once;
+    not checked). ``accounts``: configured account name -> exchange, for the selection
+    warnings (``None``: not checked). ``reported_metrics``: exchange -> the metrics its
+    source reports, for the never-reported-metric warnings (an exchange not in it may
+    report anything). A file matched by several globs loads once;
     the file ``listed_in`` itself is never a rule file. Raises :class:`ConfigError` with
     every error, plus the warnings, when any file has an error.
     """
     files, problems = _expand(list(patterns), base_dir, listed_in, unmatched)
-    loader = _Loader(_Context(None if sink_names is None else frozenset(sink_names)), accounts)
+    loader = _Loader(
+        _Context(None if sink_names is None else frozenset(sink_names)),
+        accounts,
+        reported_metrics or {},
+    )
     rules: list[Rule] = []
     for file in files:
         file_rules, file_problems = loader.load(file)
@@ -377,9 +384,15 @@ def _unmatched(
 class _Loader:
     """Loads files one by one, remembering rule names: duplicates across files are errors."""
 
-    def __init__(self, context: _Context, accounts: Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        context: _Context,
+        accounts: Mapping[str, str] | None,
+        reported_metrics: Mapping[str, Collection[str]],
+    ) -> None:
         self.context = context
         self.accounts = accounts
+        self.reported_metrics = reported_metrics
         self.first: dict[str, tuple[str, int]] = {}  # rule name -> where it was defined
 
     def load(self, file: str) -> tuple[list[Rule], list[Problem]]:
@@ -406,7 +419,9 @@ class _Loader:
                 continue
             rules.append(rule)
             if self.accounts is not None:
-                problems += _warnings(rule, self.accounts, doc, scalars, path)
+                problems += _warnings(
+                    rule, self.accounts, self.reported_metrics, doc, scalars, path
+                )
         return rules, sorted(problems, key=lambda p: (p.line, p.column))
 
     def _valid_parts(
@@ -458,7 +473,12 @@ class _Loader:
 
 
 def _warnings(
-    rule: Rule, accounts: Mapping[str, str], doc: YamlDocument, scalars: Scalars, path: YamlPath
+    rule: Rule,
+    accounts: Mapping[str, str],
+    reported_metrics: Mapping[str, Collection[str]],
+    doc: YamlDocument,
+    scalars: Scalars,
+    path: YamlPath,
 ) -> list[Problem]:
     """Selection and never-reported-metric warnings for one compiled rule."""
     # Most rules name their accounts: look those up instead of testing every account.
@@ -475,12 +495,12 @@ def _warnings(
         line, column = doc.position((*path, "select"))
         message = f"rule {rule.name!r} selects none of the configured accounts"
         return [Problem(doc.file, line, column, message, "warning")]
-    adapters = [REGISTRY.get(exchange) for exchange in selected.values()]
     reported: set[str] = set()
-    for adapter in adapters:
-        if adapter is None:
+    for exchange in selected.values():
+        metrics = reported_metrics.get(exchange)
+        if metrics is None:
             return []  # not a known source: it might report anything
-        reported |= adapter.reported_metrics
+        reported.update(metrics)
     problems: list[Problem] = []
     warned: set[str] = set()
     for key, expr in (("when", rule.when), ("clear", rule.clear)):

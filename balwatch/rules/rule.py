@@ -5,14 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
 
+from balwatch.alert import SEVERITIES, Severity
 from balwatch.rules.expr import Expression
 from balwatch.rules.select import Selector
 from balwatch.rules.template import ROW_FIELDS, Template
-
-Severity = Literal["info", "warning", "critical"]
-SEVERITIES: Final[tuple[Severity, ...]] = ("info", "warning", "critical")
 
 
 class RuleError(ValueError):

@@ -46,7 +46,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema
 
-from balwatch.alert import Alert
+from balwatch.alert import Alert, Severity
 from balwatch.config.model import Duration, Name
 from balwatch.config.problems import Scalars, field_error
 from balwatch.config.yamlsource import YamlDocument, load_yaml
@@ -61,7 +61,7 @@ from balwatch.rules.load import (
     load_rule_set,
     validation_problems,
 )
-from balwatch.rules.rule import Rule, Severity
+from balwatch.rules.rule import Rule
 
 DEFAULT_EXCHANGE: Final = "test"
 FAIL: Final = "fail"

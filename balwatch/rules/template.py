@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Final
 
 from balwatch.model import METRICS
+from balwatch.money import decimal_text
 
 ROW_FIELDS: Final = frozenset({"venue", "asset", *METRICS})
 """Fields that only a row has: an account-scope rule may not use them."""
@@ -45,11 +46,6 @@ class TemplateError(ValueError):
         super().__init__(message)
         self.message = message
         self.offset = offset
-
-
-def decimal_text(value: Decimal) -> str:
-    """Plain positional notation: ``1000`` rather than ``1E+3``, ``0.00000001`` not ``1E-8``."""
-    return format(value, "f")
 
 
 def duration_text(seconds: Decimal) -> str:

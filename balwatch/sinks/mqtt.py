@@ -35,8 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
-from balwatch.config.model import MqttSink as MqttSinkConfig
-from balwatch.config.model import redact_url
+from balwatch.config.model import MqttSinkConfig, redact_url
 from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
 from balwatch.sinks.formats import encode_alert
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from balwatch.config.model import MqttSink as MqttSinkConfig
-from balwatch.config.model import WebhookSink as WebhookSinkConfig
+from balwatch.config.model import MqttSinkConfig, SinkConfig, WebhookSinkConfig
 from balwatch.sinks.base import Sink
 from balwatch.sinks.mqtt import MqttSink
 from balwatch.sinks.webhook import WebhookSink
 
 
-def build_sink(config: MqttSinkConfig | WebhookSinkConfig) -> Sink:
+def build_sink(config: SinkConfig) -> Sink:
     """A sink for ``config``, not yet started (use ``async with`` or ``start``)."""
     if isinstance(config, MqttSinkConfig):
         return MqttSink(config)

@@ -26,8 +26,8 @@ import aiohttp
 from multidict import CIMultiDict
 
 from balwatch import __version__
-from balwatch.adapters.http import parse_retry_after
-from balwatch.config.model import WebhookSink as WebhookSinkConfig
+from balwatch.backoff import parse_retry_after
+from balwatch.config.model import WebhookSinkConfig
 from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
 from balwatch.sinks.formats import chat_payload, encode_alert
 

@@ -7,7 +7,7 @@ import pytest
 
 from balwatch.adapters.coinapi import CoinApiOptions
 from balwatch.adapters.kunacore import KunaCoreOptions
-from balwatch.config import Config, MqttSink, WebhookSink, load_config, redact_url
+from balwatch.config import Config, MqttSinkConfig, WebhookSinkConfig, load_config, redact_url
 from balwatch.errors import ConfigError, Problem
 from balwatch.secret import Secret
 
@@ -98,12 +98,12 @@ def test_design_example_loads(write: WriteFile, environ: dict[str, str], tmp_pat
     assert config.poll_interval(account) == 15.0
 
     mqtt, slack, audit = config.sinks
-    assert isinstance(mqtt, MqttSink)
+    assert isinstance(mqtt, MqttSinkConfig)
     assert mqtt.url.reveal() == "mqtts://user:env-mqtt-pass-2222@broker.example:8883"
     assert (mqtt.qos, mqtt.protocol, mqtt.keepalive, mqtt.send_resolved) == (1, "5", 30.0, True)
-    assert isinstance(slack, WebhookSink)
+    assert isinstance(slack, WebhookSinkConfig)
     assert (slack.format, slack.min_severity, slack.timeout) == ("slack", "warning", 10.0)
-    assert isinstance(audit, WebhookSink)
+    assert isinstance(audit, WebhookSinkConfig)
     assert audit.secret == Secret("file-hmac-5555")
 
 
@@ -166,7 +166,7 @@ def test_relative_paths_start_at_the_config_file(write: WriteFile, tmp_path: Pat
     assert config.state_dir == tmp_path / "etc" / "state"
     assert config.rules == (f"{tmp_path}/etc/more/*.yaml", "/abs/*.yaml")
     [sink] = config.sinks
-    assert isinstance(sink, MqttSink)
+    assert isinstance(sink, MqttSinkConfig)
     assert sink.ca_file == tmp_path / "etc" / "ca.pem"
     assert sink.protocol == "3.1.1"
 
@@ -183,8 +183,8 @@ def test_numbers_where_text_is_meant(write: WriteFile) -> None:
         {},
     )
     mqtt, telegram = config.sinks
-    assert isinstance(mqtt, MqttSink) and mqtt.protocol == "5"
-    assert isinstance(telegram, WebhookSink) and telegram.chat_id == "-1001"
+    assert isinstance(mqtt, MqttSinkConfig) and mqtt.protocol == "5"
+    assert isinstance(telegram, WebhookSinkConfig) and telegram.chat_id == "-1001"
 
 
 def test_redact_url() -> None:
@@ -490,11 +490,11 @@ def test_numbers_from_variables_and_numbers_where_text_is_expected(write: WriteF
     )
     config = load_config(path, environ={"QOS": "2"})
     mqtt, telegram = config.sinks
-    assert isinstance(mqtt, MqttSink) and (mqtt.qos, mqtt.protocol) == (2, "5")
-    assert isinstance(telegram, WebhookSink) and telegram.chat_id == "-1001234"
+    assert isinstance(mqtt, MqttSinkConfig) and (mqtt.qos, mqtt.protocol) == (2, "5")
+    assert isinstance(telegram, WebhookSinkConfig) and telegram.chat_id == "-1001234"
     schema = Config.model_json_schema()["$defs"]
-    assert {"type": "integer"} in schema["WebhookSink"]["properties"]["chat_id"]["anyOf"]
-    assert 5 in schema["MqttSink"]["properties"]["protocol"]["enum"]
+    assert {"type": "integer"} in schema["WebhookSinkConfig"]["properties"]["chat_id"]["anyOf"]
+    assert 5 in schema["MqttSinkConfig"]["properties"]["protocol"]["enum"]
     [wrong] = problems(path, {"QOS": "7"})
     assert (wrong.line, wrong.message) == (
         2,

@@ -10,7 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from balwatch.config.model import WebhookSink as WebhookSinkConfig
+from balwatch.config.model import WebhookSinkConfig
 from balwatch.outbox.store import OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sinks.webhook import WebhookSink

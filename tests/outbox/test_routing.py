@@ -6,17 +6,17 @@ from typing import Any
 
 import pytest
 
-from balwatch.config.model import MqttSink, WebhookSink
+from balwatch.config.model import MqttSinkConfig, WebhookSinkConfig
 from balwatch.outbox.routing import route
 from tests.outbox.doubles import alert
 
 SINKS = (
-    MqttSink.model_validate({"type": "mqtt", "name": "ops-mqtt", "url": "mqtt://broker"}),
+    MqttSinkConfig.model_validate({"type": "mqtt", "name": "ops-mqtt", "url": "mqtt://broker"}),
     # Gets resolved alerts all the same: it must clear their retained active/ state.
-    MqttSink.model_validate(
+    MqttSinkConfig.model_validate(
         {"type": "mqtt", "name": "quiet-mqtt", "url": "mqtt://b2", "send_resolved": False}
     ),
-    WebhookSink.model_validate(
+    WebhookSinkConfig.model_validate(
         {
             "type": "webhook",
             "name": "ops-slack",
@@ -25,7 +25,7 @@ SINKS = (
             "min_severity": "warning",
         }
     ),
-    WebhookSink.model_validate(
+    WebhookSinkConfig.model_validate(
         {
             "type": "webhook",
             "name": "pager",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from balwatch.adapters import REPORTED_METRICS
 from balwatch.config import load_yaml
 from balwatch.errors import ConfigError, Problem
 from balwatch.rules.load import ListedIn, load_rule_set, load_rules
@@ -347,7 +348,9 @@ def test_metric_that_no_selected_source_reports_is_a_warning_at_its_name(
         """,
     )
 
-    rule_set = load_rule_set(["a.yaml"], tmp_path, accounts=ACCOUNTS)
+    rule_set = load_rule_set(
+        ["a.yaml"], tmp_path, accounts=ACCOUNTS, reported_metrics=REPORTED_METRICS
+    )
 
     assert [(p.line, p.column, p.severity) for p in rule_set.warnings] == [
         (4, 25, "warning"),
@@ -365,7 +368,9 @@ def test_metric_that_no_selected_source_reports_is_a_warning_at_its_name(
 def test_unknown_exchanges_get_no_metric_warnings(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", "rules:\n  - {name: r, when: pending_withdrawal > 0}\n")
 
-    rule_set = load_rule_set(["a.yaml"], tmp_path, accounts={"acct": "test"})
+    rule_set = load_rule_set(
+        ["a.yaml"], tmp_path, accounts={"acct": "test"}, reported_metrics=REPORTED_METRICS
+    )
 
     assert rule_set.warnings == ()
 

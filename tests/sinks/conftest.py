@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from balwatch.config.model import MqttSink as MqttSinkConfig
-from balwatch.config.model import WebhookSink as WebhookSinkConfig
+from balwatch.config.model import MqttSinkConfig, WebhookSinkConfig
 from tests.brokers import Mosquitto
 
 ALERT: dict[str, Any] = {
