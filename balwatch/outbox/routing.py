@@ -10,7 +10,7 @@ from balwatch.sinks.base import AlertDoc
 
 
 class RoutedSink(Protocol):
-    """What routing reads from a sink's config (``MqttSink`` and ``WebhookSink`` have it)."""
+    """What routing reads from a sink's config (``MqttSinkConfig`` and ``WebhookSinkConfig`` have it)."""
 
     @property
     def name(self) -> str: ...
