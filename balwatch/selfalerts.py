@@ -1,7 +1,8 @@
 """Alerts about balwatch itself: a rejected reload, a source refusing our credentials.
 
 They travel the same path as rule alerts (outbox, routing, sinks), so the people who
-watch balances also learn when balwatch cannot watch them.
+watch balances also learn when balwatch cannot watch them. As for rule alerts, the resolve
+carries the summary the alert fired with.
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class SelfAlerts:
                 firing,
                 id=new_id(),
                 event="resolved",
-                summary=f"resolved: {firing.summary}",
                 observed_at=now,
                 resolved_at=now,
             )

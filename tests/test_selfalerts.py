@@ -18,3 +18,5 @@ def test_fires_once_and_resolves_with_a_new_id() -> None:
     assert doc["started_at"] == "2025-11-25T10:00:00Z"
     assert doc["resolved_at"] == "2025-11-25T10:01:00Z"
     assert alerts.resolve("config_error", "balwatch") == []
+    assert resolved.summary == fired.summary == "reload rejected"  # what people saw
+
