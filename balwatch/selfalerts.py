@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from balwatch.alert import Alert, Severity, fingerprint, new_id
+from balwatch.rules.engine import AlertState
 
 SELF = "balwatch"
 
@@ -30,6 +31,31 @@ class SelfAlerts:
     def firing(self) -> list[Alert]:
         """The self-alerts firing now: what the state database keeps."""
         return list(self._firing.values())
+
+    def states(self) -> list[AlertState]:
+        """The self-alerts firing now, in the form the HTTP API lists rule alerts in."""
+        return [
+            AlertState(
+                fingerprint=alert.fingerprint,
+                rule=alert.rule,
+                when=alert.expression,
+                clear=None,
+                severity=alert.severity,
+                account=alert.account,
+                exchange=alert.exchange,
+                venue=alert.venue,
+                asset=alert.asset,
+                phase="firing",
+                since=alert.started_at.timestamp(),
+                last_notified=alert.observed_at.timestamp(),
+                values=dict(alert.values),
+                labels=dict(alert.labels),
+                notify=alert.notify,
+                summary=alert.summary,
+                description=alert.description,
+            )
+            for alert in self._firing.values()
+        ]
 
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Take back what a previous run left firing."""

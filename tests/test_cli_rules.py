@@ -26,6 +26,7 @@ SCHEMAS = {
     "config": "config.schema.json",
     "rules": "rules.schema.json",
     "tests": "ruletest.schema.json",
+    "alert": "alert.schema.json",
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,6 +416,25 @@ def _default_state_dir(value: object, info: ValidationInfo) -> object:
     return from_systemd or ".balwatch"
 
 
+def _external_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _check_url(value, ("https", "http"))
+    if urlsplit(value).query or urlsplit(value).fragment:
+        raise field_error("expected a base URL without '?' or '#', got {input}")
+    return value.rstrip("/")
+
+
+def _host_name() -> str:
+    return socket.gethostname() or "balwatch"
+
+
+def _instance(value: str) -> str:
+    if not value.strip() or not value.isprintable():
+        raise field_error("expected a name of printable characters, got {input}")
+    return value
+
+
 def _rules_relative(globs: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
     base_dir = _context(info).base_dir
     return tuple(os.path.join(base_dir, pattern) for pattern in globs)
@@ -424,6 +444,12 @@ class Config(_Model):
     state_dir: Annotated[ConfigPath, BeforeValidator(_default_state_dir)] = Field(
         default=None, validate_default=True
     )
+    # Names this installation in every alert.
+    instance: Annotated[str, AfterValidator(_instance)] = Field(
+        default_factory=_host_name, description="default: the host name"
+    )
+    # Where this daemon's HTTP API is reached from outside: alerts then carry a `url`.
+    external_url: Annotated[str | None, AfterValidator(_external_url)] = None
     rules: Annotated[tuple[str, ...], AfterValidator(_rules_relative)] = Field(
         default=("rules/*.yaml",), validate_default=True
     )

@@ -591,6 +591,14 @@ class Engine:
         """The live state behind one alert, or None once it is inactive (not a copy)."""
         return self._states.get((account, venue, asset), {}).get(rule)
 
+    def find(self, fingerprint: str) -> AlertState | None:
+        """A copy of the pending or firing state with this fingerprint, or None."""
+        for states in self._states.values():
+            for state in states.values():
+                if state.fingerprint == fingerprint:
+                    return state.copy()
+        return None
+
     def counts(self) -> tuple[int, int]:
         """(pending, firing), without copying every state as :meth:`states` does."""
         phases = [s.phase for states in self._states.values() for s in states.values()]

@@ -414,6 +414,8 @@ def test_alert_content_templates_labels_notify_and_json() -> None:
         "started_at": "2027-01-15T08:00:00Z",
         "resolved_at": None,
         "observed_at": "2027-01-15T08:00:00Z",
+        "instance": "",  # the daemon places the alert (balwatch.alert.placed)
+        "url": None,
     }
     assert Alert.from_json(json.loads(json.dumps(doc)), notify=("ops-mqtt",)) == fired
 
