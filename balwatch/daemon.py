@@ -53,6 +53,7 @@ from balwatch.statestore import (
     writer,
 )
 from balwatch.systemd import Notifier, run_watchdog
+from balwatch.topiclayout import upgrade_topic_layout
 
 log = structlog.get_logger("balwatch.daemon")
 
@@ -168,6 +169,9 @@ class Daemon:
             try:
                 store = await OutboxStore.open(db)
                 stack.push_async_callback(store.close)
+                # Before the workers start and any alert is published (see the module).
+                firing = [*engine.firing_alerts(), *self._self_alerts.firing()]
+                await upgrade_topic_layout(store, config.sinks, saved, self._placed(firing))
                 # Retries cap at 30 s: a sink that comes back is served within half a minute.
                 self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
                 await self.outbox.start()

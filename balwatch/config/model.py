@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from balwatch.adapters.base import AccountSpec, Adapter
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+# MQTT's Message Expiry Interval is a four-byte count of seconds.
+MAX_MESSAGE_EXPIRY: Final = 2**32 - 1
 
 
 def _invalid_at(
@@ -335,6 +337,8 @@ class MqttSinkConfig(_Model):
     min_severity: Severity = "info"
     send_resolved: bool = True
     keepalive: Duration = 30.0
+    # None: retained active/ alerts stay until they resolve (an AML lock can last weeks).
+    active_expiry: Duration | None = None
 
     @property
     def receives_resolved(self) -> bool:
@@ -356,11 +360,23 @@ class MqttSinkConfig(_Model):
             )
         return value
 
+    @field_validator("active_expiry")
+    @classmethod
+    def _expiry_fits(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_MESSAGE_EXPIRY:
+            raise field_error(
+                f"expected at most {MAX_MESSAGE_EXPIRY}s (MQTT's limit, 136 years), got {{input}}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _key_needs_cert(self) -> MqttSinkConfig:
         if self.client_key is not None and self.client_cert is None:
             message = "client_key needs client_cert; set both"
             raise _invalid_at("mqtt", [(("client_key",), message, None)])
+        if self.active_expiry is not None and self.protocol != "5":
+            message = "active_expiry needs protocol 5: MQTT 3.1.1 has no message expiry"
+            raise _invalid_at("mqtt", [(("active_expiry",), message, None)])
         return self
 
 

@@ -599,6 +599,37 @@ class Engine:
                     return state.copy()
         return None
 
+    def firing_alerts(self) -> list[Alert]:
+        """What each firing alert is now, as a ``firing`` document (with a new ``id``): the
+        text it fired with, the values of its last notification. For putting it on a
+        retained topic again; the engine's state does not change."""
+        return [
+            Alert(
+                fingerprint=state.fingerprint,
+                event="firing",
+                rule=state.rule,
+                severity=state.severity,
+                account=state.account,
+                exchange=state.exchange,
+                venue=state.venue,
+                asset=state.asset,
+                # States saved before balwatch kept the text: the default summary's form.
+                summary=_seen(
+                    state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
+                ),
+                description=_seen(state.description, ""),
+                labels=dict(state.labels),
+                expression=state.when,
+                values=dict(state.values),
+                started_at=_wall(state.since),
+                observed_at=_wall(
+                    state.since if state.last_notified is None else state.last_notified
+                ),
+                notify=state.notify,
+            )
+            for state in self.firing()
+        ]
+
     def counts(self) -> tuple[int, int]:
         """(pending, firing), without copying every state as :meth:`states` does."""
         phases = [s.phase for states in self._states.values() for s in states.values()]

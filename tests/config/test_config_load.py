@@ -154,6 +154,9 @@ def test_instance_and_external_url(write: WriteFile) -> None:
             """
             instance: treasury-prod
             external_url: https://ops.example/balwatch/
+            sinks:
+              - {name: m, type: mqtt, url: 'mqtt://b', active_expiry: 30d}
+              - {name: n, type: mqtt, url: 'mqtt://b'}
             """
         ),
         {},
@@ -162,6 +165,9 @@ def test_instance_and_external_url(write: WriteFile) -> None:
         "treasury-prod",
         "https://ops.example/balwatch",
     )
+    expiring, lasting = config.sinks
+    assert isinstance(expiring, MqttSinkConfig) and isinstance(lasting, MqttSinkConfig)
+    assert (expiring.active_expiry, lasting.active_expiry) == (30 * 86400, None)
 
 
 def test_state_directory_from_systemd(write: WriteFile) -> None:
@@ -426,6 +432,19 @@ ERROR_CASES = {
         4,
         43,
         "cannot read /nonexistent/bitso for ${cred:bitso}: No such file or directory",
+    ),
+    "active_expiry on MQTT 3.1.1": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', protocol: '3.1.1',\n"
+        "     active_expiry: 30d}\n",
+        3,
+        21,
+        "active_expiry needs protocol 5: MQTT 3.1.1 has no message expiry",
+    ),
+    "active_expiry past MQTT's limit": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', active_expiry: 50000d}\n",
+        2,
+        59,
+        "expected at most 4294967295s (MQTT's limit, 136 years), got '50000d'",
     ),
     "external_url without a host": (
         "external_url: /balwatch\n",

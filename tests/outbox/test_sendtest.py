@@ -96,5 +96,5 @@ async def test_delivered_through_a_real_broker_and_leaves_nothing_retained() -> 
         async with subscribe(broker.port, ["balwatch/active/#"]) as late:
             retained = await late.drain()
     assert result.delivered
-    assert [m.topic.value for m in received] == ["balwatch/alerts/balwatch-test/send-test/-"] * 2
+    assert [m.topic.value for m in received] == ["balwatch/alerts/balwatch-test/send-test/-/-"] * 2
     assert retained == []

@@ -494,6 +494,8 @@ def test_a_state_saved_without_its_text_loads_and_resolves_as_before() -> None:
     assert (old.summary, old.description) == (None, None)
     e2 = engine(SHOWN)
     e2.restore([old], [], T0 + 10)
+    [moved] = e2.firing_alerts()
+    assert moved.summary == "low-available bitso-treasury bitso/USDT: available=3000"
     [resolved] = poll(e2, T0 + 20, row(available="7000", total="8000"))
     assert resolved.summary == "bitso-treasury USDT: only 7000 available"
 
@@ -504,6 +506,31 @@ def test_a_closed_alert_shows_what_was_seen_and_why_it_closed() -> None:
     [closed] = e.replace_rules([], T0 + 1)
     assert closed.summary == "bitso-treasury USDT: only 3000 available (closed, rule removed)"
     assert closed.description == "3000 of 4000 usable"
+
+
+def test_firing_alerts_and_find_show_the_state_without_changing_it() -> None:
+    e = engine(SHOWN, rule("slow", "total < 1", for_=7200))
+    [fired] = poll(e, T0, row(available="3000", total="0.5"))
+    [repeat] = poll(e, T0 + 3600, row(available="2000", total="0.5"))
+    [now] = e.firing_alerts()
+    assert (now.event, now.fingerprint, now.summary, now.description) == (
+        "firing",
+        fired.fingerprint,
+        fired.summary,
+        fired.description,
+    )
+    assert now.id not in (fired.id, repeat.id)
+    assert (now.values, now.started_at, now.observed_at) == (
+        repeat.values,
+        wall(T0),
+        wall(T0 + 3600),
+    )
+    found = e.find(fired.fingerprint)
+    assert found is not None and (found.phase, found.summary) == ("firing", fired.summary)
+    pending = fingerprint("slow", ACCT, EXCH, "USDT")
+    assert e.find(pending) is not None and e.find(pending) == e.pending()[0]
+    assert e.find("0" * 16) is None
+    assert poll(e, T0 + 3601, row(available="2000", total="0.5")) == []  # nothing moved
 
 
 def test_duplicate_rule_names_are_rejected() -> None:
