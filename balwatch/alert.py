@@ -4,6 +4,11 @@ The rule engine produces :class:`Alert` values; the outbox stores ``to_json()`` 
 back with :meth:`Alert.from_json`; MQTT and generic webhooks publish ``to_json()`` as is.
 ``id`` is new for every notification (consumers dedupe on it: delivery is at least once),
 ``fingerprint`` is the same for every notification of one (rule, account, venue, asset).
+:data:`JSON_SCHEMA` is the document's JSON Schema (``balwatch schema --alert``).
+
+``instance`` and ``url`` say where an alert comes from; the producers (engine, self-alerts)
+leave them empty and the daemon fills them from its config with :func:`placed` just before
+an alert is committed, so they follow a reload like every other setting.
 
 ``notify`` (the sinks to use, ``None`` = all) is routing, not content: it is not part of the
 JSON document, so ``from_json`` takes it as an argument.
@@ -11,6 +16,7 @@ JSON document, so ``from_json`` takes it as an argument.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -49,7 +55,74 @@ JSON_KEYS: Final = (
     "started_at",
     "resolved_at",
     "observed_at",
+    "instance",
+    "url",
 )
+# Keys that documents written before they existed lack (outbox rows, saved self-alerts).
+_ADDED_KEYS: Final = frozenset({"instance", "url"})
+
+
+_TEXT: Final = {"type": "string"}
+_NAME: Final = {"type": "string", "minLength": 1}
+_OPTIONAL_NAME: Final = {"type": ["string", "null"], "minLength": 1}
+_TIME: Final = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z$",
+    "description": "UTC, ISO-8601 with Z",
+}
+JSON_SCHEMA: Final[Mapping[str, object]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "balwatch alert",
+    "description": (
+        "One notification: the same document on MQTT and in generic webhooks. Delivery is at "
+        "least once: dedupe on id. Keys may be added within a version; none is removed."
+    ),
+    "type": "object",
+    "properties": {
+        "version": {"const": VERSION},
+        "id": {**_NAME, "description": "unique per notification"},
+        "fingerprint": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{16}$",
+            "description": "stable per rule, account, venue and asset",
+        },
+        "status": {"enum": ["firing", "resolved"]},
+        "event": {"enum": list(get_args(Event))},
+        "rule": _NAME,
+        "severity": {"enum": list(SEVERITIES)},
+        "account": _NAME,
+        "exchange": _NAME,
+        "venue": {**_OPTIONAL_NAME, "description": "null for account-scope alerts"},
+        "asset": {**_OPTIONAL_NAME, "description": "null for account-scope alerts"},
+        "summary": {
+            **_TEXT,
+            "description": "on resolve: the text sent when the alert fired, or the rule's "
+            "resolved_summary",
+        },
+        "description": _TEXT,
+        "labels": {"type": "object", "additionalProperties": _TEXT},
+        "expression": {**_TEXT, "description": "the rule's when; empty for balwatch's own"},
+        "values": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"},
+            "description": "what the expressions read, as decimal strings",
+        },
+        "started_at": _TIME,
+        "resolved_at": {"anyOf": [_TIME, {"type": "null"}]},
+        "observed_at": _TIME,
+        "instance": {**_NAME, "description": "the installation that sent it (config instance)"},
+        "url": {
+            "anyOf": [{"type": "string", "format": "uri"}, {"type": "null"}],
+            "description": "<external_url>/api/alerts/<fingerprint>; null without external_url",
+        },
+    },
+    "required": list(JSON_KEYS),
+    # A resolve, and only a resolve, is resolved and has a resolved_at.
+    "if": {"properties": {"event": {"const": "resolved"}}},
+    "then": {"properties": {"status": {"const": "resolved"}, "resolved_at": {"type": "string"}}},
+    "else": {"properties": {"status": {"const": "firing"}, "resolved_at": {"type": "null"}}},
+}
 
 
 def fingerprint(rule: str, account: str, venue: str | None, asset: str | None) -> str:
@@ -98,6 +171,8 @@ class Alert:
     resolved_at: datetime | None = None
     notify: tuple[str, ...] | None = None
     id: str = field(default_factory=new_id)
+    instance: str = ""
+    url: str | None = None
 
     def __post_init__(self) -> None:
         if self.event not in get_args(Event):
@@ -135,6 +210,8 @@ class Alert:
             "started_at": iso_z(self.started_at),
             "resolved_at": None if self.resolved_at is None else iso_z(self.resolved_at),
             "observed_at": iso_z(self.observed_at),
+            "instance": self.instance,
+            "url": self.url,
         }
 
     @classmethod
@@ -142,7 +219,7 @@ class Alert:
         cls, data: Mapping[str, object], *, notify: tuple[str, ...] | None = None
     ) -> Alert:
         """Inverse of :meth:`to_json`; raises ValueError naming the first bad key."""
-        missing = [key for key in JSON_KEYS if key not in data]
+        missing = [key for key in JSON_KEYS if key not in data and key not in _ADDED_KEYS]
         if missing:
             raise ValueError(f"alert JSON lacks {', '.join(missing)}")
         if data["version"] != VERSION:
@@ -176,7 +253,21 @@ class Alert:
             resolved_at=None if resolved_at is None else _time(resolved_at, "resolved_at"),
             observed_at=_time(data["observed_at"], "observed_at"),
             notify=notify,
+            instance=_str(data, "instance") if "instance" in data else "",
+            url=_opt_str(data, "url") if "url" in data else None,
         )
+
+
+def alert_url(external_url: str | None, fingerprint: str) -> str | None:
+    """Where the daemon's HTTP API answers for one alert, when ``external_url`` is set."""
+    return None if external_url is None else f"{external_url}/api/alerts/{fingerprint}"
+
+
+def placed(alert: Alert, instance: str, external_url: str | None) -> Alert:
+    """``alert`` with the ``instance`` and ``url`` of the installation that sends it."""
+    return dataclasses.replace(
+        alert, instance=instance, url=alert_url(external_url, alert.fingerprint)
+    )
 
 
 def _str(data: Mapping[str, object], key: str) -> str:

@@ -156,7 +156,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    kind: SchemaKind = "rules" if args.rules else "tests" if args.tests else "config"
+    kind: SchemaKind = (
+        "rules" if args.rules else "tests" if args.tests else "alert" if args.alert else "config"
+    )
     print(schema_text(kind), end="")
     return EXIT_OK
 
@@ -260,10 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="rule test files")
     p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("schema", help="JSON Schema of the config (default) or rule files")
+    p = sub.add_parser(
+        "schema", help="JSON Schema of the config (default), rule files or alert documents"
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--rules", action="store_true", help="of a rule file")
     which.add_argument("--tests", action="store_true", help="of a rule test file")
+    which.add_argument("--alert", action="store_true", help="of an alert (MQTT, webhooks)")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("simulate", help="fake servers for all four balance APIs")

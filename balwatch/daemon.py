@@ -24,7 +24,7 @@ import structlog
 from balwatch import __version__, logs
 from balwatch.adapters.base import Adapter
 from balwatch.adapters.http import new_session
-from balwatch.alert import Alert
+from balwatch.alert import Alert, placed
 from balwatch.backoff import Backoff
 from balwatch.config import Config
 from balwatch.errors import ConfigError, ErrorKind
@@ -53,6 +53,7 @@ from balwatch.statestore import (
     writer,
 )
 from balwatch.systemd import Notifier, run_watchdog
+from balwatch.topiclayout import upgrade_topic_layout
 
 log = structlog.get_logger("balwatch.daemon")
 
@@ -168,6 +169,9 @@ class Daemon:
             try:
                 store = await OutboxStore.open(db)
                 stack.push_async_callback(store.close)
+                # Before the workers start and any alert is published (see the module).
+                firing = [*engine.firing_alerts(), *self._self_alerts.firing()]
+                await upgrade_topic_layout(store, config.sinks, saved, self._placed(firing))
                 # Retries cap at 30 s: a sink that comes back is served within half a minute.
                 self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
                 await self.outbox.start()
@@ -297,9 +301,15 @@ class Daemon:
                 self._unpublished = batch  # the final commit at stop takes them
                 raise
 
+    def _placed(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """The alerts with this installation's ``instance`` and ``url``, as they are sent."""
+        config = self.loaded.config
+        return [placed(a, config.instance, config.external_url) for a in alerts]
+
     async def _commit(self, batch: list[Alert]) -> None:
         if not batch:
             return
+        batch = self._placed(batch)
         sinks = self.loaded.config.sinks
         items = [(doc, route(doc, sinks, a.notify)) for a in batch for doc in (a.to_json(),)]
         try:
@@ -483,7 +493,14 @@ class Daemon:
         return not reasons, reasons
 
     def alerts(self) -> list[dict[str, object]]:
-        return [s.to_json() for s in (*self.engine.firing(), *self.engine.pending())]
+        states = (*self.engine.firing(), *self._self_alerts.states(), *self.engine.pending())
+        return [s.to_json() for s in states]
+
+    def alert(self, fingerprint: str) -> dict[str, object] | None:
+        found = self.engine.find(fingerprint) or next(
+            (s for s in self._self_alerts.states() if s.fingerprint == fingerprint), None
+        )
+        return None if found is None else found.to_json()
 
     def balances(self) -> dict[str, object]:
         return self.latest.document()

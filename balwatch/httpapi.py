@@ -6,6 +6,9 @@
                    :meth:`StatusSource.ready` (first poll round done, sinks connected)
 ``/metrics``       Prometheus text exposition of the daemon's registry
 ``/api/alerts``    JSON list from :meth:`StatusSource.alerts` (firing and pending states)
+``/api/alerts/F``  JSON object: the state of the alert with fingerprint F, from
+                   :meth:`StatusSource.alert`; 404 with ``{"error": ...}`` when it is
+                   neither pending nor firing (the ``url`` of every alert points here)
 ``/api/balances``  JSON object from :meth:`StatusSource.balances`
                    (:meth:`balwatch.latest.LatestBalances.document`)
 =================  ==========================================================================
@@ -40,6 +43,10 @@ class StatusSource(Protocol):
         """JSON-ready firing and pending alert states (``AlertState.to_json()``)."""
         ...
 
+    def alert(self, fingerprint: str) -> dict[str, object] | None:
+        """The state of one pending or firing alert, as in :meth:`alerts`; None otherwise."""
+        ...
+
     def balances(self) -> dict[str, object]:
         """JSON-ready latest balances (``LatestBalances.document()``)."""
         ...
@@ -64,6 +71,17 @@ def make_app(status: StatusSource, registry: CollectorRegistry) -> web.Applicati
     async def alerts(request: web.Request) -> web.Response:
         return web.json_response(status.alerts())
 
+    async def alert(request: web.Request) -> web.Response:
+        fingerprint = request.match_info["fingerprint"]
+        found = status.alert(fingerprint)
+        if found is None:
+            body = {
+                "error": "no pending or firing alert has this fingerprint",
+                "fingerprint": fingerprint,
+            }
+            return web.json_response(body, status=404)
+        return web.json_response(found)
+
     async def balances(request: web.Request) -> web.Response:
         return web.json_response(status.balances())
 
@@ -72,6 +90,7 @@ def make_app(status: StatusSource, registry: CollectorRegistry) -> web.Applicati
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/alerts", alerts)
+    app.router.add_get("/api/alerts/{fingerprint}", alert)
     app.router.add_get("/api/balances", balances)
     return app
 

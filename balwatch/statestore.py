@@ -37,7 +37,12 @@ ENGINE_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # Self-alerts firing (balwatch.selfalerts), as alert JSON documents.
     ("CREATE TABLE self_alert (fingerprint TEXT PRIMARY KEY, doc TEXT NOT NULL)",),
+    # Upgrades of what lives outside the database, done once: name -> version reached
+    # (the MQTT topic layout of retained alerts, balwatch.topiclayout).
+    ("CREATE TABLE state_marker (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",),
 )
+# The state_marker row of the retained MQTT topics' layout.
+TOPIC_LAYOUT_MARKER: Final = "mqtt_topic_layout"
 
 Sample = tuple[HistoryKey, float, Decimal]
 # Held by the running daemon (state_lock).
@@ -54,6 +59,7 @@ class Saved:
     accounts: list[AccountState] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     self_alerts: list[Alert] = field(default_factory=list)
+    topic_layout: int = 0  # 0: never recorded, as in a database older than the marker
 
 
 def prepare(path: Path, since: float) -> Saved:
@@ -154,6 +160,10 @@ def _read(conn: sqlite3.Connection, since: float) -> Saved:
     saved.samples = [((a, v, s, m), t, Decimal(value)) for a, v, s, m, t, value in rows]
     for (doc,) in conn.execute("SELECT doc FROM self_alert"):
         saved.self_alerts.append(Alert.from_json(json.loads(doc)))
+    row = conn.execute(
+        "SELECT version FROM state_marker WHERE name = ?", (TOPIC_LAYOUT_MARKER,)
+    ).fetchone()
+    saved.topic_layout = 0 if row is None else int(row[0])
     return saved
 
 
@@ -229,5 +239,16 @@ def changes_writer(
         conn.executemany("DELETE FROM engine_alert WHERE fingerprint = ? AND rule = ?", deletes)
         conn.execute("DELETE FROM self_alert")  # a handful of rows: rewrite them whole
         conn.executemany("INSERT INTO self_alert VALUES (?, ?)", firing)
+
+    return write
+
+
+def topic_layout_writer(version: int) -> Callable[[sqlite3.Connection], None]:
+    """Records that the retained MQTT topics are in layout ``version`` now."""
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO state_marker VALUES (?, ?)", (TOPIC_LAYOUT_MARKER, version)
+        )
 
     return write

@@ -20,7 +20,7 @@ aiohttp middleware in the simulator stamps ``time.monotonic()`` when the first b
 response rendered after the change leaves the handler (rendering and stamp run in the same
 event-loop step, so the stamped response is the first one that carries the change). An
 MQTT subscriber in this process stamps the arrival of the matching ``firing``/``resolved``
-message on ``balwatch/alerts/bench-trigger/<account>/USDT``. Latency is the difference of
+message on ``balwatch/alerts/bench-trigger/<account>/<venue>/USDT``. Latency is the difference of
 the two stamps, on one clock; it spans the HTTP response transfer and parse, rule
 evaluation, the outbox commit (SQLite WAL, synchronous=FULL), the QoS 1 publish and the
 broker's fan-out, plus this process's own delay in noticing the message (it also serves

@@ -199,6 +199,9 @@ async def test_demo_tells_the_whole_story_without_setup() -> None:
         assert any(e.startswith("FIRING") and f" {rule}:" in e for e in events), (rule, out)
         assert any(e.startswith("RESOLVED") and f" {rule}:" in e for e in events), (rule, out)
     assert any("sudden-drop: coinapi-ems BINANCESPOT BTC" in e for e in events), out
+    # A resolve says what people saw when it fired, or the rule's resolved_summary.
+    assert "RESOLVED critical low-available: bitso-treasury USDT: only 3000.00 available" in events
+    assert "RESOLVED warning  account-stale: coinw-spot: polls answer again" in events
     assert "Traceback" not in err
 
 

@@ -26,6 +26,7 @@ SCHEMAS = {
     "config": "config.schema.json",
     "rules": "rules.schema.json",
     "tests": "ruletest.schema.json",
+    "alert": "alert.schema.json",
 }
 
 
@@ -138,7 +139,7 @@ def test_check_reports_errors_of_every_rule_file(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         "rules/a.yaml:3:5: error: unknown key 'whn' in rule 'a' (did you mean 'when'?); "
         "expected one of: name, description, select, when, clear, for, repeat, severity, "
-        "summary, labels, notify",
+        "summary, resolved_summary, labels, notify",
         "more/b.yaml:2:41: error: unknown sink 'chat' in notify; configured sinks: ops-mqtt",
     ]
 

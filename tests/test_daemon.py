@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,17 @@ import balwatch.daemon
 from balwatch.adapters.bitso import BitsoAdapter
 from balwatch.adapters.coinw import CoinwAdapter
 from balwatch.alert import Alert
+from balwatch.alert import fingerprint as fingerprint_of
 from balwatch.daemon import Daemon
+from balwatch.outbox.store import migrate, open_db
 from balwatch.ratelimit import with_headroom
+from balwatch.rules.engine import AlertState
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
-from balwatch.statestore import StateError
+from balwatch.statestore import ENGINE_SCHEMA, StateError
 from balwatch.systemd import Notifier
-from tests.brokers import Mosquitto
+from tests.alertschema import schema_errors
+from tests.brokers import Mosquitto, subscribe
 from tests.conftest import StartSim
 from tests.test_e2e import Notifications, notify_socket
 from tests.webhooks import WebhookReceiver
@@ -818,3 +823,199 @@ async def test_a_second_daemon_on_the_same_state_directory_is_refused(
     # The lock went with the first daemon: the state directory is free again.
     async with running(config, AlertLog()):
         pass
+
+
+# --- MQTT topics: one active/ topic per venue, and the upgrade from the old layout -------
+
+LOW_BTC_RULES = """\
+rules:
+  - name: low-btc
+    select: {assets: [BTC]}
+    when: available < 1
+    for: 0s
+"""
+
+
+async def test_two_venues_of_one_coinapi_account_keep_their_own_retained_alert(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """BTC low on BINANCESPOT and on KRAKEN: resolving one leaves the other retained."""
+    ems = SimAccount(
+        "ems",
+        "coinapi",
+        api_key="k-coinapi",
+        balances={
+            venue: {"BTC": {"total": "0.5", "available": "0.5", "locked": "0"}}
+            for venue in ("BINANCESPOT", "KRAKEN")
+        },
+    )
+    sim = await start_sim(ems)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(LOW_BTC_RULES)
+    async with Mosquitto() as broker:
+        config = write_config(
+            tmp_path / "balwatch.yaml",
+            state_dir=tmp_path / "state",
+            rules=rules,
+            accounts=(
+                f"  - {{name: ems, exchange: coinapi, base_url: '{sim.url}', "
+                "credentials: {api_key: k-coinapi}}\n"
+            ),
+            sinks=f"  - {{name: ops-mqtt, type: mqtt, url: '{broker.url}'}}\n",
+        )
+        alerts = AlertLog()
+        async with running(config, alerts) as daemon:
+            await alerts.event("low-btc", "ems", "firing")
+            await alerts.wait_for(lambda a: a.venue == "KRAKEN" and a.event == "firing")
+            ems.balances["BINANCESPOT"]["BTC"].update(total="2", available="2")
+            resolved = await alerts.event("low-btc", "ems", "resolved")
+            assert resolved.venue == "BINANCESPOT"
+            await daemon.outbox.wait_settled()
+            async with subscribe(broker.port, ["balwatch/active/#"]) as late:
+                retained = await late.drain()
+    assert [(m.topic.value, json.loads(body(m))["venue"]) for m in retained] == [
+        ("balwatch/active/low-btc/ems/KRAKEN/BTC", "KRAKEN")
+    ]
+
+
+UPGRADE_RULES = """\
+rules:
+  - name: low-available
+    when: available < 5000
+    for: 0s
+"""
+
+
+def body(message: aiomqtt.Message) -> bytes:
+    assert isinstance(message.payload, bytes)
+    return message.payload
+
+
+def old_state_database(db: Path) -> None:
+    """The state database as the balwatch before the venue segment left it: its tables (the
+    first two engine steps, no marker), a firing rule alert and a firing self-alert, both
+    saved without the keys added since (summary and description; instance and url)."""
+    conn = open_db(db)
+    try:
+        migrate(conn, "engine", ENGINE_SCHEMA[:2])
+        state = AlertState(
+            fingerprint=fingerprint_of("low-available", "treasury", "bitso", "USDT"),
+            rule="low-available",
+            when="available < 5000",
+            clear=None,
+            severity="warning",
+            account="treasury",
+            exchange="bitso",
+            venue="bitso",
+            asset="USDT",
+            phase="firing",
+            since=time.time() - 3600,
+            last_notified=time.time() - 3600,
+            values={"available": Decimal(3000)},
+        ).to_json()
+        del state["summary"], state["description"]
+        conn.execute(
+            "INSERT INTO engine_alert VALUES (?, ?, ?)",
+            (state["fingerprint"], state["rule"], json.dumps(state)),
+        )
+        conn.execute(
+            "INSERT INTO self_alert VALUES (?, ?)",
+            (AUTH_FAILED["fingerprint"], json.dumps(AUTH_FAILED)),
+        )
+    finally:
+        conn.close()
+
+
+AUTH_FAILED = {
+    "version": 1,
+    "id": "f00d",
+    "fingerprint": fingerprint_of("source_auth_failed", "broken", None, None),
+    "status": "firing",
+    "event": "firing",
+    "rule": "source_auth_failed",
+    "severity": "critical",
+    "account": "broken",
+    "exchange": "bitso",
+    "venue": None,
+    "asset": None,
+    "summary": "broken: bitso rejected the credentials; polling backs off",
+    "description": "",
+    "labels": {"source": "balwatch"},
+    "expression": "",
+    "values": {},
+    "started_at": "2026-01-01T00:00:00Z",
+    "resolved_at": None,
+    "observed_at": "2026-01-01T00:00:00Z",
+}
+OLD_TOPICS = {
+    "balwatch/active/low-available/treasury/USDT": {"rule": "low-available"},
+    "balwatch/active/source_auth_failed/broken/-": AUTH_FAILED,
+}
+
+
+async def test_the_first_start_after_the_upgrade_moves_retained_alerts_and_pages_nobody(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    sim = await start_sim(bitso_account(available="3000"))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(UPGRADE_RULES)
+    (tmp_path / "state").mkdir()
+    db = tmp_path / "state" / "balwatch.db"
+    old_state_database(db)
+    async with Mosquitto() as broker, WebhookReceiver() as hook:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as old_daemon:
+            for topic, doc in OLD_TOPICS.items():
+                await old_daemon.publish(topic, json.dumps(doc), qos=1, retain=True)
+        config = write_config(
+            tmp_path / "balwatch.yaml",
+            state_dir=tmp_path / "state",
+            rules=rules,
+            accounts=bitso("treasury", sim.url) + bitso("broken", sim.url, key="wrong-key"),
+            sinks=(
+                f"  - {{name: ops-mqtt, type: mqtt, url: '{broker.url}'}}\n"
+                f"  - {{name: ops-hook, type: webhook, url: '{hook.url}'}}\n"
+            ),
+        )
+        config.write_text(config.read_text() + "instance: upgraded-host\n")
+
+        async def start(alerts: AlertLog) -> list[aiomqtt.Message]:
+            """One run until everything it sent was acknowledged; what a subscriber saw."""
+            async with subscribe(broker.port, ["balwatch/alerts/#", "balwatch/active/#"]) as sub:
+                await sub.drain()  # the retained messages of before
+                async with running(config, alerts) as daemon:
+                    await daemon.outbox.wait_settled()
+                    return await sub.drain()
+
+        first = AlertLog()
+        live = await start(first)
+        async with subscribe(broker.port, ["balwatch/active/#"]) as late:
+            retained = {m.topic.value: json.loads(body(m)) for m in await late.drain()}
+        # Old topics cleared, each alert retained on its new topic, no event on alerts/.
+        assert sorted((m.topic.value, bool(m.payload)) for m in live) == [
+            ("balwatch/active/low-available/treasury/USDT", False),
+            ("balwatch/active/low-available/treasury/bitso/USDT", True),
+            ("balwatch/active/source_auth_failed/broken/-", False),
+            ("balwatch/active/source_auth_failed/broken/-/-", True),
+        ]
+        assert first.alerts == [] and hook.requests == [], "nobody is paged again"
+        low = retained.pop("balwatch/active/low-available/treasury/bitso/USDT")
+        auth = retained.pop("balwatch/active/source_auth_failed/broken/-/-")
+        assert retained == {}
+        assert (low["event"], low["summary"], low["instance"]) == (
+            "firing",
+            "low-available treasury bitso/USDT: available=3000",
+            "upgraded-host",
+        )
+        # balwatch's own alert moves as it was sent (same id), now with its instance.
+        assert auth == {**AUTH_FAILED, "instance": "upgraded-host", "url": None}
+        for doc in (low, auth):
+            assert schema_errors(doc) == [], doc
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT name, version FROM state_marker").fetchall() == [
+                ("mqtt_topic_layout", 2)
+            ]
+
+        # Done once: the next start moves nothing and pages nobody.
+        second = AlertLog()
+        assert await start(second) == []
+        assert second.alerts == [] and hook.requests == []

@@ -35,6 +35,7 @@ from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount
 from balwatch.statestore import LOCK_FILE
+from tests.alertschema import schema_errors
 from tests.brokers import Mosquitto, Subscriber, free_port, subscribe
 from tests.conftest import StartSim
 from tests.webhooks import Recorded, WebhookReceiver
@@ -214,8 +215,19 @@ class Notifications:
 # --- MQTT and webhook observers --------------------------------------------------------
 
 
+# The venue of each account's alerts in the story (CoinAPI's BTC is on BINANCESPOT).
+VENUES = {
+    "bitso-treasury": "bitso",
+    "coinapi-ems": "BINANCESPOT",
+    "kuna-custody": "kunacore",
+    "coinw-spot": "coinw",
+}
+
+
 def topic_tail(rule: str, account: str, asset: str | None) -> str:
-    return f"{rule}/{account}/{asset or '-'}"
+    """``<rule>/<account>/<venue>/<asset>``; ``-`` for venue and asset at account scope."""
+    venue = "-" if asset is None else VENUES[account]
+    return f"{rule}/{account}/{venue}/{asset or '-'}"
 
 
 @dataclass
@@ -442,6 +454,8 @@ async def test_balwatch_run_end_to_end(
             "\n".join(
                 [
                     f"state_dir: {state_dir}",
+                    "instance: e2e-treasury",
+                    f"external_url: {api}/",
                     f"rules: ['{rules_dir}/*.yaml']",
                     f"http: {{listen: '127.0.0.1:{api_port}'}}",
                     "log: {format: json, level: info}",
@@ -470,7 +484,9 @@ async def test_balwatch_run_end_to_end(
                 status, body = await get(http, f"{api}/readyz")
                 assert status == 200 and json.loads(body)["ready"] is True, body
 
-                async def fires(rule: str, account: str, asset: str | None) -> dict[str, Any]:
+                async def fires(
+                    rule: str, account: str, asset: str | None, *, follow: bool = True
+                ) -> dict[str, Any]:
                     doc = await mqtt.alert(rule, account, asset, "firing")
                     request = await hook_request(hook, doc["id"])
                     assert request.json() == doc, "MQTT and webhook carry the same document"
@@ -478,17 +494,36 @@ async def test_balwatch_run_end_to_end(
                     assert signature_ok(request), request.headers.get("X-Balwatch-Signature")
                     # The retained active/ topic holds this very alert for late subscribers.
                     await mqtt_active_set(mqtt, rule, account, asset, doc["id"])
+                    # A bot places it: which installation, and a link to its state.
+                    assert doc["instance"] == "e2e-treasury", doc
+                    assert doc["url"] == f"{api}/api/alerts/{doc['fingerprint']}", doc
+                    if follow:  # (not for an alert that may already have resolved)
+                        status, body = await get(http, doc["url"])
+                        assert status == 200, body
+                        state = json.loads(body)
+                        assert (state["fingerprint"], state["phase"]) == (
+                            doc["fingerprint"],
+                            "firing",
+                        )
                     return doc
 
-                async def resolves(rule: str, account: str, asset: str | None) -> dict[str, Any]:
+                async def resolves(fired: dict[str, Any]) -> dict[str, Any]:
+                    rule, account, asset = fired["rule"], fired["account"], fired["asset"]
                     doc = await mqtt.alert(rule, account, asset, "resolved")
                     assert doc["status"] == "resolved" and doc["resolved_at"], doc
+                    # It says what people saw when it fired; values say how it ended.
+                    assert (doc["summary"], doc["description"]) == (
+                        fired["summary"],
+                        fired["description"],
+                    )
                     request = await hook_request(hook, doc["id"])
                     assert request.json() == doc
                     await mqtt.active_update(rule, account, asset, b"")
                     assert await mqtt.retained(rule, account, asset) == [], (
                         f"active/{topic_tail(rule, account, asset)} still retained after resolve"
                     )
+                    status, body = await get(http, doc["url"])
+                    assert status == 404 and json.loads(body)["fingerprint"] == doc["fingerprint"]
                     return doc
 
                 # 1. bitso-treasury spends USDT down to 3,000.
@@ -500,15 +535,16 @@ async def test_balwatch_run_end_to_end(
                 assert low["labels"].get("desk") == "treasury", low
                 # 2. a 150,000 MXN withdrawal is queued.
                 await control.set_fields("bitso-treasury", "MXN", pending_withdrawal="150000.00")
-                await fires("large-pending-withdrawal", "bitso-treasury", "MXN")
+                withdrawal = await fires("large-pending-withdrawal", "bitso-treasury", "MXN")
                 # 3. 2,500 USDT frozen by an AML check.
                 await control.set_fields("kuna-custody", "USDT", aml_locked="2500.00")
-                await fires("aml-lock", "kuna-custody", "USDT")
+                aml = await fires("aml-lock", "kuna-custody", "USDT")
                 # 4. 40% of the BTC on BINANCESPOT vanishes; the drop leaves the 2 s window.
                 await control.set_fields("coinapi-ems", "BTC", total="2.1", available="1.7")
-                drop = await fires("sudden-drop", "coinapi-ems", "BTC")
+                drop = await fires("sudden-drop", "coinapi-ems", "BTC", follow=False)
                 assert drop["venue"] == "BINANCESPOT", drop
-                await resolves("sudden-drop", "coinapi-ems", "BTC")
+                drop_resolved = await resolves(drop)
+                assert drop_resolved["values"] != drop["values"], "values are of the resolve"
                 # 5. coinw stops answering.
                 await control.down("coinw-spot")
                 stale = await fires("account-stale", "coinw-spot", None)
@@ -539,10 +575,10 @@ async def test_balwatch_run_end_to_end(
                 await control.set_fields("bitso-treasury", "MXN", pending_withdrawal="0")
                 await control.set_fields("kuna-custody", "USDT", aml_locked="0")
                 await control.up("coinw-spot")
-                await resolves("low-available", "bitso-treasury", "USDT")
-                await resolves("large-pending-withdrawal", "bitso-treasury", "MXN")
-                await resolves("aml-lock", "kuna-custody", "USDT")
-                await resolves("account-stale", "coinw-spot", None)
+                await resolves(low)
+                await resolves(withdrawal)
+                await resolves(aml)
+                await resolves(stale)
 
                 # A broken rule file and SIGHUP: rejected, config_error, old rules keep working.
                 seen_notes = len(notes.received)
@@ -560,16 +596,16 @@ async def test_balwatch_run_end_to_end(
                 await control.set_fields(
                     "bitso-treasury", "USDT", total="4000.00", available="3000.00"
                 )
-                await fires("low-available", "bitso-treasury", "USDT")
+                low = await fires("low-available", "bitso-treasury", "USDT")
                 await control.set_fields(
                     "bitso-treasury", "USDT", total="25000.00", available="24000.00"
                 )
-                await resolves("low-available", "bitso-treasury", "USDT")
+                await resolves(low)
 
                 # A good rule file with a new rule, picked up by the file watcher (no SIGHUP).
                 rules_file.write_text(RULES + NEW_RULE)
                 await fires("dust-btc", "coinw-spot", "BTC")
-                await resolves("config_error", "balwatch", None)
+                await resolves(error)
 
                 # SIGTERM: exit 0 with the outbox drained.
                 daemon.signal(signal.SIGTERM)
@@ -599,8 +635,11 @@ async def test_balwatch_run_end_to_end(
         ]
         # Delivery is at least once: a repeated id must repeat the same document.
         by_id: dict[str, dict[str, Any]] = {}
-        for doc in [*alerts, *(r.json() for r in hook.requests)]:
+        retained = [MqttLog.doc(m) for m in mqtt.seen if "/active/" in m.topic.value and m.payload]
+        for doc in [*alerts, *(r.json() for r in hook.requests), *retained]:
             assert by_id.setdefault(doc["id"], doc) == doc, f"two documents with one id: {doc}"
+            # Every document the daemon sent is what `balwatch schema --alert` describes.
+            assert schema_errors(doc) == [], f"{doc}: {schema_errors(doc)}"
         got = sorted(
             (a["rule"], a["account"], a["asset"] or "", a["event"])
             for a in {a["id"]: a for a in alerts}.values()

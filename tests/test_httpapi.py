@@ -10,6 +10,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
+from balwatch.alert import fingerprint
 from balwatch.errors import AuthError
 from balwatch.httpapi import HttpServer
 from balwatch.latest import LatestBalances
@@ -55,6 +56,10 @@ class Status:
 
     def alerts(self) -> list[dict[str, object]]:
         return [s.to_json() for s in [*self.engine.firing(), *self.engine.pending()]]
+
+    def alert(self, fingerprint: str) -> dict[str, object] | None:
+        found = self.engine.find(fingerprint)
+        return None if found is None else found.to_json()
 
     def balances(self) -> dict[str, object]:
         return self.latest.document()
@@ -131,6 +136,28 @@ async def test_api_alerts_lists_firing_and_pending_states(
     assert (low["account"], low["venue"], low["asset"]) == ("treasury", "bitso", "USDT")
     assert low["values"] == {"available": "1.50"}
     assert low["since"] == T0
+
+
+async def test_api_alert_answers_for_one_fingerprint_while_it_is_active(
+    http: aiohttp.ClientSession, base: str, status: Status
+) -> None:
+    low = fingerprint("low", "treasury", "bitso", "USDT")
+    slow = fingerprint("slow", "treasury", "bitso", "USDT")
+    gone = await get_json(http, f"{base}/api/alerts/{low}", expect=404)
+    assert gone == {"error": "no pending or firing alert has this fingerprint", "fingerprint": low}
+    status.poll(good("1.50"))
+    firing = await get_json(http, f"{base}/api/alerts/{low}")
+    listed = await get_json(http, f"{base}/api/alerts")
+    assert isinstance(listed, list) and firing == listed[0]
+    assert isinstance(firing, dict) and (firing["phase"], firing["summary"]) == (
+        "firing",
+        "low treasury bitso/USDT: available=1.50",
+    )
+    pending = await get_json(http, f"{base}/api/alerts/{slow}")
+    assert isinstance(pending, dict) and pending["phase"] == "pending"
+    status.poll(good("9000"))
+    await get_json(http, f"{base}/api/alerts/{low}", expect=404)
+    await get_json(http, f"{base}/api/alerts/not-a-fingerprint", expect=404)
 
 
 async def test_api_balances_keeps_the_last_good_rows_beside_a_failure(

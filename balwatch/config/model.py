@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from balwatch.adapters.base import AccountSpec, Adapter
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+# MQTT's Message Expiry Interval is a four-byte count of seconds.
+MAX_MESSAGE_EXPIRY: Final = 2**32 - 1
 
 
 def _invalid_at(
@@ -334,6 +337,8 @@ class MqttSinkConfig(_Model):
     min_severity: Severity = "info"
     send_resolved: bool = True
     keepalive: Duration = 30.0
+    # None: retained active/ alerts stay until they resolve (an AML lock can last weeks).
+    active_expiry: Duration | None = None
 
     @property
     def receives_resolved(self) -> bool:
@@ -355,11 +360,23 @@ class MqttSinkConfig(_Model):
             )
         return value
 
+    @field_validator("active_expiry")
+    @classmethod
+    def _expiry_fits(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_MESSAGE_EXPIRY:
+            raise field_error(
+                f"expected at most {MAX_MESSAGE_EXPIRY}s (MQTT's limit, 136 years), got {{input}}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _key_needs_cert(self) -> MqttSinkConfig:
         if self.client_key is not None and self.client_cert is None:
             message = "client_key needs client_cert; set both"
             raise _invalid_at("mqtt", [(("client_key",), message, None)])
+        if self.active_expiry is not None and self.protocol != "5":
+            message = "active_expiry needs protocol 5: MQTT 3.1.1 has no message expiry"
+            raise _invalid_at("mqtt", [(("active_expiry",), message, None)])
         return self
 
 
@@ -415,6 +432,25 @@ def _default_state_dir(value: object, info: ValidationInfo) -> object:
     return from_systemd or ".balwatch"
 
 
+def _external_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _check_url(value, ("https", "http"))
+    if urlsplit(value).query or urlsplit(value).fragment:
+        raise field_error("expected a base URL without '?' or '#', got {input}")
+    return value.rstrip("/")
+
+
+def _host_name() -> str:
+    return socket.gethostname() or "balwatch"
+
+
+def _instance(value: str) -> str:
+    if not value.strip() or not value.isprintable():
+        raise field_error("expected a name of printable characters, got {input}")
+    return value
+
+
 def _rules_relative(globs: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
     base_dir = _context(info).base_dir
     return tuple(os.path.join(base_dir, pattern) for pattern in globs)
@@ -424,6 +460,12 @@ class Config(_Model):
     state_dir: Annotated[ConfigPath, BeforeValidator(_default_state_dir)] = Field(
         default=None, validate_default=True
     )
+    # Names this installation in every alert.
+    instance: Annotated[str, AfterValidator(_instance)] = Field(
+        default_factory=_host_name, description="default: the host name"
+    )
+    # Where this daemon's HTTP API is reached from outside: alerts then carry a `url`.
+    external_url: Annotated[str | None, AfterValidator(_external_url)] = None
     rules: Annotated[tuple[str, ...], AfterValidator(_rules_relative)] = Field(
         default=("rules/*.yaml",), validate_default=True
     )

@@ -13,15 +13,16 @@ fires), so it leaves no retained ``active/`` message on an MQTT broker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from balwatch.alert import Alert, new_id, placed
 from balwatch.config.model import Config, SinkConfig
 from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
@@ -43,40 +44,40 @@ class SendTestResult:
     alert_ids: tuple[str, ...]
 
 
-def synthetic_alerts(sink: str, *, resolve: bool, now: datetime) -> list[dict[str, object]]:
-    """The test notifications for ``sink``: a firing alert, and its resolve if wanted."""
-    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    firing: dict[str, object] = {
-        "version": 1,
-        "id": uuid.uuid4().hex,
-        "fingerprint": hashlib.sha256(f"{TEST_RULE}\0{sink}".encode()).hexdigest()[:16],
-        "status": "firing",
-        "event": "firing",
-        "rule": TEST_RULE,
-        "severity": "info",
-        "account": TEST_ACCOUNT,
-        "exchange": "balwatch",
-        "venue": None,
-        "asset": None,
-        "summary": f"TEST alert from balwatch send-test: sink {sink} works",
-        "description": "Sent by `balwatch send-test` to check delivery. No action needed.",
-        "labels": {"test": "true"},
-        "expression": "",
-        "values": {},
-        "started_at": stamp,
-        "resolved_at": None,
-        "observed_at": stamp,
-    }
-    if not resolve:
-        return [firing]
-    resolved = {
-        **firing,
-        "id": uuid.uuid4().hex,
-        "status": "resolved",
-        "event": "resolved",
-        "resolved_at": stamp,
-    }
-    return [firing, resolved]
+def synthetic_alerts(
+    sink: str,
+    *,
+    resolve: bool,
+    now: datetime,
+    instance: str,
+    external_url: str | None = None,
+) -> list[dict[str, object]]:
+    """The test notifications for ``sink``: a firing alert, and its resolve if wanted, from
+    the installation named ``instance`` (with a ``url`` when ``external_url`` is set)."""
+    moment = now.astimezone(UTC).replace(microsecond=0)
+    firing = Alert(
+        fingerprint=hashlib.sha256(f"{TEST_RULE}\0{sink}".encode()).hexdigest()[:16],
+        event="firing",
+        rule=TEST_RULE,
+        severity="info",
+        account=TEST_ACCOUNT,
+        exchange="balwatch",
+        venue=None,
+        asset=None,
+        summary=f"TEST alert from balwatch send-test: sink {sink} works",
+        description="Sent by `balwatch send-test` to check delivery. No action needed.",
+        labels={"test": "true"},
+        expression="",
+        values={},
+        started_at=moment,
+        observed_at=moment,
+    )
+    alerts = [firing]
+    if resolve:
+        alerts.append(
+            dataclasses.replace(firing, id=new_id(), event="resolved", resolved_at=moment)
+        )
+    return [placed(alert, instance, external_url).to_json() for alert in alerts]
 
 
 async def send_test(
@@ -96,7 +97,11 @@ async def send_test(
 
         build = build_sink
     alerts = synthetic_alerts(
-        sink_name, resolve=sink_config.receives_resolved, now=datetime.now(UTC)
+        sink_name,
+        resolve=sink_config.receives_resolved,
+        now=datetime.now(UTC),
+        instance=config.instance,
+        external_url=config.external_url,
     )
     ids = tuple(str(alert["id"]) for alert in alerts)
     with tempfile.TemporaryDirectory(prefix="balwatch-send-test-") as tmp:

@@ -322,6 +322,11 @@ class OutboxStore:
             for i, name, attempts, error, failed_at, doc in rows
         ]
 
+    async def documents(self) -> list[AlertDoc]:
+        """Every alert document the outbox holds, pending or dead, oldest first."""
+        rows: list[tuple[str]] = await self._read("SELECT doc FROM outbox_alert ORDER BY id")
+        return [json.loads(doc) for (doc,) in rows]
+
     async def counts(self) -> dict[str, SinkCounts]:
         """Pending and dead deliveries per sink name, for every sink that has any."""
         rows: list[tuple[str, Literal["pending", "dead"], int]] = await self._read(

@@ -187,6 +187,9 @@ class RuleModel(StrictModel, title="rule"):
     repeat: Duration | None = None
     severity: Severity | None = None
     summary: TemplateText | None = Field(None, description="like '{account} {asset}: {total}'")
+    resolved_summary: TemplateText | None = Field(
+        None, description="summary of the resolve; default: the summary it fired with"
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     notify: tuple[SinkName, ...] | None = None
 
@@ -203,6 +206,7 @@ class RuleModel(StrictModel, title="rule"):
             repeat=defaults.repeat if self.repeat is None else self.repeat,
             severity=self.severity or defaults.severity,
             summary=self.summary,
+            resolved_summary=self.resolved_summary,
             labels={**defaults.labels, **self.labels},
             notify=defaults.notify if self.notify is None else self.notify,
             file=file,

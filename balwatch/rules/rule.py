@@ -27,6 +27,8 @@ class Rule:
 
     ``for_`` and ``repeat`` are seconds. ``notify`` ``None`` means every sink. The alert's
     description is ``description_template`` rendered, else the plain ``description``.
+    ``resolved_summary``, when set, is the summary of the resolved notification instead of
+    the one the alert fired with.
     Equality is identity: two loads of the same file are different rules; the engine
     compares :attr:`condition` to decide whether alert state survives a reload.
     """
@@ -40,6 +42,7 @@ class Rule:
     repeat: float | None = None
     severity: Severity = "warning"
     summary: Template | None = None
+    resolved_summary: Template | None = None
     description_template: Template | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     notify: tuple[str, ...] | None = None
@@ -72,6 +75,7 @@ class Rule:
         if scope:
             for key, template in (
                 ("summary", self.summary),
+                ("resolved_summary", self.resolved_summary),
                 ("description", self.description_template),
             ):
                 used = sorted(ROW_FIELDS & template.fields) if template else []

@@ -31,14 +31,22 @@ production. Steps continue past the end of the series (without polls) up to the 
 ``expected_alerts`` lists the alerts *firing* at ``at`` (pending ones are not firing). An
 alert matches on ``rule``, ``account``, ``asset`` (omit it for account-scope rules) and
 ``venue`` if given; ``severity``, ``labels`` (compared whole), ``summary`` and
-``description`` are compared when given.
+``description`` are compared when given. ``expected_resolved``, when given, lists exactly
+the alerts that resolved after the previous test's ``at`` (in time order) and up to this
+one, compared the same way: that is where a resolved notification's text is checked::
+
+      - at: 9m
+        expected_alerts: []
+        expected_resolved:
+          - {rule: low-available, account: bitso-treasury, asset: USDT,
+             summary: "bitso-treasury USDT: only 4900 available"}
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -135,6 +143,9 @@ class ExpectedAlert(StrictModel, title="expected alert"):
 class AlertTest(StrictModel, title="alert test"):
     at: WaitDuration = Field(description="time since the first sample, like 5m")
     expected_alerts: tuple[ExpectedAlert, ...] = Field((), description="exactly what fires")
+    expected_resolved: tuple[ExpectedAlert, ...] | None = Field(
+        None, description="exactly what resolved since the previous at; omitted: not checked"
+    )
 
 
 class InputSeries(StrictModel, title="input series"):
@@ -296,12 +307,16 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
                 )
     names = {rule.name for rule in rules}
     for i, check in enumerate(test.alert_tests):
-        for j, expected in enumerate(check.expected_alerts):
-            if expected.rule not in names:
-                problem(
-                    ("alert_tests", i, "expected_alerts", j, "rule"),
-                    f"no rule named {expected.rule!r} in rule_files",
-                )
+        for listing, listed in (
+            ("expected_alerts", check.expected_alerts),
+            ("expected_resolved", check.expected_resolved or ()),
+        ):
+            for j, expected in enumerate(listed):
+                if expected.rule not in names:
+                    problem(
+                        ("alert_tests", i, listing, j, "rule"),
+                        f"no rule named {expected.rule!r} in rule_files",
+                    )
     return problems
 
 
@@ -332,6 +347,7 @@ class _Run:
         self.clock = _Clock()
         self.engine = Engine(rules, clock=self.clock)
         self.firing: dict[str, Alert] = {}
+        self.resolved: list[Alert] = []  # since the last check
         accounts = [*test.accounts, *(entry.account for entry in test.input_series)]
         self.accounts = {name: _exchange(test, name) for name in accounts}
         for name, exchange in self.accounts.items():
@@ -397,30 +413,45 @@ class _Run:
         for alert in alerts:
             if alert.event == "resolved":
                 self.firing.pop(alert.fingerprint, None)
+                self.resolved.append(alert)
             else:
                 self.firing[alert.fingerprint] = alert
 
     def _compare(self, index: int) -> CheckResult:
         check = self.test.alert_tests[index]
-        actual = list(self.firing.values())
-        missing: list[str] = []
-        different: list[str] = []
-        for expected in check.expected_alerts:
-            match = next((a for a in actual if _same_alert(expected, a)), None)
-            if match is None:
-                missing.append(_describe_expected(expected))
-                continue
-            actual.remove(match)
-            different += _differences(expected, match)
+        missing, unexpected, different = _matched(check.expected_alerts, self.firing.values())
+        if check.expected_resolved is not None:
+            gone = _matched(check.expected_resolved, self.resolved)
+            missing += [f"resolved {text}" for text in gone[0]]
+            unexpected += [f"resolved {text}" for text in gone[1]]
+            different += [f"resolved {text}" for text in gone[2]]
+        self.resolved = []
         line, column = self.doc.position(("alert_tests", index))
         return CheckResult(
             at=check.at,
             line=line,
             column=column,
             missing=tuple(missing),
-            unexpected=tuple(_describe(alert, full=True) for alert in actual),
+            unexpected=tuple(unexpected),
             different=tuple(different),
         )
+
+
+def _matched(
+    expected: Sequence[ExpectedAlert], alerts: Iterable[Alert]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, different) between what a test expects and ``alerts``."""
+    actual = list(alerts)
+    missing: list[str] = []
+    different: list[str] = []
+    for wanted in expected:
+        match = next((a for a in actual if _same_alert(wanted, a)), None)
+        if match is None:
+            missing.append(_describe_expected(wanted))
+            continue
+        actual.remove(match)
+        different += _differences(wanted, match)
+    return missing, [_describe(alert, full=True) for alert in actual], different
 
 
 def _same_alert(expected: ExpectedAlert, alert: Alert) -> bool:

@@ -1,13 +1,20 @@
 """MQTT sink: alert events, retained active alerts and a retained status on one connection.
 
-Topics (DESIGN.md section 5), under the configured prefix:
+Topics, under the configured prefix (``-`` for a segment an alert does not have: venue and
+asset of an account-scope alert):
 
-- ``alerts/<rule>/<account>/<asset>``: every notification, not retained;
-- ``active/<rule>/<account>/<asset>``: the firing alert, retained; an empty retained
+- ``alerts/<rule>/<account>/<venue>/<asset>``: every notification, not retained;
+- ``active/<rule>/<account>/<venue>/<asset>``: the firing alert, retained; an empty retained
   payload on resolve clears it, so a bot that connects late sees exactly what fires now
-  (with ``send_resolved: false`` the resolve still clears it, only the event is left out);
+  (with ``send_resolved: false`` the resolve still clears it, only the event is left out).
+  No expiry unless the sink sets ``active_expiry`` (MQTT 5);
 - ``status``: retained ``online`` after every (re)connect, ``offline`` as the will and on
   a clean stop (a will is only sent on an unclean disconnect).
+
+The venue segment is layout version 2 (:data:`TOPIC_LAYOUT`); version 1 had none, so one
+account holding an asset on two venues shared an ``active/`` topic. Outbox documents with
+the :data:`RETAINED_ONLY` key are not notifications but upkeep of retained topics across
+such a change (see :mod:`balwatch.topiclayout`): they publish on ``active/`` only.
 
 One background task owns the connection and reconnects with backoff; :meth:`send` never
 connects, it publishes on the live connection or fails at once as retryable, so an outage
@@ -43,7 +50,14 @@ log = structlog.get_logger(__name__)
 
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
-ACCOUNT_SCOPE_ASSET: Final = "-"
+# The segment of a topic for what an alert does not have (venue and asset at account scope).
+NO_SEGMENT: Final = "-"
+TOPIC_LAYOUT: Final = 2
+# Key of an upkeep document, and its two kinds: retain the alert beside the key on its
+# active/ topic (no event), or clear the alert's active/ topic of layout version 1.
+RETAINED_ONLY: Final = "mqtt_retained_only"
+SET_ACTIVE: Final = "set_active"
+CLEAR_V1_ACTIVE: Final = "clear_v1_active"
 # '/', '+' and '#' are topic syntax; control characters and lone surrogates are not
 # valid (or not visible) in a topic name.
 # Noncharacters (U+FDD0-FDEF and the last two code points of every plane): MQTT lets a
@@ -76,6 +90,27 @@ _STRING_PAIR: Final[int] = _PAHO.types.index("UTF-8 String Pair")
 def topic_segment(value: object) -> str:
     """One topic level from a rule, account or asset name: never splits or wildcards."""
     return _UNSAFE.sub("_", "" if value is None else str(value)) or "_"
+
+
+def topic_tail(alert: AlertDoc) -> str:
+    """``<rule>/<account>/<venue>/<asset>`` of an alert, ``-`` for what it does not have."""
+    return "/".join(
+        NO_SEGMENT if value is None else topic_segment(value)
+        for value in (alert.get(key) for key in ("rule", "account", "venue", "asset"))
+    )
+
+
+def v1_topic_tail(alert: AlertDoc) -> str:
+    """``<rule>/<account>/<asset>``: where layout version 1 put the alert."""
+    asset = alert.get("asset")
+    return "/".join(
+        topic_segment(part)
+        for part in (
+            alert.get("rule"),
+            alert.get("account"),
+            NO_SEGMENT if asset is None else asset,
+        )
+    )
 
 
 class _PackedProperties(Properties):
@@ -228,7 +263,6 @@ class MqttSink(Sink):
         ack_timeout: float = 10.0,
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
-        active_expiry: float = 7 * 86400,
     ) -> None:
         self.name = config.name
         self._config = config
@@ -236,7 +270,8 @@ class MqttSink(Sink):
         self._connect_timeout = connect_timeout
         self._ack_timeout = ack_timeout
         self._reconnect = (reconnect_min, reconnect_max)
-        self._active_expiry = math.ceil(active_expiry)
+        expiry = config.active_expiry
+        self._active_expiry = None if expiry is None else math.ceil(expiry)
         self._v5 = config.protocol == "5"
         self._status_topic = f"{config.topic_prefix}/status"
         # One id per sink instance: a reconnect takes over a half-open old session.
@@ -299,33 +334,18 @@ class MqttSink(Sink):
 
     def topics(self, alert: AlertDoc) -> tuple[str, str]:
         """The ``alerts/`` and ``active/`` topics of one alert."""
-        asset = alert.get("asset")
-        tail = "/".join(
-            topic_segment(part)
-            for part in (
-                alert.get("rule"),
-                alert.get("account"),
-                ACCOUNT_SCOPE_ASSET if asset is None else asset,
-            )
-        )
+        tail = topic_tail(alert)
         prefix = self._config.topic_prefix
         return f"{prefix}/alerts/{tail}", f"{prefix}/active/{tail}"
 
     def _messages(self, alert: AlertDoc) -> list[tuple[str, bytes, bool, Properties | None]]:
         """(topic, payload, retain, v5 properties) in publish order: event, then state."""
-        try:
-            payload = encode_alert(alert)
-        except (TypeError, ValueError) as exc:
-            raise DeliveryError(
-                f"mqtt sink {self.name}: alert is not JSON data: {type(exc).__name__}",
-                retryable=False,
-            ) from None
+        upkeep = alert.get(RETAINED_ONLY)
+        if upkeep is not None:
+            return self._upkeep(upkeep, alert)
+        payload = self._payload(alert)
         events, active = self.topics(alert)
-        if len(active.encode()) > _MAX_TOPIC_BYTES:  # events/ is shorter
-            raise DeliveryError(
-                f"mqtt sink {self.name}: topic longer than MQTT allows ({len(active)} chars)",
-                retryable=False,
-            )
+        self._checked(active)  # alerts/ is shorter
         if alert.get("status") == "resolved":
             clear = (active, b"", True, None)
             if not self._config.send_resolved:
@@ -335,6 +355,38 @@ class MqttSink(Sink):
             (events, payload, False, self._properties(alert)),
             (active, payload, True, self._properties(alert, expiry=self._active_expiry)),
         ]
+
+    def _upkeep(
+        self, kind: object, alert: AlertDoc
+    ) -> list[tuple[str, bytes, bool, Properties | None]]:
+        """The one retained publish of an upkeep document; nothing goes to ``alerts/``."""
+        if kind == CLEAR_V1_ACTIVE:
+            topic = f"{self._config.topic_prefix}/active/{v1_topic_tail(alert)}"
+            return [(self._checked(topic), b"", True, None)]
+        if kind == SET_ACTIVE:
+            doc = {key: value for key, value in alert.items() if key != RETAINED_ONLY}
+            active = self._checked(self.topics(doc)[1])
+            properties = self._properties(doc, expiry=self._active_expiry)
+            return [(active, self._payload(doc), True, properties)]
+        raise DeliveryError(f"mqtt sink {self.name}: unknown upkeep {kind!r}", retryable=False)
+
+    def _payload(self, alert: AlertDoc) -> bytes:
+        try:
+            return encode_alert(alert)
+        except (TypeError, ValueError) as exc:
+            raise DeliveryError(
+                f"mqtt sink {self.name}: alert is not JSON data: {type(exc).__name__}",
+                retryable=False,
+            ) from None
+
+    def _checked(self, topic: str) -> str:
+        """``topic``, unless it is longer than MQTT allows: a dead letter then."""
+        if len(topic.encode()) > _MAX_TOPIC_BYTES:
+            raise DeliveryError(
+                f"mqtt sink {self.name}: topic longer than MQTT allows ({len(topic)} chars)",
+                retryable=False,
+            )
+        return topic
 
     def _properties(self, alert: AlertDoc, *, expiry: int | None = None) -> Properties | None:
         if not self._v5:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,6 +145,31 @@ def test_defaults_apply(write: WriteFile, tmp_path: Path) -> None:
     assert kuna.options == KunaCoreOptions(assets=["USDT"])
 
 
+def test_instance_and_external_url(write: WriteFile) -> None:
+    default = load_config(write("{}\n"), {})
+    assert default.instance == socket.gethostname()
+    assert (default.external_url, default.sinks) == (None, ())
+    config = load_config(
+        write(
+            """
+            instance: treasury-prod
+            external_url: https://ops.example/balwatch/
+            sinks:
+              - {name: m, type: mqtt, url: 'mqtt://b', active_expiry: 30d}
+              - {name: n, type: mqtt, url: 'mqtt://b'}
+            """
+        ),
+        {},
+    )
+    assert (config.instance, config.external_url) == (
+        "treasury-prod",
+        "https://ops.example/balwatch",
+    )
+    expiring, lasting = config.sinks
+    assert isinstance(expiring, MqttSinkConfig) and isinstance(lasting, MqttSinkConfig)
+    assert (expiring.active_expiry, lasting.active_expiry) == (30 * 86400, None)
+
+
 def test_state_directory_from_systemd(write: WriteFile) -> None:
     config = load_config(write("{}\n"), {"STATE_DIRECTORY": "/var/lib/balwatch:/var/lib/other"})
     assert config.state_dir == Path("/var/lib/balwatch")
@@ -211,7 +237,7 @@ ERROR_CASES = {
         2,
         1,
         "unknown key 'state_dri' in the config (did you mean 'state_dir'?); expected one of: "
-        "state_dir, rules, http, log, defaults, accounts, sinks",
+        "state_dir, instance, external_url, rules, http, log, defaults, accounts, sinks",
     ),
     "unknown account key": (
         VALID_ACCOUNT + "    poll_intervall: 15s\n",
@@ -407,6 +433,32 @@ ERROR_CASES = {
         43,
         "cannot read /nonexistent/bitso for ${cred:bitso}: No such file or directory",
     ),
+    "active_expiry on MQTT 3.1.1": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', protocol: '3.1.1',\n"
+        "     active_expiry: 30d}\n",
+        3,
+        21,
+        "active_expiry needs protocol 5: MQTT 3.1.1 has no message expiry",
+    ),
+    "active_expiry past MQTT's limit": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', active_expiry: 50000d}\n",
+        2,
+        59,
+        "expected at most 4294967295s (MQTT's limit, 136 years), got '50000d'",
+    ),
+    "external_url without a host": (
+        "external_url: /balwatch\n",
+        1,
+        15,
+        "expected a URL with a host, starting with https:// or http://",
+    ),
+    "external_url with a query": (
+        "external_url: 'https://ops.example/?x=1'\n",
+        1,
+        15,
+        "expected a base URL without '?' or '#', got 'https://ops.example/?x=1'",
+    ),
+    "blank instance": ("instance: ' '\n", 1, 11, "expected a name of printable characters"),
     "empty file": ("", 1, 1, "expected a mapping (key: value), got an empty value"),
     "string where a mapping belongs is not quoted": (
         "sinks:\n  - name: w\n    type: webhook\n    url: https://h\n"

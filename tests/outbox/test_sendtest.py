@@ -23,7 +23,9 @@ def hook(url: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_the_synthetic_alerts_are_valid_alert_documents() -> None:
-    firing, resolved = synthetic_alerts("hook", resolve=True, now=datetime.now(UTC))
+    firing, resolved = synthetic_alerts(
+        "hook", resolve=True, now=datetime.now(UTC), instance="treasury-prod"
+    )
     for doc in (firing, resolved):
         parsed = Alert.from_json(doc)
         assert (parsed.rule, parsed.severity) == (TEST_RULE, "info")
@@ -94,5 +96,5 @@ async def test_delivered_through_a_real_broker_and_leaves_nothing_retained() -> 
         async with subscribe(broker.port, ["balwatch/active/#"]) as late:
             retained = await late.drain()
     assert result.delivered
-    assert [m.topic.value for m in received] == ["balwatch/alerts/balwatch-test/send-test/-"] * 2
+    assert [m.topic.value for m in received] == ["balwatch/alerts/balwatch-test/send-test/-/-"] * 2
     assert retained == []
