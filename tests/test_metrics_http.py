@@ -1,0 +1,194 @@
+"""``/metrics`` of a live daemon, scraped over HTTP: the balance gauges through polls, a
+failure and reloads.
+
+A real :class:`~balwatch.daemon.Daemon` against the simulator, with its HTTP server on a
+loopback port; waits are on the simulator's requests, never on the clock.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from balwatch.simulator.server import Simulator
+from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.brokers import free_port
+from tests.daemons import AlertLog, CountingState, running
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def series(text: str) -> Series:
+    """Every sample of an exposition, by name and label set."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Series, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def balances(samples: Series) -> set[tuple[str, str, str, str]]:
+    """(account, venue, asset, metric) of every ``balwatch_balance`` series."""
+    found = set()
+    for (name, labels), _ in samples.items():
+        if name == "balwatch_balance":
+            got = dict(labels)
+            found.add((got["account"], got["venue"], got["asset"], got["metric"]))
+    return found
+
+
+async def scrape(http: aiohttp.ClientSession, port: int) -> str:
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
+# --- balance gauges --------------------------------------------------------------------
+
+
+def treasury() -> SimAccount:
+    return SimAccount(
+        "treasury",
+        "bitso",
+        api_key="k-bitso",
+        api_secret="s-bitso",
+        balances={
+            "bitso": {
+                "USDT": {"total": "10000.5", "available": "9000.25", "locked": "1000.25"},
+                "MXN": {"total": "90000", "available": "90000", "locked": "0"},
+            }
+        },
+    )
+
+
+def ems() -> SimAccount:
+    btc = {"total": "3.5", "available": "3.1", "locked": "0.4", "rate_usd": "61250.10"}
+    return SimAccount("ems", "coinapi", api_key="k-coinapi", balances={"BINANCESPOT": {"BTC": btc}})
+
+
+def balance_config(
+    path: Path, sim_url: str, port: int, *, with_ems: bool = True, balances: bool | None = None
+) -> Path:
+    lines = [
+        f"state_dir: {path.parent / 'state'}",
+        f"rules: ['{path.parent / 'rules.yaml'}']",
+        f"http: {{listen: '127.0.0.1:{port}'}}",
+        "log: {format: json, level: warning}",
+        "defaults: {poll_interval: 300ms, timeout: 2s}",
+        "accounts:",
+        f"  - {{name: treasury, exchange: bitso, base_url: '{sim_url}', "
+        "credentials: {api_key: k-bitso, api_secret: s-bitso}}",
+    ]
+    if with_ems:
+        lines.append(
+            f"  - {{name: ems, exchange: coinapi, base_url: '{sim_url}', "
+            "credentials: {api_key: k-coinapi}}"
+        )
+    if balances is not None:
+        lines.append(f"metrics: {{balances: {str(balances).lower()}}}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_balance_gauges_follow_polls_a_failure_and_reloads(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    state = CountingState([treasury(), ems()])
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    port = free_port()
+    async with Simulator(state) as sim:
+        config = balance_config(tmp_path / "balwatch.yaml", sim.url, port)
+
+        async def polled(account: str, requests: int) -> Series:
+            """Scraped once the simulator got ``requests`` more requests of ``account``: the
+            daemon asks again only after it handled the last answer, so every answer but the
+            newest one has reached the metrics by then."""
+            await state.requests(account, state.accounts[account].requests + requests)
+            return series(await scrape(http, port))
+
+        async with running(config, AlertLog()) as daemon:
+            got = await polled("treasury", 1)
+            bitso = {"account": "treasury", "exchange": "bitso", "venue": "bitso"}
+            assert value(got, "balwatch_balance", **bitso, asset="USDT", metric="total") == 10000.5
+            assert value(got, "balwatch_balance", **bitso, asset="USDT", metric="locked") == 1000.25
+            # Bitso reports no price and no pending_* in the simulator: no series, not zeros.
+            assert ("treasury", "bitso", "USDT", "rate_usd") not in balances(got)
+            assert not any(labels for name, labels in got if name == "balwatch_balance_usd"
+                           and ("account", "treasury") in labels)  # fmt: skip
+            coinapi = {"account": "ems", "exchange": "coinapi", "venue": "BINANCESPOT"}
+            assert value(got, "balwatch_balance", **coinapi, asset="BTC", metric="rate_usd") == (
+                61250.10
+            )
+            usd = value(got, "balwatch_balance_usd", **coinapi, asset="BTC", metric="total")
+            assert usd == float(Decimal("3.5") * Decimal("61250.10"))
+            assert value(
+                got, "balwatch_balance_usd", **coinapi, asset="BTC", metric="rate_usd"
+            ) is (None)
+
+            # A failing source: the last good values stay, and the poll's age shows it.
+            state.accounts["ems"].faults.append(Fault(FaultKind.STATUS, times=None, status=503))
+            got = await polled("ems", 1)  # every good answer before the fault was handled
+            last_good = value(got, "balwatch_last_successful_poll_timestamp_seconds", account="ems")
+            assert last_good is not None
+            got = await polled("ems", 1)  # and a failed one now
+            fails = value(
+                got,
+                "balwatch_poll_errors_total",
+                account="ems",
+                exchange="coinapi",
+                kind="unavailable",
+            )
+            assert fails is not None and fails >= 1
+            assert value(got, "balwatch_balance", **coinapi, asset="BTC", metric="total") == 3.5
+            assert value(got, "balwatch_balance_usd", **coinapi, asset="BTC", metric="total") == usd
+            assert (
+                value(got, "balwatch_last_successful_poll_timestamp_seconds", account="ems")
+                == last_good
+            )
+            state.accounts["ems"].faults.clear()
+
+            # A row gone from the answer loses its series; the others keep theirs.
+            del state.accounts["treasury"].balances["bitso"]["MXN"]
+            got = await polled("treasury", 2)  # one answer without MXN handled
+            assert {row[2] for row in balances(got) if row[0] == "treasury"} == {"USDT"}
+
+            # A reload that removes an account removes its series.
+            balance_config(config, sim.url, port, with_ems=False)
+            assert await daemon.reload() is True
+            got = series(await scrape(http, port))
+            assert {row[0] for row in balances(got)} == {"treasury"}
+            assert not [name for name, _ in got if name == "balwatch_balance_usd"]
+
+            # The switch: a reload turns the gauges off and on again.
+            balance_config(config, sim.url, port, with_ems=False, balances=False)
+            assert await daemon.reload() is True
+            text = await scrape(http, port)
+            assert "balwatch_balance" not in text
+            assert "balwatch_polls_total" in text
+            balance_config(config, sim.url, port, with_ems=False, balances=True)
+            assert await daemon.reload() is True
+            got = series(await scrape(http, port))
+            assert ("treasury", "bitso", "USDT", "available") in balances(got)
+
+
+async def test_balance_gauges_can_be_off_from_the_start(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    state = CountingState([treasury()])
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    port = free_port()
+    async with Simulator(state) as sim:
+        config = balance_config(tmp_path / "balwatch.yaml", sim.url, port, with_ems=False)
+        balance_config(config, sim.url, port, with_ems=False, balances=False)
+        async with running(config, AlertLog()):
+            await state.requests("treasury", state.accounts["treasury"].requests + 2)
+            text = await scrape(http, port)
+    assert "balwatch_balance" not in text
+    assert 'balwatch_polls_total{account="treasury",exchange="bitso"}' in text
