@@ -132,17 +132,13 @@ async def test_balance_gauges_follow_polls_a_failure_and_reloads(
             assert value(got, "balwatch_balance", **bitso, asset="USDT", metric="locked") == 1000.25
             # Bitso reports no price and no pending_* in the simulator: no series, not zeros.
             assert ("treasury", "bitso", "USDT", "rate_usd") not in balances(got)
-            assert not any(labels for name, labels in got if name == "balwatch_balance_usd"
-                           and ("account", "treasury") in labels)  # fmt: skip
-            coinapi = {"account": "ems", "exchange": "coinapi", "venue": "BINANCESPOT"}
-            assert value(got, "balwatch_balance", **coinapi, asset="BTC", metric="rate_usd") == (
-                61250.10
-            )
-            usd = value(got, "balwatch_balance_usd", **coinapi, asset="BTC", metric="total")
+            usd_accounts = {dict(labels)["account"] for name, labels in got if "_usd" in name}
+            assert usd_accounts == {"ems"}
+            btc = {"account": "ems", "exchange": "coinapi", "venue": "BINANCESPOT", "asset": "BTC"}
+            assert value(got, "balwatch_balance", **btc, metric="rate_usd") == 61250.10
+            usd = value(got, "balwatch_balance_usd", **btc, metric="total")
             assert usd == float(Decimal("3.5") * Decimal("61250.10"))
-            assert value(
-                got, "balwatch_balance_usd", **coinapi, asset="BTC", metric="rate_usd"
-            ) is (None)
+            assert value(got, "balwatch_balance_usd", **btc, metric="rate_usd") is None
 
             # A failing source: the last good values stay, and the poll's age shows it.
             state.accounts["ems"].faults.append(Fault(FaultKind.STATUS, times=None, status=503))
@@ -158,8 +154,8 @@ async def test_balance_gauges_follow_polls_a_failure_and_reloads(
                 kind="unavailable",
             )
             assert fails is not None and fails >= 1
-            assert value(got, "balwatch_balance", **coinapi, asset="BTC", metric="total") == 3.5
-            assert value(got, "balwatch_balance_usd", **coinapi, asset="BTC", metric="total") == usd
+            assert value(got, "balwatch_balance", **btc, metric="total") == 3.5
+            assert value(got, "balwatch_balance_usd", **btc, metric="total") == usd
             assert (
                 value(got, "balwatch_last_successful_poll_timestamp_seconds", account="ems")
                 == last_good
@@ -197,8 +193,9 @@ async def test_balance_gauges_can_be_off_from_the_start(
     (tmp_path / "rules.yaml").write_text("rules: []\n")
     port = free_port()
     async with Simulator(state) as sim:
-        config = balance_config(tmp_path / "balwatch.yaml", sim.url, port, with_ems=False)
-        balance_config(config, sim.url, port, with_ems=False, balances=False)
+        config = balance_config(
+            tmp_path / "balwatch.yaml", sim.url, port, with_ems=False, balances=False
+        )
         async with running(config, AlertLog()):
             await state.requests("treasury", state.accounts["treasury"].requests + 2)
             text = await scrape(http, port)
@@ -320,9 +317,8 @@ async def test_every_metric_the_dashboard_queries_is_in_a_live_daemons_metrics(
         )
         alerts = AlertLog()
         async with running(config, alerts, environ={"SIM_URL": sim.url}):
-            fired = await alerts.event("low-usdt", "bitso-treasury", "firing")
-            delivered = await hook.wait_for(1, timeout=20)
-            assert any(r.json()["id"] == fired.id for r in delivered)
+            await alerts.event("low-usdt", "bitso-treasury", "firing")
+            await hook.wait_for(1, timeout=20)  # a delivery went out
             await alerts.event("tick-probe", "bitso-treasury", "firing")
             samples = series(await scrape(http, port))
 
