@@ -99,8 +99,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()  # first poll round done, sinks connected
         self._reload_requested = asyncio.Event()
-        self.metrics = Metrics(__version__)
         self.latest = LatestBalances(clock=clock)
+        self.metrics = Metrics(__version__, balances=self.latest)
         self._self_alerts = SelfAlerts(clock)
         self._polled: set[str] = set()
         self._failing: set[str] = set()
@@ -130,6 +130,7 @@ class Daemon:
     async def _serve(self, loaded: Loaded, watched: _Signature) -> int:
         """Run until stopped, holding the state directory."""
         config = loaded.config
+        self.metrics.export_balances(config.metrics.balances)
         now = self._clock()
         db = config.state_dir / DB_FILE
         engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
@@ -454,6 +455,7 @@ class Daemon:
             log.warning("reload_needs_restart", changed="sinks, http or state_dir")
         now = self._clock()
         self.engine.set_account_labels(_labels(new))
+        self.metrics.export_balances(new.metrics.balances)
         alerts = self.engine.replace_rules(loaded.rules, now)
         for gone in {a.name for a in old.accounts} - {a.name for a in new.accounts}:
             alerts += self.engine.forget_account(gone, now)

@@ -233,6 +233,12 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class MetricsConfig(_Model):
+    # The balwatch_balance and balwatch_balance_usd series of /metrics; off keeps balances
+    # out of a monitoring system that should not hold them. A reload applies a change.
+    balances: bool = True
+
+
 class DefaultsConfig(_Model):
     poll_interval: Duration = 30.0
     timeout: Duration = 10.0
@@ -471,6 +477,7 @@ class Config(_Model):
     )
     http: HttpConfig | None = None
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     accounts: tuple[AccountConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()

@@ -85,6 +85,7 @@ def test_design_example_loads(write: WriteFile, environ: dict[str, str], tmp_pat
     assert config.http is not None
     assert (config.http.host, config.http.port) == ("127.0.0.1", 9464)
     assert (config.log.format, config.log.level) == ("json", "info")
+    assert config.metrics.balances is True  # balances on /metrics unless turned off
 
     [account] = config.accounts
     assert account.poll_interval == 15.0
@@ -237,7 +238,7 @@ ERROR_CASES = {
         2,
         1,
         "unknown key 'state_dri' in the config (did you mean 'state_dir'?); expected one of: "
-        "state_dir, instance, external_url, rules, http, log, defaults, accounts, sinks",
+        "state_dir, instance, external_url, rules, http, log, metrics, defaults, accounts, sinks",
     ),
     "unknown account key": (
         VALID_ACCOUNT + "    poll_intervall: 15s\n",
@@ -371,6 +372,18 @@ ERROR_CASES = {
         1,
         15,
         "expected 'auto', 'json' or 'console', got 'jsn'",
+    ),
+    "bad metrics switch": (
+        "metrics: {balances: sometimes}\n",
+        1,
+        21,
+        "expected true or false, got 'sometimes'",
+    ),
+    "unknown metrics key": (
+        "metrics: {balance: false}\n",
+        1,
+        11,
+        "unknown key 'balance' in metrics",
     ),
     "bad listen": (
         "http: {listen: 9464}\n",
