@@ -23,16 +23,17 @@ from balwatch.config import Config, load_config
 from balwatch.daemon import Daemon, StartError
 from balwatch.demo.story import run_demo
 from balwatch.errors import ConfigError
+from balwatch.explain import Poll, explain
 from balwatch.loading import load_config_rules
 from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all
 from balwatch.rules.engine import Engine
-from balwatch.rules.explain import Poll, explain
 from balwatch.rules.load import RuleSet
 from balwatch.rules.ruletest import plural, run_tests
 from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
+from balwatch.sinks.registry import build_sink
 from balwatch.statestore import StateError
 from balwatch.table import balances_table, failures_table
 
@@ -182,7 +183,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(config.log.format, config.log.level, config.secrets())
     try:
-        result = asyncio.run(send_test(config, args.sink, timeout=args.timeout))
+        result = asyncio.run(send_test(config, args.sink, build_sink, timeout=args.timeout))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -42,7 +42,7 @@ from balwatch.rules.load import matching_paths
 from balwatch.scheduler import PollPlan, Scheduler
 from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
-from balwatch.sinks.base import Sink
+from balwatch.sink import Sink
 from balwatch.sinks.registry import build_sink
 from balwatch.statestore import (
     StateError,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from balwatch.rules.explain import Poll, explain
+from balwatch.explain import Poll, explain
 from balwatch.rules.expr import parse_expression
 from balwatch.rules.rule import Rule
 from balwatch.rules.select import Selector

@@ -15,7 +15,7 @@ A ``retry_after`` from the receiver is a rate limit on the whole endpoint: the w
 nothing to that sink until it has passed. Timers live in memory and use the injectable
 :class:`Clock`: after a restart every pending delivery is due at once, its attempt count
 kept. There is no retry limit: an alert is worth delivering late, and only the receiver can
-say it never will be (a non-retryable :class:`~balwatch.sinks.base.DeliveryError`).
+say it never will be (a non-retryable :class:`~balwatch.sink.DeliveryError`).
 
 The scheduler sleeps on a wake-up event (set by new deliveries and finished sends) bounded
 by the earliest retry time; it never polls.
@@ -36,7 +36,7 @@ import structlog
 
 from balwatch.backoff import Backoff
 from balwatch.outbox.store import Delivery, OutboxStore, StateWrite
-from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sink import AlertDoc, DeliveryError, Sink
 
 log = structlog.get_logger("balwatch.outbox")
 

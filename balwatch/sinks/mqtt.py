@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from balwatch.config.model import MqttSinkConfig, redact_url
-from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sink import AlertDoc, DeliveryError, Sink
 from balwatch.sinks.formats import encode_alert
 
 log = structlog.get_logger(__name__)

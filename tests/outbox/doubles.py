@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from balwatch.sinks.base import AlertDoc, Sink
+from balwatch.sink import AlertDoc, Sink
 
 # Decides one attempt: (alert, attempt number for this alert id, from 1) -> error or None.
 Script = Callable[[AlertDoc, int], BaseException | None]

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from balwatch.backoff import Backoff
 from balwatch.outbox.store import OutboxStore, SinkCounts
 from balwatch.outbox.worker import Outbox, SinkStats
-from balwatch.sinks.base import AlertDoc, DeliveryError
+from balwatch.sink import AlertDoc, DeliveryError
 from tests.outbox.doubles import FakeClock, ScriptedSink, alert
 
 HALF = Backoff(base=1.0, cap=60.0, rand=lambda: 0.5)  # delays exactly half the ceiling

@@ -15,7 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from structlog.testing import capture_logs
 
-from balwatch.sinks.base import DeliveryError
+from balwatch.sink import DeliveryError
 from balwatch.sinks.formats import encode_alert
 from balwatch.sinks.mqtt import MqttSink, _v5_properties, topic_segment
 from tests.brokers import Mosquitto, free_port, make_tls_files, subscribe
