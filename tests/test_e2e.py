@@ -37,6 +37,7 @@ from balwatch.simulator.state import SimAccount
 from balwatch.statestore import LOCK_FILE
 from tests.brokers import Mosquitto, Subscriber, free_port, subscribe
 from tests.conftest import StartSim
+from tests.waiting import within
 from tests.webhooks import Recorded, WebhookReceiver
 
 STEP_TIMEOUT = 20.0  # one story step: a poll (0.3 s), a rule's `for`, a delivery
@@ -350,8 +351,8 @@ class Process:
         self.proc.send_signal(sig)
 
     async def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self.readers)
+        code = await within(self.proc.wait(), "balwatch run to exit", timeout)
+        await within(asyncio.gather(*self.readers), "the end of balwatch run's output")
         return code
 
 
