@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -17,27 +16,13 @@ import pytest
 
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
 from tests.brokers import free_port
+from tests.commands import run_cli
 from tests.conftest import StartSim
 
 BITSO_SECRET = "TOPSECRET-bitso-9f8e7d6c"
 COINW_SECRET = "TOPSECRET-coinw-1a2b3c4d"
 KUNA_PASSWORD = "TOPSECRET-kuna-5e6f7a8b"
 SECRETS = (BITSO_SECRET, COINW_SECRET, KUNA_PASSWORD, "wrong-secret-00ff")
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "balwatch",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def write_config(path: Path, url: str) -> Path:

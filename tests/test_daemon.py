@@ -40,7 +40,7 @@ from balwatch.statestore import StateError
 from balwatch.systemd import Notifier
 from tests.brokers import Mosquitto
 from tests.conftest import StartSim
-from tests.test_e2e import Notifications, notify_socket
+from tests.notify import Notifications, notify_socket
 from tests.webhooks import WebhookReceiver
 
 WAIT = 20.0
