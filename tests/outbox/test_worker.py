@@ -352,8 +352,8 @@ async def test_a_failing_sink_warns_once_and_says_when_it_delivers_again(
     await outbox.stop()
 
     assert [(e["event"], e["log_level"]) for e in logs if e["log_level"] != "debug"] == [
-        ("delivery failed, will retry", "warning"),
-        ("sink delivering again", "info"),
+        ("delivery_failed", "warning"),
+        ("sink_delivering_again", "info"),
     ]
-    [recovered] = [e for e in logs if e["event"] == "sink delivering again"]
+    [recovered] = [e for e in logs if e["event"] == "sink_delivering_again"]
     assert recovered["failed_attempts"] == 5

@@ -286,7 +286,7 @@ async def test_username_and_password_from_the_url() -> None:
     assert json.loads(body(message)) == ALERT
     assert logs == [
         {
-            "event": "mqtt connected",
+            "event": "mqtt_connected",
             "sink": "ops-mqtt",
             "broker": f"mqtt://127.0.0.1:{broker.port}/",
             "log_level": "info",
