@@ -29,6 +29,7 @@ from balwatch.simulator.state import Fault, FaultKind, SimAccount
 from tests.adapters.wellformed import (
     ACCOUNT,
     Answer,
+    amount_texts,
     amounts,
     asset_codes,
     check_answer,
@@ -235,9 +236,9 @@ def kunacore_answers(draw: st.DrawFn) -> Answer:
             elif form == "amount":
                 entry[name], parts[name] = draw(amounts)
         entry["depositAddress"] = {code: {"address": "T9yD14Nj9j7xAB4dbGeiX9h8unkKHxuWwb"}}
-        settlement = draw(st.none() | amounts.filter(lambda a: isinstance(a[0], str)))
+        settlement = draw(st.none() | amount_texts)  # a field newer than the docs
         if settlement is not None:
-            entry["settlementBalance"] = settlement[0]
+            entry["settlementBalance"] = settlement
         data.append(entry)
         hold, locked = parts["holdBalance"], parts["lockBalance"]
         rows.append(
@@ -252,7 +253,7 @@ def kunacore_answers(draw: st.DrawFn) -> Answer:
                 hold=hold,
                 aml_locked=locked,
                 referral=parts["referralBalance"],
-                extras={} if settlement is None else {"settlementBalance": settlement[0]},
+                extras={} if settlement is None else {"settlementBalance": settlement},
             )
         )
     fields = [

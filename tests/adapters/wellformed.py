@@ -26,6 +26,9 @@ _values = st.decimals(
     min_value=0, max_value=10**12, places=8, allow_nan=False, allow_infinity=False
 )
 
+# Amounts as plain decimal text: the form most sources send.
+amount_texts: st.SearchStrategy[str] = _values.map(lambda d: format(d, "f"))
+
 # (wire value, the Decimal it means): plain text most often, as most sources send it; also
 # exponent text and JSON numbers (read as Decimal or int), which every source is allowed.
 amounts: st.SearchStrategy[tuple[Any, Decimal]] = st.one_of(
