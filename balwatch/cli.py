@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -21,18 +22,19 @@ from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config
 from balwatch.daemon import Daemon, StartError
-from balwatch.demo.story import run_demo
+from balwatch.demo.story import MQTT_PORT, run_demo
 from balwatch.errors import ConfigError
+from balwatch.explain import Poll, explain
 from balwatch.loading import load_config_rules
 from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all
 from balwatch.rules.engine import Engine
-from balwatch.rules.explain import Poll, explain
 from balwatch.rules.load import RuleSet
 from balwatch.rules.ruletest import plural, run_tests
 from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
+from balwatch.sinks.registry import build_sink
 from balwatch.statestore import StateError
 from balwatch.table import balances_table, failures_table
 
@@ -184,7 +186,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(config.log.format, config.log.level, config.secrets())
     try:
-        result = asyncio.run(send_test(config, args.sink, timeout=args.timeout))
+        result = asyncio.run(send_test(config, args.sink, build_sink, timeout=args.timeout))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -226,7 +228,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(run_demo(sys.stdout))
+    return asyncio.run(run_demo(sys.stdout, speed=args.speed, mqtt_port=args.mqtt_port))
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="simulators, daemon and a scripted story; no setup needed")
+    # For the tests: the story played faster, alerts to a broker of their own.
+    p.add_argument("--speed", type=_speed, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--mqtt-port", type=int, default=MQTT_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
     return parser
 

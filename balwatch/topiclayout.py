@@ -32,7 +32,7 @@ from balwatch.alert import Alert
 from balwatch.config.model import MqttSinkConfig, SinkConfig
 from balwatch.outbox.routing import route
 from balwatch.outbox.store import OutboxStore
-from balwatch.sinks.base import AlertDoc
+from balwatch.sink import AlertDoc
 from balwatch.sinks.mqtt import (
     CLEAR_V1_ACTIVE,
     RETAINED_ONLY,

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from balwatch.rules.explain import Poll, explain
+from balwatch.explain import Poll, explain
 from balwatch.rules.expr import parse_expression
 from balwatch.rules.rule import Rule
 from balwatch.rules.select import Selector
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.commands import run_cli
 from tests.conftest import StartSim
-from tests.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rules"

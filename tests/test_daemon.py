@@ -46,7 +46,7 @@ from tests.alertschema import schema_errors
 from tests.brokers import Mosquitto, subscribe
 from tests.conftest import StartSim
 from tests.daemons import WAIT, AlertLog, CountingState, running
-from tests.test_e2e import Notifications, notify_socket
+from tests.notify import Notifications, notify_socket
 from tests.webhooks import WebhookReceiver
 
 

@@ -9,19 +9,14 @@ intervals and rule windows are shortened so the whole story plays out in about h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
-import os
 import random
 import re
 import signal
-import socket
 import sqlite3
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,11 +32,12 @@ from balwatch.simulator.state import SimAccount
 from balwatch.statestore import LOCK_FILE
 from tests.alertschema import schema_errors
 from tests.brokers import Mosquitto, Subscriber, free_port, subscribe
+from tests.commands import balwatch_run
 from tests.conftest import StartSim
+from tests.notify import Notifications, notify_socket
 from tests.webhooks import Recorded, WebhookReceiver
 
 STEP_TIMEOUT = 20.0  # one story step: a poll (0.3 s), a rule's `for`, a delivery
-EXIT_TIMEOUT = 30.0  # SIGTERM to exit: stop polling, drain the outbox (grace 10 s)
 
 # The simulator's credentials reach the daemon only through ${ENV} references in the config:
 # none of these may ever appear in what the daemon prints.
@@ -144,72 +140,6 @@ accounts:
     base_url: {sim_url}
     credentials: {{api_key: "${{BW_COINW_KEY}}", api_secret: "${{BW_COINW_SECRET}}"}}
 """
-
-
-# --- sd_notify -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def notify_socket() -> Iterator[tuple[socket.socket, str]]:
-    """A bound AF_UNIX datagram socket and its NOTIFY_SOCKET value (short path: 108 bytes)."""
-    directory = tempfile.mkdtemp(prefix="bw-sd-", dir="/tmp")
-    path = os.path.join(directory, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    try:
-        sock.bind(path)
-        yield sock, path
-    finally:
-        sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.rmdir(directory)
-
-
-class Notifications:
-    """Collects sd_notify datagrams as ``{KEY: VALUE}`` dicts, in arrival order."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.received: list[dict[str, str]] = []
-        self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.sock_recv(self._sock, 4096)
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
-            async with self._changed:
-                self.received.append(fields)
-                self._changed.notify_all()
-
-    async def __aenter__(self) -> Notifications:
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def wait_for(
-        self, predicate: Callable[[dict[str, str]], bool], *, after: int = 0
-    ) -> tuple[int, dict[str, str]]:
-        """The first notification at index >= ``after`` that satisfies ``predicate``."""
-
-        def found() -> tuple[int, dict[str, str]] | None:
-            for index in range(after, len(self.received)):
-                if predicate(self.received[index]):
-                    return index, self.received[index]
-            return None
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), 15)
-            hit = found()
-            assert hit is not None
-            return hit
 
 
 # --- MQTT and webhook observers --------------------------------------------------------
@@ -340,69 +270,6 @@ class SimControl:
     async def up(self, account: str) -> None:
         async with self.http.delete(f"{self.url}/_sim/accounts/{account}/faults") as r:
             r.raise_for_status()
-
-
-# --- the daemon process ----------------------------------------------------------------
-
-
-@dataclass
-class Process:
-    """``balwatch run`` with its output collected as it is written (pipes never fill)."""
-
-    proc: asyncio.subprocess.Process
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    readers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return (bytes(self.stdout) + bytes(self.stderr)).decode(errors="replace")
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self.readers)
-        return code
-
-
-async def _pump(stream: asyncio.StreamReader | None, into: bytearray) -> None:
-    assert stream is not None
-    while chunk := await stream.read(65536):
-        into.extend(chunk)
-
-
-@contextlib.asynccontextmanager
-async def balwatch_run(
-    config: Path, env: Mapping[str, str], *, cwd: Path | None = None
-) -> AsyncIterator[Process]:
-    """Start ``python -m balwatch run -c config``; killed on exit if still running."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "balwatch",
-        "run",
-        "-c",
-        str(config),
-        env={**os.environ, **env},
-        cwd=cwd or config.parent,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    process = Process(proc)
-    process.readers = [
-        asyncio.create_task(_pump(proc.stdout, process.stdout)),
-        asyncio.create_task(_pump(proc.stderr, process.stderr)),
-    ]
-    try:
-        yield process
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await asyncio.gather(*process.readers, return_exceptions=True)
 
 
 def pending_deliveries(db: Path) -> list[tuple[Any, ...]]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from balwatch.alert import SEVERITY_RANK
-from balwatch.sinks.base import AlertDoc
+from balwatch.sink import AlertDoc
 
 
 class RoutedSink(Protocol):

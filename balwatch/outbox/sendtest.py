@@ -26,7 +26,7 @@ from balwatch.alert import Alert, new_id, placed
 from balwatch.config.model import Config, SinkConfig
 from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
-from balwatch.sinks.base import Sink
+from balwatch.sink import Sink
 
 TEST_RULE: Final = "balwatch-test"
 TEST_ACCOUNT: Final = "send-test"
@@ -81,21 +81,18 @@ def synthetic_alerts(
 
 
 async def send_test(
-    config: Config, sink_name: str, *, timeout: float = 30.0, build: BuildSink | None = None
+    config: Config, sink_name: str, build: BuildSink, *, timeout: float = 30.0
 ) -> SendTestResult:
     """Deliver the test alert to the sink named ``sink_name`` and report how it went.
 
     Waits up to ``timeout`` seconds, retrying as the daemon would. ``build`` makes the sink
-    from its config (default: the sink registry). Raises ValueError for an unknown sink.
+    from its config as the daemon does (``balwatch.sinks.registry.build_sink``). Raises
+    ValueError for an unknown sink.
     """
     sink_config = next((s for s in config.sinks if s.name == sink_name), None)
     if sink_config is None:
         known = ", ".join(s.name for s in config.sinks) or "none"
         raise ValueError(f"no sink named {sink_name!r}; configured sinks: {known}")
-    if build is None:
-        from balwatch.sinks.registry import build_sink
-
-        build = build_sink
     alerts = synthetic_alerts(
         sink_name,
         resolve=sink_config.receives_resolved,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from balwatch.sinks.base import AlertDoc
+from balwatch.sink import AlertDoc
 
 DB_FILE: Final = "balwatch.db"
 

@@ -15,7 +15,7 @@ A ``retry_after`` from the receiver is a rate limit on the whole endpoint: the w
 nothing to that sink until it has passed. Timers live in memory and use the injectable
 :class:`Clock`: after a restart every pending delivery is due at once, its attempt count
 kept. There is no retry limit: an alert is worth delivering late, and only the receiver can
-say it never will be (a non-retryable :class:`~balwatch.sinks.base.DeliveryError`).
+say it never will be (a non-retryable :class:`~balwatch.sink.DeliveryError`).
 
 The scheduler sleeps on a wake-up event (set by new deliveries and finished sends) bounded
 by the earliest retry time; it never polls.
@@ -36,7 +36,7 @@ import structlog
 
 from balwatch.backoff import Backoff
 from balwatch.outbox.store import Delivery, OutboxStore, StateWrite
-from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sink import AlertDoc, DeliveryError, Sink
 
 log = structlog.get_logger("balwatch.outbox")
 
@@ -250,7 +250,7 @@ class SinkWorker:
             # Breaks the sink contract; retry, and keep only the type: the message may hold
             # a URL with a token. The log line (redacted) has the full traceback.
             error = f"unexpected {type(exc).__name__}"
-            log.exception("sink raised unexpectedly", **self._fields(delivery))
+            log.exception("sink_raised_unexpectedly", **self._fields(delivery))
         finally:
             self._sending -= 1
             self._wake.set()
@@ -262,7 +262,7 @@ class SinkWorker:
         except Exception:
             # Could not record the outcome: keep the delivery pending and try it again
             # later. A redelivery repeats the alert id, which consumers dedupe on.
-            log.exception("outbox write failed", **self._fields(delivery))
+            log.exception("outbox_write_failed", **self._fields(delivery))
             error, dead, retry_after = error or "outbox write failed", False, None
         self._settle(delivery, error, dead=dead, retry_after=retry_after)
 
@@ -287,7 +287,7 @@ class SinkWorker:
             # A sink that is down fails every delivery it holds, over and over: warn once.
             self._failing += 1
             (log.warning if self._failing == 1 else log.debug)(
-                "delivery failed, will retry",
+                "delivery_failed",
                 **fields,
                 error=error,
                 retry_in=round(delay, 3),
@@ -298,12 +298,12 @@ class SinkWorker:
         if error is None:
             self._delivered += 1
             if self._failing:
-                log.info("sink delivering again", sink=self.name, failed_attempts=self._failing)
+                log.info("sink_delivering_again", sink=self.name, failed_attempts=self._failing)
                 self._failing = 0
         else:
             self._dead += 1
             self._dead_letters += 1
-            log.error("delivery dead-lettered", **fields, error=error)
+            log.error("delivery_dead_lettered", **fields, error=error)
         if queue:
             self._schedule(delivery.fingerprint, now)
         else:
@@ -345,7 +345,7 @@ class Outbox:
         counts = await self.store.counts()
         for name in sorted(set(counts) - set(self.workers)):
             log.warning(
-                "outbox holds deliveries for a sink that is not configured",
+                "outbox_sink_not_configured",
                 sink=name,
                 pending=counts[name].pending,
                 dead=counts[name].dead,

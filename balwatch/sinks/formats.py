@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from balwatch.sinks.base import AlertDoc
+from balwatch.sink import AlertDoc
 
 ChatFormat = Literal["slack", "mattermost", "discord", "telegram", "teams"]
 

@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from balwatch.config.model import MqttSinkConfig, redact_url
-from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sink import AlertDoc, DeliveryError, Sink
 from balwatch.sinks.formats import encode_alert
 
 log = structlog.get_logger(__name__)
@@ -454,18 +454,19 @@ class MqttSink(Sink):
                     await self._announce(connection)
                     self._connection = connection
                     self._first_attempt.set()
-                    log.info("mqtt connected", sink=self.name, broker=broker)
+                    log.info("mqtt_connected", sink=self.name, broker=broker)
                     delay, failures = self._reconnect[0], 0
                     # Yields nothing (no subscriptions); raises MqttError when disconnected.
                     async for _ in connection.messages:
                         pass
             except aiomqtt.MqttError as exc:
                 failures += 1
-                level = log.warning if failures == 1 else log.debug
-                level("mqtt disconnected", sink=self.name, broker=broker, error=str(exc))
+                (log.warning if failures == 1 else log.debug)(
+                    "mqtt_disconnected", sink=self.name, broker=broker, error=str(exc)
+                )
             except Exception:
                 failures += 1
-                log.exception("mqtt connection failed", sink=self.name, broker=broker)
+                log.exception("mqtt_connection_failed", sink=self.name, broker=broker)
             finally:
                 self._connection = None
                 connection.fail_pending("connection lost")

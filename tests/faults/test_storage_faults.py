@@ -36,6 +36,7 @@ from balwatch.simulator.state import SimAccount, SimState
 from balwatch.statestore import prepare
 from tests.brokers import Mosquitto, Subscriber, subscribe
 from tests.faults.harness import LogWatch, TinyFs, WatchedDaemon, watching_logs, write_config
+from tests.waiting import within
 from tests.webhooks import Reply, WebhookReceiver
 
 ACCOUNT = "bitso-main"
@@ -66,18 +67,18 @@ class Rig:
         usdt.update(available=amount, total=amount)
 
     async def next_alert(self, timeout: float = 5.0) -> Alert:
-        return await asyncio.wait_for(self.alerts.get(), timeout)
+        return await within(self.alerts.get(), "the next alert", timeout)
 
     async def polls_after(self, count: int, timeout: float = 5.0) -> None:
         """Wait until ``count`` more polls have been handled."""
         while not self.polls.empty():
             self.polls.get_nowait()
-        for _ in range(count):
-            await asyncio.wait_for(self.polls.get(), timeout)
+        for n in range(count):
+            await within(self.polls.get(), f"poll {n + 1} of {count}", timeout)
 
     async def stop(self) -> int:
         self.daemon.stopping.set()
-        return await asyncio.wait_for(self.running, 30)
+        return await within(self.running, "the daemon to stop", 30)
 
 
 async def _first(awaitable: Awaitable[object], running: asyncio.Task[int]) -> None:

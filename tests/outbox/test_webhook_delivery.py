@@ -10,6 +10,7 @@ from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sinks.webhook import WebhookSink
 from tests.sinks.conftest import ALERT, webhook_config
+from tests.waiting import within
 from tests.webhooks import Reply, WebhookReceiver
 
 
@@ -22,7 +23,7 @@ async def run_outbox(tmp_path: Path, receiver: WebhookReceiver, count: int) -> M
         await outbox.start()
         await outbox.enqueue(ALERT, ["ops-hook"])
         await receiver.wait_for(count, timeout=15)
-        await outbox.wait_settled()
+        await within(outbox.wait_settled(), "the outbox to settle")
         metrics.set_outbox(outbox.stats())
         await outbox.stop()
     await store.close()

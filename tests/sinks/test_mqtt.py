@@ -15,7 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from structlog.testing import capture_logs
 
-from balwatch.sinks.base import DeliveryError
+from balwatch.sink import DeliveryError
 from balwatch.sinks.formats import encode_alert
 from balwatch.sinks.mqtt import (
     CLEAR_V1_ACTIVE,
@@ -350,7 +350,7 @@ async def test_username_and_password_from_the_url() -> None:
     assert json.loads(body(message)) == ALERT
     assert logs == [
         {
-            "event": "mqtt connected",
+            "event": "mqtt_connected",
             "sink": "ops-mqtt",
             "broker": f"mqtt://127.0.0.1:{broker.port}/",
             "log_level": "info",
