@@ -277,7 +277,9 @@ class AccountConfig(_Model):
     @classmethod
     def _credential_set(cls, value: dict[str, Secret], info: ValidationInfo) -> dict[str, Secret]:
         adapter = adapter_for(info.data.get("exchange"))
-        if adapter is None or frozenset(value) in adapter.credential_sets:
+        if adapter is None or not adapter.credential_sets:  # no sets: checked with the options
+            return value
+        if frozenset(value) in adapter.credential_sets:
             return value
         sets = adapter.credential_sets
         known = frozenset().union(*sets)
@@ -310,6 +312,13 @@ class AccountConfig(_Model):
             return value
         # Errors raised here keep their location: pydantic prefixes them with `options`.
         return adapter.options_model.model_validate(value)
+
+    @model_validator(mode="after")
+    def _credentials_for_options(self) -> AccountConfig:
+        problems = self.adapter.check_credentials(self.credentials, self.options)
+        if problems:
+            raise _invalid_at("account", [(loc, message, None) for loc, message in problems])
+        return self
 
     @property
     def adapter(self) -> type[Adapter]:
