@@ -20,10 +20,12 @@ exchange's nonces and, with ``load_markets: true``, its markets). How balwatch d
   read such an answer as an empty account). Never a partial result.
 * **Errors.** ``AuthenticationError`` (PermissionDenied, AccountSuspended, ...) -> auth;
   ``DDoSProtection``/``RateLimitExceeded`` -> rate_limited, with the answer's Retry-After;
-  ``NetworkError`` (RequestTimeout, ExchangeNotAvailable, OnMaintenance, InvalidNonce) ->
-  unavailable; anything else -> bad_response. Except where ccxt knows no better than its
-  generic ``ExchangeError`` and the HTTP status does: 401/403 auth, 420/429 rate_limited
-  (Bitso throttles with 420 and a code ccxt does not map), 408/5xx unavailable.
+  ``NetworkError`` (RequestTimeout, ExchangeNotAvailable, OnMaintenance, InvalidNonce) and
+  the other ``OperationFailed`` errors, which ccxt raises for what retrying may mend (Binance
+  -1001 "internal error"), -> unavailable; anything else -> bad_response. Except where ccxt
+  knows no better than its generic ``ExchangeError`` and the HTTP status does: 401/403 auth,
+  420/429 rate_limited (Bitso throttles with 420 and a code ccxt does not map), 408/5xx
+  unavailable.
   ccxt's messages can hold the request URL, and so a signed query, and whatever the server
   echoed: balwatch quotes them with every URL cut out and every credential masked. ccxt's
   logger (which logs request headers, the API key among them, at debug level) is silenced
@@ -196,39 +198,38 @@ class _StatusRecorder:
         return body.strip()
 
 
-class _SharedLimiters:
-    """One ccxt limiter per (exchange, key), per event loop: the exchange counts per key."""
+class _KeyState:
+    """What the accounts on one (exchange, key) share: ccxt's limiter, and a hold-off."""
+
+    def __init__(self, throttler: Any) -> None:
+        self.throttler = throttler
+        self.hold_until = 0.0  # monotonic seconds: the exchange asked to wait until then
+
+    def hold(self, seconds: float) -> None:
+        self.hold_until = max(self.hold_until, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.hold_until - time.monotonic())
+
+
+class _KeyStates:
+    """One :class:`_KeyState` per (exchange, key), per event loop (ccxt's limiter is bound
+    to one; tests run one loop each)."""
 
     def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, _KeyState]
+        ] = weakref.WeakKeyDictionary()
 
-    def share(self, exchange: Any, key: str) -> None:
-        limiters = self._by_loop.setdefault(asyncio.get_running_loop(), {})
-        exchange.throttler = limiters.setdefault(key, exchange.throttler)
-
-
-class _HoldOffs:
-    """Until when each (exchange, key) was asked to wait (monotonic seconds)."""
-
-    def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-
-    def hold(self, key: str, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        self._until[key] = max(until, self._until.get(key, 0.0))
-
-    def remaining(self, key: str) -> float:
-        left = self._until.get(key, 0.0) - time.monotonic()
-        if left <= 0:
-            self._until.pop(key, None)
-            return 0.0
-        return left
+    def join(self, key: str, exchange: Any) -> _KeyState:
+        """The key's state; ``exchange`` then paces its requests with the key's limiter."""
+        states = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        state = states.setdefault(key, _KeyState(exchange.throttler))
+        exchange.throttler = state.throttler
+        return state
 
 
-_LIMITERS: Final = _SharedLimiters()
-_HOLD_OFFS: Final = _HoldOffs()
+_KEYS: Final = _KeyStates()
 
 
 def new_exchange(
@@ -294,8 +295,8 @@ def source_error(exc: BaseException, source: str, secrets: Any, exchange: Any) -
         kind = AuthError
     elif isinstance(exc, ccxt.DDoSProtection):  # RateLimitExceeded is one
         kind = RateLimited
-    elif isinstance(exc, ccxt.NetworkError):
-        kind = SourceUnavailable
+    elif isinstance(exc, ccxt.OperationFailed) and not isinstance(exc, ccxt.BadResponse):
+        kind = SourceUnavailable  # NetworkError and the rest ccxt calls worth retrying
     elif type(exc) is ccxt.ExchangeError:
         status = getattr(exchange, "balwatch_status", None)
         if isinstance(status, int):
@@ -371,6 +372,7 @@ class CcxtAdapter(Adapter):
         key = account.credentials.get("api_key")
         self._key = f"{options.id}:{key.fingerprint() if key else account.name}"
         self._exchange: Any = None
+        self._shared: _KeyState | None = None
 
     @classmethod
     def credential_keys(cls) -> frozenset[str]:
@@ -412,7 +414,7 @@ class CcxtAdapter(Adapter):
             )
         return problems
 
-    def _build(self) -> Any:
+    def _build(self) -> tuple[Any, _KeyState]:
         exchange = new_exchange(
             self.options.id,
             session=self.session,
@@ -422,20 +424,19 @@ class CcxtAdapter(Adapter):
             ccxt_options=self.options.ccxt_options,
             load_markets=self.options.load_markets,
         )
-        _LIMITERS.share(exchange, self._key)
-        return exchange
+        return exchange, _KEYS.join(self._key, exchange)
 
     async def fetch(self) -> list[Balance]:
-        held = _HOLD_OFFS.remaining(self._key)
+        if self._exchange is None or self._shared is None:
+            self._exchange, self._shared = self._build()
+        exchange, shared = self._exchange, self._shared
+        held = shared.remaining()
         if held:
             raise RateLimited(
                 self.source,
                 f"the exchange asked this key to wait; {held:.0f}s left, not asking",
                 retry_after=held,
             )
-        if self._exchange is None:
-            self._exchange = self._build()
-        exchange = self._exchange
         exchange.last_response_headers = None
         exchange.balwatch_status = None
         try:
@@ -443,6 +444,6 @@ class CcxtAdapter(Adapter):
         except Exception as exc:  # every failure of a ccxt call becomes a typed error
             error = source_error(exc, self.source, self.account.credentials.values(), exchange)
             if isinstance(error, RateLimited) and error.retry_after:
-                _HOLD_OFFS.hold(self._key, error.retry_after)
+                shared.hold(error.retry_after)
             raise error from None
         return parse_balance(balance, self.account.name, self.options.id, self.source)
