@@ -389,6 +389,8 @@ class CcxtAdapter(Adapter):
             for key in credentials
             if key not in CREDENTIALS
         ]
+        if problems:  # a misspelt key: that is the problem, not the key it left missing
+            return problems
         required = [
             name
             for name, needed in getattr(load_ccxt(), options.id)().requiredCredentials.items()
