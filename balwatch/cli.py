@@ -26,6 +26,8 @@ from balwatch.errors import ConfigError
 from balwatch.loading import load_config_rules
 from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all
+from balwatch.prices.book import PriceBook, priced
+from balwatch.prices.feeds import PriceFeeds
 from balwatch.rules.engine import Engine
 from balwatch.rules.explain import Poll, explain
 from balwatch.rules.load import RuleSet
@@ -55,10 +57,19 @@ def _load(path: Path, environ: dict[str, str] | None = None) -> Config | None:
 
 
 async def _poll(config: Config) -> list[PollResult]:
+    """Every account polled once, and its rows priced from prices fetched alongside."""
+    book = PriceBook(config.prices)
     async with new_session() as session:
-        return await poll_all(
-            make_adapter(a.exchange, config.account_spec(a), session) for a in config.accounts
+        feeds = PriceFeeds(book, session, default_timeout=config.defaults.timeout)
+        results, _ = await asyncio.gather(
+            poll_all(
+                make_adapter(a.exchange, config.account_spec(a), session) for a in config.accounts
+            ),
+            feeds.refresh(),
         )
+    for result in results:
+        book.learn(result.rows or ())  # a `rows` source prices every account's rows
+    return [priced(result, book) for result in results]
 
 
 def _print_results(results: list[PollResult], as_json: bool) -> int:
