@@ -24,6 +24,7 @@ from balwatch.daemon import Daemon, StartError
 from balwatch.demo.story import run_demo
 from balwatch.errors import ConfigError
 from balwatch.loading import load_config_rules
+from balwatch.money import decimal_text
 from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all
 from balwatch.prices.book import PriceBook, priced
@@ -155,6 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             alerts += engine.observe(r.account, r.exchange, r.rows)
     polls = [Poll(r.account, r.exchange, r.rows) for r in results]
     print(explain(rule_set.rules, polls, alerts, engine.pending()))
+    rates = sorted({(row.asset, row.rate_usd) for r in results for row in r.rows or ()
+                    if row.rate_usd is not None})  # fmt: skip
+    if rates:
+        print("\nrate_usd: " + ", ".join(f"{asset} {decimal_text(rate)}" for asset, rate in rates))
     if any(not r.ok for r in results):
         print("\nfailed polls:")
         print(failures_table(results))

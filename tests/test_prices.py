@@ -287,7 +287,7 @@ async def sim_requests(sim: Any, seen: int, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_balances_json_shows_rate_usd_for_every_priced_row(
+async def test_balances_json_and_eval_show_rate_usd_for_every_priced_row(
     tmp_path: Path, start_sim: StartSim
 ) -> None:
     sim = await start_sim(
@@ -318,3 +318,6 @@ async def test_balances_json_shows_rate_usd_for_every_priced_row(
     assert code == 0, err
     rates = {r["asset"]: r["rate_usd"] for r in json.loads(out)["balances"]}
     assert rates == {"MXN": "0.05", "USDT": "1", "TRX": None}
+    code, out, err = await run_cli("eval", "-c", str(config))
+    assert code == 0, err
+    assert out.rstrip().endswith("rate_usd: MXN 0.05, USDT 1")
