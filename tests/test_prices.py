@@ -165,6 +165,7 @@ CONFIG_ERRORS = {
     "negative static price": ("static: {MXN: -0.055}", 2, 17, "a price cannot be negative"),
     "non-numeric static price": ("static: {MXN: cheap}", 2, 17, "expected a price as a plain"),
     "zero static price": ("static: {MXN: 0}", 2, 17, "a price must be above zero"),
+    "lower-case asset": ("static: {mxn: 1}", 2, 12, "expected an asset code in capitals"),
     "unknown source type": ("sources: [{type: coingecko}]", 2, 20, "expected price source type"),
     "unknown ccxt id": (
         "sources: [{type: ccxt, id: bitzo, pairs: [BTC/MXN]}]",

@@ -420,7 +420,8 @@ SINK_TYPES: Final[Mapping[str, type[MqttSinkConfig | WebhookSinkConfig]]] = {
 
 # --- prices ---------------------------------------------------------------------------
 
-_ASSET_RE: Final = re.compile(r"[A-Za-z0-9]+")
+# Asset codes as rows carry them: upper case (a lower-case key would silently price nothing).
+_ASSET_RE: Final = re.compile(r"[A-Z0-9]+")
 _PRICE_RE: Final = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
 _PRICE_EXAMPLE: Final = 'like 1 or "0.055"'
 # Every price is in USD; USD itself is worth one.
@@ -429,8 +430,8 @@ USD: Final = "USD"
 
 def _asset(value: object) -> str:
     if not isinstance(value, str) or not _ASSET_RE.fullmatch(value):
-        raise field_error("expected an asset code of letters and digits, like USDT, got {input}")
-    return value.upper()
+        raise field_error("expected an asset code in capitals and digits, like USDT, got {input}")
+    return value
 
 
 def _price(value: object) -> Decimal:
@@ -466,24 +467,26 @@ Price = Annotated[
         }
     ),
 ]
-Asset = Annotated[str, PlainValidator(_asset), WithJsonSchema({"type": "string"})]
+Asset = Annotated[
+    str, PlainValidator(_asset), WithJsonSchema({"type": "string", "pattern": r"^[A-Z0-9]+$"})
+]
 
 
 def _pair(value: object) -> tuple[str, str]:
     if isinstance(value, str):
         base, slash, quote = value.partition("/")
         if slash and _ASSET_RE.fullmatch(base) and _ASSET_RE.fullmatch(quote):
-            if base.upper() == quote.upper():
+            if base == quote:
                 raise field_error("a pair needs two different assets, got {input}")
-            return base.upper(), quote.upper()
-    raise field_error("expected a market as BASE/QUOTE, like BTC/USDT, got {input}")
+            return base, quote
+    raise field_error("expected a market as BASE/QUOTE in capitals, like BTC/USDT, got {input}")
 
 
 Pair = Annotated[
     tuple[str, str],
     PlainValidator(_pair),
     PlainSerializer(lambda pair: "/".join(pair), return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9]+/[A-Za-z0-9]+$"}),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Z0-9]+/[A-Z0-9]+$"}),
 ]
 
 
