@@ -26,8 +26,11 @@ from balwatch.demo.story import MQTT_PORT, run_demo
 from balwatch.errors import ConfigError
 from balwatch.explain import Poll, explain
 from balwatch.loading import load_config_rules
+from balwatch.money import decimal_text
 from balwatch.outbox.sendtest import send_test
-from balwatch.poll import PollResult, make_adapter, poll_all
+from balwatch.poll import PollResult, make_adapter, poll_all, priced
+from balwatch.prices.book import PriceBook
+from balwatch.prices.feeds import PriceFeeds
 from balwatch.rules.engine import Engine
 from balwatch.rules.load import RuleSet
 from balwatch.rules.ruletest import plural, run_tests
@@ -57,10 +60,19 @@ def _load(path: Path, environ: dict[str, str] | None = None) -> Config | None:
 
 
 async def _poll(config: Config) -> list[PollResult]:
+    """Every account polled once, and its rows priced from prices fetched alongside."""
+    book = PriceBook(config.prices)
     async with new_session() as session:
-        return await poll_all(
-            make_adapter(a.exchange, config.account_spec(a), session) for a in config.accounts
+        feeds = PriceFeeds(book, session, default_timeout=config.defaults.timeout)
+        results, _ = await asyncio.gather(
+            poll_all(
+                make_adapter(a.exchange, config.account_spec(a), session) for a in config.accounts
+            ),
+            feeds.refresh(),
         )
+    for result in results:
+        book.learn(result.rows or ())  # a `rows` source prices every account's rows
+    return [priced(result, book) for result in results]
 
 
 def _print_results(results: list[PollResult], as_json: bool) -> int:
@@ -146,6 +158,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             alerts += engine.observe(r.account, r.exchange, r.rows)
     polls = [Poll(r.account, r.exchange, r.rows) for r in results]
     print(explain(rule_set.rules, polls, alerts, engine.pending()))
+    rates = sorted({(row.asset, row.rate_usd) for r in results for row in r.rows or ()
+                    if row.rate_usd is not None})  # fmt: skip
+    if rates:
+        print("\nrate_usd: " + ", ".join(f"{asset} {decimal_text(rate)}" for asset, rate in rates))
     if any(not r.ok for r in results):
         print("\nfailed polls:")
         print(failures_table(results))

@@ -35,7 +35,9 @@ from balwatch.metrics import Metrics
 from balwatch.outbox.routing import route
 from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
-from balwatch.poll import PollResult, make_adapter
+from balwatch.poll import PollResult, make_adapter, priced
+from balwatch.prices.book import PriceBook
+from balwatch.prices.feeds import PriceFeeds
 from balwatch.ratelimit import LimiterRegistry, with_headroom
 from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import matching_paths
@@ -103,6 +105,7 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self.latest = LatestBalances(clock=clock)
         self.metrics = Metrics(__version__, balances=self.latest)
+        self.prices = PriceBook(None, clock=clock)
         self._self_alerts = SelfAlerts(clock)
         self._polled: set[str] = set()
         self._failing: set[str] = set()
@@ -190,6 +193,10 @@ class Daemon:
                     raise StartError(f"http.listen {where}: {exc.strerror or exc}") from None
             session = await stack.enter_async_context(new_session())
             self._session = session
+            self.prices.configure(config.prices)
+            self._feeds = PriceFeeds(self.prices, session, default_timeout=config.defaults.timeout)
+            stack.push_async_callback(self._feeds.stop)
+            await self._feeds.apply(config.prices)
             self._limiters = LimiterRegistry()
             await self._publish(restored)
 
@@ -257,6 +264,7 @@ class Daemon:
 
     async def _handle_result(self, result: PollResult) -> None:
         now = self._clock()
+        result = priced(result, self.prices, now)  # every reader below sees rate_usd
         self._progress = time.monotonic()
         self.metrics.record_poll(result)
         self.latest.update(result)
@@ -474,6 +482,8 @@ class Daemon:
                 update={"sinks": old.sinks, "http": old.http, "state_dir": old.state_dir}
             )
         )
+        self.prices.configure(new.prices)
+        await self._feeds.apply(new.prices)
         # Also when only defaults changed (interval, timeout): apply() restarts just the
         # pollers whose plan is different.
         await self._scheduler.apply(self._plans(self.loaded.config))

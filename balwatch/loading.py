@@ -34,6 +34,13 @@ def load_config_rules(config: Config, path: Path) -> RuleSet:
         config.rules,
         sink_names=[sink.name for sink in config.sinks],
         accounts={account.name: account.exchange for account in config.accounts},
-        reported_metrics=REPORTED_METRICS,
+        reported_metrics=_with_prices(config),
         listed_in=ListedIn(load_yaml(path), ("rules",)),
     )
+
+
+def _with_prices(config: Config) -> Mapping[str, frozenset[str]]:
+    """What each source reports; with ``prices:`` set, every source's rows get a rate_usd."""
+    if config.prices is None or not (config.prices.static or config.prices.sources):
+        return REPORTED_METRICS
+    return {name: metrics | {"rate_usd"} for name, metrics in REPORTED_METRICS.items()}

@@ -76,7 +76,7 @@ def _per_exchange(doc: dict[str, Any]) -> None:
         options = adapter.options_model.model_json_schema()
         doc["$defs"].update(options.pop("$defs", {}))
         _tidy(options)
-        keys = sorted(set().union(*adapter.credential_sets))
+        keys = sorted(adapter.credential_keys())
         cases.append(
             {
                 "if": {"properties": {"exchange": {"const": name}}, "required": ["exchange"]},

@@ -67,7 +67,7 @@ def test_example_config_and_rules_check_clean() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # not even a warning
     assert done.stdout == (
-        "rules/balwatch.example.yaml: ok (4 accounts, 6 rules in 5 files, 2 sinks)\n"
+        "rules/balwatch.example.yaml: ok (4 accounts, 7 rules in 6 files, 2 sinks)\n"
     )
 
 
@@ -101,7 +101,23 @@ def test_schema_describes_keys_and_exchange_options() -> None:
 
     config = json.loads(balwatch("schema").stdout)
     account = config["$defs"]["AccountConfig"]
-    assert account["properties"]["exchange"]["enum"] == ["bitso", "coinapi", "coinw", "kunacore"]
+    assert account["properties"]["exchange"]["enum"] == [
+        "bitso",
+        "ccxt",
+        "coinapi",
+        "coinw",
+        "kunacore",
+    ]
+    ccxt = next(c for c in account["allOf"] if c["if"]["properties"]["exchange"]["const"] == "ccxt")
+    assert ccxt["then"]["properties"]["options"]["required"] == ["id"]
+    assert ccxt["then"]["properties"]["credentials"]["propertyNames"]["enum"] == [
+        "api_key",
+        "api_secret",
+        "password",
+        "uid",
+    ]
+    prices = config["$defs"]["PricesConfig"]["properties"]
+    assert {"static", "sources", "max_age"} <= set(prices)
     kuna = next(
         c for c in account["allOf"] if c["if"]["properties"]["exchange"]["const"] == "kunacore"
     )

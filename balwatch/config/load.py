@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from balwatch.config.model import (
+    PRICE_SOURCE_TYPES,
     SINK_TYPES,
     AccountConfig,
     Config,
@@ -83,10 +84,15 @@ class _Reporter(Reporter):
 
     def message(self, error: ErrorDetails, path: YamlPath, on_key: bool) -> str:
         kind = error["type"]
+        what, types = (
+            ("price source", PRICE_SOURCE_TYPES)
+            if path[:1] == ("prices",)
+            else ("sink", SINK_TYPES)
+        )
         if kind == "union_tag_not_found":
-            return f"missing required key 'type' in sink; expected one of: {', '.join(SINK_TYPES)}"
+            return f"missing required key 'type' in {what}; expected one of: {', '.join(types)}"
         if kind == "union_tag_invalid":
-            return f"expected sink type {' or '.join(SINK_TYPES)}, got {self.shown(path)}"
+            return f"expected {what} type {' or '.join(types)}, got {self.shown(path)}"
         return super().message(error, path, on_key)
 
     def section(self, path: YamlPath) -> tuple[str, type[BaseModel] | None]:

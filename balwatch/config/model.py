@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -40,7 +41,8 @@ from pydantic_core import InitErrorDetails
 
 from balwatch.alert import Severity
 from balwatch.config.problems import field_error
-from balwatch.durations import parse_duration
+from balwatch.config.yamlsource import YamlFloat
+from balwatch.durations import format_duration, parse_duration
 from balwatch.secret import Secret
 
 if TYPE_CHECKING:
@@ -286,7 +288,9 @@ class AccountConfig(_Model):
     @classmethod
     def _credential_set(cls, value: dict[str, Secret], info: ValidationInfo) -> dict[str, Secret]:
         adapter = adapter_for(info.data.get("exchange"))
-        if adapter is None or frozenset(value) in adapter.credential_sets:
+        if adapter is None or not adapter.credential_sets:  # no sets: checked with the options
+            return value
+        if frozenset(value) in adapter.credential_sets:
             return value
         sets = adapter.credential_sets
         known = frozenset().union(*sets)
@@ -319,6 +323,13 @@ class AccountConfig(_Model):
             return value
         # Errors raised here keep their location: pydantic prefixes them with `options`.
         return adapter.options_model.model_validate(value)
+
+    @model_validator(mode="after")
+    def _credentials_for_options(self) -> AccountConfig:
+        problems = self.adapter.check_credentials(self.credentials, self.options)
+        if problems:
+            raise _invalid_at("account", [(loc, message, None) for loc, message in problems])
+        return self
 
     @property
     def adapter(self) -> type[Adapter]:
@@ -430,6 +441,181 @@ SINK_TYPES: Final[Mapping[str, type[MqttSinkConfig | WebhookSinkConfig]]] = {
 }
 
 
+# --- prices ---------------------------------------------------------------------------
+
+# Asset codes as rows carry them: upper case (a lower-case key would silently price nothing).
+_ASSET_RE: Final = re.compile(r"[A-Z0-9]+")
+_PRICE_RE: Final = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
+_PRICE_EXAMPLE: Final = 'like 1 or "0.055"'
+# Every price is in USD; USD itself is worth one.
+USD: Final = "USD"
+
+
+def _asset(value: object) -> str:
+    if not isinstance(value, str) or not _ASSET_RE.fullmatch(value):
+        raise field_error("expected an asset code in capitals and digits, like USDT, got {input}")
+    return value
+
+
+def _price(value: object) -> Decimal:
+    """An exact price: a whole number, or decimal text; a YAML float is read from its text."""
+    if isinstance(value, YamlFloat):
+        text = value.text
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise field_error(f"expected a price {_PRICE_EXAMPLE}, got {{input}}")
+    if text.startswith("-"):
+        raise field_error("a price cannot be negative, got {input}")
+    if not _PRICE_RE.fullmatch(text):
+        raise field_error(f"expected a price as a plain decimal {_PRICE_EXAMPLE}, got {{input}}")
+    price = Decimal(text)
+    if not price:
+        raise field_error("a price must be above zero; leave the asset out to have no price")
+    return price
+
+
+Price = Annotated[
+    Decimal,
+    PlainValidator(_price),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                {"type": "number", "exclusiveMinimum": 0},
+            ]
+        }
+    ),
+]
+Asset = Annotated[
+    str, PlainValidator(_asset), WithJsonSchema({"type": "string", "pattern": r"^[A-Z0-9]+$"})
+]
+
+
+def _pair(value: object) -> tuple[str, str]:
+    if isinstance(value, str):
+        base, slash, quote = value.partition("/")
+        if slash and _ASSET_RE.fullmatch(base) and _ASSET_RE.fullmatch(quote):
+            if base == quote:
+                raise field_error("a pair needs two different assets, got {input}")
+            return base, quote
+    raise field_error("expected a market as BASE/QUOTE in capitals, like BTC/USDT, got {input}")
+
+
+Pair = Annotated[
+    tuple[str, str],
+    PlainValidator(_pair),
+    PlainSerializer(lambda pair: "/".join(pair), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Z0-9]+/[A-Z0-9]+$"}),
+]
+
+
+class CcxtPriceSource(_Model):
+    """Prices from a ccxt exchange's public tickers: each pair's last price."""
+
+    type: Literal["ccxt"]
+    id: str = Field(description="ccxt exchange id, such as binance or bitso")
+    pairs: tuple[Pair, ...] = Field(
+        min_length=1, description="markets BASE/QUOTE; a price known for one side gives the other"
+    )
+    interval: Duration = 60.0
+    timeout: Duration | None = None
+    base_url: str | None = None
+    ccxt_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _ticker_exchange(cls, value: str) -> str:
+        from balwatch.adapters.ccxtsource import exchange_problem
+
+        problem = exchange_problem(value, ("fetchTicker", "fetchTickers"))
+        if problem is not None:
+            raise field_error(problem)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value, ("https", "http"))
+        return value
+
+
+class RowsPriceSource(_Model):
+    """The ``rate_usd`` that balance rows carry (CoinAPI's), as the price of their asset."""
+
+    type: Literal["rows"]
+
+
+PriceSource = Annotated[CcxtPriceSource | RowsPriceSource, Field(discriminator="type")]
+PRICE_SOURCE_TYPES: Final = ("ccxt", "rows")
+
+
+class PricesConfig(_Model):
+    """Where every row's ``rate_usd`` comes from, when its source gives none."""
+
+    static: dict[Asset, Price] = Field(
+        default_factory=dict, description="fixed prices: stablecoins and pegs"
+    )
+    sources: tuple[PriceSource, ...] = ()
+    max_age: Duration = Field(600.0, description="a price older than this is no price")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PricesConfig:
+        errors: list[tuple[tuple[str | int, ...], str, object]] = []
+        kinds = [source.type for source in self.sources]
+        if kinds.count("rows") > 1:
+            errors.append((("sources",), "list the rows source once", None))
+        for index, source in enumerate(self.sources):
+            if isinstance(source, CcxtPriceSource) and source.interval > self.max_age:
+                message = (
+                    f"interval {format_duration(source.interval)} is longer than max_age "
+                    f"{format_duration(self.max_age)}: its prices would lapse between refreshes"
+                )
+                errors.append((("sources", index, "interval"), message, None))
+        if "rows" not in kinds:  # rows may price any asset: nothing is unknown then
+            errors += [
+                (("sources", index, "pairs", at), message, None)
+                for index, at, message in _unpriceable_pairs(self.static, self.sources)
+            ]
+        if errors:
+            raise _invalid_at("prices", errors)
+        return self
+
+
+def _unpriceable_pairs(
+    static: Iterable[str], sources: Iterable[CcxtPriceSource | RowsPriceSource]
+) -> list[tuple[int, int, str]]:
+    """(source, pair index, message) for each pair neither of whose assets can get a price."""
+    pairs = [
+        (index, at, pair)
+        for index, source in enumerate(sources)
+        if isinstance(source, CcxtPriceSource)
+        for at, pair in enumerate(source.pairs)
+    ]
+    known = {USD, *static}
+    grew = True
+    while grew:
+        grew = False
+        for _, _, (base, quote) in pairs:
+            if (base in known) != (quote in known):
+                known.update((base, quote))
+                grew = True
+    return [
+        (
+            index,
+            at,
+            f"neither {base} nor {quote} has a price: give one of them a static price, "
+            f"or list a pair that prices it (USD is 1)",
+        )
+        for index, at, (base, quote) in pairs
+        if base not in known
+    ]
+
+
 def _default_state_dir(value: object, info: ValidationInfo) -> object:
     if value is not None:
         return value
@@ -481,6 +667,7 @@ class Config(_Model):
     defaults: DefaultsConfig = DefaultsConfig()
     accounts: tuple[AccountConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
+    prices: PricesConfig | None = None
 
     @field_validator("accounts", "sinks")
     @classmethod

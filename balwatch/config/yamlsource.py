@@ -33,6 +33,30 @@ class Position(NamedTuple):
 _START: Final = Position(1, 1)
 
 
+class YamlFloat(float):
+    """A YAML float that keeps the text it was written as: a decimal field (a price) reads
+    its exact digits from ``text``; everything else sees a float."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> YamlFloat:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose floats are :class:`YamlFloat`."""
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    value = loader.construct_yaml_float(node)  # type: ignore[arg-type]
+    return YamlFloat(value, str(node.value))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
 @dataclass(frozen=True, slots=True)
 class YamlDocument:
     """One parsed file: its data and where each part of it was written."""
@@ -79,7 +103,7 @@ def load_yaml(path: str | Path) -> YamlDocument:
 
 def _parse(file: str, text: str) -> tuple[Any, _Indexer]:
     index = _Indexer(file)
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         try:
             root = loader.get_single_node()

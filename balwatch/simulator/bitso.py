@@ -205,4 +205,5 @@ def routes(state: SimState) -> list[web.RouteDef]:
         last_nonce[key] = int(nonce)
         return await serve_balances(state, request, account, render_ok, render_fault)
 
-    return [web.get(BALANCE_PATH, balance)]
+    # ccxt asks without the trailing slash, and Bitso answers both.
+    return [web.get(BALANCE_PATH, balance), web.get(BALANCE_PATH.rstrip("/"), balance)]

@@ -14,6 +14,7 @@ accounts:
     faults: [{kind: status, status: 503, times: 2}]
     delay: 0.2
 rate_limits: {bitso: [300, 60]}    # override a source's documented limit
+tickers: {binance: {BTC/USDT: "60000"}, bitso: {USDT/MXN: "17.25"}}   # market prices
 ```
 Balance fields use the normalized metric names; each fake source renders its own wire format.
 """
@@ -23,10 +24,17 @@ from __future__ import annotations
 from collections import deque
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from balwatch.config.problems import EXPECTED, Reporter
 from balwatch.config.yamlsource import load_yaml
@@ -41,6 +49,10 @@ def _as_text(value: object) -> str:
 
 def to_fields(raw: dict[str, Any]) -> dict[str, str]:
     return {str(k): _as_text(v) for k, v in raw.items()}
+
+
+# A market as its exchange's tickers name it: base and quote currency.
+Pair = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+/[A-Za-z0-9]+$")]
 
 
 class FaultSpec(BaseModel):
@@ -104,9 +116,14 @@ class Scenario(BaseModel):
 
     accounts: list[AccountScenario] = Field(default_factory=list)
     rate_limits: dict[str, tuple[int, float]] = Field(default_factory=dict)
+    tickers: dict[str, dict[Pair, Any]] = Field(default_factory=dict)
 
     def build(self) -> SimState:
-        return SimState([a.build() for a in self.accounts], rate_limits=self.rate_limits)
+        return SimState(
+            [a.build() for a in self.accounts],
+            rate_limits=self.rate_limits,
+            tickers={venue: to_fields(prices) for venue, prices in self.tickers.items()},
+        )
 
 
 def load_scenario(path: Path) -> Scenario:

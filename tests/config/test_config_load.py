@@ -251,7 +251,8 @@ ERROR_CASES = {
         VALID_ACCOUNT.replace("bitso", "bitsoo"),
         3,
         15,
-        "exchange 'bitsoo' is not supported; expected one of: bitso, coinapi, coinw, kunacore",
+        "exchange 'bitsoo' is not supported; expected one of: bitso, ccxt, coinapi, coinw, "
+        "kunacore",
     ),
     "missing base_url for coinapi": (
         "accounts:\n  - name: gw\n    exchange: coinapi\n",
