@@ -363,9 +363,16 @@ async def _pump(stream: asyncio.StreamReader | None, into: bytearray) -> None:
 
 @contextlib.asynccontextmanager
 async def balwatch_run(
-    config: Path, env: Mapping[str, str], *, cwd: Path | None = None
+    config: Path,
+    env: Mapping[str, str],
+    *,
+    cwd: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> AsyncIterator[Process]:
-    """Start ``python -m balwatch run -c config``; killed on exit if still running."""
+    """Start ``python -m balwatch run -c config``; killed on exit if still running.
+
+    ``preexec_fn`` runs in the child before balwatch starts (say, to set a resource limit).
+    """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -378,6 +385,7 @@ async def balwatch_run(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     process = Process(proc)
     process.readers = [
