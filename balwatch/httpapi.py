@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import resource
-from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from balwatch.burst import Burst
@@ -53,10 +53,8 @@ REQUEST_TIMEOUT: Final = 30.0
 # Never more than this share of the process's descriptor limit for HTTP connections: the
 # pollers, sinks and state database need the rest.
 _SHARE_OF_DESCRIPTORS: Final = 4
-# Paths open without the token: probes and scrapers rarely carry one, and serve no balances.
+# Paths open without the token: health probes and Prometheus scrapers rarely carry one.
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class StatusSource(Protocol):
@@ -119,11 +117,14 @@ def make_app(
     return app
 
 
-def _bounded(busy: set[object]) -> Any:
+_CLOSE: Final = {"Connection": "close"}
+
+
+def _bounded(busy: set[object]) -> Middleware:
     """Marks a connection busy while its request is handled, and bounds how long that takes."""
 
     @web.middleware
-    async def bounded(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    async def bounded(request: web.Request, handler: Handler) -> web.StreamResponse:
         busy.add(request.protocol)
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -137,15 +138,12 @@ def _bounded(busy: set[object]) -> Any:
     return bounded
 
 
-_CLOSE: Final = {"Connection": "close"}
-
-
-def _require(token: Secret) -> Any:
+def _require(token: Secret) -> Middleware:
     """401 for any path outside :data:`OPEN_PATHS` without ``Authorization: Bearer <token>``."""
     expected = token.reveal().encode()
 
     @web.middleware
-    async def require_token(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             # Compared in constant time: the answer's timing must not spell out the token.
