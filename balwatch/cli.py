@@ -21,9 +21,10 @@ from pathlib import Path
 from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config
+from balwatch.config.load import load_config_with_warnings
 from balwatch.daemon import Daemon, StartError
 from balwatch.demo.story import MQTT_PORT, run_demo
-from balwatch.errors import ConfigError
+from balwatch.errors import ConfigError, Problem
 from balwatch.explain import Poll, explain
 from balwatch.loading import load_config_rules
 from balwatch.money import decimal_text
@@ -54,9 +55,13 @@ def _load(path: Path, environ: dict[str, str] | None = None) -> Config | None:
     try:
         return load_config(path, environ=environ)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc.problems)
         return None
+
+
+def _print_problems(problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        print(problem, file=sys.stderr)
 
 
 async def _poll(config: Config) -> list[PollResult]:
@@ -113,9 +118,12 @@ def _load_rules(config: Config, path: Path) -> RuleSet | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    try:
+        config, warnings = load_config_with_warnings(args.config)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
         return EXIT_CONFIG
+    _print_problems(warnings)  # risky settings: reported, never fatal
     rule_set = _load_rules(config, args.config)
     if rule_set is None:
         return EXIT_CONFIG
@@ -124,8 +132,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{plural(len(rule_set.rules), 'rule')} in {plural(len(rule_set.files), 'file')}",
         plural(len(config.sinks), "sink"),
     ]
-    if rule_set.warnings:
-        counts.append(plural(len(rule_set.warnings), "warning"))
+    if warnings or rule_set.warnings:
+        counts.append(plural(len(warnings) + len(rule_set.warnings), "warning"))
     print(f"{args.config}: ok ({', '.join(counts)})")
     return EXIT_OK
 

@@ -26,7 +26,9 @@ from balwatch.adapters.base import Adapter
 from balwatch.adapters.http import new_session
 from balwatch.alert import Alert, placed
 from balwatch.backoff import Backoff
+from balwatch.burst import Burst
 from balwatch.config import Config
+from balwatch.config.yamlsource import out_of_descriptors
 from balwatch.errors import ConfigError, ErrorKind
 from balwatch.httpapi import HttpServer
 from balwatch.latest import LatestBalances
@@ -116,6 +118,9 @@ class Daemon:
         self._queued: list[Alert] = []
         self._committing = asyncio.Lock()
         self._last_status = ""
+        # Out of descriptors (a connection flood, a leak), the files cannot be read: that is
+        # not a config error. Logged once per burst, looked at again later.
+        self._unreadable = Burst(log, "config_read_deferred", "config_read_resumed")
 
     # --- start-up --------------------------------------------------------------------
 
@@ -185,7 +190,14 @@ class Daemon:
                 raise StateError(f"{db}: cannot use the outbox ({exc})") from None
             stack.push_async_callback(self.outbox.stop)
             if config.http is not None:
-                http = HttpServer(config.http.host, config.http.port, self, self.metrics.registry)
+                http = HttpServer(
+                    config.http.host,
+                    config.http.port,
+                    self,
+                    self.metrics.registry,
+                    token=config.http.token,
+                    max_connections=config.http.max_connections,
+                )
                 try:
                     await stack.enter_async_context(http)
                 except OSError as exc:  # port taken, unknown host: say which setting
@@ -413,7 +425,14 @@ class Daemon:
     async def _watch_files(self, seen: _Signature) -> None:
         while True:
             await asyncio.sleep(WATCH_SECONDS)
-            current = _signature(self.loaded)
+            try:
+                current = _signature(self.loaded)
+            except OSError as exc:
+                if not out_of_descriptors(exc):
+                    raise
+                self._unreadable.failed(error=exc.strerror)
+                continue
+            self._unreadable.ok()
             if current != seen:
                 seen = current
                 log.info("config_changed")
@@ -431,6 +450,11 @@ class Daemon:
         try:
             loaded = await asyncio.to_thread(load_all, self.config_path, self._environ)
         except Exception as exc:
+            if out_of_descriptors(exc):
+                self._unreadable.failed(error=getattr(exc, "strerror", None))
+                asyncio.get_running_loop().call_later(WATCH_SECONDS, self._reload_requested.set)
+                self._notifier.ready(self._status_line())
+                return False
             # A loader bug must not end reloading for good: reject the set like a bad one.
             self.metrics.record_reload(False)
             if isinstance(exc, ConfigError):
@@ -438,9 +462,13 @@ class Daemon:
                     (log.warning if problem.severity == "warning" else log.error)(
                         "reload_rejected", problem=str(problem)
                     )
-                # The alert names what rejected the set: an error, not a warning beside it.
+                # The alert names what rejected the set: an error, not a warning beside it;
+                # by place and kind only, since a message may quote the file (any file a
+                # rule glob matched) and the alert goes to every sink.
                 errors = [p for p in exc.problems if p.severity != "warning"] or exc.problems
-                first = str(errors[0]) if errors else "unknown problem"
+                first = errors[0].located_kind() if errors else "unknown problem"
+                if len(errors) > 1:
+                    first += f" (and {len(errors) - 1} more: see the log or balwatch check)"
             else:
                 log.exception("reload_failed")
                 first = f"the files could not be loaded ({type(exc).__name__}; see the log)"
@@ -455,6 +483,7 @@ class Daemon:
             )
             self._notifier.ready(self._status_line())
             return False
+        self._unreadable.ok()
         old = self.loaded.config
         new = loaded.config
         if self._configure_logs:

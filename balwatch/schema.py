@@ -20,9 +20,9 @@ from pydantic import BaseModel
 
 from balwatch.adapters import REGISTRY
 from balwatch.alert import JSON_SCHEMA as ALERT_SCHEMA
-from balwatch.config.model import Config
+from balwatch.config.model import DURATION_PATTERN, Config
 from balwatch.durations import format_duration
-from balwatch.rules.load import DURATION_SCHEMA, RuleFile
+from balwatch.rules.load import RuleFile
 from balwatch.rules.ruletest import RuleTestFile
 
 SchemaKind = Literal["config", "rules", "tests", "alert"]
@@ -59,7 +59,7 @@ def _tidy(node: object) -> None:
     if not isinstance(node, dict):
         return
     default = node.get("default")
-    if node.get("pattern") == DURATION_SCHEMA["pattern"] and isinstance(default, int | float):
+    if node.get("pattern") == DURATION_PATTERN and isinstance(default, int | float):
         node["default"] = format_duration(default)
     if "default" in node and default is None and "anyOf" not in node:
         del node["default"]

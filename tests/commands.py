@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,9 +81,16 @@ class Process:
 
 @contextlib.asynccontextmanager
 async def balwatch_run(
-    config: Path, env: Mapping[str, str] | None = None, *, cwd: Path | None = None
+    config: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> AsyncIterator[Process]:
-    """Start ``python -m balwatch run -c config``; killed on exit if still running."""
+    """Start ``python -m balwatch run -c config``; killed on exit if still running.
+
+    ``preexec_fn`` runs in the child before balwatch starts (say, to set a resource limit).
+    """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -96,6 +103,7 @@ async def balwatch_run(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     process = Process(proc)
     process.readers = [

@@ -137,6 +137,7 @@ rules: ["rules/*.yaml", "more/*.yaml"]
 accounts:
   - name: coinw-spot
     exchange: coinw
+    base_url: http://127.0.0.1:8700    # a simulator: keys written out draw no warning
     credentials: {api_key: k, api_secret: s}
 sinks:
   - {name: ops-mqtt, type: mqtt, url: "mqtt://127.0.0.1:1883"}

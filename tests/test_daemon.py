@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import signal
 import sqlite3
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 import balwatch.daemon
 from balwatch.adapters.bitso import BitsoAdapter
@@ -670,7 +672,98 @@ async def test_a_rejected_reload_alerts_with_the_error_not_a_warning_beside_it(
         rules.write_text(warned + "  - {name: e, when: available < 1, whn: typo}\n")
         assert await daemon.reload() is False
         error = await alerts.event("config_error", "balwatch", "firing")
-        assert "unknown key 'whn'" in error.summary, error.summary
+        assert error.summary.endswith(f"{rules}:3:36: unknown key"), error.summary
+
+
+# --- hostile files and a starved process (issue 12, items 1, 4 and 8) -----------------
+
+
+async def test_a_reload_alert_names_place_and_kind_never_the_files_text(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """A rule glob that matches any file (here one like /etc/shadow): the alert goes to every
+    sink, so it says where and what sort of problem, not what the file holds."""
+    _, config, rules = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    shadow = tmp_path / "shadow"
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        shadow.write_text("root:SECRET-hash-$6$salt$7f3e9a:19000:0:99999:7:::\n")
+        config.write_text(config.read_text().replace(f"['{rules}']", f"['{rules}', '{shadow}']"))
+        assert await daemon.reload() is False
+        error = await alerts.event("config_error", "balwatch", "firing")
+    assert error.summary == (
+        f"config reload rejected, the last good rules keep running: {shadow}:1:1: not a rule file"
+    )
+    assert "SECRET" not in json.dumps(error.to_json())
+
+
+async def test_an_alias_bomb_on_reload_is_rejected_and_the_rules_keep_running(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    good = "rules:\n  - {name: low, when: available < 1}\n"
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, good)
+    levels = ['  x0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"  x{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        # Anywhere in the file: the loader refuses it before the data is looked at.
+        config.write_text(config.read_text() + "bomb:\n" + "\n".join(levels) + "\n")
+        assert await asyncio.wait_for(daemon.reload(), WAIT) is False
+        error = await alerts.event("config_error", "balwatch", "firing")
+        assert error.summary.endswith(": alias bomb"), error.summary
+        assert [r.name for r in daemon.engine.rules] == ["low"]
+
+
+def lowest_free_descriptor() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+async def test_out_of_descriptors_a_reload_waits_instead_of_raising_config_error(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection flood or a leak can use up the process's descriptors: reading the
+    config fails then, but the config is fine. No config_error; tried again later."""
+    _, config, _ = await treasury_daemon_files(
+        tmp_path, start_sim, "rules:\n  - {name: low, when: available < 1}\n"
+    )
+    reloads = Reloads(monkeypatch)
+    monkeypatch.setattr(balwatch.daemon, "WATCH_SECONDS", 0.05)  # the retry comes soon
+    alerts = AlertLog()
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    async with running(config, alerts) as daemon:
+        with capture_logs() as logs:
+            # No descriptor below the limit is free: every open fails with EMFILE, as in
+            # the flood (the kernel's own error, not an imitation).
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_descriptor(), limits[1]))
+            try:
+                reloaded = await daemon.reload()
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            assert reloaded is False
+            await reloads.next()  # the retry, with descriptors to spare again
+        assert [r.name for r in daemon.engine.rules] == ["low"]
+    assert not [a for a in alerts.alerts if a.rule == "config_error"]
+    deferred = [e for e in logs if e["event"] == "config_read_deferred"]
+    assert len(deferred) == 1 and deferred[0]["error"] == "Too many open files"
+    assert not [e for e in logs if e["event"] in ("reload_rejected", "reload_failed")]
+
+
+async def test_risky_settings_are_logged_when_the_daemon_starts(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    config.write_text(
+        config.read_text()
+        + "sinks:\n  - {name: hook, type: webhook, url: 'https://hooks.example/x',"
+        " verify_tls: false}\n"
+    )
+    with capture_logs() as logs:
+        async with running(config, AlertLog()):
+            pass
+    warned = [e["problem"] for e in logs if e["event"] == "config_warning"]
+    assert any(f"{config}:8:77: warning: verify_tls: false" in p for p in warned), warned
 
 
 async def test_a_self_alert_survives_a_restart_firing_once_and_resolving_once(

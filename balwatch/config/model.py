@@ -37,7 +37,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
+from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 
 from balwatch.alert import Severity
 from balwatch.config.problems import field_error
@@ -89,28 +89,60 @@ def adapter_for(exchange: object) -> type[Adapter] | None:
 # --- reusable field types -------------------------------------------------------------
 
 
-def _duration(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise field_error("expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}")
-    if not isinstance(value, str):
-        raise field_error("expected a duration with a unit, like 30s, got {input}")
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        raise field_error(
-            "expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}"
-        ) from None
-    if seconds <= 0:
-        raise field_error("expected a duration above zero, got {input}")
-    return seconds
+DURATION_PATTERN: Final = r"^\d+(\.\d+)?(ms|s|m|h|d)$"
+DAY: Final = 86_400.0
 
 
-# Seconds as float: durations are timer arguments, never money.
-Duration = Annotated[
-    float,
-    PlainValidator(_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)$"}),
-]
+@dataclass(frozen=True, slots=True)
+class DurationRange:
+    """A duration field, in seconds as float (durations are timer arguments, never money),
+    allowed from ``low`` to ``high``: ``Annotated[float, DurationRange(1, DAY)]``.
+
+    Every duration has bounds that make sense for its field: without them a 400-digit
+    ``keepalive`` passes validation and then overflows the timer that takes it.
+    """
+
+    low: float
+    high: float
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self.validate)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "pattern": DURATION_PATTERN, "description": self.allowed}
+
+    @property
+    def allowed(self) -> str:
+        return f"from {format_duration(self.low)} to {format_duration(self.high)}"
+
+    def validate(self, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise field_error("expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}")
+        if not isinstance(value, str):
+            raise field_error("expected a duration with a unit, like 30s, got {input}")
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise field_error(
+                "expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}"
+            ) from None
+        if not self.low <= seconds <= self.high:
+            raise field_error(f"expected a duration {self.allowed}, got {{input}}")
+        return seconds
+
+
+# How often an account is polled: exchanges limit requests, and a day is the longest gap
+# that still makes `age` rules useful.
+PollInterval = Annotated[float, DurationRange(0.1, DAY)]
+# One request to a source or a webhook.
+RequestTimeout = Annotated[float, DurationRange(0.1, 600.0)]
+# MQTT carries the keep-alive as a 16-bit count of whole seconds.
+Keepalive = Annotated[float, DurationRange(1.0, 65_535.0)]
+# MQTT v5 carries a message expiry as a 32-bit count of seconds (136 years).
+ActiveExpiry = Annotated[float, DurationRange(1.0, float(MAX_MESSAGE_EXPIRY))]
+# How often a live price source is read, and how long a price it gave stays usable.
+PriceInterval = Annotated[float, DurationRange(1.0, DAY)]
+PriceMaxAge = Annotated[float, DurationRange(1.0, 7 * DAY)]
 
 
 def _secret(value: object) -> Secret:
@@ -203,8 +235,16 @@ class _Model(BaseModel):
 # --- sections -------------------------------------------------------------------------
 
 
+# Open HTTP connections at once; the server lowers it to a quarter of its descriptor limit.
+DEFAULT_MAX_CONNECTIONS: Final = 256
+
+
 class HttpConfig(_Model):
     listen: str
+    # Required as `Authorization: Bearer <token>` on /api/*; unset: anyone who reaches the
+    # listener reads every balance (`check` warns when that is beyond this host).
+    token: SecretText | None = None
+    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, ge=1, le=65_536)
 
     @field_validator("listen")
     @classmethod
@@ -242,8 +282,8 @@ class MetricsConfig(_Model):
 
 
 class DefaultsConfig(_Model):
-    poll_interval: Duration = 30.0
-    timeout: Duration = 10.0
+    poll_interval: PollInterval = 30.0
+    timeout: RequestTimeout = 10.0
 
 
 class AccountConfig(_Model):
@@ -251,8 +291,8 @@ class AccountConfig(_Model):
     exchange: str
     # None: the adapter's production URL (see `Config.account_spec`).
     base_url: str | None = Field(default=None, validate_default=True)
-    poll_interval: Duration | None = None
-    timeout: Duration | None = None
+    poll_interval: PollInterval | None = None
+    timeout: RequestTimeout | None = None
     credentials: dict[str, SecretText] = Field(default_factory=dict, validate_default=True)
     # An instance of the adapter's `options_model`.
     options: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
@@ -353,9 +393,9 @@ class MqttSinkConfig(_Model):
     client_key: ExistingFile | None = None
     min_severity: Severity = "info"
     send_resolved: bool = True
-    keepalive: Duration = 30.0
+    keepalive: Keepalive = 30.0
     # None: retained active/ alerts stay until they resolve (an AML lock can last weeks).
-    active_expiry: Duration | None = None
+    active_expiry: ActiveExpiry | None = None
 
     @property
     def receives_resolved(self) -> bool:
@@ -374,15 +414,6 @@ class MqttSinkConfig(_Model):
         if not value or value.endswith("/") or "+" in value or "#" in value:
             raise field_error(
                 "expected a topic prefix without '+', '#' or a trailing '/', got {input}"
-            )
-        return value
-
-    @field_validator("active_expiry")
-    @classmethod
-    def _expiry_fits(cls, value: float | None) -> float | None:
-        if value is not None and value > MAX_MESSAGE_EXPIRY:
-            raise field_error(
-                f"expected at most {MAX_MESSAGE_EXPIRY}s (MQTT's limit, 136 years), got {{input}}"
             )
         return value
 
@@ -408,7 +439,7 @@ class WebhookSinkConfig(_Model):
     ) = None
     # Values are secrets: `Authorization: Bearer ...` is the usual reason to set headers.
     headers: dict[str, SecretText] = Field(default_factory=dict)
-    timeout: Duration = 10.0
+    timeout: RequestTimeout = 10.0
     verify_tls: bool = True
     min_severity: Severity = "info"
     send_resolved: bool = True
@@ -521,8 +552,8 @@ class CcxtPriceSource(_Model):
     pairs: tuple[Pair, ...] = Field(
         min_length=1, description="markets BASE/QUOTE; a price known for one side gives the other"
     )
-    interval: Duration = 60.0
-    timeout: Duration | None = None
+    interval: PriceInterval = 60.0
+    timeout: RequestTimeout | None = None
     base_url: str | None = None
     ccxt_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -561,7 +592,7 @@ class PricesConfig(_Model):
         default_factory=dict, description="fixed prices: stablecoins and pegs"
     )
     sources: tuple[PriceSource, ...] = ()
-    max_age: Duration = Field(600.0, description="a price older than this is no price")
+    max_age: PriceMaxAge = Field(600.0, description="a price older than this is no price")
 
     @model_validator(mode="after")
     def _consistent(self) -> PricesConfig:
@@ -708,6 +739,8 @@ class Config(_Model):
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret value in the config, so the log redactor can scrub them."""
         found = [secret for account in self.accounts for secret in account.credentials.values()]
+        if self.http is not None and self.http.token is not None:
+            found.append(self.http.token)
         for sink in self.sinks:
             found.extend(_url_secrets(sink.url))
             if isinstance(sink, WebhookSinkConfig):

@@ -55,8 +55,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema
 
 from balwatch.alert import Alert, Severity
-from balwatch.config.model import Duration, Name
-from balwatch.config.problems import Scalars, field_error
+from balwatch.config.model import DAY, DurationRange, Name
+from balwatch.config.problems import Scalars, field_error, file_kind
 from balwatch.config.yamlsource import YamlDocument, load_yaml
 from balwatch.durations import format_duration
 from balwatch.errors import ConfigError, Problem
@@ -65,7 +65,6 @@ from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import (
     ListedIn,
     StrictModel,
-    WaitDuration,
     load_rule_set,
     validation_problems,
 )
@@ -75,6 +74,13 @@ DEFAULT_EXCHANGE: Final = "test"
 FAIL: Final = "fail"
 # Bounds what `1x99999999` can allocate; a week of 10 s samples fits.
 MAX_SAMPLES: Final = 100_000
+# Bounds how long a file runs (100,000 to 250,000 steps a second): a step is a sample time,
+# or an engine tick each simulated second when a rule reads `age` or `failures`. Eleven
+# days of ticks fit; `interval: 100ms` up to `at: 300d` does not.
+MAX_STEPS: Final = 1_000_000
+# A sample every poll interval at most, once a day at least.
+Interval = Annotated[float, DurationRange(0.1, DAY)]
+At = Annotated[float, DurationRange(0.0, 366 * DAY)]
 # Float step times (k * interval) may miss an `at` by rounding: compare with slack.
 _EPSILON: Final = 1e-6
 
@@ -141,7 +147,7 @@ class ExpectedAlert(StrictModel, title="expected alert"):
 
 
 class AlertTest(StrictModel, title="alert test"):
-    at: WaitDuration = Field(description="time since the first sample, like 5m")
+    at: At = Field(description="time since the first sample, like 5m")
     expected_alerts: tuple[ExpectedAlert, ...] = Field((), description="exactly what fires")
     expected_resolved: tuple[ExpectedAlert, ...] | None = Field(
         None, description="exactly what resolved since the previous at; omitted: not checked"
@@ -160,9 +166,12 @@ class RuleTestFile(StrictModel, title="rule test file"):
     accounts: dict[str, str] = Field(
         default_factory=dict, description=f"account -> exchange; default {DEFAULT_EXCHANGE}"
     )
-    interval: Duration = Field(60.0, description="time between samples")
+    interval: Interval = Field(60.0, description="time between samples")
     input_series: tuple[InputSeries, ...] = ()
     alert_tests: tuple[AlertTest, ...]
+
+
+RULE_TEST_FILE: Final = file_kind("rule test file", RuleTestFile)
 
 
 # --------------------------------------------------------------------------- results
@@ -204,7 +213,7 @@ class FileResult:
 def run_file(path: Path) -> FileResult:
     """Load and run one test file."""
     try:
-        doc = load_yaml(path)
+        doc = load_yaml(path, RULE_TEST_FILE)
     except ConfigError as exc:
         return FileResult(str(path), tuple(exc.problems))
     try:
@@ -276,7 +285,7 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
 
     def problem(path: tuple[object, ...], message: str) -> None:
         line, column = doc.position(path)
-        problems.append(Problem(doc.file, line, column, message))
+        problems.append(Problem(doc.file, line, column, message, kind="inconsistent test"))
 
     seen: set[tuple[str, str, str]] = set()
     for index, entry in enumerate(test.input_series):
@@ -305,6 +314,16 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
                     f"sample {step + 1} of {account} is 'fail' in one series but a value in "
                     "this one; a failed poll has no values: write '_' or 'fail' here",
                 )
+    steps = _steps(test, rules)
+    if steps > MAX_STEPS:
+        last = max(range(len(test.alert_tests)), key=lambda i: test.alert_tests[i].at)
+        problem(
+            ("alert_tests", last, "at"),
+            f"this test would take {steps:,} steps (a sample every "
+            f"{format_duration(test.interval)} up to {format_duration(test.alert_tests[last].at)}"
+            f"{', and a tick every second' if _reads_account(rules) else ''}), more than "
+            f"the {MAX_STEPS:,} allowed; use a longer interval or an earlier 'at'",
+        )
     names = {rule.name for rule in rules}
     for i, check in enumerate(test.alert_tests):
         for listing, listed in (
@@ -318,6 +337,19 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
                         f"no rule named {expected.rule!r} in rule_files",
                     )
     return problems
+
+
+def _steps(test: RuleTestFile, rules: Sequence[Rule]) -> int:
+    """Sample times up to the last ``at``, plus a tick per second for account-scope rules."""
+    last = max((check.at for check in test.alert_tests), default=0.0)
+    steps = int(last / test.interval) + 1 + len(test.alert_tests)
+    if _reads_account(rules):
+        steps += int(last / TICK_SECONDS)
+    return steps
+
+
+def _reads_account(rules: Sequence[Rule]) -> bool:
+    return any(rule.account_scope for rule in rules)
 
 
 def _exchange(test: RuleTestFile, account: str) -> str:
@@ -352,7 +384,7 @@ class _Run:
         self.accounts = {name: _exchange(test, name) for name in accounts}
         for name, exchange in self.accounts.items():
             self.engine.register_account(name, exchange)
-        self.account_rules = any(rule.account_scope for rule in rules)
+        self.account_rules = _reads_account(rules)
         self.ticked = 0.0  # when the ticker last ran
 
     def checks(self) -> tuple[CheckResult, ...]:
