@@ -118,10 +118,8 @@ def test_anchors_that_share_settings_between_many_accounts_still_load(tmp_path: 
     done = balwatch("check", "-c", "balwatch.yaml", cwd=tmp_path)
     # x-shared is an unknown key (an error of its own): the anchors themselves passed.
     assert "aliases expand" not in done.stderr
-    assert [message for *_, message in problems(done.stderr)] == [
-        "unknown key 'x-shared' in the config; expected one of: state_dir, rules, http, log, "
-        "defaults, accounts, sinks"
-    ]
+    [message] = [message for *_, message in problems(done.stderr)]
+    assert message.startswith("unknown key 'x-shared' in the config; expected one of: ")
 
 
 # --- item 8: a file that is not YAML the user wrote -----------------------------------

@@ -141,7 +141,7 @@ Keepalive = Annotated[float, DurationRange(1.0, 65_535.0)]
 # MQTT v5 carries a message expiry as a 32-bit count of seconds (136 years).
 ActiveExpiry = Annotated[float, DurationRange(1.0, float(MAX_MESSAGE_EXPIRY))]
 # How often a live price source is read, and how long a price it gave stays usable.
-PriceInterval = Annotated[float, DurationRange(1.0, DAY)]
+PriceInterval = Annotated[float, DurationRange(0.1, DAY)]
 PriceMaxAge = Annotated[float, DurationRange(1.0, 7 * DAY)]
 
 
