@@ -33,7 +33,7 @@ from balwatch.rules.ruletest import plural, run_tests
 from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
-from balwatch.statestore import StateError
+from balwatch.state.base import StateError
 from balwatch.table import balances_table, failures_table
 
 EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED, EXIT_SEND_FAILED = 0, 1, 3, 4

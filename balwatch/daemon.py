@@ -1,6 +1,6 @@
 """``balwatch run``: wires pollers, the rule engine, the outbox and the sinks together.
 
-    pollers -> PollResult -> engine -> alerts -> outbox (with the engine state) -> sinks
+    pollers -> PollResult -> engine -> alerts -> publisher (state store) -> outbox -> sinks
 
 The daemon owns no logic of its own beyond the wiring: when to evaluate (each poll
 result, and a tick for account-scope rules), when to persist, how to reload and stop.
@@ -12,9 +12,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,9 @@ from balwatch.httpapi import HttpServer
 from balwatch.latest import LatestBalances
 from balwatch.loading import Loaded, load_all
 from balwatch.metrics import Metrics
-from balwatch.outbox.routing import route
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.poll import PollResult, make_adapter
+from balwatch.publisher import AlertPublisher, OnAlerts
 from balwatch.ratelimit import LimiterRegistry, with_headroom
 from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import matching_paths
@@ -44,14 +42,8 @@ from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.sinks.base import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.statestore import (
-    StateError,
-    changes_writer,
-    prepare,
-    restore,
-    state_lock,
-    writer,
-)
+from balwatch.state import state_store
+from balwatch.state.base import StateStore
 from balwatch.systemd import Notifier, run_watchdog
 
 log = structlog.get_logger("balwatch.daemon")
@@ -62,8 +54,6 @@ FLUSH_SECONDS = 5.0
 WATCH_SECONDS = 2.0
 # SIGTERM: how long deliveries may still go out before the process exits.
 STOP_GRACE_SECONDS = 10.0
-
-OnAlerts = Callable[[Sequence[Alert]], None]
 
 
 @dataclass
@@ -105,10 +95,6 @@ class Daemon:
         self._failing: set[str] = set()
         self._progress = time.monotonic()
         self._accounts: dict[str, _Account] = {}
-        self._unpublished: list[Alert] = []  # alerts whose commit failed, retried each tick
-        # Alerts waiting for the commit in flight to end; the next commit takes them all.
-        self._queued: list[Alert] = []
-        self._committing = asyncio.Lock()
         self._last_status = ""
 
     # --- start-up --------------------------------------------------------------------
@@ -123,35 +109,14 @@ class Daemon:
             logs.configure(config.log.format, config.log.level, config.secrets())
         for problem in loaded.warnings:
             log.warning("config_warning", problem=str(problem))
-        with state_lock(config.state_dir):  # StateError: another daemon has it
-            return await self._serve(loaded, watched)
+        # StateError: another daemon has it, or it is not balwatch's, or too new.
+        async with state_store(config) as store:
+            return await self._serve(loaded, watched, store)
 
-    async def _serve(self, loaded: Loaded, watched: _Signature) -> int:
-        """Run until stopped, holding the state directory."""
+    async def _serve(self, loaded: Loaded, watched: _Signature, store: StateStore) -> int:
+        """Run until stopped, holding the state store."""
         config = loaded.config
-        now = self._clock()
-        db = config.state_dir / DB_FILE
-        engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
-        saved = await asyncio.to_thread(prepare, db, now - engine.history.retention)
-        restored = engine.restore(saved.alerts, saved.accounts, now)
-        restore(engine, saved, now)
-        for account in config.accounts:
-            engine.register_account(account.name, account.exchange, now)
-        for gone in {a.account for a in saved.accounts} - {a.name for a in config.accounts}:
-            restored += engine.forget_account(gone, now)
-        self._self_alerts.restore(saved.self_alerts)
-        restored += self._self_alerts.resolve("config_error", SELF)  # this config loaded
-        configured = {a.name for a in config.accounts}
-        for name in self._self_alerts.accounts("source_auth_failed"):
-            if name not in configured:
-                restored += self._self_alerts.resolve("source_auth_failed", name)
-        self.engine = engine
-        log.info(
-            "state_restored",
-            alerts=len(saved.alerts),
-            accounts=len(saved.accounts),
-            samples=len(saved.samples),
-        )
+        restored = await self._restore(store, loaded)
 
         loop = asyncio.get_running_loop()
         for sig, handler in (
@@ -165,14 +130,9 @@ class Daemon:
             self.sinks: list[Sink] = [
                 await stack.enter_async_context(build_sink(s)) for s in config.sinks
             ]
-            try:
-                store = await OutboxStore.open(db)
-                stack.push_async_callback(store.close)
-                # Retries cap at 30 s: a sink that comes back is served within half a minute.
-                self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
-                await self.outbox.start()
-            except sqlite3.DatabaseError as exc:  # outbox tables too new, or corrupt
-                raise StateError(f"{db}: cannot use the outbox ({exc})") from None
+            # Retries cap at 30 s: a sink that comes back is served within half a minute.
+            self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
+            await self.outbox.start()
             stack.push_async_callback(self.outbox.stop)
             if config.http is not None:
                 http = HttpServer(config.http.host, config.http.port, self, self.metrics.registry)
@@ -184,7 +144,16 @@ class Daemon:
             session = await stack.enter_async_context(new_session())
             self._session = session
             self._limiters = LimiterRegistry()
-            await self._publish(restored)
+            self.publisher = AlertPublisher(
+                store=store,
+                outbox=self.outbox,
+                engine=self.engine,
+                self_alerts=self._self_alerts,
+                sinks=config.sinks,
+                metrics=self.metrics,
+                on_alerts=self._on_alerts,
+            )
+            await self.publisher.publish(restored)
 
             scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
             self._scheduler = scheduler
@@ -194,7 +163,7 @@ class Daemon:
                 accounts=len(config.accounts),
                 rules=len(loaded.rules),
                 sinks=len(config.sinks),
-                state=str(db),
+                state=store.location,
             )
             background = [
                 asyncio.create_task(self._ticker(), name="tick"),
@@ -213,10 +182,7 @@ class Daemon:
             await asyncio.gather(*background, return_exceptions=True)
             await scheduler.stop()
             # Alerts of pollers cancelled while they waited for, or were in, a commit.
-            await self._publish([])
-            await self._flush()
-            if self._unpublished:
-                log.error("stopped_with_uncommitted_alerts", alerts=len(self._unpublished))
+            await self.publisher.close()
             drained = await self.outbox.drain(STOP_GRACE_SECONDS)
             if not drained:
                 log.warning("stopped_with_pending_deliveries", grace=STOP_GRACE_SECONDS)
@@ -224,6 +190,33 @@ class Daemon:
             loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
+
+    async def _restore(self, store: StateStore, loaded: Loaded) -> list[Alert]:
+        """Build the engine on what the last run left; returns the resolves that makes (of
+        alerts whose rule or account is gone, of self-alerts whose cause is)."""
+        config = loaded.config
+        now = self._clock()
+        engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
+        saved = await store.load(now - engine.history.retention)
+        restored = saved.restore(engine, now)
+        for account in config.accounts:
+            engine.register_account(account.name, account.exchange, now)
+        configured = {a.name for a in config.accounts}
+        for gone in {a.account for a in saved.accounts} - configured:
+            restored += engine.forget_account(gone, now)
+        self._self_alerts.restore(saved.self_alerts)
+        restored += self._self_alerts.resolve("config_error", SELF)  # this config loaded
+        for name in self._self_alerts.accounts("source_auth_failed"):
+            if name not in configured:
+                restored += self._self_alerts.resolve("source_auth_failed", name)
+        self.engine = engine
+        log.info(
+            "state_restored",
+            alerts=len(saved.alerts),
+            accounts=len(saved.accounts),
+            samples=len(saved.samples),
+        )
+        return restored
 
     def _plans(self, config: Config) -> list[PollPlan]:
         """Poll plans; an account whose settings did not change keeps its adapter (tokens)."""
@@ -271,91 +264,16 @@ class Daemon:
                     f"{result.account}: {exchange} rejected the credentials; polling backs off",
                     "critical",
                 )
-        await self._publish(alerts)
+        await self.publisher.publish(alerts)
         self._polled.add(result.account)
         self._check_ready()
-
-    async def _publish(self, alerts: Sequence[Alert]) -> None:
-        """Commit the alerts with the engine state that produced them, then hand them on.
-
-        If the commit fails (disk full, I/O error), the alerts are kept in memory and
-        retried with the next publish or tick: the engine has moved on, so dropping them
-        would lose them for good.
-
-        One commit at a time: pollers and the ticker publish concurrently, and two commits in
-        flight could each fail and keep only their own alerts, or both carry the held ones
-        (a firing delivered again after its resolve), or commit out of order. Alerts that
-        arrive meanwhile wait and go, in order, with the next commit.
-        """
-        self._queued += alerts
-        async with self._committing:
-            batch = [*self._unpublished, *self._queued]
-            self._queued = []
-            try:
-                await self._commit(batch)
-            except asyncio.CancelledError:  # stop or reload cancelled the publisher
-                self._unpublished = batch  # the final commit at stop takes them
-                raise
-
-    async def _commit(self, batch: list[Alert]) -> None:
-        if not batch:
-            return
-        sinks = self.loaded.config.sinks
-        items = [(doc, route(doc, sinks, a.notify)) for a in batch for doc in (a.to_json(),)]
-        try:
-            changed = {
-                (a.fingerprint, a.rule): self.engine.state_for(a.account, a.venue, a.asset, a.rule)
-                for a in batch
-            }
-            await self.outbox.enqueue_many(
-                items,
-                also=changes_writer(
-                    ((fp, rule, st) for (fp, rule), st in changed.items()),
-                    self._self_alerts.firing(),
-                ),
-            )
-        except Exception:
-            self._unpublished = batch
-            self.metrics.record_state_write_failure("alerts")
-            self.metrics.set_uncommitted(len(batch))
-            log.exception("outbox_commit_failed", alerts=len(batch))
-            return
-        self._unpublished = []
-        self.metrics.set_uncommitted(0)
-        self.metrics.record_alerts(batch)
-        self.metrics.set_active(*self.engine.counts())
-        for alert in batch:
-            log.info(
-                "alert",
-                transition=alert.event,
-                rule=alert.rule,
-                account=alert.account,
-                asset=alert.asset,
-                summary=alert.summary,
-            )
-        if self._on_alerts is not None:
-            self._on_alerts(batch)
-
-    async def _flush(self) -> None:
-        """Write the engine state that no alert commit carried: pending timers, account
-        liveness, new history samples. A failure is reported, never raised: a full or
-        read-only disk must not stop polling and alerting."""
-        history = self.engine.history.take_changes()
-        try:
-            await self.outbox.store.write(
-                writer(self.engine.states(), self.engine.accounts(), history)
-            )
-        except Exception:
-            self.engine.history.retake(history)  # a forgotten series must still leave the table
-            self.metrics.record_state_write_failure("flush")
-            log.exception("state_flush_failed")
 
     async def _ticker(self) -> None:
         last_flush = time.monotonic()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self._progress = time.monotonic()
-            await self._publish(self.engine.tick(self._clock()))
+            await self.publisher.publish(self.engine.tick(self._clock()))
             self.metrics.record_evaluation("tick")
             self.metrics.set_active(*self.engine.counts())
             self.metrics.set_outbox(self.outbox.stats())
@@ -365,7 +283,7 @@ class Daemon:
                 self._notifier.status(status)
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
-                await self._flush()
+                await self.publisher.flush()
 
     def _status_line(self) -> str:
         total = len(self._accounts)
@@ -374,8 +292,8 @@ class Daemon:
             f"{total - failing}/{total} accounts ok, {failing} failing, "
             f"{self.engine.counts()[1]} alerts firing"
         )
-        if self._unpublished:
-            line += f", {len(self._unpublished)} alerts held: state database not writable"
+        if self.publisher.held:
+            line += f", {self.publisher.held} alerts held: state database not writable"
         return line
 
     def _check_ready(self) -> None:
@@ -423,7 +341,7 @@ class Daemon:
             else:
                 log.exception("reload_failed")
                 first = f"the files could not be loaded ({type(exc).__name__}; see the log)"
-            await self._publish(
+            await self.publisher.publish(
                 self._self_alerts.fire(
                     "config_error",
                     SELF,
@@ -464,7 +382,7 @@ class Daemon:
         # pollers whose plan is different.
         await self._scheduler.apply(self._plans(self.loaded.config))
         alerts += self._self_alerts.resolve("config_error", SELF)
-        await self._publish(alerts)
+        await self.publisher.publish(alerts)
         self.metrics.record_reload(True)
         log.info("reloaded", rules=len(loaded.rules), accounts=len(new.accounts))
         self._notifier.ready(self._status_line())

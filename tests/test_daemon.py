@@ -14,13 +14,10 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +33,7 @@ from balwatch.daemon import Daemon
 from balwatch.ratelimit import with_headroom
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
-from balwatch.statestore import StateError
+from balwatch.state.base import StateError
 from balwatch.systemd import Notifier
 from tests.brokers import Mosquitto
 from tests.conftest import StartSim
@@ -576,94 +573,6 @@ async def test_account_labels_follow_a_reload(tmp_path: Path, start_sim: StartSi
         assert fired.labels == {"desk": "treasury"}
 
 
-def synthetic_alert(fingerprint: str, event: str = "firing") -> Alert:
-    moment = datetime(2026, 11, 25, tzinfo=UTC)
-    return Alert(
-        fingerprint=fingerprint, event=event, rule="low", severity="warning",
-        account="treasury", exchange="bitso", venue="bitso", asset=fingerprint,
-        summary=fingerprint, description="", labels={}, expression="available < 1",
-        values={}, started_at=moment, observed_at=moment,
-        resolved_at=moment if event == "resolved" else None,
-    )  # fmt: skip
-
-
-async def test_overlapping_failed_commits_keep_every_alert_once_and_in_order(
-    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Pollers and the ticker publish concurrently. When commits fail (disk full), every
-    alert is held, none twice, and they go out in the order they were made once it clears."""
-    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
-    in_commit, release = threading.Event(), threading.Event()
-    disk_full = True
-    real_writer = balwatch.daemon.changes_writer
-
-    def failing_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(*args)
-
-        def attempt(conn: sqlite3.Connection) -> None:
-            if disk_full:
-                in_commit.set()
-                release.wait(WAIT)  # the first commit stays in flight until released
-                raise sqlite3.OperationalError("database or disk is full")
-            write(conn)
-
-        return attempt
-
-    alerts = AlertLog()
-    async with running(config, alerts) as daemon:
-        monkeypatch.setattr(balwatch.daemon, "changes_writer", failing_writer)
-        first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
-        assert await asyncio.to_thread(in_commit.wait, WAIT)
-        second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
-        await asyncio.sleep(0)  # B is made while A's commit is in flight
-        release.set()
-        await asyncio.gather(first, second)
-        assert alerts.alerts == []
-        assert "2 alerts held" in daemon._status_line()
-
-        disk_full = False
-        await daemon._publish([synthetic_alert("A", "resolved")])
-        made = [(a.fingerprint, a.event) for a in alerts.alerts]
-        assert made == [("A", "firing"), ("B", "firing"), ("A", "resolved")]
-
-
-async def test_a_stop_commits_the_alerts_of_pollers_it_cancels(
-    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SIGTERM cancels the pollers: one in the middle of a commit, one waiting for it. The
-    engine already counts their alerts as sent, so the stop must commit them."""
-    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
-    in_commit, release = threading.Event(), threading.Event()
-    real_writer = balwatch.daemon.changes_writer
-
-    def slow_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(*args)
-
-        def attempt(conn: sqlite3.Connection) -> None:
-            in_commit.set()
-            release.wait(WAIT)  # the first commit stays in flight until released
-            write(conn)
-
-        return attempt
-
-    alerts = AlertLog()
-    daemon = Daemon(config, on_alerts=alerts, notifier=Notifier(None), configure_logs=False)
-    run = asyncio.create_task(daemon.run())
-    await asyncio.wait_for(daemon.started.wait(), WAIT)
-    monkeypatch.setattr(balwatch.daemon, "changes_writer", slow_writer)
-    first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
-    assert await asyncio.to_thread(in_commit.wait, WAIT)
-    second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
-    await asyncio.sleep(0)  # B waits for A's commit
-    for poller in (first, second):  # as Scheduler.stop does on SIGTERM
-        poller.cancel()
-    await asyncio.gather(first, second, return_exceptions=True)
-    release.set()
-    daemon.stopping.set()
-    assert await asyncio.wait_for(run, WAIT) == 0
-    assert [a.fingerprint for a in alerts.alerts] == ["A", "B"]
-
-
 class Reloads:
     """Every reload of the daemon, whatever starts it (a file change, SIGHUP), awaitable."""
 
@@ -711,13 +620,13 @@ async def test_a_rule_edit_during_start_up_is_loaded(
     _, config, rules = await treasury_daemon_files(
         tmp_path, start_sim, "rules:\n  - {name: old, when: available < 1}\n"
     )
-    real_prepare = balwatch.daemon.prepare
+    real_restore = Daemon._restore
 
-    def prepare(*args: Any) -> Any:  # after the files were read, before polling starts
+    async def restore(*args: Any) -> Any:  # after the files were read, before polling starts
         rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
-        return real_prepare(*args)
+        return await real_restore(*args)
 
-    monkeypatch.setattr(balwatch.daemon, "prepare", prepare)
+    monkeypatch.setattr(Daemon, "_restore", restore)
     async with running(config, AlertLog()) as daemon:
         await reloads.next()
         assert [r.name for r in daemon.engine.rules] == ["new"]

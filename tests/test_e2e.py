@@ -34,7 +34,7 @@ import pytest
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount
-from balwatch.statestore import LOCK_FILE
+from balwatch.state.sqlite import LOCK_FILE
 from tests.brokers import Mosquitto, Subscriber, free_port, subscribe
 from tests.conftest import StartSim
 from tests.webhooks import Recorded, WebhookReceiver
@@ -678,7 +678,7 @@ async def test_unusable_state_db_exits_1_and_keeps_the_file(tmp_path: Path, kind
     assert str(db) in stderr, f"the message names the file: {stderr!r}"
     assert "Traceback" not in daemon.output, daemon.output
     assert db.read_bytes() == before, (
-        f"{kind} state DB was modified by the failed start (balwatch/statestore.py prepare(): "
+        f"{kind} state DB was modified by the failed start (balwatch/state/sqlite.py _open(): "
         "open_db() switches the file to WAL before the foreign-table check)"
     )
     # No -wal or -shm beside it; the daemon's lock file is the only one it may leave.
