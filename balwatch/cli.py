@@ -20,7 +20,7 @@ from pathlib import Path
 from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config
-from balwatch.daemon import Daemon, StartError
+from balwatch.daemon import Daemon, StartError, capture_signals
 from balwatch.demo.story import run_demo
 from balwatch.errors import ConfigError
 from balwatch.loading import load_config_rules
@@ -161,9 +161,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _run_daemon(daemon: Daemon) -> int:
+    with capture_signals(daemon):
+        return await daemon.run()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(Daemon(args.config).run())
+        return asyncio.run(_run_daemon(Daemon(args.config)))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -4,6 +4,10 @@
 
 The daemon owns no logic of its own beyond the wiring: when to evaluate (each poll
 result, and a tick for account-scope rules), when to persist, how to reload and stop.
+A run is three steps, :meth:`Daemon.start`, :meth:`Daemon.serve` and
+:meth:`Daemon.shutdown` (:meth:`Daemon.run` does all three). Signals belong to the caller:
+:func:`capture_signals` maps SIGTERM/SIGINT to :meth:`Daemon.stop` and SIGHUP to
+:meth:`Daemon.request_reload` for as long as the caller runs the daemon.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,37 +100,46 @@ class Daemon:
         self._progress = time.monotonic()
         self._accounts: dict[str, _Account] = {}
         self._last_status = ""
+        self._running: AsyncExitStack | None = None  # what start() opened, for shutdown()
+
+    def stop(self) -> None:
+        """Ask the daemon to stop: :meth:`serve` returns, :meth:`run` shuts down."""
+        self.stopping.set()
+
+    def request_reload(self) -> None:
+        """Ask for a reload of the config and rules (as a change to the files does)."""
+        self._reload_requested.set()
+
+    async def run(self) -> int:
+        """Start, serve until :meth:`stop`, shut down; returns the exit code.
+
+        Start-up errors (ConfigError, StateError, StartError, OSError) are raised for the
+        caller to report, with everything start-up opened closed again.
+        """
+        await self.start()
+        try:
+            await self.serve()
+        finally:
+            await self.shutdown()
+        return 0
 
     # --- start-up --------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def start(self) -> None:
+        """Load the config, take the state store, connect the sinks, begin polling."""
         loaded = load_all(self.config_path, self._environ)  # ConfigError: the CLI reports it
         # The files as they were read: an edit during the rest of start-up is a change.
-        watched = _signature(loaded)
+        self._watched = _signature(loaded)
         self.loaded = loaded
         config = loaded.config
         if self._configure_logs:
             logs.configure(config.log.format, config.log.level, config.secrets())
         for problem in loaded.warnings:
             log.warning("config_warning", problem=str(problem))
-        # StateError: another daemon has it, or it is not balwatch's, or too new.
-        async with state_store(config) as store:
-            return await self._serve(loaded, watched, store)
-
-    async def _serve(self, loaded: Loaded, watched: _Signature, store: StateStore) -> int:
-        """Run until stopped, holding the state store."""
-        config = loaded.config
-        restored = await self._restore(store, loaded)
-
-        loop = asyncio.get_running_loop()
-        for sig, handler in (
-            (signal.SIGTERM, self.stopping.set),
-            (signal.SIGINT, self.stopping.set),
-            (signal.SIGHUP, self._reload_requested.set),
-        ):
-            loop.add_signal_handler(sig, handler)
-
         async with AsyncExitStack() as stack:
+            # StateError: another daemon has it, or it is not balwatch's, or too new.
+            store = await stack.enter_async_context(state_store(config))
+            restored = await self._restore(store, loaded)
             self.sinks: list[Sink] = [
                 await stack.enter_async_context(build_sink(s)) for s in config.sinks
             ]
@@ -141,8 +154,7 @@ class Daemon:
                 except OSError as exc:  # port taken, unknown host: say which setting
                     where = f"{config.http.host}:{config.http.port}"
                     raise StartError(f"http.listen {where}: {exc.strerror or exc}") from None
-            session = await stack.enter_async_context(new_session())
-            self._session = session
+            self._session = await stack.enter_async_context(new_session())
             self._limiters = LimiterRegistry()
             self.publisher = AlertPublisher(
                 store=store,
@@ -154,10 +166,8 @@ class Daemon:
                 on_alerts=self._on_alerts,
             )
             await self.publisher.publish(restored)
-
-            scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
-            self._scheduler = scheduler
-            await scheduler.apply(self._plans(config))
+            self._scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
+            await self._scheduler.apply(self._plans(config))
             log.info(
                 "started",
                 accounts=len(config.accounts),
@@ -165,31 +175,7 @@ class Daemon:
                 sinks=len(config.sinks),
                 state=store.location,
             )
-            background = [
-                asyncio.create_task(self._ticker(), name="tick"),
-                asyncio.create_task(self._watch_files(watched), name="watch"),
-                asyncio.create_task(self._reloader(), name="reload"),
-                asyncio.create_task(
-                    run_watchdog(self._notifier, lambda: self._progress, self.stopping),
-                    name="watchdog",
-                ),
-            ]
-            await self.stopping.wait()
-            self._notifier.stopping()
-            log.info("stopping")
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await scheduler.stop()
-            # Alerts of pollers cancelled while they waited for, or were in, a commit.
-            await self.publisher.close()
-            drained = await self.outbox.drain(STOP_GRACE_SECONDS)
-            if not drained:
-                log.warning("stopped_with_pending_deliveries", grace=STOP_GRACE_SECONDS)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        log.info("stopped")
-        return 0
+            self._running = stack.pop_all()
 
     async def _restore(self, store: StateStore, loaded: Loaded) -> list[Alert]:
         """Build the engine on what the last run left; returns the resolves that makes (of
@@ -217,6 +203,42 @@ class Daemon:
             samples=len(saved.samples),
         )
         return restored
+
+    # --- main loop and shutdown --------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Tick, watch the files, reload, feed the watchdog: until :meth:`stop`."""
+        background = [
+            asyncio.create_task(self._ticker(), name="tick"),
+            asyncio.create_task(self._watch_files(self._watched), name="watch"),
+            asyncio.create_task(self._reloader(), name="reload"),
+            asyncio.create_task(
+                run_watchdog(self._notifier, lambda: self._progress, self.stopping),
+                name="watchdog",
+            ),
+        ]
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Stop polling, commit and flush what is left, deliver for a grace period, close."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        self._notifier.stopping()
+        log.info("stopping")
+        async with running:
+            await self._scheduler.stop()
+            # Alerts of pollers cancelled while they waited for, or were in, a commit.
+            await self.publisher.close()
+            drained = await self.outbox.drain(STOP_GRACE_SECONDS)
+            if not drained:
+                log.warning("stopped_with_pending_deliveries", grace=STOP_GRACE_SECONDS)
+        log.info("stopped")
 
     def _plans(self, config: Config) -> list[PollPlan]:
         """Poll plans; an account whose settings did not change keeps its adapter (tokens)."""
@@ -438,3 +460,28 @@ def _signature(loaded: Loaded) -> _Signature:
             st = os.stat(name)
             out.append((name, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+@contextlib.contextmanager
+def capture_signals(daemon: Daemon) -> Iterator[None]:
+    """SIGTERM and SIGINT stop ``daemon``, SIGHUP reloads it, while the block runs.
+
+    For the caller that runs the daemon in the main thread (the CLI): the handlers that
+    were there before are put back when the block ends, however it ends.
+    """
+    loop = asyncio.get_running_loop()
+    actions = {
+        signal.SIGTERM: daemon.stop,
+        signal.SIGINT: daemon.stop,
+        signal.SIGHUP: daemon.request_reload,
+    }
+    previous = {sig: signal.getsignal(sig) for sig in actions}
+    try:
+        for sig, action in actions.items():
+            loop.add_signal_handler(sig, action)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)

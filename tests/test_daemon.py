@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import signal
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -29,7 +29,7 @@ import balwatch.daemon
 from balwatch.adapters.bitso import BitsoAdapter
 from balwatch.adapters.coinw import CoinwAdapter
 from balwatch.alert import Alert
-from balwatch.daemon import Daemon
+from balwatch.daemon import Daemon, StartError, capture_signals
 from balwatch.ratelimit import with_headroom
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
@@ -490,7 +490,7 @@ async def test_shared_keys_never_exceed_the_documented_limit_across_a_reload(
                     accounts=accounts(8),
                     interval="100ms",
                 )
-                os.kill(os.getpid(), signal.SIGHUP)
+                daemon.request_reload()  # as SIGHUP does under `balwatch run`
                 at, _ = await notes.wait_for(lambda n: n.get("RELOADING") == "1", after=mark)
                 await notes.wait_for(lambda n: n.get("READY") == "1", after=at)
                 assert {r.name for r in daemon.engine.rules} == {f"r{i}" for i in range(100, 140)}
@@ -620,16 +620,18 @@ async def test_a_rule_edit_during_start_up_is_loaded(
     _, config, rules = await treasury_daemon_files(
         tmp_path, start_sim, "rules:\n  - {name: old, when: available < 1}\n"
     )
-    real_restore = Daemon._restore
-
-    async def restore(*args: Any) -> Any:  # after the files were read, before polling starts
-        rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
-        return await real_restore(*args)
-
-    monkeypatch.setattr(Daemon, "_restore", restore)
-    async with running(config, AlertLog()) as daemon:
+    daemon = Daemon(config, on_alerts=AlertLog(), notifier=Notifier(None), configure_logs=False)
+    await daemon.start()
+    # After the files were read, before the main loop (and its watcher) began.
+    rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
+    serving = asyncio.create_task(daemon.serve())
+    try:
         await reloads.next()
         assert [r.name for r in daemon.engine.rules] == ["new"]
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(serving, WAIT)
+        await daemon.shutdown()
 
 
 async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
@@ -726,4 +728,35 @@ async def test_a_second_daemon_on_the_same_state_directory_is_refused(
             await asyncio.wait_for(second.run(), WAIT)
     # The lock went with the first daemon: the state directory is free again.
     async with running(config, AlertLog()):
+        pass
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+async def test_a_start_up_error_leaves_no_signal_handler_and_nothing_held(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """`balwatch run` maps the signals to the daemon only while it runs (capture_signals);
+    a start that fails late (the state open, the sinks connected) leaves the process as
+    it found it: its own handlers back, the state directory free."""
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with config.open("a") as f:
+            f.write(f"http: {{listen: '127.0.0.1:{port}'}}\n")
+        before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        daemon = Daemon(config, on_alerts=AlertLog(), configure_logs=False)
+        with (
+            pytest.raises(StartError, match=f"http.listen 127.0.0.1:{port}"),
+            capture_signals(daemon),
+        ):
+            await daemon.run()
+    loop = asyncio.get_running_loop()
+    assert [sig for sig in SIGNALS if loop.remove_signal_handler(sig)] == []
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == before
+    config.write_text(config.read_text().replace(f"http: {{listen: '127.0.0.1:{port}'}}\n", ""))
+    async with running(config, AlertLog()):  # the state directory was let go
         pass

@@ -19,7 +19,7 @@ from typing import TextIO
 import aiomqtt
 
 from balwatch.alert import Alert
-from balwatch.daemon import Daemon
+from balwatch.daemon import Daemon, capture_signals
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimState
@@ -159,21 +159,22 @@ async def run_demo(out: TextIO) -> int:
                 if mqtt
                 else "no MQTT broker on localhost:1883: alerts are printed here only"
             )
-            running = asyncio.create_task(daemon.run())
-            started = asyncio.create_task(daemon.started.wait())
-            await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
-            if running.done():
-                return running.result()
-            printer.line("first poll round done; the story begins")
-            zero = time.monotonic()
-            for at, what, change in STORY:
-                if await _sleep_until(daemon, zero + at):
-                    break
-                printer.line(f"story: {what}")
-                change(state)
-            await _sleep_until(daemon, zero + END_AFTER)
-            daemon.stopping.set()
-            code = await running
+            with capture_signals(daemon):  # Ctrl-C ends the story early
+                running = asyncio.create_task(daemon.run())
+                started = asyncio.create_task(daemon.started.wait())
+                await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+                if running.done():
+                    return running.result()
+                printer.line("first poll round done; the story begins")
+                zero = time.monotonic()
+                for at, what, change in STORY:
+                    if await _sleep_until(daemon, zero + at):
+                        break
+                    printer.line(f"story: {what}")
+                    change(state)
+                await _sleep_until(daemon, zero + END_AFTER)
+                daemon.stop()
+                code = await running
             printer.line("demo over; `balwatch simulate` and `balwatch run` do this for real")
             return code
 
