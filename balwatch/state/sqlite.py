@@ -29,16 +29,21 @@ Schema
 
 The state directory
     One daemon per directory: the store holds an flock on ``balwatch.lock`` while open. A
-    file that is not a balwatch database is refused before anything touches it.
+    directory the store creates is 0700; one that exists keeps its mode (it may be shared
+    or managed by someone else, as systemd's ``StateDirectory=`` is). The database, its
+    ``-wal`` and ``-shm`` files and the lock file are 0600 whatever the umask: they hold
+    balances. A file that is not a balwatch database is refused before anything touches it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -377,6 +382,7 @@ def _open(state_dir: Path) -> tuple[int, sqlite3.Connection]:
     path = state_dir / DB_FILE
     try:
         _refuse_foreign(path)
+        _make_private(path)
         try:
             conn = open_db(path)
         except sqlite3.DatabaseError as exc:
@@ -396,12 +402,18 @@ def _open(state_dir: Path) -> tuple[int, sqlite3.Connection]:
 
 
 def _make_state_dir(state_dir: Path) -> None:
+    """Create ``state_dir`` 0700 (parents as the umask says); an existing one stays as it is."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if state_dir.is_dir():
+            return
+        raise StateError(f"{state_dir}: cannot be the state directory (not a directory)") from None
     except OSError as exc:
         raise StateError(
             f"{state_dir}: cannot be the state directory ({exc.strerror or exc})"
         ) from None
+    os.chmod(state_dir, 0o700)  # mkdir's mode is cut by the umask
 
 
 def _lock(state_dir: Path) -> int:
@@ -425,6 +437,8 @@ def _lock(state_dir: Path) -> int:
     except BaseException:
         os.close(fd)
         raise
+    with contextlib.suppress(OSError):  # ours now; 0600 also if an older balwatch made it
+        os.fchmod(fd, _PRIVATE)
     return fd
 
 
@@ -450,6 +464,36 @@ def _refuse_foreign(path: Path) -> None:
             f"{path}: holds tables of another program ({', '.join(sorted(tables)[:3])}); "
             "point state_dir at a directory of balwatch's own"
         )
+
+
+def _make_private(path: Path) -> None:
+    """The database, and SQLite's ``-wal`` and ``-shm`` beside it, readable by us alone.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's mode, so a database
+    created 0600 here keeps them 0600 too; files an older balwatch made are tightened.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE)
+    except FileExistsError:
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                mode = stat.S_IMODE(name.stat().st_mode)
+                if mode & 0o077:
+                    _chmod(name, mode & 0o700)
+        return
+    except OSError as exc:
+        raise StateError(f"{path}: cannot create ({exc.strerror or exc})") from None
+    try:
+        os.fchmod(fd, _PRIVATE)  # the mode given to open() is cut by the umask
+    finally:
+        os.close(fd)
+
+
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot make it private ({exc.strerror or exc})") from None
 
 
 # --- reading and writing, on the database thread ----------------------------------------

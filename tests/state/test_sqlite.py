@@ -1,12 +1,17 @@
 """The SQLite store's own promises, beyond the interface: the file, its settings and schema,
-group commit, and the lock on the state directory."""
+group commit, the lock on the state directory, and who may read the files."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -237,10 +242,80 @@ async def test_a_database_that_is_not_balwatchs_is_refused_untouched(
             conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount TEXT)")
     else:
         db.write_bytes(b"not a database at all" * 100)
+    os.chmod(db, 0o644)
     before = db.read_bytes()
     with pytest.raises(StateError, match=f"{db}: (holds tables of another program|not a usable)"):
         await SqliteStateStore(state_dir).open()
     assert db.read_bytes() == before
+    assert stat.S_IMODE(db.stat().st_mode) == 0o644
     assert sorted(p.name for p in state_dir.iterdir()) == [DB_FILE, LOCK_FILE]
     async with SqliteStateStore(state_dir / "elsewhere"):  # the lock was let go
         pass
+
+
+# --- who may read the files ----------------------------------------------------------
+
+_MODES = """
+import asyncio, json, os, stat, sys
+from pathlib import Path
+from balwatch.state.base import AlertCommit, RoutedAlert
+from balwatch.state.sqlite import SqliteStateStore
+
+os.umask(int(sys.argv[2], 8))
+state_dir = Path(sys.argv[1])
+
+async def main():
+    async with SqliteStateStore(state_dir) as store:
+        doc = {"fingerprint": "fp", "id": "1"}
+        await store.commit(AlertCommit([RoutedAlert(doc, ["mqtt"])]))
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in state_dir.iterdir()}
+        modes["."] = oct(stat.S_IMODE(state_dir.stat().st_mode))
+        print(json.dumps(modes))
+
+asyncio.run(main())
+"""
+
+
+def modes_while_open(state_dir: Path, umask: int) -> dict[str, str]:
+    """The modes of the state directory and its files while a store in a process of its
+    own, started with ``umask``, has them open (-wal and -shm exist only then)."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_MODES), str(state_dir), oct(umask)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return dict(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o000])
+def test_the_state_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """The database holds balances: no one else may read it, even under umask 022."""
+    modes = modes_while_open(tmp_path / "new" / "state", umask)
+    assert modes == {
+        ".": "0o700",
+        DB_FILE: "0o600",
+        f"{DB_FILE}-wal": "0o600",
+        f"{DB_FILE}-shm": "0o600",
+        LOCK_FILE: "0o600",
+    }
+
+
+def test_files_an_older_balwatch_left_readable_are_made_private(tmp_path: Path) -> None:
+    """An existing directory keeps its mode (it may not be balwatch's to decide); the
+    files in it that are balwatch's are tightened."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    os.chmod(state_dir, 0o755)  # noqa: S103 - as an older balwatch left it under umask 022
+    modes_while_open(state_dir, 0o022)
+    for name in (DB_FILE, LOCK_FILE):
+        os.chmod(state_dir / name, 0o644)
+    modes = modes_while_open(state_dir, 0o022)
+    assert modes["."] == "0o755"
+    assert {name: mode for name, mode in modes.items() if name != "."} == {
+        DB_FILE: "0o600",
+        f"{DB_FILE}-wal": "0o600",
+        f"{DB_FILE}-shm": "0o600",
+        LOCK_FILE: "0o600",
+    }
