@@ -22,7 +22,7 @@ from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config
 from balwatch.config.load import load_config_with_warnings
-from balwatch.daemon import Daemon, StartError
+from balwatch.daemon import Daemon, StartError, capture_signals
 from balwatch.demo.story import MQTT_PORT, run_demo
 from balwatch.errors import ConfigError, Problem
 from balwatch.explain import Poll, explain
@@ -39,7 +39,7 @@ from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.sinks.registry import build_sink
-from balwatch.statestore import StateError
+from balwatch.state.base import StateError
 from balwatch.table import balances_table, failures_table
 
 EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED, EXIT_SEND_FAILED = 0, 1, 3, 4
@@ -189,9 +189,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _run_daemon(daemon: Daemon) -> int:
+    with capture_signals(daemon):
+        return await daemon.run()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(Daemon(args.config).run())
+        return asyncio.run(_run_daemon(Daemon(args.config)))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -31,7 +31,6 @@ import structlog
 from balwatch.alert import Alert
 from balwatch.config.model import MqttSinkConfig, SinkConfig
 from balwatch.outbox.routing import route
-from balwatch.outbox.store import OutboxStore
 from balwatch.sink import AlertDoc
 from balwatch.sinks.mqtt import (
     CLEAR_V1_ACTIVE,
@@ -40,13 +39,16 @@ from balwatch.sinks.mqtt import (
     TOPIC_LAYOUT,
     v1_topic_tail,
 )
-from balwatch.statestore import Saved, topic_layout_writer
+from balwatch.state.base import AlertCommit, RoutedAlert, SavedState, StateStore
 
 log = structlog.get_logger(__name__)
 
+# The SavedState marker that records the layout the retained topics are in.
+MARKER = "mqtt_topic_layout"
+
 
 async def upgrade_topic_layout(
-    store: OutboxStore, sinks: Sequence[SinkConfig], saved: Saved, firing: Sequence[Alert]
+    store: StateStore, sinks: Sequence[SinkConfig], saved: SavedState, firing: Sequence[Alert]
 ) -> None:
     """Move retained alerts to the current layout unless ``saved`` says it was done.
 
@@ -56,7 +58,7 @@ async def upgrade_topic_layout(
     ``instance`` and ``url`` they are sent with. A database that cannot be written is
     logged, not raised: polling and alerting matter more, and the next start tries again.
     """
-    if saved.topic_layout >= TOPIC_LAYOUT:
+    if saved.markers.get(MARKER, 0) >= TOPIC_LAYOUT:
         return
     try:
         await _upgrade(store, sinks, saved, firing)
@@ -65,29 +67,29 @@ async def upgrade_topic_layout(
 
 
 async def _upgrade(
-    store: OutboxStore, sinks: Sequence[SinkConfig], saved: Saved, firing: Sequence[Alert]
+    store: StateStore, sinks: Sequence[SinkConfig], saved: SavedState, firing: Sequence[Alert]
 ) -> None:
     mqtt = [sink.name for sink in sinks if isinstance(sink, MqttSinkConfig)]
-    items: list[tuple[AlertDoc, list[str]]] = []
+    items: list[RoutedAlert] = []
     if mqtt:
         retained = [
             *(state.to_json() for state in saved.alerts if state.phase == "firing"),
             *(alert.to_json() for alert in saved.self_alerts),
             *await store.documents(),
         ]
-        items += [(doc, mqtt) for doc in _clears(retained)]
+        items += [RoutedAlert(doc, mqtt) for doc in _clears(retained)]
         for alert in firing:
             doc = {**alert.to_json(), RETAINED_ONLY: SET_ACTIVE}
             names = [name for name in route(doc, sinks, alert.notify) if name in mqtt]
             if names:
-                items.append((doc, names))
-    await store.enqueue_many(items, also=topic_layout_writer(TOPIC_LAYOUT))
+                items.append(RoutedAlert(doc, names))
+    await store.commit(AlertCommit(items, markers={MARKER: TOPIC_LAYOUT}))
     log.info(
         "mqtt_topic_layout_upgraded",
         layout=TOPIC_LAYOUT,
         sinks=len(mqtt),
-        cleared=sum(1 for doc, _ in items if doc[RETAINED_ONLY] == CLEAR_V1_ACTIVE),
-        retained=sum(1 for doc, _ in items if doc[RETAINED_ONLY] == SET_ACTIVE),
+        cleared=sum(1 for item in items if item.alert[RETAINED_ONLY] == CLEAR_V1_ACTIVE),
+        retained=sum(1 for item in items if item.alert[RETAINED_ONLY] == SET_ACTIVE),
     )
 
 

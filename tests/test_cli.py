@@ -287,4 +287,5 @@ async def test_run_refuses_outbox_tables_from_a_newer_balwatch_with_a_message(
         conn.commit()
     code, _, err = await run_cli("run", "-c", str(run_config(tmp_path, state_dir)))
     assert code == 1 and "Traceback" not in err, err
-    assert "cannot use the outbox" in err and "newer than this balwatch" in err, err
+    assert f"{state_dir / 'balwatch.db'}: cannot use the state database" in err, err
+    assert "outbox tables are at version 99, newer than this balwatch" in err, err

@@ -15,13 +15,12 @@ import json
 import os
 import resource
 import signal
+import socket
 import sqlite3
 import sys
-import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,14 @@ from structlog.testing import capture_logs
 import balwatch.daemon
 from balwatch.adapters.bitso import BitsoAdapter
 from balwatch.adapters.coinw import CoinwAdapter
-from balwatch.alert import Alert
 from balwatch.alert import fingerprint as fingerprint_of
-from balwatch.daemon import Daemon
-from balwatch.outbox.store import migrate, open_db
+from balwatch.daemon import Daemon, StartError, capture_signals
 from balwatch.ratelimit import with_headroom
 from balwatch.rules.engine import AlertState
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
-from balwatch.statestore import ENGINE_SCHEMA, StateError
+from balwatch.state.base import StateError
+from balwatch.state.sqlite import ENGINE_SCHEMA, migrate, open_db
 from balwatch.systemd import Notifier
 from tests.alertschema import schema_errors
 from tests.brokers import Mosquitto, subscribe
@@ -407,7 +405,7 @@ async def test_shared_keys_never_exceed_the_documented_limit_across_a_reload(
                     accounts=accounts(8),
                     interval="100ms",
                 )
-                os.kill(os.getpid(), signal.SIGHUP)
+                daemon.request_reload()  # as SIGHUP does under `balwatch run`
                 at, _ = await notes.wait_for(lambda n: n.get("RELOADING") == "1", after=mark)
                 await notes.wait_for(lambda n: n.get("READY") == "1", after=at)
                 assert {r.name for r in daemon.engine.rules} == {f"r{i}" for i in range(100, 140)}
@@ -490,94 +488,6 @@ async def test_account_labels_follow_a_reload(tmp_path: Path, start_sim: StartSi
         assert fired.labels == {"desk": "treasury"}
 
 
-def synthetic_alert(fingerprint: str, event: str = "firing") -> Alert:
-    moment = datetime(2026, 11, 25, tzinfo=UTC)
-    return Alert(
-        fingerprint=fingerprint, event=event, rule="low", severity="warning",
-        account="treasury", exchange="bitso", venue="bitso", asset=fingerprint,
-        summary=fingerprint, description="", labels={}, expression="available < 1",
-        values={}, started_at=moment, observed_at=moment,
-        resolved_at=moment if event == "resolved" else None,
-    )  # fmt: skip
-
-
-async def test_overlapping_failed_commits_keep_every_alert_once_and_in_order(
-    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Pollers and the ticker publish concurrently. When commits fail (disk full), every
-    alert is held, none twice, and they go out in the order they were made once it clears."""
-    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
-    in_commit, release = threading.Event(), threading.Event()
-    disk_full = True
-    real_writer = balwatch.daemon.changes_writer
-
-    def failing_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(*args)
-
-        def attempt(conn: sqlite3.Connection) -> None:
-            if disk_full:
-                in_commit.set()
-                release.wait(WAIT)  # the first commit stays in flight until released
-                raise sqlite3.OperationalError("database or disk is full")
-            write(conn)
-
-        return attempt
-
-    alerts = AlertLog()
-    async with running(config, alerts) as daemon:
-        monkeypatch.setattr(balwatch.daemon, "changes_writer", failing_writer)
-        first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
-        assert await asyncio.to_thread(in_commit.wait, WAIT)
-        second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
-        await asyncio.sleep(0)  # B is made while A's commit is in flight
-        release.set()
-        await asyncio.gather(first, second)
-        assert alerts.alerts == []
-        assert "2 alerts held" in daemon._status_line()
-
-        disk_full = False
-        await daemon._publish([synthetic_alert("A", "resolved")])
-        made = [(a.fingerprint, a.event) for a in alerts.alerts]
-        assert made == [("A", "firing"), ("B", "firing"), ("A", "resolved")]
-
-
-async def test_a_stop_commits_the_alerts_of_pollers_it_cancels(
-    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SIGTERM cancels the pollers: one in the middle of a commit, one waiting for it. The
-    engine already counts their alerts as sent, so the stop must commit them."""
-    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
-    in_commit, release = threading.Event(), threading.Event()
-    real_writer = balwatch.daemon.changes_writer
-
-    def slow_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(*args)
-
-        def attempt(conn: sqlite3.Connection) -> None:
-            in_commit.set()
-            release.wait(WAIT)  # the first commit stays in flight until released
-            write(conn)
-
-        return attempt
-
-    alerts = AlertLog()
-    daemon = Daemon(config, on_alerts=alerts, notifier=Notifier(None), configure_logs=False)
-    run = asyncio.create_task(daemon.run())
-    await asyncio.wait_for(daemon.started.wait(), WAIT)
-    monkeypatch.setattr(balwatch.daemon, "changes_writer", slow_writer)
-    first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
-    assert await asyncio.to_thread(in_commit.wait, WAIT)
-    second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
-    await asyncio.sleep(0)  # B waits for A's commit
-    for poller in (first, second):  # as Scheduler.stop does on SIGTERM
-        poller.cancel()
-    await asyncio.gather(first, second, return_exceptions=True)
-    release.set()
-    daemon.stopping.set()
-    assert await asyncio.wait_for(run, WAIT) == 0
-    assert [a.fingerprint for a in alerts.alerts] == ["A", "B"]
-
-
 class Reloads:
     """Every reload of the daemon, whatever starts it (a file change, SIGHUP), awaitable."""
 
@@ -625,16 +535,18 @@ async def test_a_rule_edit_during_start_up_is_loaded(
     _, config, rules = await treasury_daemon_files(
         tmp_path, start_sim, "rules:\n  - {name: old, when: available < 1}\n"
     )
-    real_prepare = balwatch.daemon.prepare
-
-    def prepare(*args: Any) -> Any:  # after the files were read, before polling starts
-        rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
-        return real_prepare(*args)
-
-    monkeypatch.setattr(balwatch.daemon, "prepare", prepare)
-    async with running(config, AlertLog()) as daemon:
+    daemon = Daemon(config, on_alerts=AlertLog(), notifier=Notifier(None), configure_logs=False)
+    await daemon.start()
+    # After the files were read, before the main loop (and its watcher) began.
+    rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
+    serving = asyncio.create_task(daemon.serve())
+    try:
         await reloads.next()
         assert [r.name for r in daemon.engine.rules] == ["new"]
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(serving, WAIT)
+        await daemon.shutdown()
 
 
 async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
@@ -1019,3 +931,34 @@ async def test_the_first_start_after_the_upgrade_moves_retained_alerts_and_pages
         second = AlertLog()
         assert await start(second) == []
         assert second.alerts == [] and hook.requests == []
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+async def test_a_start_up_error_leaves_no_signal_handler_and_nothing_held(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """`balwatch run` maps the signals to the daemon only while it runs (capture_signals);
+    a start that fails late (the state open, the sinks connected) leaves the process as
+    it found it: its own handlers back, the state directory free."""
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with config.open("a") as f:
+            f.write(f"http: {{listen: '127.0.0.1:{port}'}}\n")
+        before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        daemon = Daemon(config, on_alerts=AlertLog(), configure_logs=False)
+        with (
+            pytest.raises(StartError, match=f"http.listen 127.0.0.1:{port}"),
+            capture_signals(daemon),
+        ):
+            await daemon.run()
+    loop = asyncio.get_running_loop()
+    assert [sig for sig in SIGNALS if loop.remove_signal_handler(sig)] == []
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == before
+    config.write_text(config.read_text().replace(f"http: {{listen: '127.0.0.1:{port}'}}\n", ""))
+    async with running(config, AlertLog()):  # the state directory was let go
+        pass

@@ -29,7 +29,7 @@ import pytest
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount
-from balwatch.statestore import LOCK_FILE
+from balwatch.state.sqlite import LOCK_FILE
 from tests.alertschema import schema_errors
 from tests.brokers import Mosquitto, Subscriber, free_port, subscribe
 from tests.commands import balwatch_run
@@ -584,8 +584,41 @@ async def test_unusable_state_db_exits_1_and_keeps_the_file(tmp_path: Path, kind
     assert str(db) in stderr, f"the message names the file: {stderr!r}"
     assert "Traceback" not in daemon.output, daemon.output
     assert db.read_bytes() == before, (
-        f"{kind} state DB was modified by the failed start (balwatch/statestore.py prepare(): "
+        f"{kind} state DB was modified by the failed start (balwatch/state/sqlite.py _open(): "
         "open_db() switches the file to WAL before the foreign-table check)"
     )
     # No -wal or -shm beside it; the daemon's lock file is the only one it may leave.
     assert sorted(p.name for p in state_dir.iterdir() if p.name != LOCK_FILE) == files_before
+
+
+# --- signals ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+async def test_sighup_reloads_and_a_stop_signal_ends_balwatch_run_cleanly(
+    tmp_path: Path, start_sim: StartSim, stop: signal.Signals
+) -> None:
+    """The signals `balwatch run` installs for the daemon (systemctl reload and stop, Ctrl-C)."""
+    sim = await start_sim(*demo_accounts())
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    config = tmp_path / "balwatch.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"rules: ['{tmp_path}/rules.yaml']\n"
+        "log: {format: json, level: info}\n" + accounts_yaml(sim.url)
+    )
+    with notify_socket() as (sock, notify_path):
+        async with (
+            Notifications(sock) as notes,
+            balwatch_run(config, {**CREDENTIAL_ENV, "NOTIFY_SOCKET": notify_path}) as daemon,
+        ):
+            ready, _ = await notes.wait_for(lambda n: n.get("READY") == "1")
+            daemon.signal(signal.SIGHUP)
+            reloading, _ = await notes.wait_for(lambda n: n.get("RELOADING") == "1", after=ready)
+            await notes.wait_for(lambda n: n.get("READY") == "1", after=reloading)
+            daemon.signal(stop)
+            code = await daemon.wait()
+            await notes.wait_for(lambda n: n.get("STOPPING") == "1", after=reloading)
+    assert code == 0, daemon.output[-3000:]
+    assert '"event": "reloaded"' in daemon.output and '"event": "stopped"' in daemon.output
+    assert "Traceback" not in daemon.output, daemon.output

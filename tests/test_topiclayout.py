@@ -13,13 +13,13 @@ import aiomqtt
 
 from balwatch.alert import Alert, fingerprint, placed
 from balwatch.config.model import MqttSinkConfig, SinkConfig, WebhookSinkConfig
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.rules.engine import AlertState
 from balwatch.sinks.formats import encode_alert
 from balwatch.sinks.mqtt import MqttSink
-from balwatch.statestore import Saved, prepare
-from balwatch.topiclayout import upgrade_topic_layout
+from balwatch.state.base import AlertCommit, RoutedAlert, SavedState
+from balwatch.state.sqlite import DB_FILE, SqliteStateStore
+from balwatch.topiclayout import MARKER, upgrade_topic_layout
 from tests.brokers import Mosquitto, subscribe
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -49,9 +49,21 @@ def low_alert(**changes: object) -> Alert:
     return placed(Alert(**fields), "host-a", None)  # type: ignore[arg-type]
 
 
-def saved_firing(db: Path, alert: Alert) -> Saved:
+async def load(state_dir: Path) -> SavedState:
+    """What a start reads from the state directory."""
+    async with SqliteStateStore(state_dir) as store:
+        return await store.load(0)
+
+
+async def opened(state_dir: Path) -> SqliteStateStore:
+    store = SqliteStateStore(state_dir)
+    await store.open()
+    return store
+
+
+async def saved_firing(state_dir: Path, alert: Alert) -> SavedState:
     """What the state database of the balwatch before the upgrade held: ``alert`` firing."""
-    saved = prepare(db, 0)
+    saved = await load(state_dir)
     saved.alerts.append(
         AlertState(
             fingerprint=alert.fingerprint,
@@ -91,7 +103,7 @@ async def retained(port: int) -> dict[str, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def delivering(store: OutboxStore, sinks: Sequence[SinkConfig]) -> AsyncIterator[Outbox]:
+async def delivering(store: SqliteStateStore, sinks: Sequence[SinkConfig]) -> AsyncIterator[Outbox]:
     """The MQTT sinks' outbox workers, as the daemon starts them."""
     async with contextlib.AsyncExitStack() as stack:
         running = [
@@ -107,8 +119,8 @@ async def delivering(store: OutboxStore, sinks: Sequence[SinkConfig]) -> AsyncIt
             await outbox.stop()
 
 
-def marker(db: Path) -> list[tuple[str, int]]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
+def marker(state_dir: Path) -> list[tuple[str, int]]:
+    with contextlib.closing(sqlite3.connect(state_dir / DB_FILE)) as conn:
         rows: list[tuple[str, int]] = conn.execute("SELECT * FROM state_marker").fetchall()
         return rows
 
@@ -116,22 +128,22 @@ def marker(db: Path) -> list[tuple[str, int]]:
 async def test_a_resolve_still_in_the_outbox_has_its_old_topic_cleared(tmp_path: Path) -> None:
     """The alert resolved before the upgrade but the resolve was not delivered yet: the state
     no longer names the alert, the outbox does."""
-    db = tmp_path / DB_FILE
-    saved = prepare(db, 0)
+    state = tmp_path / "state"
+    saved = await load(state)
     async with Mosquitto() as broker:
         await retain_old(broker.port, OLD_ACTIVE)
         sinks = [mqtt_sink(broker.url)]
-        store = await OutboxStore.open(db)
+        store = await opened(state)
         try:
             done = low_alert(event="resolved", resolved_at=T0)
-            await store.enqueue(done.to_json(), ["ops-mqtt"])
+            await store.commit(AlertCommit([RoutedAlert(done.to_json(), ["ops-mqtt"])]))
             await upgrade_topic_layout(store, sinks, saved, [])
             async with delivering(store, sinks) as outbox:
                 await outbox.wait_settled()
         finally:
             await store.close()
         assert await retained(broker.port) == {}
-    assert marker(db) == [("mqtt_topic_layout", 2)]
+    assert marker(state) == [("mqtt_topic_layout", 2)]
 
 
 async def test_an_upgrade_a_broker_outage_cut_short_completes_from_the_outbox(
@@ -139,14 +151,14 @@ async def test_an_upgrade_a_broker_outage_cut_short_completes_from_the_outbox(
 ) -> None:
     """The moves are committed with the marker: what a stop left undelivered goes out at
     the next start, and the next start adds no second move."""
-    db = tmp_path / DB_FILE
+    state = tmp_path / "state"
     firing = low_alert()
-    saved = saved_firing(db, firing)
+    saved = await saved_firing(state, firing)
     async with Mosquitto(persistence=True) as broker:
         await retain_old(broker.port, OLD_ACTIVE)
         await broker.stop()
         sinks = [mqtt_sink(broker.url)]
-        store = await OutboxStore.open(db)
+        store = await opened(state)
         try:
             await upgrade_topic_layout(store, sinks, saved, [firing])
             async with delivering(store, sinks):
@@ -155,10 +167,10 @@ async def test_an_upgrade_a_broker_outage_cut_short_completes_from_the_outbox(
         finally:
             await store.close()
 
-        again = prepare(db, 0)
-        assert again.topic_layout == 2
+        again = await load(state)
+        assert again.markers == {MARKER: 2}
         await broker.start()
-        store = await OutboxStore.open(db)
+        store = await opened(state)
         try:
             await upgrade_topic_layout(store, sinks, again, [firing])
             assert (await store.counts())["ops-mqtt"].pending == 2, "no second move"
@@ -172,9 +184,9 @@ async def test_an_upgrade_a_broker_outage_cut_short_completes_from_the_outbox(
 async def test_only_sinks_that_got_the_alert_retain_it_and_webhooks_get_nothing(
     tmp_path: Path,
 ) -> None:
-    db = tmp_path / DB_FILE
+    state = tmp_path / "state"
     warning = low_alert(severity="warning")
-    saved = saved_firing(db, warning)
+    saved = await saved_firing(state, warning)
     async with Mosquitto() as broker:
         await retain_old(broker.port, OLD_ACTIVE, OLD_ACTIVE.replace("balwatch/", "quiet/"))
         sinks: list[SinkConfig] = [
@@ -184,7 +196,7 @@ async def test_only_sinks_that_got_the_alert_retain_it_and_webhooks_get_nothing(
                 {"type": "webhook", "name": "hook", "url": "http://127.0.0.1:9/never"}
             ),
         ]
-        store = await OutboxStore.open(db)
+        store = await opened(state)
         try:
             await upgrade_topic_layout(store, sinks, saved, [warning])
             counts = await store.counts()
@@ -200,13 +212,13 @@ async def test_only_sinks_that_got_the_alert_retain_it_and_webhooks_get_nothing(
 
 
 async def test_a_new_installation_records_the_layout_and_sends_nothing(tmp_path: Path) -> None:
-    db = tmp_path / DB_FILE
-    saved = prepare(db, 0)
-    store = await OutboxStore.open(db)
+    state = tmp_path / "state"
+    saved = await load(state)
+    store = await opened(state)
     try:
         await upgrade_topic_layout(store, [mqtt_sink("mqtt://127.0.0.1:9")], saved, [])
         assert await store.counts() == {}
     finally:
         await store.close()
-    assert marker(db) == [("mqtt_topic_layout", 2)]
-    assert prepare(db, 0).topic_layout == 2
+    assert marker(state) == [("mqtt_topic_layout", 2)]
+    assert (await load(state)).markers == {MARKER: 2}

@@ -23,7 +23,7 @@ from typing import TextIO
 import aiomqtt
 
 from balwatch.alert import Alert
-from balwatch.daemon import Daemon
+from balwatch.daemon import Daemon, capture_signals
 from balwatch.rules.engine import TICK_SECONDS
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
@@ -182,21 +182,22 @@ async def run_demo(out: TextIO, *, speed: float = 1.0, mqtt_port: int = MQTT_POR
                 if mqtt
                 else f"no MQTT broker on localhost:{mqtt_port}: alerts are printed here only"
             )
-            running = asyncio.create_task(daemon.run())
-            started = asyncio.create_task(daemon.started.wait())
-            await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
-            if running.done():
-                return running.result()
-            printer.line("first poll round done; the story begins")
-            zero = time.monotonic()
-            for at, what, change in STORY:
-                if await _sleep_until(daemon, zero + at / speed):
-                    break
-                printer.line(f"story: {what}")
-                change(state)
-            await _sleep_until(daemon, zero + END_AFTER / speed)
-            daemon.stopping.set()
-            code = await running
+            with capture_signals(daemon):  # Ctrl-C ends the story early
+                running = asyncio.create_task(daemon.run())
+                started = asyncio.create_task(daemon.started.wait())
+                await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+                if running.done():
+                    return running.result()
+                printer.line("first poll round done; the story begins")
+                zero = time.monotonic()
+                for at, what, change in STORY:
+                    if await _sleep_until(daemon, zero + at / speed):
+                        break
+                    printer.line(f"story: {what}")
+                    change(state)
+                await _sleep_until(daemon, zero + END_AFTER / speed)
+                daemon.stop()
+                code = await running
             printer.line("demo over; `balwatch simulate` and `balwatch run` do this for real")
             return code
 

@@ -24,9 +24,10 @@ from typing import Final
 
 from balwatch.alert import Alert, new_id, placed
 from balwatch.config.model import Config, SinkConfig
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sink import Sink
+from balwatch.state.base import AlertCommit, RoutedAlert
+from balwatch.state.sqlite import SqliteStateStore
 
 TEST_RULE: Final = "balwatch-test"
 TEST_ACCOUNT: Final = "send-test"
@@ -102,23 +103,19 @@ async def send_test(
     )
     ids = tuple(str(alert["id"]) for alert in alerts)
     with tempfile.TemporaryDirectory(prefix="balwatch-send-test-") as tmp:
-        store = await OutboxStore.open(Path(tmp) / DB_FILE)
-        try:
-            async with build(sink_config) as sink:
-                outbox = Outbox(store, [sink], concurrency=1)
-                await outbox.start()
-                try:
-                    await outbox.enqueue_many([(alert, [sink.name]) for alert in alerts])
-                    async with asyncio.timeout(timeout):
-                        await outbox.wait_settled()
-                except TimeoutError:
-                    pass  # reported below from the worker's last error
-                finally:
-                    await outbox.stop()
+        async with SqliteStateStore(Path(tmp)) as store, build(sink_config) as sink:
+            outbox = Outbox(store, [sink], concurrency=1)
+            await outbox.start()
+            try:
+                await outbox.commit(AlertCommit([RoutedAlert(a, [sink.name]) for a in alerts]))
+                async with asyncio.timeout(timeout):
+                    await outbox.wait_settled()
+            except TimeoutError:
+                pass  # reported below from the worker's last error
+            finally:
+                await outbox.stop()
             stats = outbox.stats()[sink_name]
             dead = await store.dead_letters(sink_name)
-        finally:
-            await store.close()
     if stats.delivered == len(alerts):
         return SendTestResult(sink_name, True, None, ids)
     if dead:

@@ -1,7 +1,7 @@
 """Delivery: one worker per sink, fed by the outbox, and the :class:`Outbox` that wires them.
 
 Each :class:`SinkWorker` mirrors its sink's pending deliveries in memory (loaded from the
-store at start, then appended by :meth:`Outbox.enqueue` after the commit), so the database
+store at start, then appended by :meth:`Outbox.commit` after the commit), so the database
 is written but never polled. Workers share nothing but the store, so a sink that is down or
 slow only ever delays itself.
 
@@ -35,8 +35,8 @@ from typing import Protocol
 import structlog
 
 from balwatch.backoff import Backoff
-from balwatch.outbox.store import Delivery, OutboxStore, StateWrite
 from balwatch.sink import AlertDoc, DeliveryError, Sink
+from balwatch.state.base import AlertCommit, Delivery, RoutedAlert, StateStore
 
 log = structlog.get_logger("balwatch.outbox")
 
@@ -85,7 +85,7 @@ class SinkWorker:
     def __init__(
         self,
         sink: Sink,
-        store: OutboxStore,
+        store: StateStore,
         *,
         backoff: Backoff | None = None,
         concurrency: int = 32,
@@ -320,11 +320,11 @@ class SinkWorker:
 
 
 class Outbox:
-    """Enqueue commits an alert's deliveries, then hands them to the sinks' workers."""
+    """:meth:`commit` stores alerts' deliveries, then hands them to the sinks' workers."""
 
     def __init__(
         self,
-        store: OutboxStore,
+        store: StateStore,
         sinks: Sequence[Sink],
         *,
         backoff: Backoff | None = None,
@@ -356,24 +356,20 @@ class Outbox:
 
     async def enqueue(self, alert: AlertDoc, sinks: Sequence[str]) -> None:
         """Commit ``alert`` for ``sinks``; returns once it is durable (delivery follows)."""
-        await self.enqueue_many([(alert, sinks)])
+        await self.commit(AlertCommit([RoutedAlert(alert, sinks)]))
 
-    async def enqueue_many(
-        self, items: Sequence[tuple[AlertDoc, Sequence[str]]], *, also: StateWrite | None = None
-    ) -> None:
-        """Commit several alerts in one transaction, as one poll's transitions arrive.
-
-        ``also`` writes the state that produced them in the same transaction.
-        """
+    async def commit(self, commit: AlertCommit) -> None:
+        """Commit alerts (and the state that produced them) in one transaction, then hand
+        their deliveries to the workers."""
         if not self._started:
             raise RuntimeError("Outbox.start() must run before enqueue")
-        for _, sinks in items:
-            unknown = sorted(set(sinks) - set(self.workers))
+        for routed in commit.alerts:
+            unknown = sorted(set(routed.sinks) - set(self.workers))
             if unknown:
                 raise ValueError(f"no worker for sink(s) {', '.join(unknown)}")
         # Pushed by the store right after the commit, even if this caller is cancelled:
         # committed deliveries must not wait for the next restart.
-        await self.store.enqueue_many(items, on_commit=self._push, also=also)
+        await self.store.commit(commit, on_commit=self._push)
 
     def _push(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:

@@ -22,8 +22,9 @@ from typing import Any
 import structlog
 import yaml
 
-from balwatch.daemon import Daemon, OnAlerts
+from balwatch.daemon import Daemon
 from balwatch.poll import PollResult
+from balwatch.publisher import OnAlerts
 from balwatch.systemd import Notifier
 from tests.waiting import within
 

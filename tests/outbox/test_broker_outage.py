@@ -18,9 +18,9 @@ from pathlib import Path
 import aiomqtt
 
 from balwatch.backoff import Backoff
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sinks.mqtt import MqttSink
+from balwatch.state.sqlite import SqliteStateStore
 from tests.brokers import Mosquitto
 from tests.sinks.conftest import alert, mqtt_config
 from tests.waiting import within
@@ -80,7 +80,8 @@ async def test_every_alert_arrives_in_order_after_a_broker_outage(tmp_path: Path
     docs = [series(fp, seq) for seq in range(EVENTS) for fp in range(FINGERPRINTS)]
     async with Mosquitto(persistence=True) as broker:
         sink = MqttSink(mqtt_config(broker.url), reconnect_min=0.05, reconnect_max=RECONNECT_MAX)
-        store = await OutboxStore.open(tmp_path / DB_FILE)
+        store = SqliteStateStore(tmp_path / "state")
+        await store.open()
         outbox = Outbox(store, [sink], backoff=BACKOFF)
         async with sink:
             await outbox.start()
