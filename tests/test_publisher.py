@@ -26,6 +26,7 @@ from balwatch.rules.engine import Engine
 from balwatch.rules.expr import parse_expression
 from balwatch.rules.rule import Rule
 from balwatch.selfalerts import SelfAlerts
+from balwatch.sink import AlertDoc
 from balwatch.state.base import (
     AlertCommit,
     DeadLetter,
@@ -100,6 +101,9 @@ class FaultyStore(StateStore):
     async def dead_letters(self, sink: str | None = None) -> list[DeadLetter]:
         return await self.inner.dead_letters(sink)
 
+    async def documents(self) -> list[AlertDoc]:
+        return await self.inner.documents()
+
     async def counts(self) -> dict[str, SinkCounts]:
         return await self.inner.counts()
 
@@ -147,6 +151,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             self_alerts=self_alerts,
             sinks=[sink_config("mqtt"), sink_config("pager", min_severity="critical")],
             metrics=metrics,
+            placement=("treasury-test", None),
             on_alerts=handed.extend,
         )
         try:
@@ -168,7 +173,7 @@ async def test_alerts_commit_with_their_states_and_are_handed_on(rig: Rig) -> No
     [fired] = observe(rig.engine, "4000")
     await rig.publisher.publish([fired])
 
-    assert rig.handed == [fired]
+    assert [a.id for a in rig.handed] == [fired.id]
     assert await rig.pending() == [(fired.fingerprint, "firing")]
     assert await rig.pending("pager") == []  # a warning: below the pager's min_severity
     # The firing state is on disk with its alert, before any flush.
@@ -180,6 +185,21 @@ async def test_alerts_commit_with_their_states_and_are_handed_on(rig: Rig) -> No
     await rig.publisher.publish([resolved])
     assert await rig.pending() == [(fired.fingerprint, "firing"), (fired.fingerprint, "resolved")]
     assert (await rig.saved()).alerts == []  # the resolve removed the state with it
+
+
+async def test_alerts_go_out_placed_and_a_new_placement_applies_to_the_next(rig: Rig) -> None:
+    usdt = observe(rig.engine, "4000")
+    await rig.publisher.publish(usdt)
+    [stored] = await rig.store.pending("mqtt")
+    assert (stored.alert["instance"], stored.alert["url"]) == ("treasury-test", None)
+
+    rig.publisher.placement = ("treasury-prod", "https://balwatch.example")  # a reload
+    await rig.publisher.publish(observe(rig.engine, "3000", asset="MXN", at=1))
+    fingerprint = rig.handed[-1].fingerprint
+    assert (rig.handed[-1].instance, rig.handed[-1].url) == (
+        "treasury-prod",
+        f"https://balwatch.example/api/alerts/{fingerprint}",
+    )
 
 
 async def test_the_self_alerts_firing_go_with_every_commit(rig: Rig) -> None:

@@ -142,7 +142,8 @@ async def test_a_database_of_the_released_schema_keeps_working(state_dir: Path) 
 
     async with SqliteStateStore(state_dir) as store:
         saved = await store.load(0)
-        assert [s.to_json() for s in saved.alerts] == [state]
+        # Keys added since (the fired text, say) take their defaults; the released ones stay.
+        assert [{key: s.to_json()[key] for key in state} for s in saved.alerts] == [state]
         assert [a.to_json() for a in saved.accounts] == [account]
         assert [(key, t, str(v)) for key, t, v in saved.samples] == [
             (("treasury", "bitso", "USDT", "total"), 5.0, "10.5")
