@@ -122,13 +122,18 @@ class StateSnapshot:
 
 @dataclass(slots=True, eq=False)
 class Delivery:
-    """One alert on its way to one sink; ``attempts`` counts the failed tries so far."""
+    """One alert on its way to one sink; ``attempts`` counts the failed tries so far.
+
+    ``message`` is set once the delivery went into a group message (:meth:`StateStore.bundle`):
+    it is then sent again as that message, with the same others, until acknowledged.
+    """
 
     id: int
     sink: str
     fingerprint: str
     alert: AlertDoc
     attempts: int = 0
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,13 +216,27 @@ class StateStore(abc.ABC):
     async def flush(self, snapshot: StateSnapshot) -> None:
         """Replace the stored alert and account states, and apply the history changes."""
 
-    @abc.abstractmethod
     async def ack(self, delivery_id: int) -> None:
         """The sink has it: forget the delivery (and the alert, once no sink needs it)."""
+        await self.ack_all((delivery_id,))
 
-    @abc.abstractmethod
     async def fail(self, delivery_id: int, error: str, *, dead: bool) -> None:
         """Record a failed attempt; ``dead`` makes it a dead letter that is never retried."""
+        await self.fail_all((delivery_id,), error, dead=dead)
+
+    @abc.abstractmethod
+    async def ack_all(self, delivery_ids: Sequence[int]) -> None:
+        """:meth:`ack` for several deliveries in one transaction: a group message's."""
+
+    @abc.abstractmethod
+    async def fail_all(self, delivery_ids: Sequence[int], error: str, *, dead: bool) -> None:
+        """:meth:`fail` for several deliveries in one transaction: a group message's."""
+
+    @abc.abstractmethod
+    async def bundle(self, message: str, delivery_ids: Sequence[int]) -> None:
+        """Record, before its first attempt, that these pending deliveries go out together
+        as group message ``message``: :meth:`pending` then returns them with it, so a
+        message cut off by a crash is sent again whole, as the same message."""
 
     # --- outbox reads ------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ Schema
     states, account liveness, history samples, self-alerts) and ``outbox``.
     ``outbox_alert`` holds each document once; ``outbox_delivery`` one row per (alert, sink),
     ``pending`` until acknowledged (then deleted) or ``dead`` (kept with its last error for
-    inspection). A trigger deletes an alert when its last delivery row goes, so no caller
-    has to remember to. Delivery ids follow the AUTOINCREMENT sequence, which never reuses
+    inspection); ``message`` names the group message a delivery went out in, once bundled.
+    A trigger deletes an alert when its last delivery row goes, so no caller has to
+    remember to. Delivery ids follow the AUTOINCREMENT sequence, which never reuses
     an id even after its row is pruned, so id order is enqueue order: per-fingerprint
     ordering rests on that, across restarts too. History is written incrementally, as the
     engine's history changes (new samples, trimmed and forgotten series), so the table
@@ -109,6 +110,8 @@ OUTBOX_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
             WHEN NOT EXISTS (SELECT 1 FROM outbox_delivery WHERE alert = OLD.alert)
             BEGIN DELETE FROM outbox_alert WHERE id = OLD.alert; END""",
     ),
+    # The group message a pending delivery went into (StateStore.bundle).
+    ("ALTER TABLE outbox_delivery ADD COLUMN message TEXT",),
 )
 SCHEMAS: Final = (("engine", ENGINE_SCHEMA), ("outbox", OUTBOX_SCHEMA))
 
@@ -265,14 +268,20 @@ class SqliteStateStore(StateStore):
         batch.writes.append(_snapshot_write(snapshot))
         await asyncio.shield(batch.done)
 
-    async def ack(self, delivery_id: int) -> None:
+    async def ack_all(self, delivery_ids: Sequence[int]) -> None:
         batch = self._batch()
-        batch.acks.append(delivery_id)
+        batch.acks.extend(delivery_ids)
         await asyncio.shield(batch.done)
 
-    async def fail(self, delivery_id: int, error: str, *, dead: bool) -> None:
+    async def fail_all(self, delivery_ids: Sequence[int], error: str, *, dead: bool) -> None:
         batch = self._batch()
-        batch.fails.append((error, "dead" if dead else "pending", delivery_id))
+        status = "dead" if dead else "pending"
+        batch.fails.extend((error, status, delivery_id) for delivery_id in delivery_ids)
+        await asyncio.shield(batch.done)
+
+    async def bundle(self, message: str, delivery_ids: Sequence[int]) -> None:
+        batch = self._batch()
+        batch.bundles.extend((message, delivery_id) for delivery_id in delivery_ids)
         await asyncio.shield(batch.done)
 
     def _batch(self) -> _Batch:
@@ -300,17 +309,17 @@ class SqliteStateStore(StateStore):
     # --- reads -------------------------------------------------------------------------
 
     async def pending(self, sink: str) -> list[Delivery]:
-        rows: list[tuple[int, int, str]] = await self._query(
-            "SELECT d.id, d.attempts, a.doc FROM outbox_delivery d "
+        rows: list[tuple[int, int, str | None, str]] = await self._query(
+            "SELECT d.id, d.attempts, d.message, a.doc FROM outbox_delivery d "
             "JOIN outbox_alert a ON a.id = d.alert "
             "WHERE d.sink = ? AND d.status = 'pending' ORDER BY d.id",
             sink,
         )
         deliveries = []
-        for delivery_id, attempts, doc in rows:
+        for delivery_id, attempts, message, doc in rows:
             alert = json.loads(doc)
             deliveries.append(
-                Delivery(delivery_id, sink, alert["fingerprint"], alert, attempts=attempts)
+                Delivery(delivery_id, sink, alert["fingerprint"], alert, attempts, message=message)
             )
         return deliveries
 
@@ -373,6 +382,7 @@ class _Batch:
     sinks: list[str] = field(default_factory=list)  # one per new delivery
     acks: list[int] = field(default_factory=list)
     fails: list[tuple[str, str, int]] = field(default_factory=list)  # (error, status, id)
+    bundles: list[tuple[str, int]] = field(default_factory=list)  # (message, id)
     writes: list[_StateWrite] = field(default_factory=list)  # in call order: later wins
 
 
@@ -625,6 +635,8 @@ def _write(conn: sqlite3.Connection, batch: _Batch) -> int:
             )
         if batch.acks:
             conn.executemany("DELETE FROM outbox_delivery WHERE id = ?", [(i,) for i in batch.acks])
+        if batch.bundles:
+            conn.executemany("UPDATE outbox_delivery SET message = ? WHERE id = ?", batch.bundles)
         if batch.fails:
             conn.executemany(
                 "UPDATE outbox_delivery SET attempts = attempts + 1, last_error = ?, "

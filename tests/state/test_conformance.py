@@ -258,6 +258,40 @@ async def test_alerts_and_their_states_commit_together_or_not_at_all(
         assert ids(await store.pending("mqtt")) == ["fp1:1", "fp1:2", "fp2:1"]
 
 
+async def test_a_bundled_message_is_pending_with_its_id_and_settles_whole(
+    backend: Backend,
+) -> None:
+    """A group message's deliveries: bundled before the first attempt, read back with the
+    message after a restart, then acknowledged or failed in one transaction."""
+    async with backend.store() as store:
+        deliveries = [d for n in range(4) for d in await enqueue(store, alert(f"fp{n}", 1), "chat")]
+        first, second = deliveries[:3], deliveries[3:]
+        await store.bundle("m1", [d.id for d in first])
+        assert [d.message for d in await store.pending("chat")] == ["m1", "m1", "m1", None]
+        await store.fail_all([d.id for d in first], "HTTP 503", dead=False)
+    async with backend.store() as store:
+        pending = await store.pending("chat")
+        assert [(d.id, d.message, d.attempts) for d in pending] == [
+            *((d.id, "m1", 1) for d in first),
+            (second[0].id, None, 0),
+        ]
+        await backend.refuse("deliveries")
+        with pytest.raises(Exception):  # noqa: B017 - the backend's own error
+            await store.ack_all([d.id for d in first])
+        with pytest.raises(Exception):  # noqa: B017
+            await store.bundle("m2", [second[0].id])
+        assert [(d.message, d.attempts) for d in await store.pending("chat")] == [
+            ("m1", 1), ("m1", 1), ("m1", 1), (None, 0),
+        ]  # fmt: skip
+        await backend.allow()
+        await store.ack_all([d.id for d in first])
+        assert ids(await store.pending("chat")) == ["fp3:1"]
+        await store.fail_all([second[0].id], "HTTP 400: invalid_payload", dead=True)
+        [dead] = await store.dead_letters("chat")
+        assert (dead.id, dead.error) == (second[0].id, "HTTP 400: invalid_payload")
+        assert await store.counts() == {"chat": SinkCounts(pending=0, dead=1)}
+
+
 async def test_a_refused_ack_or_fail_leaves_the_delivery_as_it_was(backend: Backend) -> None:
     async with backend.store() as store:
         [delivery] = await enqueue(store, alert("fp1", 1), "mqtt")
