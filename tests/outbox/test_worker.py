@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from balwatch.backoff import Backoff
-from balwatch.outbox.worker import Outbox, SinkStats, SinkWorker
+from balwatch.outbox.worker import MAX_RETRY_AFTER, Outbox, SinkStats, SinkWorker
 from balwatch.sink import AlertDoc, DeliveryError
 from balwatch.state.base import AlertCommit, RoutedAlert, SinkCounts, StateStore
 from balwatch.state.sqlite import SqliteStateStore
@@ -157,11 +157,19 @@ async def test_a_retry_after_shorter_than_the_backoff_still_backs_off(
     await outbox.stop()
 
 
-async def test_retry_after_is_capped(store: StateStore, clock: FakeClock) -> None:
-    sink = fail_first(1, retryable("HTTP 429", retry_after=86400))
+async def test_retry_after_beyond_the_backoff_cap_is_honoured_up_to_an_hour(
+    store: StateStore, clock: FakeClock
+) -> None:
+    sink = fail_first(1, retryable("HTTP 429", retry_after=600))
     outbox = await started(store, sink, clock=clock, backoff=HALF)
     await outbox.enqueue(alert("fp1", 1), ["s"])
-    assert await clock.sleeping_until() == HALF.cap
+    assert await clock.sleeping_until() == 600.0  # not cut to the 60 s backoff cap
+    await outbox.stop()
+
+    sink = fail_first(1, retryable("HTTP 429", retry_after=86400))
+    clock = FakeClock()
+    outbox = await started(store, sink, clock=clock, backoff=HALF)
+    assert await clock.sleeping_until() == MAX_RETRY_AFTER == 3600.0
     await outbox.stop()
 
 
