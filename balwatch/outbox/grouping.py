@@ -97,6 +97,7 @@ class _Group:
     waiting: dict[str, int] = field(default_factory=dict)
     current: Batch | None = None  # the message being sent, or retried
     scheduled: bool = False  # the worker will take this lane when it is due
+    blocked: bool = False  # came due, but each of its alerts waits for another message first
     flushed_at: float | None = None  # when its latest message was first taken
     restored: bool = False  # a message an earlier run bundled: sent again, then forgotten
 
@@ -128,13 +129,17 @@ class GroupLanes:
 
     def take(self, lane: str, now: float) -> Batch | None:
         group = self._groups[lane]
-        group.scheduled = False
+        group.scheduled = group.blocked = False
         batch = group.current
         if batch is None:
             batch = self._gather(lane, group)
             if batch is None:  # every fingerprint of it waits for another message first
+                group.blocked = True
                 return None
             group.current, group.flushed_at = batch, now
+        elif group.restored and not self._heads(batch):
+            group.blocked = True  # an older message of an earlier run shares an alert
+            return None
         if batch.group is None:
             first = batch.deliveries[0].message  # set when an earlier run bundled it
             message = first or message_id(self._sink, batch.ids)
@@ -147,8 +152,10 @@ class GroupLanes:
         heads: set[str] = set()  # lanes whose deliveries may have been waiting for this one
         for delivery in batch.deliveries:  # in id order: each is its fingerprint's head
             queue = self._queues[delivery.fingerprint]
-            entry = queue.popleft()
-            assert entry.delivery is delivery, "a message holds the oldest of each fingerprint"
+            if queue[0].delivery is delivery:
+                queue.popleft()
+            else:  # two messages bundled by an earlier run (a dead letter put back) share it
+                queue.remove(next(entry for entry in queue if entry.delivery is delivery))
             if queue:
                 heads.add(queue[0].lane)
             else:
@@ -161,10 +168,15 @@ class GroupLanes:
             due.append((batch.lane, self._resume(group, now)))
         for lane in heads - {batch.lane}:
             other = self._groups[lane]
-            if other.waiting and other.current is None and not other.scheduled:
-                other.scheduled = True
+            if other.blocked:
+                other.blocked, other.scheduled = False, True
                 due.append((lane, self._resume(other, now)))
         return due
+
+    def _heads(self, batch: Batch) -> bool:
+        """Whether each delivery of the batch is the oldest pending one of its fingerprint,
+        or follows one of the batch that is."""
+        return all(self._queues[d.fingerprint][0].lane == batch.lane for d in batch.deliveries)
 
     def _restore(self, delivery: Delivery, now: float) -> Due:
         """A delivery an earlier run bundled into a message: that message goes again first."""
@@ -213,7 +225,7 @@ class GroupLanes:
 
     def _resume(self, group: _Group, now: float) -> float:
         """When a group with deliveries left over sends: its wait is over already."""
-        if group.flushed_at is None:
+        if group.flushed_at is None or group.restored:
             return now
         return max(now, group.flushed_at + self._grouping.interval)
 

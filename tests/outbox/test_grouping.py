@@ -21,11 +21,12 @@ from structlog.testing import capture_logs
 from balwatch.backoff import Backoff
 from balwatch.config.model import WebhookSinkConfig
 from balwatch.outbox.worker import Outbox, SinkWorker
+from balwatch.sink import Grouping
 from balwatch.sinks.webhook import WebhookSink
 from balwatch.state.base import AlertCommit, RoutedAlert, StateStore
 from balwatch.state.sqlite import SqliteStateStore
 from tests.chatservices import LIMITS, ChatService, Service
-from tests.outbox.doubles import FakeClock, alert
+from tests.outbox.doubles import FakeClock, ScriptedSink, alert
 from tests.waiting import within
 from tests.webhooks import Reply, WebhookReceiver
 
@@ -301,6 +302,32 @@ async def test_a_group_message_cut_off_by_a_stop_is_sent_again_whole_after_a_res
         ["acct-05"],
     ]
     assert len(service.arrivals) == 3
+
+
+async def test_two_messages_of_an_earlier_run_that_share_an_alert_go_one_after_the_other(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """A dead letter put back (``outbox retry``) keeps the message it went out in; a later
+    message may hold the same fingerprint's next notification: the older goes first."""
+    committed = await store.commit(
+        AlertCommit([RoutedAlert(d, ["chat"]) for d in (doc(1), doc(1, 2), doc(2))])
+    )
+    old, new, other = (d.id for d in committed)
+    await store.bundle("older", [old])
+    await store.bundle("newer", [new, other])
+    gate = asyncio.Event()
+    sink = ScriptedSink("chat", gate=gate, grouping=Grouping(("rule",), 30.0, 300.0))
+    outbox = Outbox(store, [sink], clock=clock)
+    await outbox.start()
+    await sink.wait_attempts(1)
+    gate.set()
+    await settled(outbox)
+    await outbox.stop()
+
+    assert [g.id for g in sink.groups] == ["older", "newer"]
+    assert sink.overlaps == []  # fp1 never sent twice at once
+    assert [a["id"] for a in sink.delivered] == ["fp1:1", "fp1:2", "fp2:1"]
+    assert await store.counts() == {}
 
 
 # --- what the services say ------------------------------------------------------------------
