@@ -40,7 +40,6 @@ _MAX_VALUES: Final = 12
 _LINE_LIMIT: Final = 300  # one alert's line in a group message
 # The services' own limits (docs/chat.md cites them), in UTF-16 units, the strictest count.
 TELEGRAM_LIMIT: Final = 4096  # message text
-DISCORD_LIMIT: Final = 2000  # content
 DISCORD_TITLE_LIMIT: Final = 256
 DISCORD_DESCRIPTION_LIMIT: Final = 4096
 DISCORD_EMBEDS_LIMIT: Final = 6000  # every title, description, field and footer together
@@ -255,7 +254,7 @@ def _fitting(lines: Sequence[str], budget: int, after: int = 0) -> int:
     used = 0
     for index, line in enumerate(lines):
         left = len(lines) - index - 1 + after
-        reserve = _utf16_len(more(left)) + 1 if left else 0
+        reserve = _utf16_len(_more(left)) + 1 if left else 0
         cost = _utf16_len(line) + 1
         if used + cost + reserve > budget:
             return index
@@ -263,7 +262,7 @@ def _fitting(lines: Sequence[str], budget: int, after: int = 0) -> int:
     return len(lines)
 
 
-def more(hidden: int) -> str:
+def _more(hidden: int) -> str:
     """The last line of a group message that could not list every alert."""
     return f"{_ELLIPSIS} and {hidden} more"
 
@@ -278,7 +277,7 @@ class _Sections:
 
     @property
     def more(self) -> list[str]:
-        return [more(self.hidden)] if self.hidden else []
+        return [_more(self.hidden)] if self.hidden else []
 
 
 def _sections(
