@@ -7,6 +7,11 @@ back with :meth:`Alert.from_json`; MQTT and generic webhooks publish ``to_json()
 
 ``notify`` (the sinks to use, ``None`` = all) is routing, not content: it is not part of the
 JSON document, so ``from_json`` takes it as an argument.
+
+An alert of a group (a rule with ``group_by``) carries ``group``: the rule's ``group_by``
+keys with this group's values (``{"asset": "USDT"}``), also in the JSON (a key only these
+alerts have); ``account``, ``exchange``, ``venue`` and ``asset`` are those of the group, null
+where the group has none (``account`` and ``exchange`` are never null for other alerts).
 """
 
 from __future__ import annotations
@@ -62,6 +67,21 @@ def fingerprint(rule: str, account: str, venue: str | None, asset: str | None) -
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
+def group_fingerprint(rule: str, group: Mapping[str, str | None]) -> str:
+    """Stable id of one group's alert series: the rule and the group's key values, whatever
+    the order ``group_by`` lists them in. A JSON object where a row has a string, so it never
+    equals a :func:`fingerprint`."""
+    data = json.dumps(
+        [rule, dict(sorted(group.items()))], ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def group_text(group: Mapping[str, str | None]) -> str:
+    """``asset=USDT venue=bitso`` (``-`` for a value the group lacks); ``all`` for ``[]``."""
+    return " ".join(f"{k}={'-' if v is None else v}" for k, v in group.items()) or "all"
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -75,17 +95,19 @@ def iso_z(moment: datetime) -> str:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Alert:
     """One notification. Times are timezone-aware; ``venue``/``asset`` are None for account
-    scope. ``status`` is ``resolved`` exactly for the ``resolved`` event, which alone has a
-    ``resolved_at``; ``started_at`` is when the condition first held (the start of
-    ``pending``), as in the DESIGN.md example (started 10:00, fired 10:02 with ``for: 2m``).
+    scope; for a group, any of ``account``/``exchange``/``venue``/``asset`` the group lacks is
+    None and ``group`` is set (module docstring). ``status`` is ``resolved`` exactly for the
+    ``resolved`` event, which alone has a ``resolved_at``; ``started_at`` is when the
+    condition first held (the start of ``pending``), as in the DESIGN.md example (started
+    10:00, fired 10:02 with ``for: 2m``).
     """
 
     fingerprint: str
     event: Event
     rule: str
     severity: Severity
-    account: str
-    exchange: str
+    account: str | None
+    exchange: str | None
     venue: str | None
     asset: str | None
     summary: str
@@ -97,6 +119,7 @@ class Alert:
     observed_at: datetime
     resolved_at: datetime | None = None
     notify: tuple[str, ...] | None = None
+    group: Mapping[str, str | None] | None = None
     id: str = field(default_factory=new_id)
 
     def __post_init__(self) -> None:
@@ -135,6 +158,7 @@ class Alert:
             "started_at": iso_z(self.started_at),
             "resolved_at": None if self.resolved_at is None else iso_z(self.resolved_at),
             "observed_at": iso_z(self.observed_at),
+            **({} if self.group is None else {"group": dict(self.group)}),
         }
 
     @classmethod
@@ -163,8 +187,8 @@ class Alert:
             event=cast(Event, event),
             rule=_str(data, "rule"),
             severity=severity,
-            account=_str(data, "account"),
-            exchange=_str(data, "exchange"),
+            account=_opt_str(data, "account"),
+            exchange=_opt_str(data, "exchange"),
             venue=_opt_str(data, "venue"),
             asset=_opt_str(data, "asset"),
             summary=_str(data, "summary"),
@@ -176,6 +200,7 @@ class Alert:
             resolved_at=None if resolved_at is None else _time(resolved_at, "resolved_at"),
             observed_at=_time(data["observed_at"], "observed_at"),
             notify=notify,
+            group=_group(data),
         )
 
 
@@ -188,6 +213,17 @@ def _str(data: Mapping[str, object], key: str) -> str:
 
 def _opt_str(data: Mapping[str, object], key: str) -> str | None:
     return None if data[key] is None else _str(data, key)
+
+
+def _group(data: Mapping[str, object]) -> dict[str, str | None] | None:
+    value = data.get("group")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in value.items()
+    ):
+        raise ValueError("alert JSON group must map strings to strings or null")
+    return cast(dict[str, str | None], value)
 
 
 def _str_map(data: Mapping[str, object], key: str) -> dict[str, str]:

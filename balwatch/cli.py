@@ -142,8 +142,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             alerts += engine.poll_failed(r.account, r.exchange)
         else:
             alerts += engine.observe(r.account, r.exchange, r.rows)
+    alerts += engine.tick()  # groups are evaluated on ticks
     polls = [Poll(r.account, r.exchange, r.rows) for r in results]
-    print(explain(rule_set.rules, polls, alerts, engine.pending()))
+    views = engine.groups.views(now)
+    print(explain(rule_set.rules, polls, alerts, engine.pending(), views))
     if any(not r.ok for r in results):
         print("\nfailed polls:")
         print(failures_table(results))

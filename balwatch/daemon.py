@@ -303,10 +303,7 @@ class Daemon:
         sinks = self.loaded.config.sinks
         items = [(doc, route(doc, sinks, a.notify)) for a in batch for doc in (a.to_json(),)]
         try:
-            changed = {
-                (a.fingerprint, a.rule): self.engine.state_for(a.account, a.venue, a.asset, a.rule)
-                for a in batch
-            }
+            changed = {(a.fingerprint, a.rule): self.engine.alert_state(a) for a in batch}
             await self.outbox.enqueue_many(
                 items,
                 also=changes_writer(

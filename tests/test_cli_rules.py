@@ -66,7 +66,7 @@ def test_example_config_and_rules_check_clean() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # not even a warning
     assert done.stdout == (
-        "rules/balwatch.example.yaml: ok (4 accounts, 6 rules in 5 files, 2 sinks)\n"
+        "rules/balwatch.example.yaml: ok (4 accounts, 8 rules in 7 files, 2 sinks)\n"
     )
 
 
@@ -137,8 +137,8 @@ def test_check_reports_errors_of_every_rule_file(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
         "rules/a.yaml:3:5: error: unknown key 'whn' in rule 'a' (did you mean 'when'?); "
-        "expected one of: name, description, select, when, clear, for, repeat, severity, "
-        "summary, labels, notify",
+        "expected one of: name, description, select, group_by, when, clear, for, repeat, "
+        "severity, summary, labels, notify",
         "more/b.yaml:2:41: error: unknown sink 'chat' in notify; configured sinks: ops-mqtt",
     ]
 

@@ -181,6 +181,11 @@ class RuleModel(StrictModel, title="rule"):
     name: Name
     description: TemplateText | None = None
     select: SelectModel = SelectModel()
+    group_by: tuple[str, ...] | None = Field(
+        None,
+        description="a portfolio rule: account, exchange, venue, asset or account labels; "
+        "[] is one group of everything selected",
+    )
     when: ExpressionText = Field(description="the alert condition, like 'available < 5000'")
     clear: ExpressionText | None = Field(None, description="resolve only when this holds")
     for_: WaitDuration | None = Field(None, alias="for", description="default: defaults.for")
@@ -205,6 +210,7 @@ class RuleModel(StrictModel, title="rule"):
             summary=self.summary,
             labels={**defaults.labels, **self.labels},
             notify=defaults.notify if self.notify is None else self.notify,
+            group_by=self.group_by,
             file=file,
             line=line,
         )
@@ -414,7 +420,12 @@ class _Loader:
             try:
                 rule = model.compile(defaults, doc.file, doc.position(path).line)
             except RuleError as exc:
-                line, column = doc.position((*path, exc.key), key=True)
+                where = (*path, exc.key)
+                text = value_at(doc.data, where)
+                if exc.offset is not None and isinstance(text, str):
+                    line, column = scalars.at(where, text, exc.offset)
+                else:
+                    line, column = doc.position(where, key=True)
                 problems.append(Problem(doc.file, line, column, exc.message))
                 continue
             rules.append(rule)

@@ -9,6 +9,12 @@ Topics (DESIGN.md section 5), under the configured prefix:
 - ``status``: retained ``online`` after every (re)connect, ``offline`` as the will and on
   a clean stop (a will is only sent on an unclean disconnect).
 
+A segment the alert does not have (the asset of an account-scope alert; the account or
+asset of a group's alert, see ``group_by``) is ``-``. A group keyed by more than the
+segments (an exchange, a label) adds one level after them, ``key=value`` pairs sorted and
+joined by ``,`` (``exchange=bitso,desk=treasury``), so two groups never share a retained
+``active/`` topic.
+
 One background task owns the connection and reconnects with backoff; :meth:`send` never
 connects, it publishes on the live connection or fails at once as retryable, so an outage
 costs the outbox a retry instead of a hung delivery slot. Many sends may be in flight on
@@ -43,7 +49,10 @@ log = structlog.get_logger(__name__)
 
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
-ACCOUNT_SCOPE_ASSET: Final = "-"
+ABSENT: Final = "-"
+ACCOUNT_SCOPE_ASSET: Final = ABSENT
+# The alert keys that are topic segments after the rule, in order.
+SEGMENTS: Final = ("account", "asset")
 # '/', '+' and '#' are topic syntax; control characters and lone surrogates are not
 # valid (or not visible) in a topic name.
 # Noncharacters (U+FDD0-FDEF and the last two code points of every plane): MQTT lets a
@@ -299,15 +308,14 @@ class MqttSink(Sink):
 
     def topics(self, alert: AlertDoc) -> tuple[str, str]:
         """The ``alerts/`` and ``active/`` topics of one alert."""
-        asset = alert.get("asset")
-        tail = "/".join(
-            topic_segment(part)
-            for part in (
-                alert.get("rule"),
-                alert.get("account"),
-                ACCOUNT_SCOPE_ASSET if asset is None else asset,
-            )
-        )
+        values = [alert.get(key) for key in SEGMENTS]
+        parts = [alert.get("rule"), *(ABSENT if value is None else value for value in values)]
+        group = alert.get("group")
+        if isinstance(group, dict):
+            extra = sorted((k, v) for k, v in group.items() if k not in SEGMENTS)
+            if extra:
+                parts.append(",".join(f"{k}={ABSENT if v is None else v}" for k, v in extra))
+        tail = "/".join(topic_segment(part) for part in parts)
         prefix = self._config.topic_prefix
         return f"{prefix}/alerts/{tail}", f"{prefix}/active/{tail}"
 
