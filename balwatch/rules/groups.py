@@ -652,10 +652,13 @@ class Groups:
 
     def _evaluate(self, portfolio: _Portfolio, key: GroupKey, now: float, out: list[Alert]) -> None:
         group = portfolio.partition.groups.get(key)
-        if group is None or not group.aggregates or self._blocker(portfolio, group):
+        if group is None or not group.aggregates:
             return  # no data
+        if self._unsettled and self._blocker(portfolio, group):
+            return
         values = portfolio.values(group)
-        self._sample(portfolio, group, values, now)
+        if portfolio.rule.group_windows:
+            self._sample(portfolio, group, values, now)
         ctx = self._context(portfolio, group, values, now)
         rule = portfolio.rule
         cond = rule.when.evaluate(ctx)
@@ -694,11 +697,10 @@ class Groups:
         now: float,
     ) -> None:
         """Record the group's aggregates that window functions read (module docstring)."""
-        windows = portfolio.rule.group_windows
         last = portfolio.last_sample.get(group.key, -math.inf)
-        if not windows or now - last < portfolio.spacing:
+        if now - last < portfolio.spacing:
             return
-        for text in windows:
+        for text in portfolio.rule.group_windows:
             value = values[text]
             if value is not None:
                 self._history.record((portfolio.series, group.id, text, ""), now, value)
