@@ -379,8 +379,7 @@ class Engine:
         now = self._now(now)
         self._accounts.pop(account, None)
         self.history.forget_account(account)
-        self._groups.forget_account(account)
-        out: list[Alert] = []
+        out = self._groups.forget_account(account, now)
         for key in [k for k in self._states if k[0] == account]:
             for state in self._states.pop(key).values():
                 if state.phase == "firing":

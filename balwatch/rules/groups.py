@@ -45,7 +45,8 @@ neither fires nor resolves, and adds nothing to its history) while
   ``select: {exclude: {venues: [...]}}``, or forgotten by a restart.
 * it has no rows at all.
 
-An account removed from the config leaves its groups at once.
+An account removed from the config leaves its groups at once; a group it leaves without
+rows has its alert closed, as a row's is.
 
 History
 -------
@@ -449,11 +450,15 @@ class Groups:
         self._unsettled.add(account)
         self._version += 1
 
-    def forget_account(self, account: str) -> None:
-        """The account left the config: its rows leave their groups."""
+    def forget_account(self, account: str, now: float) -> list[Alert]:
+        """The account left the config: its rows leave their groups. The alerts of groups
+        that had no other rows are closed (nothing could ever resolve them)."""
+        emptied: set[tuple[_Partition, GroupKey]] = set()
         for position in self._rows.pop(account, {}):
             for partition in self._partitions:
-                self._remove(partition, account, position)
+                key = partition.remove(account, position)
+                if key is not None and not partition.groups[key].aggregates:
+                    emptied.add((partition, key))
         for partition in self._partitions:
             partition.where.pop(account, None)
         self._status.pop(account, None)
@@ -462,6 +467,14 @@ class Groups:
             self._version += 1
             for portfolio in self._portfolios.values():  # what it kept at no data: rare
                 portfolio.dirty.update(portfolio.partition.groups)
+        out = []
+        for partition, key in emptied:
+            for portfolio in partition.portfolios:
+                state = portfolio.states.pop(key, None)
+                if state is not None and state.phase == "firing":
+                    out.append(_closed(state, now, "its accounts were removed from the config"))
+            self._drop_if_empty(partition, key)
+        return out
 
     def poll_failed(self, account: str) -> None:
         status = self._status.setdefault(account, _Status())

@@ -426,10 +426,22 @@ def test_a_group_whose_rows_all_left_is_no_data() -> None:
 
 
 def test_an_account_removed_from_the_config_leaves_its_groups() -> None:
-    e = engine(FLOOR)
+    per_account = rule("per-account", "sum(available) < 1000", ("account",))
+    e = engine(FLOOR, per_account)
     poll(e, T0, "bitso-hot", row("bitso-hot", available="500"))
     poll(e, T0, "kuna-hot", row("kuna-hot", available="60"))
-    assert e.forget_account("bitso-hot", T0 + 1) == []
+    assert [(s.rule, s.account) for s in e.firing()] == [
+        ("per-account", "bitso-hot"),
+        ("per-account", "kuna-hot"),
+    ]
+    # its own group has no rows left: its alert is closed, as a row's would be
+    [closed] = e.forget_account("bitso-hot", T0 + 1)
+    assert (closed.event, closed.group, closed.summary) == (
+        "resolved",
+        {"account": "bitso-hot"},
+        "per-account account=bitso-hot: closed, its accounts were removed from the config",
+    )
+    # the asset group carries on without it
     [fired] = e.tick(T0 + 1)
     assert fired.values == {"sum(available)": D(60), "USDT@kuna-hot": D(60)}
 
