@@ -3,19 +3,27 @@
 The rule engine produces :class:`Alert` values; the outbox stores ``to_json()`` and reads it
 back with :meth:`Alert.from_json`; MQTT and generic webhooks publish ``to_json()`` as is.
 ``id`` is new for every notification (consumers dedupe on it: delivery is at least once),
-``fingerprint`` is the same for every notification of one (rule, account, venue, asset).
+``fingerprint`` is the same for every notification of one (rule, account, venue, asset), or
+of one (rule, group).
+:data:`JSON_SCHEMA` is the document's JSON Schema (``balwatch schema --alert``).
+
+``instance`` and ``url`` say where an alert comes from; the producers (engine, self-alerts)
+leave them empty and the daemon fills them from its config with :func:`placed` just before
+an alert is committed, so they follow a reload like every other setting.
 
 ``notify`` (the sinks to use, ``None`` = all) is routing, not content: it is not part of the
 JSON document, so ``from_json`` takes it as an argument.
 
 An alert of a group (a rule with ``group_by``) carries ``group``: the rule's ``group_by``
-keys with this group's values (``{"asset": "USDT"}``), also in the JSON (a key only these
-alerts have); ``account``, ``exchange``, ``venue`` and ``asset`` are those of the group, null
-where the group has none (``account`` and ``exchange`` are never null for other alerts).
+keys with this group's values (``{"asset": "USDT"}``; ``{}`` for ``group_by: []``), null in
+every other alert; ``account``, ``exchange``, ``venue`` and ``asset`` are those of the group,
+null where the group has none (``account`` and ``exchange`` are never null for other
+alerts, and the schema says so).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -54,7 +62,101 @@ JSON_KEYS: Final = (
     "started_at",
     "resolved_at",
     "observed_at",
+    "instance",
+    "url",
+    "group",
 )
+# Keys that documents written before they existed lack (outbox rows, saved self-alerts).
+_ADDED_KEYS: Final = frozenset({"instance", "url", "group"})
+
+
+_TEXT: Final = {"type": "string"}
+_NAME: Final = {"type": "string", "minLength": 1}
+_OPTIONAL_NAME: Final = {"type": ["string", "null"], "minLength": 1}
+_TIME: Final = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z$",
+    "description": "UTC, ISO-8601 with Z",
+}
+JSON_SCHEMA: Final[Mapping[str, object]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "balwatch alert",
+    "description": (
+        "One notification: the same document on MQTT and in generic webhooks. Delivery is at "
+        "least once: dedupe on id. Keys may be added within a version; none is removed."
+    ),
+    "type": "object",
+    "properties": {
+        "version": {"const": VERSION},
+        "id": {**_NAME, "description": "unique per notification"},
+        "fingerprint": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{16}$",
+            "description": "stable per rule, account, venue and asset (a group's: per rule "
+            "and group)",
+        },
+        "status": {"enum": ["firing", "resolved"]},
+        "event": {"enum": list(get_args(Event))},
+        "rule": _NAME,
+        "severity": {"enum": list(SEVERITIES)},
+        "account": {**_OPTIONAL_NAME, "description": "null only for a group without one"},
+        "exchange": {**_OPTIONAL_NAME, "description": "null only for a group without one"},
+        "venue": {
+            **_OPTIONAL_NAME,
+            "description": "null for account-scope alerts and groups without one",
+        },
+        "asset": {
+            **_OPTIONAL_NAME,
+            "description": "null for account-scope alerts and groups without one",
+        },
+        "summary": {
+            **_TEXT,
+            "description": "on resolve: the text sent when the alert fired, or the rule's "
+            "resolved_summary",
+        },
+        "description": _TEXT,
+        "labels": {"type": "object", "additionalProperties": _TEXT},
+        "expression": {**_TEXT, "description": "the rule's when; empty for balwatch's own"},
+        "values": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"},
+            "description": "what the expressions read, as decimal strings",
+        },
+        "started_at": _TIME,
+        "resolved_at": {"anyOf": [_TIME, {"type": "null"}]},
+        "observed_at": _TIME,
+        "instance": {**_NAME, "description": "the installation that sent it (config instance)"},
+        "url": {
+            "anyOf": [{"type": "string", "format": "uri"}, {"type": "null"}],
+            "description": "<external_url>/api/alerts/<fingerprint>; null without external_url",
+        },
+        "group": {
+            "anyOf": [
+                {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                {"type": "null"},
+            ],
+            "description": "a portfolio rule's alert: its group_by keys with this group's "
+            "values (null where the group's rows have none); null for other alerts",
+        },
+    },
+    "required": list(JSON_KEYS),
+    "allOf": [
+        {  # A resolve, and only a resolve, is resolved and has a resolved_at.
+            "if": {"properties": {"event": {"const": "resolved"}}},
+            "then": {
+                "properties": {"status": {"const": "resolved"}, "resolved_at": {"type": "string"}}
+            },
+            "else": {
+                "properties": {"status": {"const": "firing"}, "resolved_at": {"type": "null"}}
+            },
+        },
+        {  # Only a group may lack an account and an exchange.
+            "if": {"properties": {"group": {"type": "null"}}},
+            "then": {"properties": {"account": _NAME, "exchange": _NAME}},
+        },
+    ],
+}
 
 
 def fingerprint(rule: str, account: str, venue: str | None, asset: str | None) -> str:
@@ -121,12 +223,16 @@ class Alert:
     notify: tuple[str, ...] | None = None
     group: Mapping[str, str | None] | None = None
     id: str = field(default_factory=new_id)
+    instance: str = ""
+    url: str | None = None
 
     def __post_init__(self) -> None:
         if self.event not in get_args(Event):
             raise ValueError(f"unknown event {self.event!r}")
         if (self.event == "resolved") != (self.resolved_at is not None):
             raise ValueError("resolved_at is set exactly for the resolved event")
+        if self.group is None and (self.account is None or self.exchange is None):
+            raise ValueError("only the alert of a group may lack an account or an exchange")
         for name in ("started_at", "observed_at", "resolved_at"):
             moment = getattr(self, name)
             if moment is not None and moment.utcoffset() is None:
@@ -158,7 +264,9 @@ class Alert:
             "started_at": iso_z(self.started_at),
             "resolved_at": None if self.resolved_at is None else iso_z(self.resolved_at),
             "observed_at": iso_z(self.observed_at),
-            **({} if self.group is None else {"group": dict(self.group)}),
+            "instance": self.instance,
+            "url": self.url,
+            "group": None if self.group is None else dict(self.group),
         }
 
     @classmethod
@@ -166,7 +274,7 @@ class Alert:
         cls, data: Mapping[str, object], *, notify: tuple[str, ...] | None = None
     ) -> Alert:
         """Inverse of :meth:`to_json`; raises ValueError naming the first bad key."""
-        missing = [key for key in JSON_KEYS if key not in data]
+        missing = [key for key in JSON_KEYS if key not in data and key not in _ADDED_KEYS]
         if missing:
             raise ValueError(f"alert JSON lacks {', '.join(missing)}")
         if data["version"] != VERSION:
@@ -200,8 +308,22 @@ class Alert:
             resolved_at=None if resolved_at is None else _time(resolved_at, "resolved_at"),
             observed_at=_time(data["observed_at"], "observed_at"),
             notify=notify,
+            instance=_str(data, "instance") if "instance" in data else "",
+            url=_opt_str(data, "url") if "url" in data else None,
             group=_group(data),
         )
+
+
+def alert_url(external_url: str | None, fingerprint: str) -> str | None:
+    """Where the daemon's HTTP API answers for one alert, when ``external_url`` is set."""
+    return None if external_url is None else f"{external_url}/api/alerts/{fingerprint}"
+
+
+def placed(alert: Alert, instance: str, external_url: str | None) -> Alert:
+    """``alert`` with the ``instance`` and ``url`` of the installation that sends it."""
+    return dataclasses.replace(
+        alert, instance=instance, url=alert_url(external_url, alert.fingerprint)
+    )
 
 
 def _str(data: Mapping[str, object], key: str) -> str:

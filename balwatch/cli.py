@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -20,20 +21,25 @@ from pathlib import Path
 from balwatch import __version__, logs
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config
-from balwatch.daemon import Daemon, StartError
-from balwatch.demo.story import run_demo
-from balwatch.errors import ConfigError
+from balwatch.config.load import load_config_with_warnings
+from balwatch.daemon import Daemon, StartError, capture_signals
+from balwatch.demo.story import MQTT_PORT, run_demo
+from balwatch.errors import ConfigError, Problem
+from balwatch.explain import Poll, explain
 from balwatch.loading import load_config_rules
+from balwatch.money import decimal_text
 from balwatch.outbox.sendtest import send_test
-from balwatch.poll import PollResult, make_adapter, poll_all
+from balwatch.poll import PollResult, make_adapter, poll_all, priced
+from balwatch.prices.book import PriceBook
+from balwatch.prices.feeds import PriceFeeds
 from balwatch.rules.engine import Engine
-from balwatch.rules.explain import Poll, explain
 from balwatch.rules.load import RuleSet
 from balwatch.rules.ruletest import plural, run_tests
 from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
-from balwatch.statestore import StateError
+from balwatch.sinks.registry import build_sink
+from balwatch.state.base import StateError
 from balwatch.table import balances_table, failures_table
 
 EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED, EXIT_SEND_FAILED = 0, 1, 3, 4
@@ -49,16 +55,29 @@ def _load(path: Path, environ: dict[str, str] | None = None) -> Config | None:
     try:
         return load_config(path, environ=environ)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc.problems)
         return None
 
 
+def _print_problems(problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+
+
 async def _poll(config: Config) -> list[PollResult]:
+    """Every account polled once, and its rows priced from prices fetched alongside."""
+    book = PriceBook(config.prices)
     async with new_session() as session:
-        return await poll_all(
-            make_adapter(a.exchange, config.account_spec(a), session) for a in config.accounts
+        feeds = PriceFeeds(book, session, default_timeout=config.defaults.timeout)
+        results, _ = await asyncio.gather(
+            poll_all(
+                make_adapter(a.exchange, config.account_spec(a), session) for a in config.accounts
+            ),
+            feeds.refresh(),
         )
+    for result in results:
+        book.learn(result.rows or ())  # a `rows` source prices every account's rows
+    return [priced(result, book) for result in results]
 
 
 def _print_results(results: list[PollResult], as_json: bool) -> int:
@@ -99,9 +118,12 @@ def _load_rules(config: Config, path: Path) -> RuleSet | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    try:
+        config, warnings = load_config_with_warnings(args.config)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
         return EXIT_CONFIG
+    _print_problems(warnings)  # risky settings: reported, never fatal
     rule_set = _load_rules(config, args.config)
     if rule_set is None:
         return EXIT_CONFIG
@@ -110,8 +132,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{plural(len(rule_set.rules), 'rule')} in {plural(len(rule_set.files), 'file')}",
         plural(len(config.sinks), "sink"),
     ]
-    if rule_set.warnings:
-        counts.append(plural(len(rule_set.warnings), "warning"))
+    if warnings or rule_set.warnings:
+        counts.append(plural(len(warnings) + len(rule_set.warnings), "warning"))
     print(f"{args.config}: ok ({', '.join(counts)})")
     return EXIT_OK
 
@@ -146,6 +168,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     polls = [Poll(r.account, r.exchange, r.rows) for r in results]
     views = engine.groups.views(now)
     print(explain(rule_set.rules, polls, alerts, engine.pending(), views))
+    rates = sorted({(row.asset, row.rate_usd) for r in results for row in r.rows or ()
+                    if row.rate_usd is not None})  # fmt: skip
+    if rates:
+        print("\nrate_usd: " + ", ".join(f"{asset} {decimal_text(rate)}" for asset, rate in rates))
     if any(not r.ok for r in results):
         print("\nfailed polls:")
         print(failures_table(results))
@@ -158,14 +184,21 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    kind: SchemaKind = "rules" if args.rules else "tests" if args.tests else "config"
+    kind: SchemaKind = (
+        "rules" if args.rules else "tests" if args.tests else "alert" if args.alert else "config"
+    )
     print(schema_text(kind), end="")
     return EXIT_OK
 
 
+async def _run_daemon(daemon: Daemon) -> int:
+    with capture_signals(daemon):
+        return await daemon.run()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(Daemon(args.config).run())
+        return asyncio.run(_run_daemon(Daemon(args.config)))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -184,7 +217,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logs.configure(config.log.format, config.log.level, config.secrets())
     try:
-        result = asyncio.run(send_test(config, args.sink, timeout=args.timeout))
+        result = asyncio.run(send_test(config, args.sink, build_sink, timeout=args.timeout))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -226,7 +259,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(run_demo(sys.stdout))
+    return asyncio.run(run_demo(sys.stdout, speed=args.speed, mqtt_port=args.mqtt_port))
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,10 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="rule test files")
     p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("schema", help="JSON Schema of the config (default) or rule files")
+    p = sub.add_parser(
+        "schema", help="JSON Schema of the config (default), rule files or alert documents"
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--rules", action="store_true", help="of a rule file")
     which.add_argument("--tests", action="store_true", help="of a rule test file")
+    which.add_argument("--alert", action="store_true", help="of an alert (MQTT, webhooks)")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("simulate", help="fake servers for all four balance APIs")
@@ -276,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="simulators, daemon and a scripted story; no setup needed")
+    # For the tests: the story played faster, alerts to a broker of their own.
+    p.add_argument("--speed", type=_speed, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--mqtt-port", type=int, default=MQTT_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,9 +1,13 @@
 """``balwatch run``: wires pollers, the rule engine, the outbox and the sinks together.
 
-    pollers -> PollResult -> engine -> alerts -> outbox (with the engine state) -> sinks
+    pollers -> PollResult -> engine -> alerts -> publisher (state store) -> outbox -> sinks
 
 The daemon owns no logic of its own beyond the wiring: when to evaluate (each poll
 result, and a tick for account-scope rules), when to persist, how to reload and stop.
+A run is three steps, :meth:`Daemon.start`, :meth:`Daemon.serve` and
+:meth:`Daemon.shutdown` (:meth:`Daemon.run` does all three). Signals belong to the caller:
+:func:`capture_signals` maps SIGTERM/SIGINT to :meth:`Daemon.stop` and SIGHUP to
+:meth:`Daemon.request_reload` for as long as the caller runs the daemon.
 """
 
 from __future__ import annotations
@@ -12,9 +16,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,33 +29,31 @@ from balwatch.adapters.base import Adapter
 from balwatch.adapters.http import new_session
 from balwatch.alert import Alert
 from balwatch.backoff import Backoff
+from balwatch.burst import Burst
 from balwatch.config import Config
+from balwatch.config.yamlsource import out_of_descriptors
 from balwatch.errors import ConfigError, ErrorKind
 from balwatch.httpapi import HttpServer
 from balwatch.latest import LatestBalances
 from balwatch.loading import Loaded, load_all
 from balwatch.metrics import Metrics
-from balwatch.outbox.routing import route
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
-from balwatch.poll import PollResult, make_adapter
+from balwatch.poll import PollResult, make_adapter, priced
+from balwatch.prices.book import PriceBook
+from balwatch.prices.feeds import PriceFeeds
+from balwatch.publisher import AlertPublisher, OnAlerts
 from balwatch.ratelimit import LimiterRegistry, with_headroom
 from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import matching_paths
 from balwatch.scheduler import PollPlan, Scheduler
 from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
-from balwatch.sinks.base import Sink
+from balwatch.sink import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.statestore import (
-    StateError,
-    changes_writer,
-    prepare,
-    restore,
-    state_lock,
-    writer,
-)
+from balwatch.state import state_store
+from balwatch.state.base import SavedState
 from balwatch.systemd import Notifier, run_watchdog
+from balwatch.topiclayout import upgrade_topic_layout
 
 log = structlog.get_logger("balwatch.daemon")
 
@@ -62,8 +63,6 @@ FLUSH_SECONDS = 5.0
 WATCH_SECONDS = 2.0
 # SIGTERM: how long deliveries may still go out before the process exits.
 STOP_GRACE_SECONDS = 10.0
-
-OnAlerts = Callable[[Sequence[Alert]], None]
 
 
 @dataclass
@@ -88,8 +87,10 @@ class Daemon:
         on_alerts: OnAlerts | None = None,
         notifier: Notifier | None = None,
         configure_logs: bool = True,
+        tick_seconds: float = TICK_SECONDS,
     ) -> None:
         self.config_path = config_path
+        self._tick_seconds = tick_seconds  # the demo, played faster, ticks faster too
         self._environ = environ
         self._clock = clock
         self._on_alerts = on_alerts
@@ -98,132 +99,174 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()  # first poll round done, sinks connected
         self._reload_requested = asyncio.Event()
-        self.metrics = Metrics(__version__)
         self.latest = LatestBalances(clock=clock)
+        self.metrics = Metrics(__version__, balances=self.latest)
+        self.prices = PriceBook(None, clock=clock)
         self._self_alerts = SelfAlerts(clock)
         self._polled: set[str] = set()
         self._failing: set[str] = set()
         self._progress = time.monotonic()
         self._accounts: dict[str, _Account] = {}
-        self._unpublished: list[Alert] = []  # alerts whose commit failed, retried each tick
-        # Alerts waiting for the commit in flight to end; the next commit takes them all.
-        self._queued: list[Alert] = []
-        self._committing = asyncio.Lock()
         self._last_status = ""
+        self._running: AsyncExitStack | None = None  # what start() opened, for shutdown()
+        # Out of descriptors (a connection flood, a leak), the files cannot be read: that is
+        # not a config error. Logged once per burst, looked at again later.
+        self._unreadable = Burst(log, "config_read_deferred", "config_read_resumed")
+
+    def stop(self) -> None:
+        """Ask the daemon to stop: :meth:`serve` returns, :meth:`run` shuts down."""
+        self.stopping.set()
+
+    def request_reload(self) -> None:
+        """Ask for a reload of the config and rules (as a change to the files does)."""
+        self._reload_requested.set()
+
+    async def run(self) -> int:
+        """Start, serve until :meth:`stop`, shut down; returns the exit code.
+
+        Start-up errors (ConfigError, StateError, StartError, OSError) are raised for the
+        caller to report, with everything start-up opened closed again.
+        """
+        await self.start()
+        try:
+            await self.serve()
+        finally:
+            await self.shutdown()
+        return 0
 
     # --- start-up --------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def start(self) -> None:
+        """Load the config, take the state store, connect the sinks, begin polling."""
         loaded = load_all(self.config_path, self._environ)  # ConfigError: the CLI reports it
         # The files as they were read: an edit during the rest of start-up is a change.
-        watched = _signature(loaded)
+        self._watched = _signature(loaded)
         self.loaded = loaded
         config = loaded.config
         if self._configure_logs:
             logs.configure(config.log.format, config.log.level, config.secrets())
         for problem in loaded.warnings:
             log.warning("config_warning", problem=str(problem))
-        with state_lock(config.state_dir):  # StateError: another daemon has it
-            return await self._serve(loaded, watched)
+        self.metrics.export_balances(config.metrics.balances)
+        async with AsyncExitStack() as stack:
+            # StateError: another daemon has it, or it is not balwatch's, or too new.
+            store = await stack.enter_async_context(state_store(config))
+            self.engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
+            saved = await store.load(self._clock() - self.engine.history.retention)
+            restored = self._restore(saved, config)
+            self.sinks: list[Sink] = [
+                await stack.enter_async_context(build_sink(s)) for s in config.sinks
+            ]
+            # Retries cap at 30 s: a sink that comes back is served within half a minute.
+            self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
+            self.publisher = AlertPublisher(
+                store=store,
+                outbox=self.outbox,
+                engine=self.engine,
+                self_alerts=self._self_alerts,
+                sinks=config.sinks,
+                metrics=self.metrics,
+                placement=(config.instance, config.external_url),
+                on_alerts=self._on_alerts,
+            )
+            # Before the workers start and any alert is published (see the module).
+            firing = [*self.engine.firing_alerts(), *self._self_alerts.firing()]
+            await upgrade_topic_layout(store, config.sinks, saved, self.publisher.placed(firing))
+            await self.outbox.start()
+            stack.push_async_callback(self.outbox.stop)
+            if config.http is not None:
+                http = HttpServer(
+                    config.http.host,
+                    config.http.port,
+                    self,
+                    self.metrics.registry,
+                    token=config.http.token,
+                    max_connections=config.http.max_connections,
+                )
+                try:
+                    await stack.enter_async_context(http)
+                except OSError as exc:  # port taken, unknown host: say which setting
+                    where = f"{config.http.host}:{config.http.port}"
+                    raise StartError(f"http.listen {where}: {exc.strerror or exc}") from None
+            self._session = await stack.enter_async_context(new_session())
+            self.prices.configure(config.prices)
+            self._feeds = PriceFeeds(
+                self.prices, self._session, default_timeout=config.defaults.timeout
+            )
+            stack.push_async_callback(self._feeds.stop)
+            await self._feeds.apply(config.prices)
+            self._limiters = LimiterRegistry()
+            await self.publisher.publish(restored)
+            self._scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
+            await self._scheduler.apply(self._plans(config))
+            log.info(
+                "started",
+                accounts=len(config.accounts),
+                rules=len(loaded.rules),
+                sinks=len(config.sinks),
+                state=store.location,
+            )
+            self._running = stack.pop_all()
 
-    async def _serve(self, loaded: Loaded, watched: _Signature) -> int:
-        """Run until stopped, holding the state directory."""
-        config = loaded.config
+    def _restore(self, saved: SavedState, config: Config) -> list[Alert]:
+        """Put what the last run left into the engine; returns the resolves that makes (of
+        alerts whose rule or account is gone, of self-alerts whose cause is)."""
         now = self._clock()
-        db = config.state_dir / DB_FILE
-        engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
-        saved = await asyncio.to_thread(prepare, db, now - engine.history.retention)
-        restored = engine.restore(saved.alerts, saved.accounts, now)
-        restore(engine, saved, now)
+        engine = self.engine
+        restored = saved.restore(engine, now)
         for account in config.accounts:
             engine.register_account(account.name, account.exchange, now)
-        for gone in {a.account for a in saved.accounts} - {a.name for a in config.accounts}:
+        configured = {a.name for a in config.accounts}
+        for gone in {a.account for a in saved.accounts} - configured:
             restored += engine.forget_account(gone, now)
         self._self_alerts.restore(saved.self_alerts)
         restored += self._self_alerts.resolve("config_error", SELF)  # this config loaded
-        configured = {a.name for a in config.accounts}
         for name in self._self_alerts.accounts("source_auth_failed"):
             if name not in configured:
                 restored += self._self_alerts.resolve("source_auth_failed", name)
-        self.engine = engine
         log.info(
             "state_restored",
             alerts=len(saved.alerts),
             accounts=len(saved.accounts),
             samples=len(saved.samples),
         )
+        return restored
 
-        loop = asyncio.get_running_loop()
-        for sig, handler in (
-            (signal.SIGTERM, self.stopping.set),
-            (signal.SIGINT, self.stopping.set),
-            (signal.SIGHUP, self._reload_requested.set),
-        ):
-            loop.add_signal_handler(sig, handler)
+    # --- main loop and shutdown --------------------------------------------------------
 
-        async with AsyncExitStack() as stack:
-            self.sinks: list[Sink] = [
-                await stack.enter_async_context(build_sink(s)) for s in config.sinks
-            ]
-            try:
-                store = await OutboxStore.open(db)
-                stack.push_async_callback(store.close)
-                # Retries cap at 30 s: a sink that comes back is served within half a minute.
-                self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
-                await self.outbox.start()
-            except sqlite3.DatabaseError as exc:  # outbox tables too new, or corrupt
-                raise StateError(f"{db}: cannot use the outbox ({exc})") from None
-            stack.push_async_callback(self.outbox.stop)
-            if config.http is not None:
-                http = HttpServer(config.http.host, config.http.port, self, self.metrics.registry)
-                try:
-                    await stack.enter_async_context(http)
-                except OSError as exc:  # port taken, unknown host: say which setting
-                    where = f"{config.http.host}:{config.http.port}"
-                    raise StartError(f"http.listen {where}: {exc.strerror or exc}") from None
-            session = await stack.enter_async_context(new_session())
-            self._session = session
-            self._limiters = LimiterRegistry()
-            await self._publish(restored)
-
-            scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
-            self._scheduler = scheduler
-            await scheduler.apply(self._plans(config))
-            log.info(
-                "started",
-                accounts=len(config.accounts),
-                rules=len(loaded.rules),
-                sinks=len(config.sinks),
-                state=str(db),
-            )
-            background = [
-                asyncio.create_task(self._ticker(), name="tick"),
-                asyncio.create_task(self._watch_files(watched), name="watch"),
-                asyncio.create_task(self._reloader(), name="reload"),
-                asyncio.create_task(
-                    run_watchdog(self._notifier, lambda: self._progress, self.stopping),
-                    name="watchdog",
-                ),
-            ]
+    async def serve(self) -> None:
+        """Tick, watch the files, reload, feed the watchdog: until :meth:`stop`."""
+        background = [
+            asyncio.create_task(self._ticker(), name="tick"),
+            asyncio.create_task(self._watch_files(self._watched), name="watch"),
+            asyncio.create_task(self._reloader(), name="reload"),
+            asyncio.create_task(
+                run_watchdog(self._notifier, lambda: self._progress, self.stopping),
+                name="watchdog",
+            ),
+        ]
+        try:
             await self.stopping.wait()
-            self._notifier.stopping()
-            log.info("stopping")
+        finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await scheduler.stop()
+
+    async def shutdown(self) -> None:
+        """Stop polling, commit and flush what is left, deliver for a grace period, close."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        self._notifier.stopping()
+        log.info("stopping")
+        async with running:
+            await self._scheduler.stop()
             # Alerts of pollers cancelled while they waited for, or were in, a commit.
-            await self._publish([])
-            await self._flush()
-            if self._unpublished:
-                log.error("stopped_with_uncommitted_alerts", alerts=len(self._unpublished))
+            await self.publisher.close()
             drained = await self.outbox.drain(STOP_GRACE_SECONDS)
             if not drained:
                 log.warning("stopped_with_pending_deliveries", grace=STOP_GRACE_SECONDS)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
         log.info("stopped")
-        return 0
 
     def _plans(self, config: Config) -> list[PollPlan]:
         """Poll plans; an account whose settings did not change keeps its adapter (tokens)."""
@@ -250,6 +293,7 @@ class Daemon:
 
     async def _handle_result(self, result: PollResult) -> None:
         now = self._clock()
+        result = priced(result, self.prices, now)  # every reader below sees rate_usd
         self._progress = time.monotonic()
         self.metrics.record_poll(result)
         self.latest.update(result)
@@ -271,88 +315,16 @@ class Daemon:
                     f"{result.account}: {exchange} rejected the credentials; polling backs off",
                     "critical",
                 )
-        await self._publish(alerts)
+        await self.publisher.publish(alerts)
         self._polled.add(result.account)
         self._check_ready()
-
-    async def _publish(self, alerts: Sequence[Alert]) -> None:
-        """Commit the alerts with the engine state that produced them, then hand them on.
-
-        If the commit fails (disk full, I/O error), the alerts are kept in memory and
-        retried with the next publish or tick: the engine has moved on, so dropping them
-        would lose them for good.
-
-        One commit at a time: pollers and the ticker publish concurrently, and two commits in
-        flight could each fail and keep only their own alerts, or both carry the held ones
-        (a firing delivered again after its resolve), or commit out of order. Alerts that
-        arrive meanwhile wait and go, in order, with the next commit.
-        """
-        self._queued += alerts
-        async with self._committing:
-            batch = [*self._unpublished, *self._queued]
-            self._queued = []
-            try:
-                await self._commit(batch)
-            except asyncio.CancelledError:  # stop or reload cancelled the publisher
-                self._unpublished = batch  # the final commit at stop takes them
-                raise
-
-    async def _commit(self, batch: list[Alert]) -> None:
-        if not batch:
-            return
-        sinks = self.loaded.config.sinks
-        items = [(doc, route(doc, sinks, a.notify)) for a in batch for doc in (a.to_json(),)]
-        try:
-            changed = {(a.fingerprint, a.rule): self.engine.alert_state(a) for a in batch}
-            await self.outbox.enqueue_many(
-                items,
-                also=changes_writer(
-                    ((fp, rule, st) for (fp, rule), st in changed.items()),
-                    self._self_alerts.firing(),
-                ),
-            )
-        except Exception:
-            self._unpublished = batch
-            self.metrics.record_state_write_failure("alerts")
-            self.metrics.set_uncommitted(len(batch))
-            log.exception("outbox_commit_failed", alerts=len(batch))
-            return
-        self._unpublished = []
-        self.metrics.set_uncommitted(0)
-        self.metrics.record_alerts(batch)
-        self.metrics.set_active(*self.engine.counts())
-        for alert in batch:
-            log.info(
-                "alert",
-                transition=alert.event,
-                rule=alert.rule,
-                account=alert.account,
-                asset=alert.asset,
-                summary=alert.summary,
-            )
-        if self._on_alerts is not None:
-            self._on_alerts(batch)
-
-    async def _flush(self) -> None:
-        """Write the engine state that no alert commit carried: pending timers, account
-        liveness, new history samples. A failure is reported, never raised: a full or
-        read-only disk must not stop polling and alerting."""
-        history = self.engine.history.take_changes()
-        try:
-            await self.outbox.store.write(
-                writer(self.engine.states(), self.engine.accounts(), history)
-            )
-        except Exception:
-            self.engine.history.retake(history)  # a forgotten series must still leave the table
-            self.metrics.record_state_write_failure("flush")
-            log.exception("state_flush_failed")
 
     async def _ticker(self) -> None:
         last_flush = time.monotonic()
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(self._tick_seconds)
             self._progress = time.monotonic()
-            await self._publish(self.engine.tick(self._clock()))
+            await self.publisher.publish(self.engine.tick(self._clock()))
             self.metrics.record_evaluation("tick")
             self.metrics.set_active(*self.engine.counts())
             self.metrics.set_outbox(self.outbox.stats())
@@ -362,7 +334,7 @@ class Daemon:
                 self._notifier.status(status)
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
-                await self._flush()
+                await self.publisher.flush()
 
     def _status_line(self) -> str:
         total = len(self._accounts)
@@ -371,8 +343,8 @@ class Daemon:
             f"{total - failing}/{total} accounts ok, {failing} failing, "
             f"{self.engine.counts()[1]} alerts firing"
         )
-        if self._unpublished:
-            line += f", {len(self._unpublished)} alerts held: state database not writable"
+        if self.publisher.held:
+            line += f", {self.publisher.held} alerts held: state database not writable"
         return line
 
     def _check_ready(self) -> None:
@@ -389,7 +361,14 @@ class Daemon:
     async def _watch_files(self, seen: _Signature) -> None:
         while True:
             await asyncio.sleep(WATCH_SECONDS)
-            current = _signature(self.loaded)
+            try:
+                current = _signature(self.loaded)
+            except OSError as exc:
+                if not out_of_descriptors(exc):
+                    raise
+                self._unreadable.failed(error=exc.strerror)
+                continue
+            self._unreadable.ok()
             if current != seen:
                 seen = current
                 log.info("config_changed")
@@ -407,6 +386,11 @@ class Daemon:
         try:
             loaded = await asyncio.to_thread(load_all, self.config_path, self._environ)
         except Exception as exc:
+            if out_of_descriptors(exc):
+                self._unreadable.failed(error=getattr(exc, "strerror", None))
+                asyncio.get_running_loop().call_later(WATCH_SECONDS, self._reload_requested.set)
+                self._notifier.ready(self._status_line())
+                return False
             # A loader bug must not end reloading for good: reject the set like a bad one.
             self.metrics.record_reload(False)
             if isinstance(exc, ConfigError):
@@ -414,13 +398,17 @@ class Daemon:
                     (log.warning if problem.severity == "warning" else log.error)(
                         "reload_rejected", problem=str(problem)
                     )
-                # The alert names what rejected the set: an error, not a warning beside it.
+                # The alert names what rejected the set: an error, not a warning beside it;
+                # by place and kind only, since a message may quote the file (any file a
+                # rule glob matched) and the alert goes to every sink.
                 errors = [p for p in exc.problems if p.severity != "warning"] or exc.problems
-                first = str(errors[0]) if errors else "unknown problem"
+                first = errors[0].located_kind() if errors else "unknown problem"
+                if len(errors) > 1:
+                    first += f" (and {len(errors) - 1} more: see the log or balwatch check)"
             else:
                 log.exception("reload_failed")
                 first = f"the files could not be loaded ({type(exc).__name__}; see the log)"
-            await self._publish(
+            await self.publisher.publish(
                 self._self_alerts.fire(
                     "config_error",
                     SELF,
@@ -431,6 +419,7 @@ class Daemon:
             )
             self._notifier.ready(self._status_line())
             return False
+        self._unreadable.ok()
         old = self.loaded.config
         new = loaded.config
         if self._configure_logs:
@@ -441,6 +430,8 @@ class Daemon:
             log.warning("reload_needs_restart", changed="sinks, http or state_dir")
         now = self._clock()
         self.engine.set_account_labels(_labels(new))
+        self.metrics.export_balances(new.metrics.balances)
+        self.publisher.placement = (new.instance, new.external_url)
         alerts = self.engine.replace_rules(loaded.rules, now)
         for gone in {a.name for a in old.accounts} - {a.name for a in new.accounts}:
             alerts += self.engine.forget_account(gone, now)
@@ -457,11 +448,13 @@ class Daemon:
                 update={"sinks": old.sinks, "http": old.http, "state_dir": old.state_dir}
             )
         )
+        self.prices.configure(new.prices)
+        await self._feeds.apply(new.prices)
         # Also when only defaults changed (interval, timeout): apply() restarts just the
         # pollers whose plan is different.
         await self._scheduler.apply(self._plans(self.loaded.config))
         alerts += self._self_alerts.resolve("config_error", SELF)
-        await self._publish(alerts)
+        await self.publisher.publish(alerts)
         self.metrics.record_reload(True)
         log.info("reloaded", rules=len(loaded.rules), accounts=len(new.accounts))
         self._notifier.ready(self._status_line())
@@ -480,7 +473,14 @@ class Daemon:
         return not reasons, reasons
 
     def alerts(self) -> list[dict[str, object]]:
-        return [s.to_json() for s in (*self.engine.firing(), *self.engine.pending())]
+        states = (*self.engine.firing(), *self._self_alerts.states(), *self.engine.pending())
+        return [s.to_json() for s in states]
+
+    def alert(self, fingerprint: str) -> dict[str, object] | None:
+        found = self.engine.find(fingerprint) or next(
+            (s for s in self._self_alerts.states() if s.fingerprint == fingerprint), None
+        )
+        return None if found is None else found.to_json()
 
     def balances(self) -> dict[str, object]:
         return self.latest.document()
@@ -517,3 +517,28 @@ def _signature(loaded: Loaded) -> _Signature:
             st = os.stat(name)
             out.append((name, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+@contextlib.contextmanager
+def capture_signals(daemon: Daemon) -> Iterator[None]:
+    """SIGTERM and SIGINT stop ``daemon``, SIGHUP reloads it, while the block runs.
+
+    For the caller that runs the daemon in the main thread (the CLI): the handlers that
+    were there before are put back when the block ends, however it ends.
+    """
+    loop = asyncio.get_running_loop()
+    actions = {
+        signal.SIGTERM: daemon.stop,
+        signal.SIGINT: daemon.stop,
+        signal.SIGHUP: daemon.request_reload,
+    }
+    previous = {sig: signal.getsignal(sig) for sig in actions}
+    try:
+        for sig, action in actions.items():
+            loop.add_signal_handler(sig, action)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)

@@ -7,7 +7,7 @@ Messages never carry credentials.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -78,9 +78,17 @@ class Problem:
     column: int
     message: str
     severity: str = "error"
+    # What sort of problem, in a few fixed words ("invalid YAML", "unknown key"): never text
+    # of the file, so it may go where the message may not (a config_error alert). Not part
+    # of a problem's identity: the same message at the same place is the same problem.
+    kind: str = field(default="invalid value", compare=False)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.message}"
+
+    def located_kind(self) -> str:
+        """``FILE:LINE:COL: kind``: where and what sort, quoting nothing of the file."""
+        return f"{self.file}:{self.line}:{self.column}: {self.kind}"
 
 
 class ConfigError(Exception):

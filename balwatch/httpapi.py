@@ -6,27 +6,58 @@
                    :meth:`StatusSource.ready` (first poll round done, sinks connected)
 ``/metrics``       Prometheus text exposition of the daemon's registry
 ``/api/alerts``    JSON list from :meth:`StatusSource.alerts` (firing and pending states)
+``/api/alerts/F``  JSON object: the state of the alert with fingerprint F, from
+                   :meth:`StatusSource.alert`; 404 with ``{"error": ...}`` when it is
+                   neither pending nor firing (the ``url`` of every alert points here)
 ``/api/balances``  JSON object from :meth:`StatusSource.balances`
                    (:meth:`balwatch.latest.LatestBalances.document`)
 =================  ==========================================================================
 
 The server only reads: the daemon owns the state and implements :class:`StatusSource`.
-Nothing here authenticates, so nothing served may carry a secret; see
-:mod:`balwatch.metrics` and :mod:`balwatch.latest` for what they leave out.
+Nothing served may carry a secret; see :mod:`balwatch.metrics` and :mod:`balwatch.latest`
+for what they leave out. With a token (``http.token``), every path but the three probes
+(``/healthz``, ``/readyz``, ``/metrics``) answers only to ``Authorization: Bearer <token>``.
+
+The listener may face a hostile network: a connection must send a whole request head
+within :data:`IDLE_TIMEOUT` of opening (or of its last response), a handler (reading a body
+included) must finish within :data:`REQUEST_TIMEOUT`, and at most ``max_connections`` are
+open at once, the oldest idle one closed to make room, so half-sent headers can neither
+starve the probes nor use up the process's file descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import resource
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
+import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from balwatch.burst import Burst
+from balwatch.config.model import DEFAULT_MAX_CONNECTIONS
+from balwatch.secret import Secret
+
+log = structlog.get_logger("balwatch.httpapi")
 
 # Handlers answer in microseconds; a client still reading a response must not hold a
 # SIGTERM up for aiohttp's default of a minute.
 SHUTDOWN_GRACE: Final = 2.0
+# aiohttp's keep-alive timer, which since 3.14.5 also runs from a connection's start: a
+# connection that has not sent a whole request head this long after opening, or after its
+# last response, is closed. It is the header timeout and the idle timeout at once.
+IDLE_TIMEOUT: Final = 10.0
+# For a handler, reading the request body included: aiohttp has no body timeout of its own.
+REQUEST_TIMEOUT: Final = 30.0
+# Never more than this share of the process's descriptor limit for HTTP connections: the
+# pollers, sinks and state database need the rest.
+_SHARE_OF_DESCRIPTORS: Final = 4
+# Paths open without the token: health probes and Prometheus scrapers rarely carry one.
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class StatusSource(Protocol):
@@ -40,13 +71,27 @@ class StatusSource(Protocol):
         """JSON-ready firing and pending alert states (``AlertState.to_json()``)."""
         ...
 
+    def alert(self, fingerprint: str) -> dict[str, object] | None:
+        """The state of one pending or firing alert, as in :meth:`alerts`; None otherwise."""
+        ...
+
     def balances(self) -> dict[str, object]:
         """JSON-ready latest balances (``LatestBalances.document()``)."""
         ...
 
 
-def make_app(status: StatusSource, registry: CollectorRegistry) -> web.Application:
-    """The aiohttp application; :class:`HttpServer` serves it."""
+def make_app(
+    status: StatusSource,
+    registry: CollectorRegistry,
+    *,
+    token: Secret | None = None,
+    busy: set[object] | None = None,
+) -> web.Application:
+    """The aiohttp application; :class:`HttpServer` serves it.
+
+    ``token``: required on every path but :data:`OPEN_PATHS`. ``busy``: the connections
+    (request protocols) whose request is being handled, kept up to date for the server.
+    """
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -64,16 +109,73 @@ def make_app(status: StatusSource, registry: CollectorRegistry) -> web.Applicati
     async def alerts(request: web.Request) -> web.Response:
         return web.json_response(status.alerts())
 
+    async def alert(request: web.Request) -> web.Response:
+        fingerprint = request.match_info["fingerprint"]
+        found = status.alert(fingerprint)
+        if found is None:
+            body = {
+                "error": "no pending or firing alert has this fingerprint",
+                "fingerprint": fingerprint,
+            }
+            return web.json_response(body, status=404)
+        return web.json_response(found)
+
     async def balances(request: web.Request) -> web.Response:
         return web.json_response(status.balances())
 
-    app = web.Application()
+    middlewares = [_bounded(set() if busy is None else busy)]
+    if token is not None:
+        middlewares.append(_require(token))
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/alerts", alerts)
+    app.router.add_get("/api/alerts/{fingerprint}", alert)
     app.router.add_get("/api/balances", balances)
     return app
+
+
+_CLOSE: Final = {"Connection": "close"}
+
+
+def _bounded(busy: set[object]) -> Middleware:
+    """Marks a connection busy while its request is handled, and bounds how long that takes."""
+
+    @web.middleware
+    async def bounded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        busy.add(request.protocol)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                return await handler(request)
+        except TimeoutError:
+            message = f"the request was not completed within {REQUEST_TIMEOUT:g} s"
+            return web.json_response({"error": message}, status=408, headers=_CLOSE)
+        finally:
+            busy.discard(request.protocol)
+
+    return bounded
+
+
+def _require(token: Secret) -> Middleware:
+    """401 for any path outside :data:`OPEN_PATHS` without ``Authorization: Bearer <token>``."""
+    expected = token.reveal().encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            # Compared in constant time: the answer's timing must not spell out the token.
+            match = hmac.compare_digest(given.strip().encode(errors="surrogateescape"), expected)
+            if scheme.lower() != "bearer" or not match:
+                return web.json_response(
+                    {"error": "unauthorized: send Authorization: Bearer <http.token>"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="balwatch"'},
+                )
+        return await handler(request)
+
+    return require_token
 
 
 class HttpServer:
@@ -81,33 +183,65 @@ class HttpServer:
 
     Port 0 binds a free port, readable from :attr:`port` once started; give a literal
     address then, since a name with several addresses would get a different port on each.
+    ``max_connections`` is lowered to a quarter of the process's descriptor limit if that
+    is less.
     """
 
     def __init__(
-        self, host: str, port: int, status: StatusSource, registry: CollectorRegistry
+        self,
+        host: str,
+        port: int,
+        status: StatusSource,
+        registry: CollectorRegistry,
+        *,
+        token: Secret | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self._host, self._port = host, port
+        self._busy: set[object] = set()
         # No access log: Prometheus and health probes would fill the journal.
         self._runner = web.AppRunner(
-            make_app(status, registry), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+            make_app(status, registry, token=token, busy=self._busy),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            keepalive_timeout=idle_timeout,
         )
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft_limit != resource.RLIM_INFINITY:
+            max_connections = min(max_connections, max(1, soft_limit // _SHARE_OF_DESCRIPTORS))
+        self.max_connections = max_connections
+        # asyncio accepts up to `backlog` connections at once before any reaches the cap
+        # check, and the ones the cap closes free their descriptor an iteration later: a
+        # small batch keeps a flood's peak near the cap.
+        self._backlog = max(8, min(128, max_connections // 4))
+        self._listener: asyncio.Server | None = None
+        self._accept_failures = Burst(log, "http_accept_failed", "http_accept_recovered")
+        self._at_limit = Burst(log, "http_connection_limit_reached", "http_connection_limit_left")
+        self._previous_handler: Any = None
 
     @property
     def port(self) -> int:
         """The bound port (the requested one unless that was 0)."""
-        addresses = self._runner.addresses
-        if not addresses:
+        if self._listener is None or not self._listener.sockets:
             raise RuntimeError("the HTTP server is not running")
-        port: int = addresses[0][1]
+        port: int = self._listener.sockets[0].getsockname()[1]
         return port
 
     async def __aenter__(self) -> Self:
         await self._runner.setup()
+        loop = asyncio.get_running_loop()
         try:
-            await web.TCPSite(self._runner, self._host, self._port).start()
+            # aiohttp's sites have no connection cap: the listener is made here, with a
+            # protocol factory that keeps one.
+            self._listener = await loop.create_server(
+                self._connection, self._host, self._port, backlog=self._backlog
+            )
         except BaseException:
             await self._runner.cleanup()  # e.g. the port is taken: release what setup made
             raise
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
         return self
 
     async def __aexit__(
@@ -116,4 +250,53 @@ class HttpServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._runner.cleanup()
+        loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() == self._loop_exception:
+            loop.set_exception_handler(self._previous_handler)
+        assert self._listener is not None
+        self._listener.close()
+        await self._runner.cleanup()  # closes the connections, after a grace for requests
+        await self._listener.wait_closed()
+
+    def _connection(self) -> asyncio.BaseProtocol:
+        """A protocol for each accepted connection; makes room at the cap."""
+        self._accept_failures.ok()
+        server = self._runner.server
+        assert server is not None, "set up in __aenter__"
+        # A connection whose transport is gone is closing already.
+        open_ = [c for c in server.connections if c.transport is not None]
+        if len(open_) < self.max_connections:
+            self._at_limit.ok()
+            return server()
+        self._at_limit.failed(max_connections=self.max_connections)
+        # Oldest first: the one that has been sitting longest without a request goes.
+        idle = next((c for c in open_ if c not in self._busy), None)
+        if idle is None:  # every one is being answered: refuse the newcomer instead
+            return _Refused()
+        idle.force_close()
+        return server()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Accept failures (out of descriptors) once per burst; anything else as before."""
+        error = context.get("exception")
+        if str(context.get("message", "")).startswith("socket.accept()") and isinstance(
+            error, OSError
+        ):
+            self._accept_failures.failed(error=error.strerror or str(error), errno=error.errno)
+            return
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
+class _Refused(asyncio.Protocol):
+    """At the cap with every connection busy: a 503 and close, before reading anything."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+            b"Connection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        transport.close()

@@ -9,12 +9,17 @@ A failure is reported by its :class:`~balwatch.errors.ErrorKind` only, never its
 the API has no authentication, and a message can quote what an exchange answered, which
 is not under our control. The message is in the daemon's log (``poll_failed``) for
 operators.
+
+The same rows feed the balance gauges of ``/metrics`` (:mod:`balwatch.metrics`), which are
+rendered on a worker thread: :meth:`LatestBalances.good_rows` is the one method safe to
+call off the event loop.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,6 +44,9 @@ class LatestBalances:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._accounts: dict[str, _Latest] = {}
+        # Held by the loop while it changes the set of accounts, and by good_rows() while
+        # it copies them from another thread; never across an await.
+        self._lock = threading.Lock()
 
     def update(self, result: PollResult) -> None:
         """Record one poll, at the current time; cheap (keeps references, copies nothing)."""
@@ -46,7 +54,8 @@ class LatestBalances:
         kind = None if result.error is None else result.error.kind
         entry = self._accounts.get(result.account)
         if entry is None:
-            entry = self._accounts[result.account] = _Latest(result.exchange, now, kind)
+            with self._lock:
+                entry = self._accounts[result.account] = _Latest(result.exchange, now, kind)
         else:
             entry.exchange, entry.polled_at, entry.error = result.exchange, now, kind
         if result.rows is not None:
@@ -54,7 +63,18 @@ class LatestBalances:
 
     def forget(self, account: str) -> None:
         """The account left the config."""
-        self._accounts.pop(account, None)
+        with self._lock:
+            self._accounts.pop(account, None)
+
+    def good_rows(self) -> list[Sequence[Balance]]:
+        """The rows of each account's last good poll; safe to call from any thread.
+
+        Poll results are never changed once made, so handing out their row lists is safe:
+        a poll that lands meanwhile replaces an account's list rather than editing it.
+        """
+        with self._lock:
+            entries = list(self._accounts.values())
+        return [rows for entry in entries if (rows := entry.rows)]
 
     def document(self) -> dict[str, object]:
         """The ``/api/balances`` body: accounts by name, amounts as decimal strings.

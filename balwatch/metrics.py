@@ -1,12 +1,13 @@
-"""The daemon's Prometheus metrics (DESIGN.md section 7), on a registry of their own.
+"""The daemon's Prometheus metrics (``docs/metrics.md``), on a registry of their own.
 
 One :class:`Metrics` per daemon, each with its own ``CollectorRegistry`` rather than the
 process-global one, so tests and several daemons in one process never collide and
 ``/metrics`` shows only balwatch series (no ``python_gc_*`` noise, no duplicate errors).
 
 Every name has the ``balwatch_`` prefix. Label values are account, exchange, sink and rule
-names, error kinds and fixed words: never URLs, credentials or error messages, which could
-carry secrets and would make the label set unbounded.
+names, error kinds, the venues and assets of balance rows, and fixed words: never URLs,
+credentials or error messages, which could carry secrets and would make the label set
+unbounded.
 
 =========================================================  ===================================
 series                                                     recorded by
@@ -18,6 +19,8 @@ series                                                     recorded by
 ``poll_duration_seconds{exchange}`` (histogram)            :meth:`Metrics.record_poll`, good
                                                            and failed polls alike
 ``last_successful_poll_timestamp_seconds{account}``        :meth:`Metrics.record_poll`
+``balance{account,exchange,venue,asset,metric}``,          read from the ``balances`` source at
+``balance_usd{account,exchange,venue,asset,metric}``       scrape time; :meth:`export_balances`
 ``rule_evaluations_total{trigger}``                        :meth:`Metrics.record_evaluation`
 ``alerts_total{rule,severity,event}``                      :meth:`Metrics.record_alerts`
 ``alerts_active{state}``                                   :meth:`Metrics.set_active`
@@ -25,12 +28,20 @@ series                                                     recorded by
 ``config_reload_total{result}``                            :meth:`Metrics.record_reload`
 ``build_info{version}``                                    constant 1
 =========================================================  ===================================
+
+The balance gauges are not set per poll: tens of thousands of series (1,000 accounts x 10
+assets x a few metrics) would cost the event loop a lock and a float per value on every
+poll. A collector reads the latest good rows when ``/metrics`` is rendered instead, which
+happens on a worker thread, and converts the Decimal amounts to the exposition's floats
+there. So a poll costs nothing more, a row that vanished from an account's answer or an
+account that left the config has no series at the next scrape, and a failed poll leaves
+the last good values (the latest rows keep them).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Literal, Protocol
 
 from prometheus_client import (
@@ -40,9 +51,12 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from balwatch.alert import Alert
 from balwatch.errors import ErrorKind
+from balwatch.model import AMOUNTS, METRICS, Balance
 from balwatch.poll import PollResult
 
 # Every counter and histogram would get a `_created` series too: a timestamp nobody alerts
@@ -74,10 +88,38 @@ class SinkCounts(Protocol):
 SinkStatsLike = SinkCounts | Mapping[str, object]
 
 
+class BalanceRows(Protocol):
+    """Where the balance gauges come from (``LatestBalances`` fits)."""
+
+    def good_rows(self) -> Iterable[Sequence[Balance]]:
+        """Each account's rows of its last good poll. Called from a worker thread."""
+        ...
+
+
+BALANCE_LABELS: Final = ("account", "exchange", "venue", "asset", "metric")
+BALANCE_HELP: Final = (
+    "The account's balance of the asset on the venue, by metric (total, available, "
+    "locked, ...), as of its last good poll; one series per metric the source reports, "
+    "and metric=rate_usd is the USD price of one unit. A failed poll leaves the last good "
+    "values: balwatch_last_successful_poll_timestamp_seconds tells how old they are."
+)
+BALANCE_USD_HELP: Final = (
+    "USD value of each amount metric of a balwatch_balance row (the amount times the row's "
+    "rate_usd), for rows with a price; as old as balwatch_balance."
+)
+
+
 class Metrics:
     """Every balwatch series, and the few calls the daemon records them with."""
 
-    def __init__(self, version: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        version: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        balances: BalanceRows | None = None,
+    ) -> None:
+        """``balances``: the source of the balance gauges; without one there are none."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         reg, ns = self.registry, NAMESPACE
@@ -183,6 +225,9 @@ class Metrics:
             self._state_write_failures.labels(write)
         self._exchanges: dict[str, str] = {}  # account -> exchange, to remove its series
         self._delivery_seen: dict[str, dict[str, int]] = {}  # sink -> outcome -> last count
+        self._balances = None if balances is None else _BalanceCollector(balances)
+        if self._balances is not None:
+            reg.register(self._balances)
 
     # -- polls
 
@@ -210,6 +255,13 @@ class Metrics:
         for kind in ErrorKind:
             self._poll_errors.remove(account, exchange, kind)
         self._last_success.remove(account)
+
+    # -- balances
+
+    def export_balances(self, on: bool) -> None:
+        """Show or hide the balance gauges (config ``metrics.balances``), from the next scrape."""
+        if self._balances is not None:
+            self._balances.on = on
 
     # -- rules and alerts
 
@@ -269,6 +321,48 @@ class Metrics:
         for sink in [s for s in self._delivery_seen if s not in stats]:
             del self._delivery_seen[sink]
             self._outbox_depth.remove(sink)
+
+
+class _BalanceCollector(Collector):
+    """``balance`` and ``balance_usd`` from the latest good rows, made at each scrape."""
+
+    def __init__(self, rows: BalanceRows) -> None:
+        self._rows = rows
+        self.on = True  # read by the scrape thread; a bool is swapped whole
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The names, reserved at registration even while hidden or before any poll."""
+        return list(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not self.on:
+            return
+        balance, usd = self._families()
+        add_balance, add_usd = balance.add_metric, usd.add_metric
+        for rows in self._rows.good_rows():
+            for row in rows:
+                where = (row.account, row.exchange, row.venue, row.asset)
+                for metric in METRICS:
+                    value = getattr(row, metric)
+                    if value is not None:
+                        add_balance((*where, metric), float(value))
+                rate = row.rate_usd
+                if rate is None:
+                    continue
+                for metric in AMOUNTS:
+                    value = getattr(row, metric)
+                    if value is not None:
+                        # The product in Decimal, as usd() in rules; only the result is a float.
+                        add_usd((*where, metric), float(value * rate))
+        yield balance
+        yield usd
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(f"{NAMESPACE}_balance", BALANCE_HELP, labels=BALANCE_LABELS),
+            GaugeMetricFamily(f"{NAMESPACE}_balance_usd", BALANCE_USD_HELP, labels=BALANCE_LABELS),
+        )
 
 
 def _count(stats: SinkStatsLike, key: str) -> int | None:

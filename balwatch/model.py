@@ -30,6 +30,8 @@ METRICS: Final[tuple[Metric, ...]] = (
     "referral",
     "rate_usd",
 )
+# The metrics that are quantities of the asset: every one but the price.
+AMOUNTS: Final[tuple[Metric, ...]] = tuple(m for m in METRICS if m != "rate_usd")
 
 
 _NO_EXTRAS: Final[Mapping[str, str]] = MappingProxyType({})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import structlog
 from balwatch.adapters import REGISTRY, AccountSpec, Adapter
 from balwatch.errors import BadResponse, SourceError
 from balwatch.model import Balance
+from balwatch.prices.book import PriceBook, stamp
 
 log = structlog.get_logger(__name__)
 
@@ -65,3 +67,11 @@ async def poll_account(adapter: Adapter) -> PollResult:
 async def poll_all(adapters: Iterable[Adapter]) -> list[PollResult]:
     """Poll every account concurrently; results in the order given."""
     return list(await asyncio.gather(*(poll_account(a) for a in adapters)))
+
+
+def priced(result: PollResult, book: PriceBook, now: float | None = None) -> PollResult:
+    """A poll result with its rows priced; the book first learns the rates they carry."""
+    if result.rows is None or not book.active:
+        return result
+    book.learn(result.rows, now)
+    return dataclasses.replace(result, rows=stamp(result.rows, book.usd_prices(now)))

@@ -82,6 +82,12 @@ def next_delay(
     return delay
 
 
+def first_delay(plan: PollPlan, rand: Callable[[], float]) -> float:
+    """Seconds before an account's first poll: a random offset within the jitter spreads the
+    first round too, but never past :data:`FIRST_SPREAD_MAX`, whatever the interval."""
+    return min(plan.interval * JITTER, FIRST_SPREAD_MAX) * rand()
+
+
 def source_retry_after(error: SourceError | None) -> float | None:
     """How long the source asked us to wait, bounded by :data:`MAX_RETRY_AFTER`."""
     if isinstance(error, RateLimited) and error.retry_after is not None:
@@ -98,8 +104,7 @@ async def run_poller(
 ) -> None:
     """Poll until ``stop`` is set. ``on_result`` failures are logged, never fatal."""
     failures = 0
-    # A random first offset within the jitter spreads the first round too.
-    delay = min(plan.interval * JITTER, FIRST_SPREAD_MAX) * rand()
+    delay = first_delay(plan, rand)
     while not await _wait(stop, delay):
         if plan.limiter is not None:
             await plan.limiter.acquire()

@@ -1,4 +1,5 @@
-"""JSON Schemas of the hand-edited files, for editors (``balwatch schema``).
+"""JSON Schemas of the hand-edited files, for editors, and of the alert document
+(``balwatch schema``).
 
 Generated from the same pydantic models that validate the files, so they cannot drift from
 what the loaders accept; the copies committed under ``rules/schema/`` are compared with
@@ -18,13 +19,14 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel
 
 from balwatch.adapters import REGISTRY
-from balwatch.config.model import Config
+from balwatch.alert import JSON_SCHEMA as ALERT_SCHEMA
+from balwatch.config.model import DURATION_PATTERN, Config
 from balwatch.durations import format_duration
-from balwatch.rules.load import DURATION_SCHEMA, RuleFile
+from balwatch.rules.load import RuleFile
 from balwatch.rules.ruletest import RuleTestFile
 
-SchemaKind = Literal["config", "rules", "tests"]
-_MODELS: Final[dict[SchemaKind, type[BaseModel]]] = {
+SchemaKind = Literal["config", "rules", "tests", "alert"]
+_MODELS: Final[dict[str, type[BaseModel]]] = {
     "config": Config,
     "rules": RuleFile,
     "tests": RuleTestFile,
@@ -33,7 +35,9 @@ _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 
 
 def schema(kind: SchemaKind) -> dict[str, Any]:
-    """The JSON Schema of a config file, a rule file, or a rule test file."""
+    """The JSON Schema of a config file, a rule file, a rule test file, or an alert."""
+    if kind == "alert":  # written out in balwatch.alert, beside the document it describes
+        return dict(ALERT_SCHEMA)
     doc = _MODELS[kind].model_json_schema()
     _tidy(doc)
     if kind == "config":
@@ -55,7 +59,7 @@ def _tidy(node: object) -> None:
     if not isinstance(node, dict):
         return
     default = node.get("default")
-    if node.get("pattern") == DURATION_SCHEMA["pattern"] and isinstance(default, int | float):
+    if node.get("pattern") == DURATION_PATTERN and isinstance(default, int | float):
         node["default"] = format_duration(default)
     if "default" in node and default is None and "anyOf" not in node:
         del node["default"]
@@ -72,7 +76,7 @@ def _per_exchange(doc: dict[str, Any]) -> None:
         options = adapter.options_model.model_json_schema()
         doc["$defs"].update(options.pop("$defs", {}))
         _tidy(options)
-        keys = sorted(set().union(*adapter.credential_sets))
+        keys = sorted(adapter.credential_keys())
         cases.append(
             {
                 "if": {"properties": {"exchange": {"const": name}}, "required": ["exchange"]},

@@ -1,7 +1,8 @@
 """Alerts about balwatch itself: a rejected reload, a source refusing our credentials.
 
 They travel the same path as rule alerts (outbox, routing, sinks), so the people who
-watch balances also learn when balwatch cannot watch them.
+watch balances also learn when balwatch cannot watch them. As for rule alerts, the resolve
+carries the summary the alert fired with.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from balwatch.alert import Alert, Severity, fingerprint, new_id
+from balwatch.rules.engine import AlertState
 
 SELF = "balwatch"
 
@@ -29,6 +31,31 @@ class SelfAlerts:
     def firing(self) -> list[Alert]:
         """The self-alerts firing now: what the state database keeps."""
         return list(self._firing.values())
+
+    def states(self) -> list[AlertState]:
+        """The self-alerts firing now, in the form the HTTP API lists rule alerts in."""
+        return [
+            AlertState(
+                fingerprint=alert.fingerprint,
+                rule=alert.rule,
+                when=alert.expression,
+                clear=None,
+                severity=alert.severity,
+                account=alert.account,
+                exchange=alert.exchange,
+                venue=alert.venue,
+                asset=alert.asset,
+                phase="firing",
+                since=alert.started_at.timestamp(),
+                last_notified=alert.observed_at.timestamp(),
+                values=dict(alert.values),
+                labels=dict(alert.labels),
+                notify=alert.notify,
+                summary=alert.summary,
+                description=alert.description,
+            )
+            for alert in self._firing.values()
+        ]
 
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Take back what a previous run left firing."""
@@ -74,7 +101,6 @@ class SelfAlerts:
                 firing,
                 id=new_id(),
                 event="resolved",
-                summary=f"resolved: {firing.summary}",
                 observed_at=now,
                 resolved_at=now,
             )

@@ -20,7 +20,7 @@ aiohttp middleware in the simulator stamps ``time.monotonic()`` when the first b
 response rendered after the change leaves the handler (rendering and stamp run in the same
 event-loop step, so the stamped response is the first one that carries the change). An
 MQTT subscriber in this process stamps the arrival of the matching ``firing``/``resolved``
-message on ``balwatch/alerts/bench-trigger/<account>/USDT``. Latency is the difference of
+message on ``balwatch/alerts/bench-trigger/<account>/<venue>/USDT``. Latency is the difference of
 the two stamps, on one clock; it spans the HTTP response transfer and parse, rule
 evaluation, the outbox commit (SQLite WAL, synchronous=FULL), the QoS 1 publish and the
 broker's fan-out, plus this process's own delay in noticing the message (it also serves
@@ -28,12 +28,24 @@ the simulator, so the figure is an upper bound). The wait for the next poll is n
 it. The machine's other load shows directly in the figure: the report prints the load
 average.
 
+Prometheus: the daemon serves ``/metrics`` on a loopback port and this script scrapes it
+every ``--scrape`` seconds (default 15, a common Prometheus interval; 0: no HTTP server, no
+scrapes), as a Prometheus server would, and reports each scrape's time and size. Rendering
+runs on a worker thread of the daemon, so a scrape shows in the CPU figure and, through the
+GIL, in the latency figure.
+
+``--baseline REV`` measures the daemon of git revision REV first (its ``balwatch`` package,
+exported to a temporary directory and run from there; the simulator and this script stay the
+working tree's), then the working tree's, in the same run, and prints both side by side: the
+way to show what a change costs on a machine whose load moves from day to day.
+
 ``--profile FILE`` runs the daemon under cProfile (figures are then inflated; for finding
 where the time goes).
 
 Targets (issue 5): <= 10% of one core, <= 120 MB peak RSS, p99 <= 20 ms.
 
     .venv/bin/python bench/daemon.py [--accounts 1000] [--interval 10] [--duration 60]
+        [--scrape 15] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -42,19 +54,24 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import io
 import json
 import os
 import random
 import shutil
 import signal
 import socket
+import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import aiomqtt
 from aiohttp import web
 
@@ -64,7 +81,7 @@ sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the t
 from balwatch.adapters.kunacore import LOGIN_PATH  # noqa: E402
 from balwatch.simulator.server import build_app  # noqa: E402
 from balwatch.simulator.state import SimAccount, SimState  # noqa: E402
-from tests.brokers import Mosquitto  # noqa: E402
+from tests.brokers import Mosquitto, free_port  # noqa: E402
 
 CPU_TARGET = 0.10
 RSS_TARGET_MB = 120.0
@@ -376,6 +393,52 @@ class Measured:
     code: int  # the daemon's exit code after SIGTERM
 
 
+@dataclass
+class Scrapes:
+    """What each ``/metrics`` scrape in the window took: seconds, body bytes, series."""
+
+    seconds: list[float] = field(default_factory=list)
+    size: int = 0
+    series: int = 0
+    balance_series: int = 0
+    errors: int = 0
+
+
+async def scrape_metrics(url: str, every: float, stop: asyncio.Event, scrapes: Scrapes) -> None:
+    """Scrape ``url`` every ``every`` seconds until ``stop``, as a Prometheus server would."""
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if stop.is_set():
+                break
+            started = time.monotonic()
+            try:
+                async with http.get(url) as response:
+                    body = await response.read()
+            except aiohttp.ClientError:
+                scrapes.errors += 1
+                continue
+            scrapes.seconds.append(time.monotonic() - started)
+            lines = [line for line in body.split(b"\n") if line and not line.startswith(b"#")]
+            scrapes.size, scrapes.series = len(body), len(lines)
+            scrapes.balance_series = sum(
+                1 for line in lines if line.startswith(b"balwatch_balance")
+            )
+
+
+def export_tree(rev: str, into: Path) -> Path:
+    """The ``balwatch`` package of git revision ``rev``, written below ``into``."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "balwatch"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
 def daemon_command(config: Path, profile: str | None) -> list[str]:
     prefix = (
         [sys.executable] if profile is None else [sys.executable, "-m", "cProfile", "-o", profile]
@@ -384,8 +447,15 @@ def daemon_command(config: Path, profile: str | None) -> list[str]:
 
 
 async def measure(
-    args: argparse.Namespace, work: Path, state: SimState, lat: Latencies, sim_url: str
+    args: argparse.Namespace,
+    work: Path,
+    state: SimState,
+    lat: Latencies,
+    sim_url: str,
+    source: Path | None,
+    scrapes: Scrapes,
 ) -> Measured:
+    """One daemon's run; ``source``: where its ``balwatch`` package is (None: installed)."""
     notify_path = str(work / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
@@ -397,25 +467,33 @@ async def measure(
             rules = work / "rules.yaml"
             rules.write_text(rules_yaml())
             config = work / "balwatch.yaml"
+            http_port = free_port()
             config.write_text(
                 f"state_dir: {work / 'state'}\n"
                 f"rules: ['{rules}']\n"
-                f"defaults: {{poll_interval: {args.interval}s, timeout: 5s}}\n"
+                + (f"http: {{listen: '127.0.0.1:{http_port}'}}\n" if args.scrape else "")
+                + f"defaults: {{poll_interval: {args.interval}s, timeout: 5s}}\n"
                 "log: {format: json, level: warning}\n"
                 f"sinks:\n  - {{name: mqtt, type: mqtt, url: '{broker.url}'}}\n"
                 + accounts_yaml(list(state.accounts.values()), sim_url)
             )
             with (work / "daemon.log").open("wb") as log:
                 t_launch = time.monotonic()
+                # `python -m` looks in its working directory first: the exported package.
+                pythonpath = {} if source is None else {"PYTHONPATH": str(source)}
                 proc = await asyncio.create_subprocess_exec(
                     *daemon_command(config, args.profile),
-                    env={**os.environ, "NOTIFY_SOCKET": notify_path},
+                    env={**os.environ, "NOTIFY_SOCKET": notify_path, **pythonpath},
+                    cwd=source,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                 )
+                metrics_url = f"http://127.0.0.1:{http_port}/metrics" if args.scrape else None
                 try:
-                    measured = await _window(args, proc, sock, state, lat, t_launch)
+                    measured = await _window(
+                        args, proc, sock, state, lat, t_launch, metrics_url, scrapes
+                    )
                 finally:
                     if proc.returncode is None:
                         proc.kill()
@@ -433,6 +511,8 @@ async def _window(
     state: SimState,
     lat: Latencies,
     t_launch: float,
+    metrics_url: str | None,
+    scrapes: Scrapes,
 ) -> Measured:
     status = await wait_ready(sock, proc, timeout=max(120.0, 3 * args.interval))
     t_ready = time.monotonic()
@@ -448,12 +528,18 @@ async def _window(
     changer = asyncio.create_task(
         change_balances(state, lat, args.change_every, 2 * args.interval, stop, args.seed)
     )
+    scraper = asyncio.create_task(
+        scrape_metrics(metrics_url, args.scrape, stop, scrapes)
+        if metrics_url is not None
+        else stop.wait()
+    )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), args.duration)  # the measured window itself
     if proc.returncode is not None:
         raise RuntimeError(f"balwatch run exited with {proc.returncode} during the run")
     stop.set()
     await changer
+    await scraper
     t_end = time.monotonic()
     cpu_end = cpu_seconds(proc.pid)
     bench_end = time.process_time()
@@ -485,13 +571,15 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "OVER TARGET"
 
 
-def report(args: argparse.Namespace, m: Measured, lat: Latencies) -> None:
+def report(
+    args: argparse.Namespace, tree: str, m: Measured, lat: Latencies, scrapes: Scrapes
+) -> None:
     cpu_share = m.cpu / m.window
     peak_mb = m.peak_kb / 1024
     per_source = ", ".join(f"{args.accounts // 4} {s}" for s in SOURCES)
     print(
-        f"\n{args.accounts} accounts ({per_source}), every {args.interval:g}s, 50 rules, "
-        f"MQTT sink; measured {m.window:.1f}s after READY"
+        f"\n{tree}: {args.accounts} accounts ({per_source}), every {args.interval:g}s, "
+        f"50 rules, MQTT sink; measured {m.window:.1f}s after READY"
     )
     print(
         f"  load             {m.requests / m.window:7.1f} simulator requests/s "
@@ -516,6 +604,14 @@ def report(args: argparse.Namespace, m: Measured, lat: Latencies) -> None:
         )
     else:
         print("  latency          no samples: no change was polled (run longer)")
+    if scrapes.seconds:
+        ms = [s * 1000 for s in scrapes.seconds]
+        print(
+            f"  /metrics         {len(ms)} scrapes every {args.scrape:g}s: median "
+            f"{statistics.median(ms):.0f} ms, max {max(ms):.0f} ms; {scrapes.size / 1024:.0f} KiB, "
+            f"{scrapes.series} series ({scrapes.balance_series} balance)"
+            + (f"; {scrapes.errors} failed" if scrapes.errors else "")
+        )
     if lat.unmatched or lat.armed or lat.stamped:
         print(
             f"  note: {lat.unmatched} unmatched MQTT messages, {len(lat.armed)} changes never "
@@ -530,9 +626,19 @@ def report(args: argparse.Namespace, m: Measured, lat: Latencies) -> None:
     print(f"  daemon exit code {m.code} after SIGTERM")
 
 
-async def run(args: argparse.Namespace) -> int:
+@dataclass
+class Outcome:
+    tree: str
+    measured: Measured
+    lat: Latencies
+    scrapes: Scrapes
+
+
+async def run_tree(args: argparse.Namespace, tree: str, source: Path | None) -> Outcome:
+    """One measurement, with its own simulator state, broker and state directory."""
     work = Path(tempfile.mkdtemp(prefix="balwatch-bench-"))
     lat = Latencies()
+    scrapes = Scrapes()
     state = StampedState(sim_accounts(args.accounts))
     app = build_app(state)
     app.middlewares.append(stamping_middleware(lat))
@@ -541,17 +647,53 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         sim_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        measured = await measure(args, work, state, lat, sim_url)
+        measured = await measure(args, work, state, lat, sim_url, source, scrapes)
     finally:
         await runner.cleanup()
-    report(args, measured, lat)
+    report(args, tree, measured, lat, scrapes)
     if args.keep or args.profile:
         print(f"  daemon log: {work / 'daemon.log'}")
     else:
         shutil.rmtree(work, ignore_errors=True)
     if args.profile:
         print(f"  profile: {args.profile} (python -m pstats {args.profile})")
-    return 0 if measured.code == 0 else 1
+    return Outcome(tree, measured, lat, scrapes)
+
+
+def side_by_side(outcomes: list[Outcome]) -> None:
+    print(f"\n{'':24}" + "".join(f"{o.tree:>20}" for o in outcomes))
+    rows: list[tuple[str, Callable[[Outcome], str]]] = [
+        ("CPU, % of one core", lambda o: f"{o.measured.cpu / o.measured.window * 100:.2f}"),
+        ("peak RSS, MB", lambda o: f"{o.measured.peak_kb / 1024:.1f}"),
+        ("latency p50, ms", lambda o: _latency(o, 50)),
+        ("latency p99, ms", lambda o: _latency(o, 99)),
+        (
+            "/metrics median, ms",
+            lambda o: (
+                f"{statistics.median(o.scrapes.seconds) * 1000:.0f}" if o.scrapes.seconds else "-"
+            ),
+        ),
+        ("/metrics series", lambda o: f"{o.scrapes.series}" if o.scrapes.seconds else "-"),
+    ]
+    for label, cell in rows:
+        print(f"  {label:22}" + "".join(f"{cell(o):>20}" for o in outcomes))
+
+
+def _latency(outcome: Outcome, q: float) -> str:
+    samples = outcome.lat.samples
+    return f"{percentile([s * 1000 for s in samples], q):.2f}" if samples else "-"
+
+
+async def run(args: argparse.Namespace) -> int:
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="balwatch-baseline-") as exported:
+        if args.baseline:
+            source = export_tree(args.baseline, Path(exported))
+            outcomes.append(await run_tree(args, f"baseline {args.baseline}", source))
+        outcomes.append(await run_tree(args, "working tree", None))
+    if len(outcomes) > 1:
+        side_by_side(outcomes)
+    return 0 if all(o.measured.code == 0 for o in outcomes) else 1
 
 
 def main() -> int:
@@ -566,6 +708,12 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (daemon log)")
     parser.add_argument(
         "--profile", metavar="FILE", help="run the daemon under cProfile, stats to FILE"
+    )
+    parser.add_argument(
+        "--scrape", type=float, default=15.0, help="seconds between /metrics scrapes; 0: none"
+    )
+    parser.add_argument(
+        "--baseline", metavar="REV", help="measure git revision REV first, in the same run"
     )
     args = parser.parse_args()
     if args.accounts < 4:

@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the test suite
 
 from balwatch.config.model import MqttSinkConfig  # noqa: E402
-from balwatch.outbox.store import DB_FILE, OutboxStore  # noqa: E402
 from balwatch.outbox.worker import Outbox  # noqa: E402
 from balwatch.sinks.formats import encode_alert  # noqa: E402
 from balwatch.sinks.mqtt import MqttSink  # noqa: E402
+from balwatch.state.sqlite import SqliteStateStore  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
 
 ALERTS_TARGET = 2000.0
@@ -116,8 +116,7 @@ async def sink_rate(port: int, args: argparse.Namespace) -> float:
 async def outbox_rate(port: int, state_dir: Path, args: argparse.Namespace) -> float:
     """Alerts/s from the first enqueue until every delivery is acknowledged and pruned."""
     docs = [make_alert(seq, args.fingerprints) for seq in range(args.alerts)]
-    store = await OutboxStore.open(state_dir / DB_FILE)
-    try:
+    async with SqliteStateStore(state_dir) as store:
         async with MqttSink(sink_config(port, args.protocol)) as sink:
             outbox = Outbox(store, [sink], concurrency=args.concurrency)
             await outbox.start()
@@ -136,8 +135,6 @@ async def outbox_rate(port: int, state_dir: Path, args: argparse.Namespace) -> f
             raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
         if await store.counts():
             raise RuntimeError("the outbox is not empty after delivery")
-    finally:
-        await store.close()
     return len(docs) / elapsed
 
 

@@ -1,4 +1,5 @@
-"""Side by side: balwatch's Bitso poller against a ccxt ``fetch_balance`` loop, CPU per poll.
+"""Side by side: balwatch's Bitso poller against a ccxt ``fetch_balance`` loop, CPU per poll;
+balwatch's own ccxt source in the same run; and the daemon's memory with a ccxt account.
 
 Both poll the same simulated Bitso accounts (``--accounts``, 500 by default, ``--assets``
 currencies each) the same number of times (``--polls`` per side), every account once per
@@ -14,7 +15,17 @@ each phase, after a warm-up round. Phases alternate (balwatch, ccxt, balwatch, .
 * ccxt: ``ccxt.async_support.bitso(...).fetch_balance()`` per account, one exchange object
   per account (ccxt keeps one key per object), ``enableRateLimit`` off (the simulator's
   limit is lifted for the run; balwatch's limiter is not used either).
+* balwatch ccxt source: ``poll_account`` over a ``CcxtAdapter`` (``exchange: ccxt``,
+  ``options: {id: bitso}``) per account: the same ccxt code as the ccxt side, plus what
+  balwatch adds around it (its JSON parser keeping numbers as text, error mapping, exact
+  Decimal rows). Its difference to the ccxt side is balwatch's overhead around ccxt. ccxt's
+  limiter is off here as on the ccxt side (the run polls far faster than any limit; the
+  limiter would only wait), which takes one private attribute.
 * floor (for scale, not a competitor): the signed GET and ``json.loads`` alone.
+
+Memory (``--memory``, on by default): ``balwatch run`` as a process against the same
+simulator, once with one Bitso account and once with one more ``exchange: ccxt`` account
+(ccxt's bitso), each measured (VmRSS) once ready, after its first poll round.
 
 How ccxt is pointed at the simulator, with its own signing untouched:
 
@@ -22,18 +33,16 @@ How ccxt is pointed at the simulator, with its own signing untouched:
   signs for bitso.com (HMAC-SHA256 of nonce + method + path, ``Authorization: Bitso
   key:nonce:signature``), which the simulator verifies with balwatch's own ``sign``. ccxt's
   nonce is its per-object ``incrementing_nonce`` in milliseconds, strictly increasing per key
-  as the simulator demands (phases are separated so the two clients' nonces never cross).
+  as the simulator demands (phases are separated so the clients' nonces never cross).
+  balwatch's ccxt source points ccxt there the way users do: ``base_url``.
 * ``markets = {}`` before the first call: ``fetch_balance`` loads markets only while
-  ``markets`` is None, and the simulator has no ``/v3/available_books``; ``parse_balance``
-  does not need markets (currency codes fall back to the upper-cased ids).
-* The simulator serves Bitso's documented path with its trailing slash,
-  ``/api/v3/balance/``; ccxt requests ``/api/v3/balance``. A one-line subclass adds the slash
-  in ``sign`` (the signed path includes it, so the signature stays ccxt's own).
+  ``markets`` is None; ``parse_balance`` does not need markets (currency codes fall back to
+  the upper-cased ids). balwatch's ccxt source does the same by default (``load_markets``).
 
 Target (issue 6): balwatch uses at most a third of ccxt's CPU per poll.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python bench/vs_ccxt.py [--accounts 500] [--polls 10000] [--assets 40]
+    .venv/bin/python bench/vs_ccxt.py [--accounts 500] [--polls 10000] [--assets 40] [--no-memory]
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -62,12 +73,14 @@ sys.path.insert(0, str(REPO))  # tests/brokers.py: the test suite's free_port
 
 from balwatch.adapters.base import AccountSpec, NoOptions  # noqa: E402
 from balwatch.adapters.bitso import BALANCE_PATH, NONCES, BitsoAdapter, authorization  # noqa: E402
+from balwatch.adapters.ccxtsource import CcxtAdapter, CcxtOptions  # noqa: E402
 from balwatch.adapters.http import new_session  # noqa: E402
 from balwatch.poll import poll_all  # noqa: E402
 from balwatch.secret import Secret  # noqa: E402
 from tests.brokers import free_port  # noqa: E402
 
 TARGET_RATIO: Final = 1 / 3
+SIDES: Final = ("balwatch", "ccxt", "balwatch-ccxt", "floor")
 ASSET_CODES: Final = [f"C{i:03d}" for i in range(1000)]
 
 try:
@@ -140,24 +153,6 @@ class SimulatorProcess:
             self.process.wait(10)
 
 
-def bitso_ccxt_class() -> Any:
-    """ccxt's Bitso, asking for the documented path with its trailing slash."""
-    assert ccxt_async is not None
-
-    class Bitso(ccxt_async.bitso):  # type: ignore[misc, name-defined, unused-ignore]
-        def sign(
-            self,
-            path: str,
-            api: Any = "public",
-            method: str = "GET",
-            params: Any = None,
-        ) -> Any:
-            path = "balance/" if path == "balance" else path
-            return super().sign(path, api, method, {} if params is None else params)
-
-    return Bitso
-
-
 Round = Callable[[], Awaitable[int]]  # one poll of every account; returns the failures
 
 
@@ -193,12 +188,39 @@ def balwatch_round(url: str, accounts: int, session: aiohttp.ClientSession) -> R
     return run_round
 
 
+def balwatch_ccxt_round(url: str, accounts: int, session: aiohttp.ClientSession) -> Round:
+    adapters = []
+    for index in range(accounts):
+        key, secret = credentials(index)
+        spec = AccountSpec(
+            name=f"bitso-{index:04d}",
+            base_url=url,
+            timeout=30.0,
+            credentials={"api_key": Secret(key), "api_secret": Secret(secret)},
+            options=CcxtOptions(id="bitso"),
+        )
+        adapter = CcxtAdapter(spec, session)
+        # As on the ccxt side: no limiter (see the module docstring).
+        adapter._exchange, adapter._shared = adapter._build()
+        adapter._exchange.enableRateLimit = False
+        adapters.append(adapter)
+
+    async def run_round() -> int:
+        results = await poll_all(adapters)
+        failed = [r.error for r in results if r.error is not None]
+        if failed:
+            print(f"    balwatch ccxt: {len(failed)} failed, e.g. {failed[0]}", file=sys.stderr)
+        return len(failed)
+
+    return run_round
+
+
 def ccxt_round(url: str, accounts: int, session: aiohttp.ClientSession) -> tuple[Round, list[Any]]:
-    cls = bitso_ccxt_class()
+    assert ccxt_async is not None
     exchanges = []
     for index in range(accounts):
         key, secret = credentials(index)
-        exchange = cls(
+        exchange = ccxt_async.bitso(
             {"apiKey": key, "secret": secret, "session": session, "enableRateLimit": False}
         )
         exchange.urls["api"] = {"rest": f"{url}/api"}
@@ -236,8 +258,13 @@ def floor_round(url: str, accounts: int, session: aiohttp.ClientSession) -> Roun
 
 async def run(args: argparse.Namespace, url: str) -> dict[str, list[tuple[float, float, int]]]:
     rounds = max(1, args.polls // args.accounts)
-    figures: dict[str, list[tuple[float, float, int]]] = {"balwatch": [], "ccxt": [], "floor": []}
-    async with new_session() as ours, new_session() as theirs, new_session() as bare:
+    figures: dict[str, list[tuple[float, float, int]]] = {name: [] for name in SIDES}
+    async with (
+        new_session() as ours,
+        new_session() as theirs,
+        new_session() as bare,
+        new_session() as wrapped,
+    ):
         sides: dict[str, Round] = {
             "balwatch": balwatch_round(url, args.accounts, ours),
             "floor": floor_round(url, args.accounts, bare),
@@ -245,9 +272,10 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, list[tuple[float,
         exchanges: list[Any] = []
         if ccxt_async is not None:
             sides["ccxt"], exchanges = ccxt_round(url, args.accounts, theirs)
+            sides["balwatch-ccxt"] = balwatch_ccxt_round(url, args.accounts, wrapped)
         try:
             for _ in range(args.repeat):
-                for name in ("balwatch", "ccxt", "floor"):
+                for name in SIDES:
                     if name in sides:
                         figures[name].append(await measure(sides[name], rounds))
                         await asyncio.sleep(0.05)  # nonces are milliseconds: keep sides apart
@@ -255,6 +283,64 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, list[tuple[float,
             # The session is shared and closed by new_session's owner; ccxt frees the rest.
             await asyncio.gather(*(exchange.close() for exchange in exchanges))
     return figures
+
+
+def daemon_memory(directory: Path, url: str) -> tuple[int, int]:
+    """VmRSS (KiB) of ``balwatch run`` once ready: one Bitso account; then one ccxt more."""
+    bitso = (
+        f"  - {{name: bitso-native, exchange: bitso, base_url: '{url}',\n"
+        "     credentials: {api_key: bench-key-0000, api_secret: bench-secret-0000}}\n"
+    )
+    via_ccxt = (
+        f"  - {{name: bitso-ccxt, exchange: ccxt, base_url: '{url}', options: {{id: bitso}},\n"
+        "     credentials: {api_key: bench-key-0001, api_secret: bench-secret-0001}}\n"
+    )
+    return rss_when_ready(directory / "plain", bitso), rss_when_ready(
+        directory / "ccxt", bitso + via_ccxt
+    )
+
+
+def rss_when_ready(directory: Path, accounts: str) -> int:
+    directory.mkdir()
+    port = free_port()
+    config = directory / "balwatch.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            state_dir: {directory / "state"}
+            rules: []
+            http: {{listen: "127.0.0.1:{port}"}}
+            log: {{format: json, level: error}}
+            accounts:
+            """
+        )
+        + accounts
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "balwatch", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"balwatch run exited with {process.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("balwatch run did not become ready")
+        time.sleep(1.0)  # let the first round's garbage settle
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0])
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def per_thousand(samples: list[tuple[float, float, int]], polls: int) -> tuple[float, float]:
@@ -269,6 +355,12 @@ def main() -> int:
     parser.add_argument("--polls", type=int, default=10_000, help="per side and repeat")
     parser.add_argument("--assets", type=int, default=40, help="currencies per account")
     parser.add_argument("--repeat", type=int, default=3, help="alternating measurements")
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the daemon's RSS with and without a ccxt account",
+    )
     args = parser.parse_args()
     polls = max(1, args.polls // args.accounts) * args.accounts
     with (
@@ -276,6 +368,7 @@ def main() -> int:
         SimulatorProcess(Path(tmp), args.accounts, args.assets) as sim,
     ):
         figures = asyncio.run(run(args, sim.url))
+        memory = daemon_memory(Path(tmp), sim.url) if args.memory and ccxt_async else None
     print(
         f"{args.accounts} simulated Bitso accounts, {args.assets} currencies each; "
         f"{polls:,} polls per side, median of {args.repeat}; simulator in its own process"
@@ -285,6 +378,7 @@ def main() -> int:
     for name, label in (
         ("balwatch", "balwatch poll_account"),
         ("ccxt", "ccxt fetch_balance"),
+        ("balwatch-ccxt", "balwatch ccxt source"),
         ("floor", "floor: signed GET + json"),
     ):
         if not figures[name]:
@@ -310,6 +404,18 @@ def main() -> int:
         print(
             f"above the floor: balwatch {above:.3f}, ccxt {results['ccxt'] - results['floor']:.3f}"
             " CPU s per 1,000 polls"
+        )
+        overhead = results["balwatch-ccxt"] - results["ccxt"]
+        print(
+            f"balwatch's ccxt source around ccxt: {overhead:+.3f} CPU s per 1,000 polls "
+            f"({overhead / results['ccxt']:+.0%} of ccxt's own)"
+        )
+    if memory is not None:
+        without, with_ccxt = memory
+        print(
+            f"daemon RSS once ready: {without / 1024:.1f} MiB with one Bitso account, "
+            f"{with_ccxt / 1024:.1f} MiB with one ccxt account more "
+            f"(+{(with_ccxt - without) / 1024:.1f} MiB)"
         )
     return 0
 

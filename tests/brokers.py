@@ -23,6 +23,8 @@ from typing import Self
 
 import aiomqtt
 
+from tests.waiting import within
+
 _INSTALL_HINT = (
     "the mosquitto broker is required by these tests and was not found; "
     "install it (Debian/Ubuntu: apt-get install mosquitto)"
@@ -237,7 +239,7 @@ class Mosquitto:
             process.terminate()
         else:
             process.kill()
-        await process.wait()
+        await within(process.wait(), "mosquitto to exit")
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -276,13 +278,13 @@ class Subscriber:
                 self.messages.put_nowait(message)
 
     async def get(self, timeout: float = 5.0) -> aiomqtt.Message:
-        return await asyncio.wait_for(self.messages.get(), timeout)
+        return await within(self.messages.get(), "an MQTT message", timeout)
 
     async def drain(self, timeout: float = 5.0) -> list[aiomqtt.Message]:
         token = uuid.uuid4().hex
         arrived = self._markers[token] = asyncio.Event()
         await self._client.publish(self._marker_topic, token, qos=1)
-        await asyncio.wait_for(arrived.wait(), timeout)
+        await within(arrived.wait(), "the broker to pass on everything published", timeout)
         del self._markers[token]
         collected = []
         while not self.messages.empty():

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from balwatch.alert import JSON_KEYS, Alert, fingerprint, iso_z
+from balwatch.alert import JSON_KEYS, JSON_SCHEMA, Alert, fingerprint, iso_z, placed
+from tests.alertschema import schema_errors
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
@@ -60,6 +61,9 @@ def test_json_is_exactly_the_design_document() -> None:
         "started_at": "2026-11-25T10:00:00Z",
         "resolved_at": None,
         "observed_at": "2026-11-25T10:02:00Z",
+        "instance": "",
+        "url": None,
+        "group": None,
     }
     assert list(alert.to_json()) == list(JSON_KEYS)  # same key order as the design
     json.dumps(alert.to_json())  # serializable as is
@@ -155,3 +159,54 @@ def test_resolved_at_only_for_resolved() -> None:
         design_alert(resolved_at=T0)
     with pytest.raises(ValueError, match="event"):
         design_alert(event="pending")
+
+
+def test_placed_names_the_installation_and_links_back() -> None:
+    alert = placed(design_alert(), "treasury-prod", "https://balwatch.example/ops")
+    doc = alert.to_json()
+    assert doc["instance"] == "treasury-prod"
+    assert doc["url"] == f"https://balwatch.example/ops/api/alerts/{alert.fingerprint}"
+    assert placed(alert, "other", None).to_json()["url"] is None
+    assert Alert.from_json(doc, notify=("ops-mqtt",)) == alert
+
+
+def test_documents_written_before_instance_and_url_still_load() -> None:
+    """Outbox rows and saved self-alerts of an older balwatch lack the two keys."""
+    doc = design_alert().to_json()
+    del doc["instance"], doc["url"]
+    old = Alert.from_json(doc)
+    assert (old.instance, old.url) == ("", None)
+
+
+def test_the_schema_lists_every_key_and_accepts_what_balwatch_sends() -> None:
+    assert list(JSON_SCHEMA["properties"]) == list(JSON_KEYS) == JSON_SCHEMA["required"]  # type: ignore[index]
+    firing = placed(design_alert(), "treasury-prod", "https://balwatch.example")
+    resolved = placed(
+        design_alert(event="resolved", resolved_at=T0 + timedelta(hours=1), venue=None, asset=None),
+        "treasury-prod",
+        None,
+    )
+    for alert in (firing, resolved, placed(design_alert(event="repeat"), "h", None)):
+        assert schema_errors(json.loads(json.dumps(alert.to_json()))) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"status": "resolved"}, "status"),
+        ({"resolved_at": "2026-11-25T10:00:00Z"}, "resolved_at"),
+        ({"values": {"total": 4210.55}}, "values/total"),
+        ({"values": {"total": "1E+3"}}, "values/total"),
+        ({"started_at": "2026-11-25 10:00:00"}, "started_at"),
+        ({"fingerprint": "low-available"}, "fingerprint"),
+        ({"instance": ""}, "instance"),
+        ({"severity": "fatal"}, "severity"),
+        ({"mqtt_retained_only": "set_active"}, "mqtt_retained_only"),
+    ],
+)
+def test_the_schema_refuses_what_balwatch_never_sends(
+    change: dict[str, object], where: str
+) -> None:
+    doc = placed(design_alert(), "treasury-prod", None).to_json() | change
+    errors = schema_errors(doc)
+    assert any(error.startswith(where) for error in errors), errors

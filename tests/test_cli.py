@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -16,28 +15,14 @@ from pathlib import Path
 import pytest
 
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
-from tests.brokers import free_port
+from tests.brokers import Mosquitto, free_port, subscribe
+from tests.commands import run_cli
 from tests.conftest import StartSim
 
 BITSO_SECRET = "TOPSECRET-bitso-9f8e7d6c"
 COINW_SECRET = "TOPSECRET-coinw-1a2b3c4d"
 KUNA_PASSWORD = "TOPSECRET-kuna-5e6f7a8b"
 SECRETS = (BITSO_SECRET, COINW_SECRET, KUNA_PASSWORD, "wrong-secret-00ff")
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "balwatch",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def write_config(path: Path, url: str) -> Path:
@@ -191,15 +176,36 @@ async def test_missing_variable_is_a_config_error_naming_it(tmp_path: Path) -> N
     assert_no_secret(err)
 
 
+DEMO_RULES = ("low-available", "large-pending-withdrawal", "aml-lock", "account-stale")
+
+
 async def test_demo_tells_the_whole_story_without_setup() -> None:
-    code, out, err = await run_cli("demo")
+    # Played at four times the speed, with a broker of the test's own: the same story.
+    async with Mosquitto() as broker, subscribe(broker.port, ["balwatch-demo/#"]) as mqtt:
+        code, out, err = await run_cli("demo", "--speed", "4", "--mqtt-port", str(broker.port))
+        published = await mqtt.drain()
     assert code == 0, err
     events = [line.split("] ", 1)[1] for line in out.splitlines() if "] " in line]
-    for rule in ("low-available", "large-pending-withdrawal", "aml-lock", "account-stale"):
+    assert "alerts also go to MQTT, topics balwatch-demo/#" in events, out
+    for rule in DEMO_RULES:
         assert any(e.startswith("FIRING") and f" {rule}:" in e for e in events), (rule, out)
         assert any(e.startswith("RESOLVED") and f" {rule}:" in e for e in events), (rule, out)
     assert any("sudden-drop: coinapi-ems BINANCESPOT BTC" in e for e in events), out
+    # A resolve says what people saw when it fired, or the rule's resolved_summary.
+    assert "RESOLVED critical low-available: bitso-treasury USDT: only 3000.00 available" in events
+    assert "RESOLVED warning  account-stale: coinw-spot: polls answer again" in events
     assert "Traceback" not in err
+    # Every alert printed went to the broker too, fired and resolved.
+    sent = [
+        (doc["rule"], doc["event"])
+        for doc in (
+            json.loads(m.payload)
+            for m in published
+            if m.topic.value.startswith("balwatch-demo/alerts/") and isinstance(m.payload, bytes)
+        )
+    ]
+    for rule in DEMO_RULES:
+        assert (rule, "firing") in sent and (rule, "resolved") in sent, (rule, sent)
 
 
 async def test_simulate_then_balances_as_in_the_readme(tmp_path: Path) -> None:
@@ -281,4 +287,5 @@ async def test_run_refuses_outbox_tables_from_a_newer_balwatch_with_a_message(
         conn.commit()
     code, _, err = await run_cli("run", "-c", str(run_config(tmp_path, state_dir)))
     assert code == 1 and "Traceback" not in err, err
-    assert "cannot use the outbox" in err and "newer than this balwatch" in err, err
+    assert f"{state_dir / 'balwatch.db'}: cannot use the state database" in err, err
+    assert "outbox tables are at version 99, newer than this balwatch" in err, err

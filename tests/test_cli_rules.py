@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from balwatch.rules.explain import Poll, explain
+from balwatch.explain import Poll, explain
 from balwatch.rules.expr import parse_expression
 from balwatch.rules.rule import Rule
 from balwatch.rules.select import Selector
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.commands import run_cli
 from tests.conftest import StartSim
-from tests.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rules"
@@ -26,6 +26,7 @@ SCHEMAS = {
     "config": "config.schema.json",
     "rules": "rules.schema.json",
     "tests": "ruletest.schema.json",
+    "alert": "alert.schema.json",
 }
 
 
@@ -66,7 +67,7 @@ def test_example_config_and_rules_check_clean() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # not even a warning
     assert done.stdout == (
-        "rules/balwatch.example.yaml: ok (4 accounts, 8 rules in 7 files, 2 sinks)\n"
+        "rules/balwatch.example.yaml: ok (4 accounts, 9 rules in 8 files, 2 sinks)\n"
     )
 
 
@@ -100,7 +101,23 @@ def test_schema_describes_keys_and_exchange_options() -> None:
 
     config = json.loads(balwatch("schema").stdout)
     account = config["$defs"]["AccountConfig"]
-    assert account["properties"]["exchange"]["enum"] == ["bitso", "coinapi", "coinw", "kunacore"]
+    assert account["properties"]["exchange"]["enum"] == [
+        "bitso",
+        "ccxt",
+        "coinapi",
+        "coinw",
+        "kunacore",
+    ]
+    ccxt = next(c for c in account["allOf"] if c["if"]["properties"]["exchange"]["const"] == "ccxt")
+    assert ccxt["then"]["properties"]["options"]["required"] == ["id"]
+    assert ccxt["then"]["properties"]["credentials"]["propertyNames"]["enum"] == [
+        "api_key",
+        "api_secret",
+        "password",
+        "uid",
+    ]
+    prices = config["$defs"]["PricesConfig"]["properties"]
+    assert {"static", "sources", "max_age"} <= set(prices)
     kuna = next(
         c for c in account["allOf"] if c["if"]["properties"]["exchange"]["const"] == "kunacore"
     )
@@ -120,6 +137,7 @@ rules: ["rules/*.yaml", "more/*.yaml"]
 accounts:
   - name: coinw-spot
     exchange: coinw
+    base_url: http://127.0.0.1:8700    # a simulator: keys written out draw no warning
     credentials: {api_key: k, api_secret: s}
 sinks:
   - {name: ops-mqtt, type: mqtt, url: "mqtt://127.0.0.1:1883"}
@@ -138,7 +156,7 @@ def test_check_reports_errors_of_every_rule_file(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         "rules/a.yaml:3:5: error: unknown key 'whn' in rule 'a' (did you mean 'when'?); "
         "expected one of: name, description, select, group_by, when, clear, for, repeat, "
-        "severity, summary, labels, notify",
+        "severity, summary, resolved_summary, labels, notify",
         "more/b.yaml:2:41: error: unknown sink 'chat' in notify; configured sinks: ops-mqtt",
     ]
 

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
+from tests.commands import run_cli
 from tests.webhooks import Reply, WebhookReceiver
 
 
 async def send_test(config: Path, sink: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "balwatch",
-        "send-test",
-        "-c",
-        str(config),
-        "--sink",
-        sink,
-        "--timeout",
-        "10",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli("send-test", "-c", str(config), "--sink", sink, "--timeout", "10")
 
 
 def config(tmp_path: Path, url: str) -> Path:

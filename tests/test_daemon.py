@@ -13,106 +13,41 @@ import contextlib
 import io
 import json
 import os
+import resource
 import signal
+import socket
 import sqlite3
 import sys
-import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 import balwatch.daemon
 from balwatch.adapters.bitso import BitsoAdapter
 from balwatch.adapters.coinw import CoinwAdapter
-from balwatch.alert import Alert
-from balwatch.daemon import Daemon
+from balwatch.alert import fingerprint as fingerprint_of
+from balwatch.daemon import Daemon, StartError, capture_signals
 from balwatch.ratelimit import with_headroom
+from balwatch.rules.engine import AlertState
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
-from balwatch.statestore import StateError
+from balwatch.state.base import StateError
+from balwatch.state.sqlite import ENGINE_SCHEMA, migrate, open_db
 from balwatch.systemd import Notifier
-from tests.brokers import Mosquitto
+from tests.alertschema import schema_errors
+from tests.brokers import Mosquitto, subscribe
 from tests.conftest import StartSim
-from tests.test_e2e import Notifications, notify_socket
+from tests.daemons import WAIT, AlertLog, CountingState, running
+from tests.notify import Notifications, notify_socket
 from tests.webhooks import WebhookReceiver
-
-WAIT = 20.0
-
-
-class AlertLog:
-    """``on_alerts`` of the daemon: every alert it committed, in order, and waits on them."""
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, batch: Sequence[Alert]) -> None:
-        self.alerts.extend(batch)
-        self._changed.set()
-
-    async def wait_for(
-        self, predicate: Callable[[Alert], bool], *, after: int = 0, timeout: float = WAIT
-    ) -> Alert:
-        """The first alert at index >= ``after`` that satisfies ``predicate``."""
-        async with asyncio.timeout(timeout):
-            index = after
-            while True:
-                while index < len(self.alerts):
-                    if predicate(self.alerts[index]):
-                        return self.alerts[index]
-                    index += 1
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def event(
-        self, rule: str, account: str, event: str, *, asset: str | None = None, after: int = 0
-    ) -> Alert:
-        def match(a: Alert) -> bool:
-            return (
-                a.rule == rule
-                and a.account == account
-                and a.event == event
-                and (asset is None or a.asset == asset)
-            )
-
-        try:
-            return await self.wait_for(match, after=after)
-        except TimeoutError:
-            seen = [(a.rule, a.account, a.asset, a.event) for a in self.alerts[after:]]
-            raise AssertionError(f"no {event} of {rule} for {account}; got {seen}") from None
-
-
-@contextlib.asynccontextmanager
-async def running(
-    config: Path, alerts: AlertLog, notifier: Notifier | None = None
-) -> AsyncIterator[Daemon]:
-    """A started daemon (first poll round done, sinks connected); stopped on exit: exit 0."""
-    daemon = Daemon(
-        config, on_alerts=alerts, notifier=notifier or Notifier(None), configure_logs=False
-    )
-    task = asyncio.create_task(daemon.run())
-    started = asyncio.create_task(daemon.started.wait())
-    done, _ = await asyncio.wait({task, started}, timeout=WAIT, return_when="FIRST_COMPLETED")
-    if task in done:
-        raise AssertionError(f"the daemon ended before it was ready: {task.result()}")
-    if started not in done:
-        started.cancel()
-        daemon.stopping.set()
-        await task
-        raise AssertionError(f"not ready within {WAIT}s: {daemon.ready()[1]}")
-    try:
-        yield daemon
-    finally:
-        daemon.stopping.set()
-        code = await asyncio.wait_for(task, 30)
-    assert code == 0
 
 
 def set_fields(state: SimState, account: str, asset: str, **fields: str) -> None:
@@ -410,29 +345,6 @@ async def test_broker_outage_mid_run_every_alert_arrives_in_order(
 # --- rate limit per key ----------------------------------------------------------------
 
 
-class CountingState(SimState):
-    """SimState that lets a test wait for an account's n-th request."""
-
-    def __init__(self, accounts: list[SimAccount]) -> None:
-        super().__init__(accounts)
-        self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
-
-    def record(self, account: SimAccount) -> None:
-        super().record(account)
-        for waiter in list(self._waiters):
-            name, count, future = waiter
-            if name == account.name and account.requests >= count and not future.done():
-                future.set_result(None)
-                self._waiters.remove(waiter)
-
-    async def requests(self, account: str, count: int, timeout: float = WAIT) -> None:
-        if self.accounts[account].requests >= count:
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((account, count, future))
-        await asyncio.wait_for(future, timeout)
-
-
 def many_rules(offset: int) -> str:
     lines = ["rules:"]
     for i in range(40):
@@ -493,7 +405,7 @@ async def test_shared_keys_never_exceed_the_documented_limit_across_a_reload(
                     accounts=accounts(8),
                     interval="100ms",
                 )
-                os.kill(os.getpid(), signal.SIGHUP)
+                daemon.request_reload()  # as SIGHUP does under `balwatch run`
                 at, _ = await notes.wait_for(lambda n: n.get("RELOADING") == "1", after=mark)
                 await notes.wait_for(lambda n: n.get("READY") == "1", after=at)
                 assert {r.name for r in daemon.engine.rules} == {f"r{i}" for i in range(100, 140)}
@@ -576,94 +488,6 @@ async def test_account_labels_follow_a_reload(tmp_path: Path, start_sim: StartSi
         assert fired.labels == {"desk": "treasury"}
 
 
-def synthetic_alert(fingerprint: str, event: str = "firing") -> Alert:
-    moment = datetime(2026, 11, 25, tzinfo=UTC)
-    return Alert(
-        fingerprint=fingerprint, event=event, rule="low", severity="warning",
-        account="treasury", exchange="bitso", venue="bitso", asset=fingerprint,
-        summary=fingerprint, description="", labels={}, expression="available < 1",
-        values={}, started_at=moment, observed_at=moment,
-        resolved_at=moment if event == "resolved" else None,
-    )  # fmt: skip
-
-
-async def test_overlapping_failed_commits_keep_every_alert_once_and_in_order(
-    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Pollers and the ticker publish concurrently. When commits fail (disk full), every
-    alert is held, none twice, and they go out in the order they were made once it clears."""
-    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
-    in_commit, release = threading.Event(), threading.Event()
-    disk_full = True
-    real_writer = balwatch.daemon.changes_writer
-
-    def failing_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(*args)
-
-        def attempt(conn: sqlite3.Connection) -> None:
-            if disk_full:
-                in_commit.set()
-                release.wait(WAIT)  # the first commit stays in flight until released
-                raise sqlite3.OperationalError("database or disk is full")
-            write(conn)
-
-        return attempt
-
-    alerts = AlertLog()
-    async with running(config, alerts) as daemon:
-        monkeypatch.setattr(balwatch.daemon, "changes_writer", failing_writer)
-        first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
-        assert await asyncio.to_thread(in_commit.wait, WAIT)
-        second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
-        await asyncio.sleep(0)  # B is made while A's commit is in flight
-        release.set()
-        await asyncio.gather(first, second)
-        assert alerts.alerts == []
-        assert "2 alerts held" in daemon._status_line()
-
-        disk_full = False
-        await daemon._publish([synthetic_alert("A", "resolved")])
-        made = [(a.fingerprint, a.event) for a in alerts.alerts]
-        assert made == [("A", "firing"), ("B", "firing"), ("A", "resolved")]
-
-
-async def test_a_stop_commits_the_alerts_of_pollers_it_cancels(
-    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SIGTERM cancels the pollers: one in the middle of a commit, one waiting for it. The
-    engine already counts their alerts as sent, so the stop must commit them."""
-    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
-    in_commit, release = threading.Event(), threading.Event()
-    real_writer = balwatch.daemon.changes_writer
-
-    def slow_writer(*args: Any) -> Callable[[sqlite3.Connection], None]:
-        write = real_writer(*args)
-
-        def attempt(conn: sqlite3.Connection) -> None:
-            in_commit.set()
-            release.wait(WAIT)  # the first commit stays in flight until released
-            write(conn)
-
-        return attempt
-
-    alerts = AlertLog()
-    daemon = Daemon(config, on_alerts=alerts, notifier=Notifier(None), configure_logs=False)
-    run = asyncio.create_task(daemon.run())
-    await asyncio.wait_for(daemon.started.wait(), WAIT)
-    monkeypatch.setattr(balwatch.daemon, "changes_writer", slow_writer)
-    first = asyncio.create_task(daemon._publish([synthetic_alert("A")]))
-    assert await asyncio.to_thread(in_commit.wait, WAIT)
-    second = asyncio.create_task(daemon._publish([synthetic_alert("B")]))
-    await asyncio.sleep(0)  # B waits for A's commit
-    for poller in (first, second):  # as Scheduler.stop does on SIGTERM
-        poller.cancel()
-    await asyncio.gather(first, second, return_exceptions=True)
-    release.set()
-    daemon.stopping.set()
-    assert await asyncio.wait_for(run, WAIT) == 0
-    assert [a.fingerprint for a in alerts.alerts] == ["A", "B"]
-
-
 class Reloads:
     """Every reload of the daemon, whatever starts it (a file change, SIGHUP), awaitable."""
 
@@ -711,16 +535,18 @@ async def test_a_rule_edit_during_start_up_is_loaded(
     _, config, rules = await treasury_daemon_files(
         tmp_path, start_sim, "rules:\n  - {name: old, when: available < 1}\n"
     )
-    real_prepare = balwatch.daemon.prepare
-
-    def prepare(*args: Any) -> Any:  # after the files were read, before polling starts
-        rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
-        return real_prepare(*args)
-
-    monkeypatch.setattr(balwatch.daemon, "prepare", prepare)
-    async with running(config, AlertLog()) as daemon:
+    daemon = Daemon(config, on_alerts=AlertLog(), notifier=Notifier(None), configure_logs=False)
+    await daemon.start()
+    # After the files were read, before the main loop (and its watcher) began.
+    rules.write_text("rules:\n  - {name: new, when: available < 1}\n")
+    serving = asyncio.create_task(daemon.serve())
+    try:
         await reloads.next()
         assert [r.name for r in daemon.engine.rules] == ["new"]
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(serving, WAIT)
+        await daemon.shutdown()
 
 
 async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
@@ -758,7 +584,98 @@ async def test_a_rejected_reload_alerts_with_the_error_not_a_warning_beside_it(
         rules.write_text(warned + "  - {name: e, when: available < 1, whn: typo}\n")
         assert await daemon.reload() is False
         error = await alerts.event("config_error", "balwatch", "firing")
-        assert "unknown key 'whn'" in error.summary, error.summary
+        assert error.summary.endswith(f"{rules}:3:36: unknown key"), error.summary
+
+
+# --- hostile files and a starved process (issue 12, items 1, 4 and 8) -----------------
+
+
+async def test_a_reload_alert_names_place_and_kind_never_the_files_text(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """A rule glob that matches any file (here one like /etc/shadow): the alert goes to every
+    sink, so it says where and what sort of problem, not what the file holds."""
+    _, config, rules = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    shadow = tmp_path / "shadow"
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        shadow.write_text("root:SECRET-hash-$6$salt$7f3e9a:19000:0:99999:7:::\n")
+        config.write_text(config.read_text().replace(f"['{rules}']", f"['{rules}', '{shadow}']"))
+        assert await daemon.reload() is False
+        error = await alerts.event("config_error", "balwatch", "firing")
+    assert error.summary == (
+        f"config reload rejected, the last good rules keep running: {shadow}:1:1: not a rule file"
+    )
+    assert "SECRET" not in json.dumps(error.to_json())
+
+
+async def test_an_alias_bomb_on_reload_is_rejected_and_the_rules_keep_running(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    good = "rules:\n  - {name: low, when: available < 1}\n"
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, good)
+    levels = ['  x0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"  x{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    alerts = AlertLog()
+    async with running(config, alerts) as daemon:
+        # Anywhere in the file: the loader refuses it before the data is looked at.
+        config.write_text(config.read_text() + "bomb:\n" + "\n".join(levels) + "\n")
+        assert await asyncio.wait_for(daemon.reload(), WAIT) is False
+        error = await alerts.event("config_error", "balwatch", "firing")
+        assert error.summary.endswith(": alias bomb"), error.summary
+        assert [r.name for r in daemon.engine.rules] == ["low"]
+
+
+def lowest_free_descriptor() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+async def test_out_of_descriptors_a_reload_waits_instead_of_raising_config_error(
+    tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection flood or a leak can use up the process's descriptors: reading the
+    config fails then, but the config is fine. No config_error; tried again later."""
+    _, config, _ = await treasury_daemon_files(
+        tmp_path, start_sim, "rules:\n  - {name: low, when: available < 1}\n"
+    )
+    reloads = Reloads(monkeypatch)
+    monkeypatch.setattr(balwatch.daemon, "WATCH_SECONDS", 0.05)  # the retry comes soon
+    alerts = AlertLog()
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    async with running(config, alerts) as daemon:
+        with capture_logs() as logs:
+            # No descriptor below the limit is free: every open fails with EMFILE, as in
+            # the flood (the kernel's own error, not an imitation).
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_descriptor(), limits[1]))
+            try:
+                reloaded = await daemon.reload()
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            assert reloaded is False
+            await reloads.next()  # the retry, with descriptors to spare again
+        assert [r.name for r in daemon.engine.rules] == ["low"]
+    assert not [a for a in alerts.alerts if a.rule == "config_error"]
+    deferred = [e for e in logs if e["event"] == "config_read_deferred"]
+    assert len(deferred) == 1 and deferred[0]["error"] == "Too many open files"
+    assert not [e for e in logs if e["event"] in ("reload_rejected", "reload_failed")]
+
+
+async def test_risky_settings_are_logged_when_the_daemon_starts(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    config.write_text(
+        config.read_text()
+        + "sinks:\n  - {name: hook, type: webhook, url: 'https://hooks.example/x',"
+        " verify_tls: false}\n"
+    )
+    with capture_logs() as logs:
+        async with running(config, AlertLog()):
+            pass
+    warned = [e["problem"] for e in logs if e["event"] == "config_warning"]
+    assert any(f"{config}:8:77: warning: verify_tls: false" in p for p in warned), warned
 
 
 async def test_a_self_alert_survives_a_restart_firing_once_and_resolving_once(
@@ -817,4 +734,231 @@ async def test_a_second_daemon_on_the_same_state_directory_is_refused(
             await asyncio.wait_for(second.run(), WAIT)
     # The lock went with the first daemon: the state directory is free again.
     async with running(config, AlertLog()):
+        pass
+
+
+# --- MQTT topics: one active/ topic per venue, and the upgrade from the old layout -------
+
+LOW_BTC_RULES = """\
+rules:
+  - name: low-btc
+    select: {assets: [BTC]}
+    when: available < 1
+    for: 0s
+"""
+
+
+async def test_two_venues_of_one_coinapi_account_keep_their_own_retained_alert(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """BTC low on BINANCESPOT and on KRAKEN: resolving one leaves the other retained."""
+    ems = SimAccount(
+        "ems",
+        "coinapi",
+        api_key="k-coinapi",
+        balances={
+            venue: {"BTC": {"total": "0.5", "available": "0.5", "locked": "0"}}
+            for venue in ("BINANCESPOT", "KRAKEN")
+        },
+    )
+    sim = await start_sim(ems)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(LOW_BTC_RULES)
+    async with Mosquitto() as broker:
+        config = write_config(
+            tmp_path / "balwatch.yaml",
+            state_dir=tmp_path / "state",
+            rules=rules,
+            accounts=(
+                f"  - {{name: ems, exchange: coinapi, base_url: '{sim.url}', "
+                "credentials: {api_key: k-coinapi}}\n"
+            ),
+            sinks=f"  - {{name: ops-mqtt, type: mqtt, url: '{broker.url}'}}\n",
+        )
+        alerts = AlertLog()
+        async with running(config, alerts) as daemon:
+            await alerts.event("low-btc", "ems", "firing")
+            await alerts.wait_for(lambda a: a.venue == "KRAKEN" and a.event == "firing")
+            ems.balances["BINANCESPOT"]["BTC"].update(total="2", available="2")
+            resolved = await alerts.event("low-btc", "ems", "resolved")
+            assert resolved.venue == "BINANCESPOT"
+            await daemon.outbox.wait_settled()
+            async with subscribe(broker.port, ["balwatch/active/#"]) as late:
+                retained = await late.drain()
+    assert [(m.topic.value, json.loads(body(m))["venue"]) for m in retained] == [
+        ("balwatch/active/low-btc/ems/KRAKEN/BTC", "KRAKEN")
+    ]
+
+
+UPGRADE_RULES = """\
+rules:
+  - name: low-available
+    when: available < 5000
+    for: 0s
+"""
+
+
+def body(message: aiomqtt.Message) -> bytes:
+    assert isinstance(message.payload, bytes)
+    return message.payload
+
+
+def old_state_database(db: Path) -> None:
+    """The state database as the balwatch before the venue segment left it: its tables (the
+    first two engine steps, no marker), a firing rule alert and a firing self-alert, both
+    saved without the keys added since (summary and description; instance and url)."""
+    conn = open_db(db)
+    try:
+        migrate(conn, "engine", ENGINE_SCHEMA[:2])
+        state = AlertState(
+            fingerprint=fingerprint_of("low-available", "treasury", "bitso", "USDT"),
+            rule="low-available",
+            when="available < 5000",
+            clear=None,
+            severity="warning",
+            account="treasury",
+            exchange="bitso",
+            venue="bitso",
+            asset="USDT",
+            phase="firing",
+            since=time.time() - 3600,
+            last_notified=time.time() - 3600,
+            values={"available": Decimal(3000)},
+        ).to_json()
+        del state["summary"], state["description"]
+        conn.execute(
+            "INSERT INTO engine_alert VALUES (?, ?, ?)",
+            (state["fingerprint"], state["rule"], json.dumps(state)),
+        )
+        conn.execute(
+            "INSERT INTO self_alert VALUES (?, ?)",
+            (AUTH_FAILED["fingerprint"], json.dumps(AUTH_FAILED)),
+        )
+    finally:
+        conn.close()
+
+
+AUTH_FAILED = {
+    "version": 1,
+    "id": "f00d",
+    "fingerprint": fingerprint_of("source_auth_failed", "broken", None, None),
+    "status": "firing",
+    "event": "firing",
+    "rule": "source_auth_failed",
+    "severity": "critical",
+    "account": "broken",
+    "exchange": "bitso",
+    "venue": None,
+    "asset": None,
+    "summary": "broken: bitso rejected the credentials; polling backs off",
+    "description": "",
+    "labels": {"source": "balwatch"},
+    "expression": "",
+    "values": {},
+    "started_at": "2026-01-01T00:00:00Z",
+    "resolved_at": None,
+    "observed_at": "2026-01-01T00:00:00Z",
+}
+OLD_TOPICS = {
+    "balwatch/active/low-available/treasury/USDT": {"rule": "low-available"},
+    "balwatch/active/source_auth_failed/broken/-": AUTH_FAILED,
+}
+
+
+async def test_the_first_start_after_the_upgrade_moves_retained_alerts_and_pages_nobody(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    sim = await start_sim(bitso_account(available="3000"))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(UPGRADE_RULES)
+    (tmp_path / "state").mkdir()
+    db = tmp_path / "state" / "balwatch.db"
+    old_state_database(db)
+    async with Mosquitto() as broker, WebhookReceiver() as hook:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as old_daemon:
+            for topic, doc in OLD_TOPICS.items():
+                await old_daemon.publish(topic, json.dumps(doc), qos=1, retain=True)
+        config = write_config(
+            tmp_path / "balwatch.yaml",
+            state_dir=tmp_path / "state",
+            rules=rules,
+            accounts=bitso("treasury", sim.url) + bitso("broken", sim.url, key="wrong-key"),
+            sinks=(
+                f"  - {{name: ops-mqtt, type: mqtt, url: '{broker.url}'}}\n"
+                f"  - {{name: ops-hook, type: webhook, url: '{hook.url}'}}\n"
+            ),
+        )
+        config.write_text(config.read_text() + "instance: upgraded-host\n")
+
+        async def start(alerts: AlertLog) -> list[aiomqtt.Message]:
+            """One run until everything it sent was acknowledged; what a subscriber saw."""
+            async with subscribe(broker.port, ["balwatch/alerts/#", "balwatch/active/#"]) as sub:
+                await sub.drain()  # the retained messages of before
+                async with running(config, alerts) as daemon:
+                    await daemon.outbox.wait_settled()
+                    return await sub.drain()
+
+        first = AlertLog()
+        live = await start(first)
+        async with subscribe(broker.port, ["balwatch/active/#"]) as late:
+            retained = {m.topic.value: json.loads(body(m)) for m in await late.drain()}
+        # Old topics cleared, each alert retained on its new topic, no event on alerts/.
+        assert sorted((m.topic.value, bool(m.payload)) for m in live) == [
+            ("balwatch/active/low-available/treasury/USDT", False),
+            ("balwatch/active/low-available/treasury/bitso/USDT", True),
+            ("balwatch/active/source_auth_failed/broken/-", False),
+            ("balwatch/active/source_auth_failed/broken/-/-", True),
+        ]
+        assert first.alerts == [] and hook.requests == [], "nobody is paged again"
+        low = retained.pop("balwatch/active/low-available/treasury/bitso/USDT")
+        auth = retained.pop("balwatch/active/source_auth_failed/broken/-/-")
+        assert retained == {}
+        assert (low["event"], low["summary"], low["instance"]) == (
+            "firing",
+            "low-available treasury bitso/USDT: available=3000",
+            "upgraded-host",
+        )
+        # balwatch's own alert moves as it was sent (same id), now with its instance.
+        assert auth == {**AUTH_FAILED, "instance": "upgraded-host", "url": None, "group": None}
+        for doc in (low, auth):
+            assert schema_errors(doc) == [], doc
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT name, version FROM state_marker").fetchall() == [
+                ("mqtt_topic_layout", 2)
+            ]
+
+        # Done once: the next start moves nothing and pages nobody.
+        second = AlertLog()
+        assert await start(second) == []
+        assert second.alerts == [] and hook.requests == []
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+async def test_a_start_up_error_leaves_no_signal_handler_and_nothing_held(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """`balwatch run` maps the signals to the daemon only while it runs (capture_signals);
+    a start that fails late (the state open, the sinks connected) leaves the process as
+    it found it: its own handlers back, the state directory free."""
+    _, config, _ = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with config.open("a") as f:
+            f.write(f"http: {{listen: '127.0.0.1:{port}'}}\n")
+        before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        daemon = Daemon(config, on_alerts=AlertLog(), configure_logs=False)
+        with (
+            pytest.raises(StartError, match=f"http.listen 127.0.0.1:{port}"),
+            capture_signals(daemon),
+        ):
+            await daemon.run()
+    loop = asyncio.get_running_loop()
+    assert [sig for sig in SIGNALS if loop.remove_signal_handler(sig)] == []
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == before
+    config.write_text(config.read_text().replace(f"http: {{listen: '127.0.0.1:{port}'}}\n", ""))
+    async with running(config, AlertLog()):  # the state directory was let go
         pass

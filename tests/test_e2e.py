@@ -9,19 +9,14 @@ intervals and rule windows are shortened so the whole story plays out in about h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
-import os
 import random
 import re
 import signal
-import socket
 import sqlite3
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,13 +29,15 @@ import pytest
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount
-from balwatch.statestore import LOCK_FILE
+from balwatch.state.sqlite import LOCK_FILE
+from tests.alertschema import schema_errors
 from tests.brokers import Mosquitto, Subscriber, free_port, subscribe
+from tests.commands import balwatch_run
 from tests.conftest import StartSim
+from tests.notify import Notifications, notify_socket
 from tests.webhooks import Recorded, WebhookReceiver
 
 STEP_TIMEOUT = 20.0  # one story step: a poll (0.3 s), a rule's `for`, a delivery
-EXIT_TIMEOUT = 30.0  # SIGTERM to exit: stop polling, drain the outbox (grace 10 s)
 
 # The simulator's credentials reach the daemon only through ${ENV} references in the config:
 # none of these may ever appear in what the daemon prints.
@@ -145,77 +142,22 @@ accounts:
 """
 
 
-# --- sd_notify -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def notify_socket() -> Iterator[tuple[socket.socket, str]]:
-    """A bound AF_UNIX datagram socket and its NOTIFY_SOCKET value (short path: 108 bytes)."""
-    directory = tempfile.mkdtemp(prefix="bw-sd-", dir="/tmp")
-    path = os.path.join(directory, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    try:
-        sock.bind(path)
-        yield sock, path
-    finally:
-        sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.rmdir(directory)
-
-
-class Notifications:
-    """Collects sd_notify datagrams as ``{KEY: VALUE}`` dicts, in arrival order."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.received: list[dict[str, str]] = []
-        self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.sock_recv(self._sock, 4096)
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
-            async with self._changed:
-                self.received.append(fields)
-                self._changed.notify_all()
-
-    async def __aenter__(self) -> Notifications:
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def wait_for(
-        self, predicate: Callable[[dict[str, str]], bool], *, after: int = 0
-    ) -> tuple[int, dict[str, str]]:
-        """The first notification at index >= ``after`` that satisfies ``predicate``."""
-
-        def found() -> tuple[int, dict[str, str]] | None:
-            for index in range(after, len(self.received)):
-                if predicate(self.received[index]):
-                    return index, self.received[index]
-            return None
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), 15)
-            hit = found()
-            assert hit is not None
-            return hit
-
-
 # --- MQTT and webhook observers --------------------------------------------------------
 
 
+# The venue of each account's alerts in the story (CoinAPI's BTC is on BINANCESPOT).
+VENUES = {
+    "bitso-treasury": "bitso",
+    "coinapi-ems": "BINANCESPOT",
+    "kuna-custody": "kunacore",
+    "coinw-spot": "coinw",
+}
+
+
 def topic_tail(rule: str, account: str, asset: str | None) -> str:
-    return f"{rule}/{account}/{asset or '-'}"
+    """``<rule>/<account>/<venue>/<asset>``; ``-`` for venue and asset at account scope."""
+    venue = "-" if asset is None else VENUES[account]
+    return f"{rule}/{account}/{venue}/{asset or '-'}"
 
 
 @dataclass
@@ -330,69 +272,6 @@ class SimControl:
             r.raise_for_status()
 
 
-# --- the daemon process ----------------------------------------------------------------
-
-
-@dataclass
-class Process:
-    """``balwatch run`` with its output collected as it is written (pipes never fill)."""
-
-    proc: asyncio.subprocess.Process
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    readers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return (bytes(self.stdout) + bytes(self.stderr)).decode(errors="replace")
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self.readers)
-        return code
-
-
-async def _pump(stream: asyncio.StreamReader | None, into: bytearray) -> None:
-    assert stream is not None
-    while chunk := await stream.read(65536):
-        into.extend(chunk)
-
-
-@contextlib.asynccontextmanager
-async def balwatch_run(
-    config: Path, env: Mapping[str, str], *, cwd: Path | None = None
-) -> AsyncIterator[Process]:
-    """Start ``python -m balwatch run -c config``; killed on exit if still running."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "balwatch",
-        "run",
-        "-c",
-        str(config),
-        env={**os.environ, **env},
-        cwd=cwd or config.parent,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    process = Process(proc)
-    process.readers = [
-        asyncio.create_task(_pump(proc.stdout, process.stdout)),
-        asyncio.create_task(_pump(proc.stderr, process.stderr)),
-    ]
-    try:
-        yield process
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await asyncio.gather(*process.readers, return_exceptions=True)
-
-
 def pending_deliveries(db: Path) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -442,6 +321,8 @@ async def test_balwatch_run_end_to_end(
             "\n".join(
                 [
                     f"state_dir: {state_dir}",
+                    "instance: e2e-treasury",
+                    f"external_url: {api}/",
                     f"rules: ['{rules_dir}/*.yaml']",
                     f"http: {{listen: '127.0.0.1:{api_port}'}}",
                     "log: {format: json, level: info}",
@@ -470,7 +351,9 @@ async def test_balwatch_run_end_to_end(
                 status, body = await get(http, f"{api}/readyz")
                 assert status == 200 and json.loads(body)["ready"] is True, body
 
-                async def fires(rule: str, account: str, asset: str | None) -> dict[str, Any]:
+                async def fires(
+                    rule: str, account: str, asset: str | None, *, follow: bool = True
+                ) -> dict[str, Any]:
                     doc = await mqtt.alert(rule, account, asset, "firing")
                     request = await hook_request(hook, doc["id"])
                     assert request.json() == doc, "MQTT and webhook carry the same document"
@@ -478,17 +361,36 @@ async def test_balwatch_run_end_to_end(
                     assert signature_ok(request), request.headers.get("X-Balwatch-Signature")
                     # The retained active/ topic holds this very alert for late subscribers.
                     await mqtt_active_set(mqtt, rule, account, asset, doc["id"])
+                    # A bot places it: which installation, and a link to its state.
+                    assert doc["instance"] == "e2e-treasury", doc
+                    assert doc["url"] == f"{api}/api/alerts/{doc['fingerprint']}", doc
+                    if follow:  # (not for an alert that may already have resolved)
+                        status, body = await get(http, doc["url"])
+                        assert status == 200, body
+                        state = json.loads(body)
+                        assert (state["fingerprint"], state["phase"]) == (
+                            doc["fingerprint"],
+                            "firing",
+                        )
                     return doc
 
-                async def resolves(rule: str, account: str, asset: str | None) -> dict[str, Any]:
+                async def resolves(fired: dict[str, Any]) -> dict[str, Any]:
+                    rule, account, asset = fired["rule"], fired["account"], fired["asset"]
                     doc = await mqtt.alert(rule, account, asset, "resolved")
                     assert doc["status"] == "resolved" and doc["resolved_at"], doc
+                    # It says what people saw when it fired; values say how it ended.
+                    assert (doc["summary"], doc["description"]) == (
+                        fired["summary"],
+                        fired["description"],
+                    )
                     request = await hook_request(hook, doc["id"])
                     assert request.json() == doc
                     await mqtt.active_update(rule, account, asset, b"")
                     assert await mqtt.retained(rule, account, asset) == [], (
                         f"active/{topic_tail(rule, account, asset)} still retained after resolve"
                     )
+                    status, body = await get(http, doc["url"])
+                    assert status == 404 and json.loads(body)["fingerprint"] == doc["fingerprint"]
                     return doc
 
                 # 1. bitso-treasury spends USDT down to 3,000.
@@ -500,15 +402,16 @@ async def test_balwatch_run_end_to_end(
                 assert low["labels"].get("desk") == "treasury", low
                 # 2. a 150,000 MXN withdrawal is queued.
                 await control.set_fields("bitso-treasury", "MXN", pending_withdrawal="150000.00")
-                await fires("large-pending-withdrawal", "bitso-treasury", "MXN")
+                withdrawal = await fires("large-pending-withdrawal", "bitso-treasury", "MXN")
                 # 3. 2,500 USDT frozen by an AML check.
                 await control.set_fields("kuna-custody", "USDT", aml_locked="2500.00")
-                await fires("aml-lock", "kuna-custody", "USDT")
+                aml = await fires("aml-lock", "kuna-custody", "USDT")
                 # 4. 40% of the BTC on BINANCESPOT vanishes; the drop leaves the 2 s window.
                 await control.set_fields("coinapi-ems", "BTC", total="2.1", available="1.7")
-                drop = await fires("sudden-drop", "coinapi-ems", "BTC")
+                drop = await fires("sudden-drop", "coinapi-ems", "BTC", follow=False)
                 assert drop["venue"] == "BINANCESPOT", drop
-                await resolves("sudden-drop", "coinapi-ems", "BTC")
+                drop_resolved = await resolves(drop)
+                assert drop_resolved["values"] != drop["values"], "values are of the resolve"
                 # 5. coinw stops answering.
                 await control.down("coinw-spot")
                 stale = await fires("account-stale", "coinw-spot", None)
@@ -539,10 +442,10 @@ async def test_balwatch_run_end_to_end(
                 await control.set_fields("bitso-treasury", "MXN", pending_withdrawal="0")
                 await control.set_fields("kuna-custody", "USDT", aml_locked="0")
                 await control.up("coinw-spot")
-                await resolves("low-available", "bitso-treasury", "USDT")
-                await resolves("large-pending-withdrawal", "bitso-treasury", "MXN")
-                await resolves("aml-lock", "kuna-custody", "USDT")
-                await resolves("account-stale", "coinw-spot", None)
+                await resolves(low)
+                await resolves(withdrawal)
+                await resolves(aml)
+                await resolves(stale)
 
                 # A broken rule file and SIGHUP: rejected, config_error, old rules keep working.
                 seen_notes = len(notes.received)
@@ -560,16 +463,16 @@ async def test_balwatch_run_end_to_end(
                 await control.set_fields(
                     "bitso-treasury", "USDT", total="4000.00", available="3000.00"
                 )
-                await fires("low-available", "bitso-treasury", "USDT")
+                low = await fires("low-available", "bitso-treasury", "USDT")
                 await control.set_fields(
                     "bitso-treasury", "USDT", total="25000.00", available="24000.00"
                 )
-                await resolves("low-available", "bitso-treasury", "USDT")
+                await resolves(low)
 
                 # A good rule file with a new rule, picked up by the file watcher (no SIGHUP).
                 rules_file.write_text(RULES + NEW_RULE)
                 await fires("dust-btc", "coinw-spot", "BTC")
-                await resolves("config_error", "balwatch", None)
+                await resolves(error)
 
                 # SIGTERM: exit 0 with the outbox drained.
                 daemon.signal(signal.SIGTERM)
@@ -599,8 +502,11 @@ async def test_balwatch_run_end_to_end(
         ]
         # Delivery is at least once: a repeated id must repeat the same document.
         by_id: dict[str, dict[str, Any]] = {}
-        for doc in [*alerts, *(r.json() for r in hook.requests)]:
+        retained = [MqttLog.doc(m) for m in mqtt.seen if "/active/" in m.topic.value and m.payload]
+        for doc in [*alerts, *(r.json() for r in hook.requests), *retained]:
             assert by_id.setdefault(doc["id"], doc) == doc, f"two documents with one id: {doc}"
+            # Every document the daemon sent is what `balwatch schema --alert` describes.
+            assert schema_errors(doc) == [], f"{doc}: {schema_errors(doc)}"
         got = sorted(
             (a["rule"], a["account"], a["asset"] or "", a["event"])
             for a in {a["id"]: a for a in alerts}.values()
@@ -678,8 +584,41 @@ async def test_unusable_state_db_exits_1_and_keeps_the_file(tmp_path: Path, kind
     assert str(db) in stderr, f"the message names the file: {stderr!r}"
     assert "Traceback" not in daemon.output, daemon.output
     assert db.read_bytes() == before, (
-        f"{kind} state DB was modified by the failed start (balwatch/statestore.py prepare(): "
+        f"{kind} state DB was modified by the failed start (balwatch/state/sqlite.py _open(): "
         "open_db() switches the file to WAL before the foreign-table check)"
     )
     # No -wal or -shm beside it; the daemon's lock file is the only one it may leave.
     assert sorted(p.name for p in state_dir.iterdir() if p.name != LOCK_FILE) == files_before
+
+
+# --- signals ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+async def test_sighup_reloads_and_a_stop_signal_ends_balwatch_run_cleanly(
+    tmp_path: Path, start_sim: StartSim, stop: signal.Signals
+) -> None:
+    """The signals `balwatch run` installs for the daemon (systemctl reload and stop, Ctrl-C)."""
+    sim = await start_sim(*demo_accounts())
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    config = tmp_path / "balwatch.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"rules: ['{tmp_path}/rules.yaml']\n"
+        "log: {format: json, level: info}\n" + accounts_yaml(sim.url)
+    )
+    with notify_socket() as (sock, notify_path):
+        async with (
+            Notifications(sock) as notes,
+            balwatch_run(config, {**CREDENTIAL_ENV, "NOTIFY_SOCKET": notify_path}) as daemon,
+        ):
+            ready, _ = await notes.wait_for(lambda n: n.get("READY") == "1")
+            daemon.signal(signal.SIGHUP)
+            reloading, _ = await notes.wait_for(lambda n: n.get("RELOADING") == "1", after=ready)
+            await notes.wait_for(lambda n: n.get("READY") == "1", after=reloading)
+            daemon.signal(stop)
+            code = await daemon.wait()
+            await notes.wait_for(lambda n: n.get("STOPPING") == "1", after=reloading)
+    assert code == 0, daemon.output[-3000:]
+    assert '"event": "reloaded"' in daemon.output and '"event": "stopped"' in daemon.output
+    assert "Traceback" not in daemon.output, daemon.output

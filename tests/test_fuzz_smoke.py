@@ -1,4 +1,4 @@
-"""A short run of bench/fuzz.py in CI: every target, a few hundred cases, a fixed seed.
+"""A short run of the fuzz targets in CI: every target, a few hundred cases, a fixed seed.
 
 The full run (100,000 cases a target) is ``.venv/bin/python bench/fuzz.py``; this one keeps
 the fuzz targets themselves working and catches the crashes that are easy to reach.
@@ -6,28 +6,12 @@ the fuzz targets themselves working and catches the crashes that are easy to rea
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
+
+from tests import fuzzing as fuzz
 
 CASES = 300
 SEED = 20261125
-
-
-def _load_fuzz() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "bench" / "fuzz.py"
-    spec = importlib.util.spec_from_file_location("balwatch_bench_fuzz", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz()
 
 
 @pytest.mark.parametrize("target", fuzz.TARGET_NAMES)

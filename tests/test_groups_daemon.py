@@ -37,7 +37,7 @@ rules:
     severity: critical
     summary: "{asset} across the wallets: {values}"
 """
-ACTIVE = "balwatch/active/treasury-floor/-/USDT"
+ACTIVE = "balwatch/active/treasury-floor/-/-/USDT"
 
 
 async def test_a_group_alert_reaches_mqtt_and_chat_and_a_failed_poll_does_not_resolve_it(

@@ -7,6 +7,7 @@ from decimal import Decimal
 from prometheus_client import generate_latest
 
 from balwatch.errors import AuthError, BadResponse, SourceError, SourceUnavailable
+from balwatch.latest import LatestBalances
 from balwatch.metrics import POLL_BUCKETS, Metrics
 from balwatch.model import Balance
 from balwatch.outbox.worker import SinkStats
@@ -201,3 +202,132 @@ def test_the_exposition_has_no_created_timestamps() -> None:
     m.record_poll(good(seconds=0.2))
     text = generate_latest(m.registry).decode()
     assert "balwatch_polls_total" in text and "_created" not in text
+
+
+# --- balances ----------------------------------------------------------------------------
+
+
+def coinapi_rows(btc_total: str = "3.5") -> list[Balance]:
+    return [
+        Balance(
+            "ems", "coinapi", "BINANCESPOT", "BTC", "BTC",
+            total=Decimal(btc_total), available=Decimal("3.1"), locked=Decimal("0.4"),
+            rate_usd=Decimal("61250.10"),
+        ),
+        Balance("ems", "coinapi", "KRAKEN", "ETH", "ETH", total=Decimal("42")),
+    ]  # fmt: skip
+
+
+def bitso_rows() -> list[Balance]:
+    return [
+        Balance(
+            "treasury", "bitso", "bitso", "USDT", "usdt",
+            total=Decimal("10000.5"), available=Decimal("9000.25"), locked=Decimal("0"),
+        ),
+        Balance("treasury", "bitso", "bitso", "MXN", "mxn", total=Decimal("90000")),
+    ]  # fmt: skip
+
+
+def with_balances() -> tuple[Metrics, LatestBalances]:
+    latest = LatestBalances(clock=lambda: T0)
+    return Metrics("1.2.3", clock=lambda: T0, balances=latest), latest
+
+
+def balance(m: Metrics, account: str, venue: str, asset: str, metric: str) -> float | None:
+    exchange = {"treasury": "bitso", "ems": "coinapi"}[account]
+    labels = dict(account=account, exchange=exchange, venue=venue, asset=asset, metric=metric)
+    return m.registry.get_sample_value("balwatch_balance", labels)
+
+
+def balance_usd(m: Metrics, venue: str, asset: str, metric: str) -> float | None:
+    labels = dict(account="ems", exchange="coinapi", venue=venue, asset=asset, metric=metric)
+    return m.registry.get_sample_value("balwatch_balance_usd", labels)
+
+
+def balance_series(m: Metrics) -> set[tuple[str, ...]]:
+    return {
+        (sample.name, *sample.labels.values())
+        for family in m.registry.collect()
+        for sample in family.samples
+        if sample.name.startswith("balwatch_balance")
+    }
+
+
+def test_each_reported_metric_of_each_row_is_a_balance_series() -> None:
+    m, latest = with_balances()
+    latest.update(PollResult("treasury", "bitso", bitso_rows(), None, 0.1))
+    latest.update(PollResult("ems", "coinapi", coinapi_rows(), None, 0.1))
+
+    assert balance(m, "treasury", "bitso", "USDT", "total") == 10000.5
+    assert balance(m, "treasury", "bitso", "USDT", "available") == 9000.25
+    assert balance(m, "treasury", "bitso", "USDT", "locked") == 0  # reported as 0: a series
+    assert balance(m, "treasury", "bitso", "MXN", "total") == 90000
+    assert balance(m, "ems", "BINANCESPOT", "BTC", "rate_usd") == 61250.10
+    # Not reported is not zero: no series at all.
+    assert balance(m, "treasury", "bitso", "MXN", "available") is None
+    assert balance(m, "treasury", "bitso", "USDT", "pending_withdrawal") is None
+    assert len([s for s in balance_series(m) if s[0] == "balwatch_balance"]) == 3 + 1 + 4 + 1
+
+
+def test_balance_usd_is_each_amount_times_the_rows_price() -> None:
+    m, latest = with_balances()
+    latest.update(PollResult("ems", "coinapi", coinapi_rows(), None, 0.1))
+    latest.update(PollResult("treasury", "bitso", bitso_rows(), None, 0.1))
+
+    assert balance_usd(m, "BINANCESPOT", "BTC", "total") == float(
+        Decimal("3.5") * Decimal("61250.10")
+    )
+    assert balance_usd(m, "BINANCESPOT", "BTC", "available") == 189875.31
+    assert balance_usd(m, "BINANCESPOT", "BTC", "locked") == 24500.04
+    # The price is not an amount; a row without a price has no USD value.
+    assert balance_usd(m, "BINANCESPOT", "BTC", "rate_usd") is None
+    assert balance_usd(m, "KRAKEN", "ETH", "total") is None
+    usd = {s for s in balance_series(m) if s[0] == "balwatch_balance_usd"}
+    assert {s[1] for s in usd} == {"ems"} and len(usd) == 3
+
+
+def test_a_failed_poll_keeps_the_last_good_values_and_a_vanished_row_its_series_not() -> None:
+    m, latest = with_balances()
+    latest.update(PollResult("ems", "coinapi", coinapi_rows(), None, 0.1))
+    latest.update(PollResult("ems", "coinapi", None, SourceUnavailable("coinapi", "down"), 2.0))
+    assert balance(m, "ems", "BINANCESPOT", "BTC", "total") == 3.5
+    assert balance(m, "ems", "KRAKEN", "ETH", "total") == 42
+
+    latest.update(PollResult("ems", "coinapi", coinapi_rows("2.1")[:1], None, 0.1))
+    assert balance(m, "ems", "BINANCESPOT", "BTC", "total") == 2.1
+    assert balance(m, "ems", "KRAKEN", "ETH", "total") is None
+
+    latest.update(PollResult("ems", "coinapi", [], None, 0.1))  # an empty answer holds nothing
+    assert balance_series(m) == set()
+
+
+def test_a_forgotten_account_loses_its_balance_series() -> None:
+    m, latest = with_balances()
+    latest.update(PollResult("ems", "coinapi", coinapi_rows(), None, 0.1))
+    latest.update(PollResult("treasury", "bitso", bitso_rows(), None, 0.1))
+    latest.forget("ems")
+    assert {s[1] for s in balance_series(m)} == {"treasury"}
+
+
+def test_balances_can_be_hidden_and_shown_again() -> None:
+    m, latest = with_balances()
+    latest.update(PollResult("treasury", "bitso", bitso_rows(), None, 0.1))
+    m.export_balances(False)
+    text = generate_latest(m.registry).decode()
+    assert "balwatch_balance" not in text  # not even the HELP lines
+    assert "balwatch_polls_total" in text or "balwatch_build_info" in text
+    m.export_balances(True)
+    assert balance(m, "treasury", "bitso", "USDT", "total") == 10000.5
+
+
+def test_balance_families_are_described_before_any_poll() -> None:
+    m, _ = with_balances()
+    text = generate_latest(m.registry).decode()
+    assert "# TYPE balwatch_balance gauge" in text
+    assert "# TYPE balwatch_balance_usd gauge" in text
+    assert "balwatch_last_successful_poll_timestamp_seconds" in text  # named in the help
+
+
+def test_a_daemon_without_a_balance_source_has_no_balance_series() -> None:
+    text = generate_latest(metrics().registry).decode()
+    assert "balwatch_balance" not in text

@@ -7,6 +7,7 @@ import itertools
 
 from balwatch.adapters.base import RateLimit
 from balwatch.ratelimit import Limiter, LimiterRegistry, with_headroom
+from tests.waiting import within
 
 
 class FakeTime:
@@ -42,7 +43,7 @@ async def test_concurrent_callers_never_exceed_the_limit() -> None:
             await limiter.acquire()
             starts.append(t.clock())
 
-    await asyncio.gather(*(caller() for _ in range(4)))
+    await within(asyncio.gather(*(caller() for _ in range(4))), "40 acquisitions")
     assert len(starts) == 40
     assert max_in_window(starts, 2.0) == 4
     # evenly paced, and no slower than it must be: one start every 0.5 s

@@ -6,17 +6,23 @@ import asyncio
 import json
 
 import aiohttp
-import pytest
 
-import balwatch.scheduler
 from balwatch.adapters.base import RateLimit
 from balwatch.backoff import Backoff
 from balwatch.errors import AuthError, RateLimited, SourceUnavailable
 from balwatch.poll import PollResult, make_adapter
 from balwatch.ratelimit import Limiter
-from balwatch.scheduler import JITTER, MAX_RETRY_AFTER, PollPlan, Scheduler, next_delay
+from balwatch.scheduler import (
+    JITTER,
+    MAX_RETRY_AFTER,
+    PollPlan,
+    Scheduler,
+    first_delay,
+    next_delay,
+)
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
 from tests.conftest import StartSim, account_spec
+from tests.waiting import within
 
 
 def coinw(name: str, key: str = "ck") -> SimAccount:
@@ -48,7 +54,7 @@ def key_sharing_plans(
 
 
 async def collect(queue: asyncio.Queue[PollResult], n: int) -> list[PollResult]:
-    return [await asyncio.wait_for(queue.get(), 20) for _ in range(n)]
+    return [await within(queue.get(), f"poll result {i + 1} of {n}", 20) for i in range(n)]
 
 
 async def test_accounts_sharing_a_key_never_exceed_its_limit(
@@ -195,16 +201,27 @@ async def test_apply_restarts_only_the_pollers_whose_plan_changed(
         assert again.account == "locked" and isinstance(again.error, AuthError)
 
 
-async def test_the_first_poll_of_a_long_interval_waits_seconds_not_minutes(
-    start_sim: StartSim, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_first_round_is_spread_over_five_seconds_at_most() -> None:
     """The daemon is READY after every first poll, and systemd allows a start 90 s: an
     hourly account's first poll cannot wait out a tenth of its interval."""
-    monkeypatch.setattr(balwatch.scheduler, "FIRST_SPREAD_MAX", 0.05)
+    latest, earliest = (lambda: 0.999999), (lambda: 0.0)
+    hourly = PollPlan(adapter=None, interval=3600.0)  # type: ignore[arg-type]
+    assert 4.99 < first_delay(hourly, latest) <= 5.0
+    assert first_delay(hourly, earliest) == 0.0
+    # A short interval spreads its first polls over its own jitter, as later ones.
+    every_10s = PollPlan(adapter=None, interval=10.0)  # type: ignore[arg-type]
+    assert 0.99 < first_delay(every_10s, latest) <= 10.0 * JITTER
+
+
+async def test_the_poller_waits_the_capped_first_delay(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    # rand 0.01: capped, the first poll comes after 0.05 s; spread over a tenth of the hour
+    # it would come after 3.6 s, past this test's wait.
     sim = await start_sim(coinw("hourly"))
     spec = account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name="hourly")
     results: asyncio.Queue[PollResult] = asyncio.Queue()
-    async with Scheduler(results.put, rand=lambda: 0.999) as scheduler:
+    async with Scheduler(results.put, rand=lambda: 0.01) as scheduler:
         await scheduler.apply([PollPlan(make_adapter("coinw", spec, http), 3600.0)])
-        first = await asyncio.wait_for(results.get(), 5)
+        first = await within(results.get(), "the hourly account's first poll", 3.0)
     assert first.ok

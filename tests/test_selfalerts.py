@@ -18,3 +18,31 @@ def test_fires_once_and_resolves_with_a_new_id() -> None:
     assert doc["started_at"] == "2025-11-25T10:00:00Z"
     assert doc["resolved_at"] == "2025-11-25T10:01:00Z"
     assert alerts.resolve("config_error", "balwatch") == []
+    assert resolved.summary == fired.summary == "reload rejected"  # what people saw
+
+
+def test_firing_self_alerts_are_listed_like_rule_alerts() -> None:
+    alerts = SelfAlerts(lambda: 1_764_064_800.0)
+    [fired] = alerts.fire("source_auth_failed", "treasury", "bitso", "key refused", "critical")
+    [state] = alerts.states()
+    assert state.to_json() | {"values": {}, "labels": {}} == {
+        "fingerprint": fired.fingerprint,
+        "rule": "source_auth_failed",
+        "when": "",
+        "clear": None,
+        "severity": "critical",
+        "account": "treasury",
+        "exchange": "bitso",
+        "venue": None,
+        "asset": None,
+        "phase": "firing",
+        "since": 1_764_064_800.0,
+        "last_notified": 1_764_064_800.0,
+        "values": {},
+        "labels": {},
+        "notify": None,
+        "summary": "key refused",
+        "description": "",
+    }
+    alerts.resolve("source_auth_failed", "treasury")
+    assert alerts.states() == []

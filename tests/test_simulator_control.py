@@ -183,3 +183,32 @@ async def test_wrong_types_on_an_account_without_assets_is_still_a_bad_answer(
     spec = account_spec(exchange, sim.url, credentials, name="empty")
     with pytest.raises(BadResponse):
         await make_adapter(exchange, spec, http).fetch()
+
+
+async def test_tickers_from_a_scenario_and_the_control_api_reach_the_wire(
+    tmp_path: Path, start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "scenario.yaml"
+    path.write_text("tickers: {binance: {BTC/USDT: 61240.123456789012345678}}\n")
+    assert load_scenario(path).build().tickers == {
+        "binance": {"BTC/USDT": "61240.123456789012345678"}
+    }
+    sim = await start_sim(tickers={"binance": {"BTC/USDT": "60000"}})
+    put = await http.put(f"{sim.url}/_sim/tickers/bitso", json={"USDT/MXN": "18.5"})
+    assert put.status == 200
+    patch = await http.patch(
+        f"{sim.url}/_sim/tickers/binance", data='{"ETH/USDT": 3012.400000000000000001}'
+    )
+    assert patch.status == 200
+    assert (await patch.json())["binance"] == {
+        "BTC/USDT": "60000",
+        "ETH/USDT": "3012.400000000000000001",
+    }
+    bad = await http.put(f"{sim.url}/_sim/tickers/bitso", json={"USDTMXN": "1"})
+    assert bad.status == 400
+    async with http.get(f"{sim.url}/api/v3/ticker/price?symbol=ETHUSDT") as resp:
+        assert await resp.text() == '{"symbol": "ETHUSDT", "price": "3012.400000000000000001"}'
+    async with http.get(f"{sim.url}/api/v3/ticker/?book=usdt_mxn") as resp:
+        assert (await resp.json())["payload"]["last"] == "18.5"
+    async with http.get(f"{sim.url}/api/v3/ticker/price?symbol=XRPUSDT") as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == -1121

@@ -19,6 +19,8 @@ from typing import Any, Self
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.waiting import within
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -82,8 +84,10 @@ class WebhookReceiver:
     async def wait_for(self, count: int, timeout: float = 5.0) -> list[Recorded]:
         """Wait until ``count`` requests arrived in total; return all recorded so far."""
         async with self._arrived:
-            await asyncio.wait_for(
-                self._arrived.wait_for(lambda: len(self.requests) >= count), timeout
+            await within(
+                self._arrived.wait_for(lambda: len(self.requests) >= count),
+                f"{count} webhook requests",
+                timeout,
             )
             return list(self.requests)
 

@@ -10,12 +10,14 @@ from typing import Final
 
 from balwatch.adapters.base import AccountSpec, Adapter, RateLimit
 from balwatch.adapters.bitso import BitsoAdapter
+from balwatch.adapters.ccxtsource import CcxtAdapter
 from balwatch.adapters.coinapi import CoinApiAdapter
 from balwatch.adapters.coinw import CoinwAdapter
 from balwatch.adapters.kunacore import KunaCoreAdapter
 
 REGISTRY: Final[dict[str, type[Adapter]]] = {
-    cls.name: cls for cls in (CoinApiAdapter, BitsoAdapter, KunaCoreAdapter, CoinwAdapter)
+    cls.name: cls
+    for cls in (CoinApiAdapter, BitsoAdapter, KunaCoreAdapter, CoinwAdapter, CcxtAdapter)
 }
 # What each source can report: a rule reading anything else there never has data.
 REPORTED_METRICS: Final[Mapping[str, frozenset[str]]] = {

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from balwatch.config.model import (
+    PRICE_SOURCE_TYPES,
     SINK_TYPES,
     AccountConfig,
     Config,
@@ -24,11 +25,13 @@ from balwatch.config.model import (
     LogConfig,
     adapter_for,
 )
-from balwatch.config.problems import EXPECTED, Reporter, value_at
+from balwatch.config.problems import EXPECTED, Reporter, file_kind, value_at
+from balwatch.config.risks import risky_settings
 from balwatch.config.substitute import Substituted, substitute
-from balwatch.config.yamlsource import YamlDocument, YamlPath, load_yaml
-from balwatch.errors import ConfigError
+from balwatch.config.yamlsource import FileKind, YamlDocument, YamlPath, load_yaml
+from balwatch.errors import ConfigError, Problem
 
+CONFIG_FILE: Final[FileKind] = file_kind("config file", Config)
 _SECTIONS: Final[Mapping[str, type[BaseModel]]] = {
     "http": HttpConfig,
     "log": LogConfig,
@@ -48,8 +51,16 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     ``environ`` (default ``os.environ``) feeds ``${VAR}``, ``$CREDENTIALS_DIRECTORY`` and
     the ``$STATE_DIRECTORY`` default.
     """
+    return load_config_with_warnings(path, environ)[0]
+
+
+def load_config_with_warnings(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> tuple[Config, list[Problem]]:
+    """:func:`load_config`, and the warnings about its risky settings
+    (:mod:`balwatch.config.risks`)."""
     environ = os.environ if environ is None else environ
-    doc = load_yaml(path)
+    doc = load_yaml(path, CONFIG_FILE)
     substituted = substitute(doc, environ)
     problems = list(substituted.problems)
     context = ConfigContext(base_dir=Path(path).absolute().parent, environ=environ)
@@ -59,7 +70,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         problems += _Reporter(doc, substituted).problems(exc)
     else:
         if not problems:
-            return config
+            return config, risky_settings(doc, substituted, config)
     # Raised outside the `except`: the ValidationError holds input values and must not
     # ride along as __context__ into a traceback.
     unique = dict.fromkeys(problems)
@@ -83,10 +94,15 @@ class _Reporter(Reporter):
 
     def message(self, error: ErrorDetails, path: YamlPath, on_key: bool) -> str:
         kind = error["type"]
+        what, types = (
+            ("price source", PRICE_SOURCE_TYPES)
+            if path[:1] == ("prices",)
+            else ("sink", SINK_TYPES)
+        )
         if kind == "union_tag_not_found":
-            return f"missing required key 'type' in sink; expected one of: {', '.join(SINK_TYPES)}"
+            return f"missing required key 'type' in {what}; expected one of: {', '.join(types)}"
         if kind == "union_tag_invalid":
-            return f"expected sink type {' or '.join(SINK_TYPES)}, got {self.shown(path)}"
+            return f"expected {what} type {' or '.join(types)}, got {self.shown(path)}"
         return super().message(error, path, on_key)
 
     def section(self, path: YamlPath) -> tuple[str, type[BaseModel] | None]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -35,17 +37,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
+from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 
 from balwatch.alert import Severity
 from balwatch.config.problems import field_error
-from balwatch.durations import parse_duration
+from balwatch.config.yamlsource import YamlFloat
+from balwatch.durations import format_duration, parse_duration
 from balwatch.secret import Secret
 
 if TYPE_CHECKING:
     from balwatch.adapters.base import AccountSpec, Adapter
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+# MQTT's Message Expiry Interval is a four-byte count of seconds.
+MAX_MESSAGE_EXPIRY: Final = 2**32 - 1
 
 
 def _invalid_at(
@@ -84,28 +89,60 @@ def adapter_for(exchange: object) -> type[Adapter] | None:
 # --- reusable field types -------------------------------------------------------------
 
 
-def _duration(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise field_error("expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}")
-    if not isinstance(value, str):
-        raise field_error("expected a duration with a unit, like 30s, got {input}")
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        raise field_error(
-            "expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}"
-        ) from None
-    if seconds <= 0:
-        raise field_error("expected a duration above zero, got {input}")
-    return seconds
+DURATION_PATTERN: Final = r"^\d+(\.\d+)?(ms|s|m|h|d)$"
+DAY: Final = 86_400.0
 
 
-# Seconds as float: durations are timer arguments, never money.
-Duration = Annotated[
-    float,
-    PlainValidator(_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)$"}),
-]
+@dataclass(frozen=True, slots=True)
+class DurationRange:
+    """A duration field, in seconds as float (durations are timer arguments, never money),
+    allowed from ``low`` to ``high``: ``Annotated[float, DurationRange(1, DAY)]``.
+
+    Every duration has bounds that make sense for its field: without them a 400-digit
+    ``keepalive`` passes validation and then overflows the timer that takes it.
+    """
+
+    low: float
+    high: float
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self.validate)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "pattern": DURATION_PATTERN, "description": self.allowed}
+
+    @property
+    def allowed(self) -> str:
+        return f"from {format_duration(self.low)} to {format_duration(self.high)}"
+
+    def validate(self, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise field_error("expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}")
+        if not isinstance(value, str):
+            raise field_error("expected a duration with a unit, like 30s, got {input}")
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise field_error(
+                "expected a duration like 500ms, 30s, 5m, 2h or 1d, got {input}"
+            ) from None
+        if not self.low <= seconds <= self.high:
+            raise field_error(f"expected a duration {self.allowed}, got {{input}}")
+        return seconds
+
+
+# How often an account is polled: exchanges limit requests, and a day is the longest gap
+# that still makes `age` rules useful.
+PollInterval = Annotated[float, DurationRange(0.1, DAY)]
+# One request to a source or a webhook.
+RequestTimeout = Annotated[float, DurationRange(0.1, 600.0)]
+# MQTT carries the keep-alive as a 16-bit count of whole seconds.
+Keepalive = Annotated[float, DurationRange(1.0, 65_535.0)]
+# MQTT v5 carries a message expiry as a 32-bit count of seconds (136 years).
+ActiveExpiry = Annotated[float, DurationRange(1.0, float(MAX_MESSAGE_EXPIRY))]
+# How often a live price source is read, and how long a price it gave stays usable.
+PriceInterval = Annotated[float, DurationRange(0.1, DAY)]
+PriceMaxAge = Annotated[float, DurationRange(1.0, 7 * DAY)]
 
 
 def _secret(value: object) -> Secret:
@@ -198,8 +235,16 @@ class _Model(BaseModel):
 # --- sections -------------------------------------------------------------------------
 
 
+# Open HTTP connections at once; the server lowers it to a quarter of its descriptor limit.
+DEFAULT_MAX_CONNECTIONS: Final = 256
+
+
 class HttpConfig(_Model):
     listen: str
+    # Required as `Authorization: Bearer <token>` on /api/*; unset: anyone who reaches the
+    # listener reads every balance (`check` warns when that is beyond this host).
+    token: SecretText | None = None
+    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, ge=1, le=65_536)
 
     @field_validator("listen")
     @classmethod
@@ -230,9 +275,15 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class MetricsConfig(_Model):
+    # The balwatch_balance and balwatch_balance_usd series of /metrics; off keeps balances
+    # out of a monitoring system that should not hold them. A reload applies a change.
+    balances: bool = True
+
+
 class DefaultsConfig(_Model):
-    poll_interval: Duration = 30.0
-    timeout: Duration = 10.0
+    poll_interval: PollInterval = 30.0
+    timeout: RequestTimeout = 10.0
 
 
 class AccountConfig(_Model):
@@ -240,8 +291,8 @@ class AccountConfig(_Model):
     exchange: str
     # None: the adapter's production URL (see `Config.account_spec`).
     base_url: str | None = Field(default=None, validate_default=True)
-    poll_interval: Duration | None = None
-    timeout: Duration | None = None
+    poll_interval: PollInterval | None = None
+    timeout: RequestTimeout | None = None
     credentials: dict[str, SecretText] = Field(default_factory=dict, validate_default=True)
     # An instance of the adapter's `options_model`.
     options: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
@@ -277,7 +328,9 @@ class AccountConfig(_Model):
     @classmethod
     def _credential_set(cls, value: dict[str, Secret], info: ValidationInfo) -> dict[str, Secret]:
         adapter = adapter_for(info.data.get("exchange"))
-        if adapter is None or frozenset(value) in adapter.credential_sets:
+        if adapter is None or not adapter.credential_sets:  # no sets: checked with the options
+            return value
+        if frozenset(value) in adapter.credential_sets:
             return value
         sets = adapter.credential_sets
         known = frozenset().union(*sets)
@@ -311,6 +364,13 @@ class AccountConfig(_Model):
         # Errors raised here keep their location: pydantic prefixes them with `options`.
         return adapter.options_model.model_validate(value)
 
+    @model_validator(mode="after")
+    def _credentials_for_options(self) -> AccountConfig:
+        problems = self.adapter.check_credentials(self.credentials, self.options)
+        if problems:
+            raise _invalid_at("account", [(loc, message, None) for loc, message in problems])
+        return self
+
     @property
     def adapter(self) -> type[Adapter]:
         adapter = adapter_for(self.exchange)
@@ -333,7 +393,9 @@ class MqttSinkConfig(_Model):
     client_key: ExistingFile | None = None
     min_severity: Severity = "info"
     send_resolved: bool = True
-    keepalive: Duration = 30.0
+    keepalive: Keepalive = 30.0
+    # None: retained active/ alerts stay until they resolve (an AML lock can last weeks).
+    active_expiry: ActiveExpiry | None = None
 
     @property
     def receives_resolved(self) -> bool:
@@ -360,6 +422,9 @@ class MqttSinkConfig(_Model):
         if self.client_key is not None and self.client_cert is None:
             message = "client_key needs client_cert; set both"
             raise _invalid_at("mqtt", [(("client_key",), message, None)])
+        if self.active_expiry is not None and self.protocol != "5":
+            message = "active_expiry needs protocol 5: MQTT 3.1.1 has no message expiry"
+            raise _invalid_at("mqtt", [(("active_expiry",), message, None)])
         return self
 
 
@@ -374,7 +439,7 @@ class WebhookSinkConfig(_Model):
     ) = None
     # Values are secrets: `Authorization: Bearer ...` is the usual reason to set headers.
     headers: dict[str, SecretText] = Field(default_factory=dict)
-    timeout: Duration = 10.0
+    timeout: RequestTimeout = 10.0
     verify_tls: bool = True
     min_severity: Severity = "info"
     send_resolved: bool = True
@@ -407,12 +472,206 @@ SINK_TYPES: Final[Mapping[str, type[MqttSinkConfig | WebhookSinkConfig]]] = {
 }
 
 
+# --- prices ---------------------------------------------------------------------------
+
+# Asset codes as rows carry them: upper case (a lower-case key would silently price nothing).
+_ASSET_RE: Final = re.compile(r"[A-Z0-9]+")
+_PRICE_RE: Final = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
+_PRICE_EXAMPLE: Final = 'like 1 or "0.055"'
+# Every price is in USD; USD itself is worth one.
+USD: Final = "USD"
+
+
+def _asset(value: object) -> str:
+    if not isinstance(value, str) or not _ASSET_RE.fullmatch(value):
+        raise field_error("expected an asset code in capitals and digits, like USDT, got {input}")
+    return value
+
+
+def _price(value: object) -> Decimal:
+    """An exact price: a whole number, or decimal text; a YAML float is read from its text."""
+    if isinstance(value, YamlFloat):
+        text = value.text
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise field_error(f"expected a price {_PRICE_EXAMPLE}, got {{input}}")
+    if text.startswith("-"):
+        raise field_error("a price cannot be negative, got {input}")
+    if not _PRICE_RE.fullmatch(text):
+        raise field_error(f"expected a price as a plain decimal {_PRICE_EXAMPLE}, got {{input}}")
+    price = Decimal(text)
+    if not price:
+        raise field_error("a price must be above zero; leave the asset out to have no price")
+    return price
+
+
+Price = Annotated[
+    Decimal,
+    PlainValidator(_price),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                {"type": "number", "exclusiveMinimum": 0},
+            ]
+        }
+    ),
+]
+Asset = Annotated[
+    str, PlainValidator(_asset), WithJsonSchema({"type": "string", "pattern": r"^[A-Z0-9]+$"})
+]
+
+
+def _pair(value: object) -> tuple[str, str]:
+    if isinstance(value, str):
+        base, slash, quote = value.partition("/")
+        if slash and _ASSET_RE.fullmatch(base) and _ASSET_RE.fullmatch(quote):
+            if base == quote:
+                raise field_error("a pair needs two different assets, got {input}")
+            return base, quote
+    raise field_error("expected a market as BASE/QUOTE in capitals, like BTC/USDT, got {input}")
+
+
+Pair = Annotated[
+    tuple[str, str],
+    PlainValidator(_pair),
+    PlainSerializer(lambda pair: "/".join(pair), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Z0-9]+/[A-Z0-9]+$"}),
+]
+
+
+class CcxtPriceSource(_Model):
+    """Prices from a ccxt exchange's public tickers: each pair's last price."""
+
+    type: Literal["ccxt"]
+    id: str = Field(description="ccxt exchange id, such as binance or bitso")
+    pairs: tuple[Pair, ...] = Field(
+        min_length=1, description="markets BASE/QUOTE; a price known for one side gives the other"
+    )
+    interval: PriceInterval = 60.0
+    timeout: RequestTimeout | None = None
+    base_url: str | None = None
+    ccxt_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _ticker_exchange(cls, value: str) -> str:
+        from balwatch.adapters.ccxtsource import exchange_problem
+
+        problem = exchange_problem(value, ("fetchTicker", "fetchTickers"))
+        if problem is not None:
+            raise field_error(problem)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value, ("https", "http"))
+        return value
+
+
+class RowsPriceSource(_Model):
+    """The ``rate_usd`` that balance rows carry (CoinAPI's), as the price of their asset."""
+
+    type: Literal["rows"]
+
+
+PriceSource = Annotated[CcxtPriceSource | RowsPriceSource, Field(discriminator="type")]
+PRICE_SOURCE_TYPES: Final = ("ccxt", "rows")
+
+
+class PricesConfig(_Model):
+    """Where every row's ``rate_usd`` comes from, when its source gives none."""
+
+    static: dict[Asset, Price] = Field(
+        default_factory=dict, description="fixed prices: stablecoins and pegs"
+    )
+    sources: tuple[PriceSource, ...] = ()
+    max_age: PriceMaxAge = Field(600.0, description="a price older than this is no price")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PricesConfig:
+        errors: list[tuple[tuple[str | int, ...], str, object]] = []
+        kinds = [source.type for source in self.sources]
+        if kinds.count("rows") > 1:
+            errors.append((("sources",), "list the rows source once", None))
+        for index, source in enumerate(self.sources):
+            if isinstance(source, CcxtPriceSource) and source.interval > self.max_age:
+                message = (
+                    f"interval {format_duration(source.interval)} is longer than max_age "
+                    f"{format_duration(self.max_age)}: its prices would lapse between refreshes"
+                )
+                errors.append((("sources", index, "interval"), message, None))
+        if "rows" not in kinds:  # rows may price any asset: nothing is unknown then
+            errors += [
+                (("sources", index, "pairs", at), message, None)
+                for index, at, message in _unpriceable_pairs(self.static, self.sources)
+            ]
+        if errors:
+            raise _invalid_at("prices", errors)
+        return self
+
+
+def _unpriceable_pairs(
+    static: Iterable[str], sources: Iterable[CcxtPriceSource | RowsPriceSource]
+) -> list[tuple[int, int, str]]:
+    """(source, pair index, message) for each pair neither of whose assets can get a price."""
+    pairs = [
+        (index, at, pair)
+        for index, source in enumerate(sources)
+        if isinstance(source, CcxtPriceSource)
+        for at, pair in enumerate(source.pairs)
+    ]
+    known = {USD, *static}
+    grew = True
+    while grew:
+        grew = False
+        for _, _, (base, quote) in pairs:
+            if (base in known) != (quote in known):
+                known.update((base, quote))
+                grew = True
+    return [
+        (
+            index,
+            at,
+            f"neither {base} nor {quote} has a price: give one of them a static price, "
+            f"or list a pair that prices it (USD is 1)",
+        )
+        for index, at, (base, quote) in pairs
+        if base not in known
+    ]
+
+
 def _default_state_dir(value: object, info: ValidationInfo) -> object:
     if value is not None:
         return value
     # systemd's StateDirectory= sets this; several directories come colon-separated.
     from_systemd = _context(info).environ.get("STATE_DIRECTORY", "").split(":")[0]
     return from_systemd or ".balwatch"
+
+
+def _external_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _check_url(value, ("https", "http"))
+    if urlsplit(value).query or urlsplit(value).fragment:
+        raise field_error("expected a base URL without '?' or '#', got {input}")
+    return value.rstrip("/")
+
+
+def _host_name() -> str:
+    return socket.gethostname() or "balwatch"
+
+
+def _instance(value: str) -> str:
+    if not value.strip() or not value.isprintable():
+        raise field_error("expected a name of printable characters, got {input}")
+    return value
 
 
 def _rules_relative(globs: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
@@ -424,14 +683,22 @@ class Config(_Model):
     state_dir: Annotated[ConfigPath, BeforeValidator(_default_state_dir)] = Field(
         default=None, validate_default=True
     )
+    # Names this installation in every alert.
+    instance: Annotated[str, AfterValidator(_instance)] = Field(
+        default_factory=_host_name, description="default: the host name"
+    )
+    # Where this daemon's HTTP API is reached from outside: alerts then carry a `url`.
+    external_url: Annotated[str | None, AfterValidator(_external_url)] = None
     rules: Annotated[tuple[str, ...], AfterValidator(_rules_relative)] = Field(
         default=("rules/*.yaml",), validate_default=True
     )
     http: HttpConfig | None = None
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     accounts: tuple[AccountConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
+    prices: PricesConfig | None = None
 
     @field_validator("accounts", "sinks")
     @classmethod
@@ -472,6 +739,8 @@ class Config(_Model):
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret value in the config, so the log redactor can scrub them."""
         found = [secret for account in self.accounts for secret in account.credentials.values()]
+        if self.http is not None and self.http.token is not None:
+            found.append(self.http.token)
         for sink in self.sinks:
             found.extend(_url_secrets(sink.url))
             if isinstance(sink, WebhookSinkConfig):

@@ -21,10 +21,12 @@ from typing import Annotated, Any, ClassVar, Final, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from balwatch.config.yamlsource import Position, YamlDocument, YamlPath
+from balwatch.config.yamlsource import FileKind, Position, YamlDocument, YamlPath
 from balwatch.errors import Problem
 
 _BOOLS: Final = frozenset({"true", "false"})
+# Problem.kind by pydantic error type; every other is an "invalid value".
+_KINDS: Final[Mapping[str, str]] = {"missing": "missing key", "extra_forbidden": "unknown key"}
 # What a pydantic error type expected, in the words of a person editing a config file.
 EXPECTED: Final[Mapping[str, str]] = {
     "string_type": "a string",
@@ -99,6 +101,11 @@ class Scalars:
         return after_last
 
 
+def file_kind(name: str, model: type[BaseModel]) -> FileKind:
+    """The :class:`FileKind` of files validated by ``model``: its keys are the top level's."""
+    return FileKind(name, tuple(info.alias or key for key, info in model.model_fields.items()))
+
+
 class Reporter:
     """Turns the errors of validating one YAML file against ``model`` into Problems.
 
@@ -149,7 +156,15 @@ class Reporter:
             else:
                 key = on_key or error["type"] == "extra_forbidden"
                 line, column = self.doc.position(path, key=key)
-            found.append(Problem(self.doc.file, line, column, message))
+            found.append(
+                Problem(
+                    self.doc.file,
+                    line,
+                    column,
+                    message,
+                    kind=_KINDS.get(error["type"], "invalid value"),
+                )
+            )
         return found
 
     def skip(self, error: ErrorDetails, errors: list[ErrorDetails], path: YamlPath) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from balwatch.config.yamlsource import YamlDocument, YamlPath
+from balwatch.config.yamlsource import YamlDocument, YamlPath, out_of_descriptors
 from balwatch.errors import Problem
 
 _TOKEN: Final = re.compile(r"\$\$\{|\$\{(?P<ref>[^}]*)\}|\$\{")
@@ -80,7 +80,9 @@ class _Expander:
             except _Unresolved as exc:
                 self.failed.add(path)
                 line, column = self.doc.position(path)
-                self.problems.append(Problem(self.doc.file, line, column, str(exc)))
+                self.problems.append(
+                    Problem(self.doc.file, line, column, str(exc), kind="unresolved reference")
+                )
         parts.append(text[end:])
         return "".join(parts)
 
@@ -110,6 +112,8 @@ def _read(path: Path, ref: str) -> str:
     try:
         content = path.read_bytes().decode("utf-8")
     except OSError as exc:
+        if out_of_descriptors(exc):
+            raise  # the machine's state, not the config's: the caller retries later
         raise _Unresolved(f"cannot read {path} for {ref}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise _Unresolved(f"cannot read {path} for {ref}: not UTF-8 text") from None

@@ -3,6 +3,10 @@
 The story drains a balance, queues a large withdrawal, locks funds for AML, drops a
 balance suddenly and takes a source down, then puts everything back. Each alert is
 printed as it fires and resolves; with a broker on localhost:1883 they also go to MQTT.
+
+``speed`` plays the story faster (the tests run it at 4): the story's steps, the poll
+interval, the daemon's tick and its clock, which times the rules' ``for``, windows and
+``age``, all run that many times faster, so the same alerts fire and resolve sooner.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import TextIO
 import aiomqtt
 
 from balwatch.alert import Alert
-from balwatch.daemon import Daemon
+from balwatch.daemon import Daemon, capture_signals
+from balwatch.rules.engine import TICK_SECONDS
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimState
@@ -111,30 +116,40 @@ async def _broker_answers(port: int = MQTT_PORT) -> bool:
         return False
 
 
-def _config(sim_url: str, state_dir: Path, mqtt: bool) -> str:
+def _config(sim_url: str, state_dir: Path, mqtt_port: int | None, speed: float) -> str:
     text = _demo_file("balwatch.yaml").read_text().replace("${SIM_URL}", sim_url)
     text += (
         f"rules: [{_demo_file('rules.yaml')}]\n"
         f"state_dir: {state_dir}\n"
-        "defaults: {poll_interval: 1s, timeout: 2s}\n"
+        f"defaults: {{poll_interval: {round(1000 / speed)}ms, timeout: 2s}}\n"
         "log: {format: console, level: error}\n"
     )
-    if mqtt:
+    if mqtt_port is not None:
         text += (
             "sinks:\n"
-            "  - {name: local-mqtt, type: mqtt, url: 'mqtt://127.0.0.1:1883', "
+            f"  - {{name: local-mqtt, type: mqtt, url: 'mqtt://127.0.0.1:{mqtt_port}', "
             "topic_prefix: balwatch-demo}\n"
         )
     return text
 
 
+def _fast_clock(speed: float) -> Callable[[], float]:
+    """Wall time from now on, running ``speed`` times faster."""
+    start = time.time()
+    return lambda: start + (time.time() - start) * speed
+
+
 class _Printer:
-    def __init__(self, out: TextIO, start: float) -> None:
+    """Prints with the story's time: the same at any speed."""
+
+    def __init__(self, out: TextIO, start: float, speed: float) -> None:
         self.out = out
         self.start = start
+        self.speed = speed
 
     def line(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.start:5.1f}s] {text}", file=self.out, flush=True)
+        at = (time.monotonic() - self.start) * self.speed
+        print(f"[{at:5.1f}s] {text}", file=self.out, flush=True)
 
     def alerts(self, alerts: Sequence[Alert]) -> None:
         for alert in alerts:
@@ -142,38 +157,47 @@ class _Printer:
             self.line(f"{mark[alert.event]} {alert.severity:8} {alert.rule}: {alert.summary}")
 
 
-async def run_demo(out: TextIO) -> int:
+async def run_demo(out: TextIO, *, speed: float = 1.0, mqtt_port: int = MQTT_PORT) -> int:
+    """Play the story; alerts go to MQTT too when a broker on localhost:``mqtt_port`` takes
+    an anonymous client."""
     state = load_scenario(_demo_file("scenario.yaml")).build()
-    mqtt = await _broker_answers()
-    printer = _Printer(out, time.monotonic())
+    mqtt = await _broker_answers(mqtt_port)
+    printer = _Printer(out, time.monotonic(), speed)
     with tempfile.TemporaryDirectory(prefix="balwatch-demo-") as tmp:
         async with Simulator(state) as sim:
             config = Path(tmp) / "balwatch.yaml"
-            config.write_text(_config(sim.url, Path(tmp) / "state", mqtt))
+            state_dir = Path(tmp) / "state"
+            config.write_text(_config(sim.url, state_dir, mqtt_port if mqtt else None, speed))
             daemon = Daemon(
-                config, on_alerts=printer.alerts, notifier=Notifier(None), configure_logs=True
+                config,
+                clock=_fast_clock(speed),
+                tick_seconds=TICK_SECONDS / speed,
+                on_alerts=printer.alerts,
+                notifier=Notifier(None),
+                configure_logs=True,
             )
             printer.line(f"simulated exchanges on {sim.url}: bitso, coinapi, kunacore, coinw")
             printer.line(
                 "alerts also go to MQTT, topics balwatch-demo/#"
                 if mqtt
-                else "no MQTT broker on localhost:1883: alerts are printed here only"
+                else f"no MQTT broker on localhost:{mqtt_port}: alerts are printed here only"
             )
-            running = asyncio.create_task(daemon.run())
-            started = asyncio.create_task(daemon.started.wait())
-            await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
-            if running.done():
-                return running.result()
-            printer.line("first poll round done; the story begins")
-            zero = time.monotonic()
-            for at, what, change in STORY:
-                if await _sleep_until(daemon, zero + at):
-                    break
-                printer.line(f"story: {what}")
-                change(state)
-            await _sleep_until(daemon, zero + END_AFTER)
-            daemon.stopping.set()
-            code = await running
+            with capture_signals(daemon):  # Ctrl-C ends the story early
+                running = asyncio.create_task(daemon.run())
+                started = asyncio.create_task(daemon.started.wait())
+                await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+                if running.done():
+                    return running.result()
+                printer.line("first poll round done; the story begins")
+                zero = time.monotonic()
+                for at, what, change in STORY:
+                    if await _sleep_until(daemon, zero + at / speed):
+                        break
+                    printer.line(f"story: {what}")
+                    change(state)
+                await _sleep_until(daemon, zero + END_AFTER / speed)
+                daemon.stop()
+                code = await running
             printer.line("demo over; `balwatch simulate` and `balwatch run` do this for real")
             return code
 

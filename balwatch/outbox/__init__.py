@@ -1,1 +1,2 @@
-"""The durable outbox: alerts are committed to SQLite first, then delivered to each sink."""
+"""The durable outbox: alerts are committed to the state store first, then delivered to each
+sink (:mod:`balwatch.outbox.worker`)."""

@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from balwatch.alert import SEVERITY_RANK
-from balwatch.sinks.base import AlertDoc
+from balwatch.sink import AlertDoc
 
 
 class RoutedSink(Protocol):
-    """What routing reads from a sink's config (``MqttSinkConfig`` and ``WebhookSinkConfig``
-    have it)."""
+    """What routing reads from a sink's config (``MqttSinkConfig``, ``WebhookSinkConfig``)."""
 
     @property
     def name(self) -> str: ...

@@ -13,19 +13,21 @@ fires), so it leaves no retained ``active/`` message on an MQTT broker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from balwatch.alert import Alert, new_id, placed
 from balwatch.config.model import Config, SinkConfig
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
-from balwatch.sinks.base import Sink
+from balwatch.sink import Sink
+from balwatch.state.base import AlertCommit, RoutedAlert
+from balwatch.state.sqlite import SqliteStateStore
 
 TEST_RULE: Final = "balwatch-test"
 TEST_ACCOUNT: Final = "send-test"
@@ -43,80 +45,77 @@ class SendTestResult:
     alert_ids: tuple[str, ...]
 
 
-def synthetic_alerts(sink: str, *, resolve: bool, now: datetime) -> list[dict[str, object]]:
-    """The test notifications for ``sink``: a firing alert, and its resolve if wanted."""
-    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    firing: dict[str, object] = {
-        "version": 1,
-        "id": uuid.uuid4().hex,
-        "fingerprint": hashlib.sha256(f"{TEST_RULE}\0{sink}".encode()).hexdigest()[:16],
-        "status": "firing",
-        "event": "firing",
-        "rule": TEST_RULE,
-        "severity": "info",
-        "account": TEST_ACCOUNT,
-        "exchange": "balwatch",
-        "venue": None,
-        "asset": None,
-        "summary": f"TEST alert from balwatch send-test: sink {sink} works",
-        "description": "Sent by `balwatch send-test` to check delivery. No action needed.",
-        "labels": {"test": "true"},
-        "expression": "",
-        "values": {},
-        "started_at": stamp,
-        "resolved_at": None,
-        "observed_at": stamp,
-    }
-    if not resolve:
-        return [firing]
-    resolved = {
-        **firing,
-        "id": uuid.uuid4().hex,
-        "status": "resolved",
-        "event": "resolved",
-        "resolved_at": stamp,
-    }
-    return [firing, resolved]
+def synthetic_alerts(
+    sink: str,
+    *,
+    resolve: bool,
+    now: datetime,
+    instance: str,
+    external_url: str | None = None,
+) -> list[dict[str, object]]:
+    """The test notifications for ``sink``: a firing alert, and its resolve if wanted, from
+    the installation named ``instance`` (with a ``url`` when ``external_url`` is set)."""
+    moment = now.astimezone(UTC).replace(microsecond=0)
+    firing = Alert(
+        fingerprint=hashlib.sha256(f"{TEST_RULE}\0{sink}".encode()).hexdigest()[:16],
+        event="firing",
+        rule=TEST_RULE,
+        severity="info",
+        account=TEST_ACCOUNT,
+        exchange="balwatch",
+        venue=None,
+        asset=None,
+        summary=f"TEST alert from balwatch send-test: sink {sink} works",
+        description="Sent by `balwatch send-test` to check delivery. No action needed.",
+        labels={"test": "true"},
+        expression="",
+        values={},
+        started_at=moment,
+        observed_at=moment,
+    )
+    alerts = [firing]
+    if resolve:
+        alerts.append(
+            dataclasses.replace(firing, id=new_id(), event="resolved", resolved_at=moment)
+        )
+    return [placed(alert, instance, external_url).to_json() for alert in alerts]
 
 
 async def send_test(
-    config: Config, sink_name: str, *, timeout: float = 30.0, build: BuildSink | None = None
+    config: Config, sink_name: str, build: BuildSink, *, timeout: float = 30.0
 ) -> SendTestResult:
     """Deliver the test alert to the sink named ``sink_name`` and report how it went.
 
     Waits up to ``timeout`` seconds, retrying as the daemon would. ``build`` makes the sink
-    from its config (default: the sink registry). Raises ValueError for an unknown sink.
+    from its config as the daemon does (``balwatch.sinks.registry.build_sink``). Raises
+    ValueError for an unknown sink.
     """
     sink_config = next((s for s in config.sinks if s.name == sink_name), None)
     if sink_config is None:
         known = ", ".join(s.name for s in config.sinks) or "none"
         raise ValueError(f"no sink named {sink_name!r}; configured sinks: {known}")
-    if build is None:
-        from balwatch.sinks.registry import build_sink
-
-        build = build_sink
     alerts = synthetic_alerts(
-        sink_name, resolve=sink_config.receives_resolved, now=datetime.now(UTC)
+        sink_name,
+        resolve=sink_config.receives_resolved,
+        now=datetime.now(UTC),
+        instance=config.instance,
+        external_url=config.external_url,
     )
     ids = tuple(str(alert["id"]) for alert in alerts)
     with tempfile.TemporaryDirectory(prefix="balwatch-send-test-") as tmp:
-        store = await OutboxStore.open(Path(tmp) / DB_FILE)
-        try:
-            async with build(sink_config) as sink:
-                outbox = Outbox(store, [sink], concurrency=1)
-                await outbox.start()
-                try:
-                    await outbox.enqueue_many([(alert, [sink.name]) for alert in alerts])
-                    async with asyncio.timeout(timeout):
-                        await outbox.wait_settled()
-                except TimeoutError:
-                    pass  # reported below from the worker's last error
-                finally:
-                    await outbox.stop()
+        async with SqliteStateStore(Path(tmp)) as store, build(sink_config) as sink:
+            outbox = Outbox(store, [sink], concurrency=1)
+            await outbox.start()
+            try:
+                await outbox.commit(AlertCommit([RoutedAlert(a, [sink.name]) for a in alerts]))
+                async with asyncio.timeout(timeout):
+                    await outbox.wait_settled()
+            except TimeoutError:
+                pass  # reported below from the worker's last error
+            finally:
+                await outbox.stop()
             stats = outbox.stats()[sink_name]
             dead = await store.dead_letters(sink_name)
-        finally:
-            await store.close()
     if stats.delivered == len(alerts):
         return SendTestResult(sink_name, True, None, ids)
     if dead:

@@ -1,7 +1,7 @@
 """Delivery: one worker per sink, fed by the outbox, and the :class:`Outbox` that wires them.
 
 Each :class:`SinkWorker` mirrors its sink's pending deliveries in memory (loaded from the
-store at start, then appended by :meth:`Outbox.enqueue` after the commit), so the database
+store at start, then appended by :meth:`Outbox.commit` after the commit), so the database
 is written but never polled. Workers share nothing but the store, so a sink that is down or
 slow only ever delays itself.
 
@@ -15,7 +15,7 @@ A ``retry_after`` from the receiver is a rate limit on the whole endpoint: the w
 nothing to that sink until it has passed. Timers live in memory and use the injectable
 :class:`Clock`: after a restart every pending delivery is due at once, its attempt count
 kept. There is no retry limit: an alert is worth delivering late, and only the receiver can
-say it never will be (a non-retryable :class:`~balwatch.sinks.base.DeliveryError`).
+say it never will be (a non-retryable :class:`~balwatch.sink.DeliveryError`).
 
 The scheduler sleeps on a wake-up event (set by new deliveries and finished sends) bounded
 by the earliest retry time; it never polls.
@@ -35,8 +35,8 @@ from typing import Protocol
 import structlog
 
 from balwatch.backoff import Backoff
-from balwatch.outbox.store import Delivery, OutboxStore, StateWrite
-from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sink import AlertDoc, DeliveryError, Sink
+from balwatch.state.base import AlertCommit, Delivery, RoutedAlert, StateStore
 
 log = structlog.get_logger("balwatch.outbox")
 
@@ -85,7 +85,7 @@ class SinkWorker:
     def __init__(
         self,
         sink: Sink,
-        store: OutboxStore,
+        store: StateStore,
         *,
         backoff: Backoff | None = None,
         concurrency: int = 32,
@@ -250,7 +250,7 @@ class SinkWorker:
             # Breaks the sink contract; retry, and keep only the type: the message may hold
             # a URL with a token. The log line (redacted) has the full traceback.
             error = f"unexpected {type(exc).__name__}"
-            log.exception("sink raised unexpectedly", **self._fields(delivery))
+            log.exception("sink_raised_unexpectedly", **self._fields(delivery))
         finally:
             self._sending -= 1
             self._wake.set()
@@ -262,7 +262,7 @@ class SinkWorker:
         except Exception:
             # Could not record the outcome: keep the delivery pending and try it again
             # later. A redelivery repeats the alert id, which consumers dedupe on.
-            log.exception("outbox write failed", **self._fields(delivery))
+            log.exception("outbox_write_failed", **self._fields(delivery))
             error, dead, retry_after = error or "outbox write failed", False, None
         self._settle(delivery, error, dead=dead, retry_after=retry_after)
 
@@ -287,7 +287,7 @@ class SinkWorker:
             # A sink that is down fails every delivery it holds, over and over: warn once.
             self._failing += 1
             (log.warning if self._failing == 1 else log.debug)(
-                "delivery failed, will retry",
+                "delivery_failed",
                 **fields,
                 error=error,
                 retry_in=round(delay, 3),
@@ -298,12 +298,12 @@ class SinkWorker:
         if error is None:
             self._delivered += 1
             if self._failing:
-                log.info("sink delivering again", sink=self.name, failed_attempts=self._failing)
+                log.info("sink_delivering_again", sink=self.name, failed_attempts=self._failing)
                 self._failing = 0
         else:
             self._dead += 1
             self._dead_letters += 1
-            log.error("delivery dead-lettered", **fields, error=error)
+            log.error("delivery_dead_lettered", **fields, error=error)
         if queue:
             self._schedule(delivery.fingerprint, now)
         else:
@@ -320,11 +320,11 @@ class SinkWorker:
 
 
 class Outbox:
-    """Enqueue commits an alert's deliveries, then hands them to the sinks' workers."""
+    """:meth:`commit` stores alerts' deliveries, then hands them to the sinks' workers."""
 
     def __init__(
         self,
-        store: OutboxStore,
+        store: StateStore,
         sinks: Sequence[Sink],
         *,
         backoff: Backoff | None = None,
@@ -345,7 +345,7 @@ class Outbox:
         counts = await self.store.counts()
         for name in sorted(set(counts) - set(self.workers)):
             log.warning(
-                "outbox holds deliveries for a sink that is not configured",
+                "outbox_sink_not_configured",
                 sink=name,
                 pending=counts[name].pending,
                 dead=counts[name].dead,
@@ -356,24 +356,20 @@ class Outbox:
 
     async def enqueue(self, alert: AlertDoc, sinks: Sequence[str]) -> None:
         """Commit ``alert`` for ``sinks``; returns once it is durable (delivery follows)."""
-        await self.enqueue_many([(alert, sinks)])
+        await self.commit(AlertCommit([RoutedAlert(alert, sinks)]))
 
-    async def enqueue_many(
-        self, items: Sequence[tuple[AlertDoc, Sequence[str]]], *, also: StateWrite | None = None
-    ) -> None:
-        """Commit several alerts in one transaction, as one poll's transitions arrive.
-
-        ``also`` writes the state that produced them in the same transaction.
-        """
+    async def commit(self, commit: AlertCommit) -> None:
+        """Commit alerts (and the state that produced them) in one transaction, then hand
+        their deliveries to the workers."""
         if not self._started:
             raise RuntimeError("Outbox.start() must run before enqueue")
-        for _, sinks in items:
-            unknown = sorted(set(sinks) - set(self.workers))
+        for routed in commit.alerts:
+            unknown = sorted(set(routed.sinks) - set(self.workers))
             if unknown:
                 raise ValueError(f"no worker for sink(s) {', '.join(unknown)}")
         # Pushed by the store right after the commit, even if this caller is cancelled:
         # committed deliveries must not wait for the next restart.
-        await self.store.enqueue_many(items, on_commit=self._push, also=also)
+        await self.store.commit(commit, on_commit=self._push)
 
     def _push(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:

@@ -25,6 +25,11 @@ Lifecycle per fingerprint (rule, account, venue, asset)
   overlaps ``when`` cannot make an alert resolve and re-fire on every poll.
 * while firing, event ``repeat`` once ``now - last_notified >= repeat`` (checked whenever
   the rule is evaluated: on good polls for row rules, also on ticks for account rules).
+* Text: ``firing`` and ``repeat`` render the rule's ``summary``/``description`` with the
+  values of the moment. ``resolved`` carries the summary and description of the ``firing``
+  notification, kept in the state (what people saw and will look for), unless the rule has
+  a ``resolved_summary``, rendered with the values at the resolve; ``values`` always holds
+  the values at the resolve.
 * No data (``when``, or the ``clear`` that decides a resolve, evaluates to None: a missing
   metric, a window not yet full, a row missing from the poll) changes nothing: the phase,
   ``since`` and ``last_notified`` are kept. So pending continues after a gap and a
@@ -49,7 +54,9 @@ Reloads and restarts
 unchanged (other settings take effect at once) and drops the rest. Dropping a *firing*
 state emits a ``resolved`` notification (summary says why), because its consumers would
 otherwise show it firing forever (the retained MQTT ``active`` topic, chat incidents); the
-same holds for a state whose rule no longer selects its row. Pending states drop silently.
+same holds for a state whose rule no longer selects its row. Its summary is the firing one
+followed by ``(closed, <reason>)``: the condition was not seen to end, so no one should read
+it as a recovery. Pending states drop silently.
 :meth:`Engine.states`/:meth:`Engine.accounts` export plain dataclasses for the store;
 :meth:`Engine.restore` takes them back under the same rules, so a restart neither re-fires
 what is firing nor forgets to resolve it, and ``age``/``failures`` continue.
@@ -135,7 +142,9 @@ class AlertState:
 
     ``since`` is when ``when`` first held (the alert's ``started_at``); ``last_notified``
     is the last firing/repeat notification (None while pending); ``values`` are those of
-    the last transition. ``when``/``clear`` (sources), ``severity``, ``labels`` and
+    the last transition; ``summary``/``description`` are the text of the firing
+    notification (None while pending, and for states saved before balwatch kept them).
+    ``when``/``clear`` (sources), ``severity``, ``labels`` and
     ``notify`` are kept so a state can be matched to reloaded rules and, if its rule is
     gone, closed with a resolved notification without the old rule. A firing state keeps
     the ``severity`` and ``notify`` it fired with through reloads, so its repeats and its
@@ -158,6 +167,8 @@ class AlertState:
     values: dict[str, Decimal] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     notify: tuple[str, ...] | None = None
+    summary: str | None = None
+    description: str | None = None
     group: dict[str, str | None] | None = None
 
     @property
@@ -190,7 +201,9 @@ class AlertState:
             "values": {k: decimal_text(v) for k, v in self.values.items()},
             "labels": dict(self.labels),
             "notify": None if self.notify is None else list(self.notify),
-            **({} if self.group is None else {"group": dict(self.group)}),
+            "summary": self.summary,
+            "description": self.description,
+            "group": None if self.group is None else dict(self.group),
         }
 
     @classmethod
@@ -224,6 +237,8 @@ class AlertState:
             values=values,
             labels={str(k): str(v) for k, v in cast(Mapping[str, str], data["labels"]).items()},
             notify=None if notify is None else tuple(str(s) for s in cast(list[str], notify)),
+            summary=_opt_str(data.get("summary")),
+            description=_opt_str(data.get("description")),
             group=_group(data.get("group")),
         )
 
@@ -554,7 +569,7 @@ class Engine:
         if isinstance(ctx, _RowContext) and ctx.row is not None:
             row = ctx.row
             fields.update({m: row.metric(m) for m in METRICS})
-        default_summary = f"{rule.name} {_where(state)}: {fields['values']}"
+        summary, description = alert_text(rule, state, event, fields)
         moment = _wall(now)
         return Alert(
             fingerprint=state.fingerprint,
@@ -565,12 +580,8 @@ class Engine:
             exchange=state.exchange,
             venue=state.venue,
             asset=state.asset,
-            summary=default_summary if rule.summary is None else rule.summary.render(fields),
-            description=(
-                rule.description
-                if rule.description_template is None
-                else rule.description_template.render(fields)
-            ),
+            summary=summary,
+            description=description,
             labels=dict(state.labels),
             expression=rule.when.source,
             values=dict(values),
@@ -605,6 +616,48 @@ class Engine:
     def groups(self) -> Groups:
         """The groups of the rules with ``group_by`` (what ``balwatch eval`` shows)."""
         return self._groups
+
+    def find(self, fingerprint: str) -> AlertState | None:
+        """A copy of the pending or firing state with this fingerprint (of a row, an account
+        or a group), or None."""
+        for states in self._states.values():
+            for state in states.values():
+                if state.fingerprint == fingerprint:
+                    return state.copy()
+        found = self._groups.find(fingerprint)
+        return None if found is None else found.copy()
+
+    def firing_alerts(self) -> list[Alert]:
+        """What each firing alert is now, as a ``firing`` document (with a new ``id``): the
+        text it fired with, the values of its last notification. For putting it on a
+        retained topic again; the engine's state does not change."""
+        return [
+            Alert(
+                fingerprint=state.fingerprint,
+                event="firing",
+                rule=state.rule,
+                severity=state.severity,
+                account=state.account,
+                exchange=state.exchange,
+                venue=state.venue,
+                asset=state.asset,
+                # States saved before balwatch kept the text: the default summary's form.
+                summary=_seen(
+                    state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
+                ),
+                description=_seen(state.description, ""),
+                labels=dict(state.labels),
+                expression=state.when,
+                values=dict(state.values),
+                started_at=_wall(state.since),
+                observed_at=_wall(
+                    state.since if state.last_notified is None else state.last_notified
+                ),
+                notify=state.notify,
+                group=state.group,
+            )
+            for state in self.firing()
+        ]
 
     def counts(self) -> tuple[int, int]:
         """(pending, firing), without copying every state as :meth:`states` does."""
@@ -712,9 +765,35 @@ def advance(
     return None
 
 
+def alert_text(
+    rule: Rule, state: AlertState, event: Event, fields: Mapping[str, object]
+) -> tuple[str, str]:
+    """The summary and description of ``event`` (module docstring, Text), ``fields`` the
+    templates' values of the moment; a ``firing`` keeps its text in ``state``."""
+    summary = (
+        f"{rule.name} {_where(state)}: {fields['values']}"
+        if rule.summary is None
+        else rule.summary.render(fields)
+    )
+    description = (
+        rule.description
+        if rule.description_template is None
+        else rule.description_template.render(fields)
+    )
+    if event == "firing":
+        state.summary, state.description = summary, description
+    elif event == "resolved":
+        summary = _seen(state.summary, summary)
+        description = _seen(state.description, description)
+        if rule.resolved_summary is not None:
+            summary = rule.resolved_summary.render(fields)
+    return summary, description
+
+
 def _closed(state: AlertState, now: float, reason: str) -> Alert:
     """Resolved notification for a firing state dropped by a reload, restore or forget."""
     moment = _wall(now)
+    seen = _seen(state.summary, f"{state.rule} {_where(state)}")
     return Alert(
         fingerprint=state.fingerprint,
         event="resolved",
@@ -724,8 +803,8 @@ def _closed(state: AlertState, now: float, reason: str) -> Alert:
         exchange=state.exchange,
         venue=state.venue,
         asset=state.asset,
-        summary=f"{state.rule} {_where(state)}: closed, {reason}",
-        description="",
+        summary=f"{seen} (closed, {reason})",
+        description=_seen(state.description, ""),
         labels=state.labels,
         expression=state.when,
         values=state.values,
@@ -735,6 +814,11 @@ def _closed(state: AlertState, now: float, reason: str) -> Alert:
         notify=state.notify,
         group=state.group,
     )
+
+
+def _seen(kept: str | None, otherwise: str) -> str:
+    """The text an alert fired with, or ``otherwise`` for a state saved without it."""
+    return otherwise if kept is None else kept
 
 
 def _where(state: AlertState) -> str:

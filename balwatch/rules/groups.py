@@ -91,6 +91,7 @@ from balwatch.rules.engine import (
     _values_text,
     _wall,
     advance,
+    alert_text,
 )
 from balwatch.rules.expr import AggregateFunc, NumFn, WindowFunc
 from balwatch.rules.history import History, HistoryKey, change, percent_change
@@ -772,6 +773,7 @@ class Groups:
             "group": where,
             "members": _values_text(members),
         }
+        summary, description = alert_text(rule, state, event, fields)
         moment = _wall(now)
         return Alert(
             fingerprint=state.fingerprint,
@@ -782,16 +784,8 @@ class Groups:
             exchange=state.exchange,
             venue=state.venue,
             asset=state.asset,
-            summary=(
-                f"{rule.name} {where}: {fields['values']}"
-                if rule.summary is None
-                else rule.summary.render(fields)
-            ),
-            description=(
-                rule.description
-                if rule.description_template is None
-                else rule.description_template.render(fields)
-            ),
+            summary=summary,
+            description=description,
             labels=dict(state.labels),
             expression=rule.when.source,
             values=dict(state.values),
@@ -844,6 +838,10 @@ class Groups:
         portfolio = self._portfolios.get(rule)
         states = () if portfolio is None else portfolio.states.values()
         return next((s for s in states if s.fingerprint == fingerprint), None)
+
+    def find(self, fingerprint: str) -> AlertState | None:
+        """The live state with this fingerprint, of any grouped rule, or None."""
+        return next((s for s in self.states() if s.fingerprint == fingerprint), None)
 
     def views(self, now: float) -> list[GroupView]:
         """Every group of every grouped rule as evaluating it now would see it; no alert

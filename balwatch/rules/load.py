@@ -33,7 +33,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    TypeAdapter,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -41,10 +40,15 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from balwatch.alert import Severity
-from balwatch.config.model import Duration, Name
-from balwatch.config.problems import Reporter, Scalars, field_error, value_at
-from balwatch.config.yamlsource import Position, YamlDocument, YamlPath, load_yaml
-from balwatch.durations import parse_duration
+from balwatch.config.model import DAY, DurationRange, Name
+from balwatch.config.problems import Reporter, Scalars, field_error, file_kind, value_at
+from balwatch.config.yamlsource import (
+    Position,
+    YamlDocument,
+    YamlPath,
+    load_yaml,
+    out_of_descriptors,
+)
 from balwatch.errors import ConfigError, Problem
 from balwatch.rules.expr import ExprError, Expression, parse_expression
 from balwatch.rules.rule import Rule, RuleError
@@ -53,28 +57,14 @@ from balwatch.rules.template import Template, TemplateError
 
 # Accounts named in a warning before "and N more": a message is one line of a terminal.
 _NAMED: Final = 3
-_POSITIVE_DURATION: Final = TypeAdapter(Duration)
-DURATION_SCHEMA: Final = _POSITIVE_DURATION.json_schema()
-
-
-# --------------------------------------------------------------------------- field types
-
-
-def _zero_or_duration(value: object) -> float:
-    if isinstance(value, str):
-        try:
-            if parse_duration(value) == 0:
-                return 0.0
-        except ValueError:
-            pass  # the positive-duration check below words the error
-    return _POSITIVE_DURATION.validate_python(value)
-
-
-# ``for: 0s`` is allowed, unlike a zero ``repeat``: a rule needs it to fire at once when
-# its file's defaults set a ``for``.
-WaitDuration = Annotated[
-    float, PlainValidator(_zero_or_duration), WithJsonSchema(dict(DURATION_SCHEMA))
-]
+# The longest wait or re-notify interval a rule may set. History windows in expressions
+# have the same bound (balwatch.rules.expr.MAX_WINDOW).
+MAX_RULE_DURATION: Final = 30 * DAY
+# `for: 0s` is allowed, unlike a zero `repeat`: a rule needs it to fire at once when its
+# file's defaults set a `for`.
+WaitDuration = Annotated[float, DurationRange(0.0, MAX_RULE_DURATION)]
+# Re-notifying more often than the engine ticks (each second) cannot happen.
+RepeatDuration = Annotated[float, DurationRange(1.0, MAX_RULE_DURATION)]
 
 
 def _text(value: object, what: str, example: str) -> str:
@@ -174,7 +164,7 @@ class RuleDefaults(StrictModel, title="defaults"):
     for_: WaitDuration = Field(0.0, alias="for", description="how long 'when' must hold")
     notify: tuple[SinkName, ...] | None = Field(None, description="sink names; omitted: all")
     labels: dict[str, str] = Field(default_factory=dict)
-    repeat: Duration | None = Field(None, description="re-notify while firing")
+    repeat: RepeatDuration | None = Field(None, description="re-notify while firing")
 
 
 class RuleModel(StrictModel, title="rule"):
@@ -189,9 +179,12 @@ class RuleModel(StrictModel, title="rule"):
     when: ExpressionText = Field(description="the alert condition, like 'available < 5000'")
     clear: ExpressionText | None = Field(None, description="resolve only when this holds")
     for_: WaitDuration | None = Field(None, alias="for", description="default: defaults.for")
-    repeat: Duration | None = None
+    repeat: RepeatDuration | None = None
     severity: Severity | None = None
     summary: TemplateText | None = Field(None, description="like '{account} {asset}: {total}'")
+    resolved_summary: TemplateText | None = Field(
+        None, description="summary of the resolve; default: the summary it fired with"
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     notify: tuple[SinkName, ...] | None = None
 
@@ -208,6 +201,7 @@ class RuleModel(StrictModel, title="rule"):
             repeat=defaults.repeat if self.repeat is None else self.repeat,
             severity=self.severity or defaults.severity,
             summary=self.summary,
+            resolved_summary=self.resolved_summary,
             labels={**defaults.labels, **self.labels},
             notify=defaults.notify if self.notify is None else self.notify,
             group_by=self.group_by,
@@ -219,6 +213,9 @@ class RuleModel(StrictModel, title="rule"):
 class RuleFile(StrictModel, title="rule file"):
     defaults: RuleDefaults = RuleDefaults()
     rules: tuple[RuleModel, ...]
+
+
+RULE_FILE: Final = file_kind("rule file", RuleFile)
 
 
 # --------------------------------------------------------------------------- messages
@@ -353,8 +350,24 @@ def _expand(
 
 
 def matching_paths(pattern: str, base_dir: Path | None = None) -> list[str]:
-    """What one rule-file glob matches, sorted: what the loader reads and a reload watches."""
-    return sorted(glob.glob(_joined(pattern, base_dir), recursive=True))
+    """What one rule-file glob matches, sorted: what the loader reads and a reload watches.
+
+    Raises OSError when the process is out of file descriptors: glob skips a directory it
+    cannot list without a word, and a rule set loaded from fewer files than there are would
+    replace the running one.
+    """
+    found = sorted(glob.glob(_joined(pattern, base_dir), recursive=True))
+    _check_descriptors()
+    return found
+
+
+def _check_descriptors() -> None:
+    """Raise the OSError of opening a file if no descriptor is left (see matching_paths)."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        if out_of_descriptors(exc):
+            raise
 
 
 def _joined(pattern: str, base_dir: Path | None) -> str:
@@ -384,7 +397,9 @@ def _unmatched(
         written = value_at(listed_in.doc.data, path)
         pattern = written if isinstance(written, str) else pattern
         file, (line, column) = listed_in.doc.file, listed_in.doc.position(path)
-    return Problem(file, line, column, f"no rule file matches {pattern!r}", severity)
+    return Problem(
+        file, line, column, f"no rule file matches {pattern!r}", severity, kind="no matching file"
+    )
 
 
 class _Loader:
@@ -403,7 +418,7 @@ class _Loader:
 
     def load(self, file: str) -> tuple[list[Rule], list[Problem]]:
         try:
-            doc = load_yaml(file)
+            doc = load_yaml(file, RULE_FILE)
         except ConfigError as exc:
             return [], exc.problems
         scalars = Scalars(doc)
@@ -426,7 +441,7 @@ class _Loader:
                     line, column = scalars.at(where, text, exc.offset)
                 else:
                     line, column = doc.position(where, key=True)
-                problems.append(Problem(doc.file, line, column, exc.message))
+                problems.append(Problem(doc.file, line, column, exc.message, kind="invalid rule"))
                 continue
             rules.append(rule)
             if self.accounts is not None:
@@ -475,6 +490,7 @@ class _Loader:
                         column,
                         f"duplicate rule name {name!r} (first defined at {where}); "
                         "rule names must be unique across all rule files",
+                        kind="duplicate name",
                     )
                 )
         return problems
@@ -505,7 +521,7 @@ def _warnings(
             return []
         line, column = doc.position((*path, "select"))
         message = f"rule {rule.name!r} selects none of the configured accounts"
-        return [Problem(doc.file, line, column, message, "warning")]
+        return [Problem(doc.file, line, column, message, "warning", kind="selects nothing")]
     reported: set[str] = set()
     for exchange in selected.values():
         metrics = reported_metrics.get(exchange)
@@ -529,7 +545,9 @@ def _warnings(
                 f"(accounts: {', '.join(names)}): the rule never has data"
             )
             line, column = scalars.at((*path, key), expr.source, _metric_offset(expr, metric))
-            problems.append(Problem(doc.file, line, column, message, "warning"))
+            problems.append(
+                Problem(doc.file, line, column, message, "warning", kind="metric never reported")
+            )
     return problems
 
 

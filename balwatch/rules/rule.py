@@ -34,6 +34,8 @@ class Rule:
 
     ``for_`` and ``repeat`` are seconds. ``notify`` ``None`` means every sink. The alert's
     description is ``description_template`` rendered, else the plain ``description``.
+    ``resolved_summary``, when set, is the summary of the resolved notification instead of
+    the one the alert fired with.
     ``group_by`` (``None``: a rule of single rows) makes a portfolio rule: its expressions
     read the rows of each group through aggregates (:mod:`balwatch.rules.groups`); ``()`` is
     one group of everything selected.
@@ -50,6 +52,7 @@ class Rule:
     repeat: float | None = None
     severity: Severity = "warning"
     summary: Template | None = None
+    resolved_summary: Template | None = None
     description_template: Template | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     notify: tuple[str, ...] | None = None
@@ -88,6 +91,7 @@ class Rule:
         if scope:
             for key, template in (
                 ("summary", self.summary),
+                ("resolved_summary", self.resolved_summary),
                 ("description", self.description_template),
             ):
                 used = sorted(ROW_FIELDS & template.fields) if template else []
@@ -112,7 +116,11 @@ class Rule:
     def _check_grouping(self) -> None:
         """Aggregates only with ``group_by``; with it, rows only through aggregates."""
         exprs = [("when", self.when), ("clear", self.clear)]
-        templates = [("summary", self.summary), ("description", self.description_template)]
+        templates = [
+            ("summary", self.summary),
+            ("resolved_summary", self.resolved_summary),
+            ("description", self.description_template),
+        ]
         if self.group_by is None:
             for key, expr in exprs:
                 if expr is not None and expr.aggregate_offset is not None:

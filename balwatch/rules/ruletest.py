@@ -37,14 +37,22 @@ account-scope rules have no asset, a group's alert has only what its ``group_by`
 ``venue`` if given, and ``group`` (the ``group_by`` keys and values, compared whole) if
 given; ``severity``, ``labels`` (compared whole), ``summary``, ``description`` and
 ``values`` (each name given, compared as a number; a group's rows are named like
-``USDT@bitso-hot``) are compared when given.
+``USDT@bitso-hot``) are compared when given. ``expected_resolved``, when given, lists exactly
+the alerts that resolved after the previous test's ``at`` (in time order) and up to this
+one, compared the same way: that is where a resolved notification's text is checked::
+
+      - at: 9m
+        expected_alerts: []
+        expected_resolved:
+          - {rule: low-available, account: bitso-treasury, asset: USDT,
+             summary: "bitso-treasury USDT: only 4900 available"}
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -53,8 +61,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 
 from balwatch.alert import Alert, Severity, group_text
-from balwatch.config.model import Duration, Name
-from balwatch.config.problems import Scalars, field_error
+from balwatch.config.model import DAY, DurationRange, Name
+from balwatch.config.problems import Scalars, field_error, file_kind
 from balwatch.config.yamlsource import YamlDocument, load_yaml
 from balwatch.durations import format_duration
 from balwatch.errors import ConfigError, Problem
@@ -64,7 +72,6 @@ from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import (
     ListedIn,
     StrictModel,
-    WaitDuration,
     load_rule_set,
     validation_problems,
 )
@@ -74,6 +81,13 @@ DEFAULT_EXCHANGE: Final = "test"
 FAIL: Final = "fail"
 # Bounds what `1x99999999` can allocate; a week of 10 s samples fits.
 MAX_SAMPLES: Final = 100_000
+# Bounds how long a file runs (100,000 to 250,000 steps a second): a step is a sample time,
+# or an engine tick each simulated second when a rule reads `age` or `failures`. Eleven
+# days of ticks fit; `interval: 100ms` up to `at: 300d` does not.
+MAX_STEPS: Final = 1_000_000
+# A sample every poll interval at most, once a day at least.
+Interval = Annotated[float, DurationRange(0.1, DAY)]
+At = Annotated[float, DurationRange(0.0, 366 * DAY)]
 # Float step times (k * interval) may miss an `at` by rounding: compare with slack.
 _EPSILON: Final = 1e-6
 
@@ -160,8 +174,11 @@ class ExpectedAlert(StrictModel, title="expected alert"):
 
 
 class AlertTest(StrictModel, title="alert test"):
-    at: WaitDuration = Field(description="time since the first sample, like 5m")
+    at: At = Field(description="time since the first sample, like 5m")
     expected_alerts: tuple[ExpectedAlert, ...] = Field((), description="exactly what fires")
+    expected_resolved: tuple[ExpectedAlert, ...] | None = Field(
+        None, description="exactly what resolved since the previous at; omitted: not checked"
+    )
 
 
 class InputSeries(StrictModel, title="input series"):
@@ -187,9 +204,12 @@ class RuleTestFile(StrictModel, title="rule test file"):
     accounts: dict[str, str] = Field(
         default_factory=dict, description=f"account -> exchange; default {DEFAULT_EXCHANGE}"
     )
-    interval: Duration = Field(60.0, description="time between samples")
+    interval: Interval = Field(60.0, description="time between samples")
     input_series: tuple[InputSeries, ...] = ()
     alert_tests: tuple[AlertTest, ...]
+
+
+RULE_TEST_FILE: Final = file_kind("rule test file", RuleTestFile)
 
 
 # --------------------------------------------------------------------------- results
@@ -231,7 +251,7 @@ class FileResult:
 def run_file(path: Path) -> FileResult:
     """Load and run one test file."""
     try:
-        doc = load_yaml(path)
+        doc = load_yaml(path, RULE_TEST_FILE)
     except ConfigError as exc:
         return FileResult(str(path), tuple(exc.problems))
     try:
@@ -303,7 +323,7 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
 
     def problem(path: tuple[object, ...], message: str) -> None:
         line, column = doc.position(path)
-        problems.append(Problem(doc.file, line, column, message))
+        problems.append(Problem(doc.file, line, column, message, kind="inconsistent test"))
 
     seen: set[tuple[str, str, str]] = set()
     feeds = _feeds(test)
@@ -333,15 +353,44 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
                     f"sample {step + 1} of {account} is 'fail' in one series but a value in "
                     "this one; a failed poll has no values: write '_' or 'fail' here",
                 )
+    steps = _steps(test, rules)
+    if steps > MAX_STEPS:
+        last = max(range(len(test.alert_tests)), key=lambda i: test.alert_tests[i].at)
+        problem(
+            ("alert_tests", last, "at"),
+            f"this test would take {steps:,} steps (a sample every "
+            f"{format_duration(test.interval)} up to {format_duration(test.alert_tests[last].at)}"
+            f"{', and a tick every second' if _ticks(rules) else ''}), more than "
+            f"the {MAX_STEPS:,} allowed; use a longer interval or an earlier 'at'",
+        )
     names = {rule.name for rule in rules}
     for i, check in enumerate(test.alert_tests):
-        for j, expected in enumerate(check.expected_alerts):
-            if expected.rule not in names:
-                problem(
-                    ("alert_tests", i, "expected_alerts", j, "rule"),
-                    f"no rule named {expected.rule!r} in rule_files",
-                )
+        for listing, listed in (
+            ("expected_alerts", check.expected_alerts),
+            ("expected_resolved", check.expected_resolved or ()),
+        ):
+            for j, expected in enumerate(listed):
+                if expected.rule not in names:
+                    problem(
+                        ("alert_tests", i, listing, j, "rule"),
+                        f"no rule named {expected.rule!r} in rule_files",
+                    )
     return problems
+
+
+def _steps(test: RuleTestFile, rules: Sequence[Rule]) -> int:
+    """Sample times up to the last ``at``, plus a tick per second for rules that ticks evaluate."""
+    last = max((check.at for check in test.alert_tests), default=0.0)
+    steps = int(last / test.interval) + 1 + len(test.alert_tests)
+    if _ticks(rules):
+        steps += int(last / TICK_SECONDS)
+    return steps
+
+
+def _ticks(rules: Sequence[Rule]) -> bool:
+    """Whether the daemon's ticker evaluates some of ``rules`` between polls: account-scope
+    rules (``age``) and grouped rules (a pending group fires on time)."""
+    return any(rule.account_scope or rule.grouped for rule in rules)
 
 
 def _exchange(test: RuleTestFile, account: str) -> str:
@@ -376,14 +425,13 @@ class _Run:
         self.clock = _Clock()
         self.engine = Engine(rules, clock=self.clock)
         self.firing: dict[str, Alert] = {}
+        self.resolved: list[Alert] = []  # since the last check
         self.feeds = _feeds(test)
         accounts = [*test.accounts, *(account for _, account, _ in self.feeds)]
         self.accounts = {name: _exchange(test, name) for name in accounts}
         for name, exchange in self.accounts.items():
             self.engine.register_account(name, exchange)
-        # Rules that the daemon's ticker evaluates between polls: account-scope rules (age)
-        # and grouped rules (a pending group fires on time).
-        self.ticking = any(rule.account_scope or rule.grouped for rule in rules)
+        self.ticking = _ticks(rules)
         self.ticked = 0.0  # when the ticker last ran
 
     def checks(self) -> tuple[CheckResult, ...]:
@@ -445,30 +493,45 @@ class _Run:
         for alert in alerts:
             if alert.event == "resolved":
                 self.firing.pop(alert.fingerprint, None)
+                self.resolved.append(alert)
             else:
                 self.firing[alert.fingerprint] = alert
 
     def _compare(self, index: int) -> CheckResult:
         check = self.test.alert_tests[index]
-        actual = list(self.firing.values())
-        missing: list[str] = []
-        different: list[str] = []
-        for expected in check.expected_alerts:
-            match = next((a for a in actual if _same_alert(expected, a)), None)
-            if match is None:
-                missing.append(_describe_expected(expected))
-                continue
-            actual.remove(match)
-            different += _differences(expected, match)
+        missing, unexpected, different = _matched(check.expected_alerts, self.firing.values())
+        if check.expected_resolved is not None:
+            gone = _matched(check.expected_resolved, self.resolved)
+            missing += [f"resolved {text}" for text in gone[0]]
+            unexpected += [f"resolved {text}" for text in gone[1]]
+            different += [f"resolved {text}" for text in gone[2]]
+        self.resolved = []
         line, column = self.doc.position(("alert_tests", index))
         return CheckResult(
             at=check.at,
             line=line,
             column=column,
             missing=tuple(missing),
-            unexpected=tuple(_describe(alert, full=True) for alert in actual),
+            unexpected=tuple(unexpected),
             different=tuple(different),
         )
+
+
+def _matched(
+    expected: Sequence[ExpectedAlert], alerts: Iterable[Alert]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, different) between what a test expects and ``alerts``."""
+    actual = list(alerts)
+    missing: list[str] = []
+    different: list[str] = []
+    for wanted in expected:
+        match = next((a for a in actual if _same_alert(wanted, a)), None)
+        if match is None:
+            missing.append(_describe_expected(wanted))
+            continue
+        actual.remove(match)
+        different += _differences(wanted, match)
+    return missing, [_describe(alert, full=True) for alert in actual], different
 
 
 def _same_alert(expected: ExpectedAlert, alert: Alert) -> bool:

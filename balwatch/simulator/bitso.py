@@ -7,8 +7,9 @@ Authentication, in this order (codes from docs.bitso.com, Authentication Errors,
    credentials). From here on the request is counted for the key's account;
 3. rate limit (below): HTTP 420, 0801;
 4. nonce not 1 to 20 ASCII digits: 0206 (invalid nonce type);
-5. signature not the adapter's :func:`~balwatch.adapters.bitso.sign` of nonce, method, the raw
-   path with its query, and the body: 0215 (incorrect request signature);
+5. signature not the lower-case hex HMAC-SHA256, keyed by the account's secret, of nonce,
+   method, the raw path with its query, and the body (:func:`signature`): 0215 (incorrect
+   request signature);
 6. nonce not greater than the last one accepted for the key: 0207 (invalid nonce value). The
    docs split nonce errors into 0206 (type) and 0207 (value); a replayed or late nonce is a
    value error. Only a request that passes every check advances the key's last nonce.
@@ -32,10 +33,15 @@ Faults in Bitso's own shape: THROTTLE -> 420 / 0801, AUTH -> 401 / 0201, STATUS 
 with Bitso's error body (0303 for 400, 0201 for 401, 0801 for 420, else 0101 unknown),
 WRONG_TYPES -> 200 with every amount a JSON boolean. A fault's ``retry_after`` is sent as a
 Retry-After header (Bitso's docs mention none). The rest use the generic forms.
+
+The path, header and signature recipe are spelled here from Bitso's documentation, not
+imported from the adapter: an adapter that drifts from the documented wire must fail
+against this fake, not follow it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -44,7 +50,6 @@ from typing import Final
 
 from aiohttp import web
 
-from balwatch.adapters.bitso import BALANCE_PATH, SOURCE, sign
 from balwatch.model import METRICS
 from balwatch.money import exact_sum
 from balwatch.simulator.respond import PLACEHOLDER_ASSETS, json_text, serve_balances
@@ -57,6 +62,8 @@ from balwatch.simulator.state import (
     SlidingWindow,
 )
 
+EXCHANGE: Final = "bitso"
+BALANCE_PATH: Final = "/api/v3/balance/"
 DEFAULT_LIMIT: Final = (300, 60.0)
 _MESSAGES: Final = {
     "0101": "Unknown error",
@@ -144,6 +151,12 @@ def render_fault(fault: Fault, account: SimAccount) -> web.Response | None:
             return None
 
 
+def signature(secret: str, nonce: str, method: str, request_path: str, body: str) -> str:
+    """Bitso's documented signature: hex HMAC-SHA256 of ``nonce + METHOD + path + body``."""
+    message = f"{nonce}{method}{request_path}{body}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
 def _parse_authorization(header: str) -> tuple[str, str, str] | None:
     """(key, nonce, signature) from ``Bitso <key>:<nonce>:<signature>``, else None."""
     scheme, _, credentials = header.partition(" ")
@@ -159,7 +172,7 @@ def routes(state: SimState) -> list[web.RouteDef]:
     last_nonce: dict[str, int] = {}
 
     def within_limit(key: str) -> bool:
-        window.limit, window.per_seconds = state.rate_limits.get(SOURCE, DEFAULT_LIMIT)
+        window.limit, window.per_seconds = state.rate_limits.get(EXCHANGE, DEFAULT_LIMIT)
         now = state.clock()
         if key in locked_until and now < locked_until[key]:
             return False
@@ -173,23 +186,24 @@ def routes(state: SimState) -> list[web.RouteDef]:
         if header is None:
             return error_response(401, "0208")
         parsed = _parse_authorization(header)
-        account = None if parsed is None else state.by_key(SOURCE, parsed[0])
+        account = None if parsed is None else state.by_key(EXCHANGE, parsed[0])
         if parsed is None or account is None or account.api_secret is None:
             return error_response(401, "0201")
-        key, nonce, signature = parsed
+        key, nonce, given = parsed
         state.record(account)
         if not within_limit(key):
             return error_response(420, "0801")
         if not _NONCE_RE.fullmatch(nonce):
             return error_response(401, "0206")
-        expected = sign(
+        expected = signature(
             account.api_secret, nonce, request.method, request.raw_path, await request.text()
         )
-        if not (_SIGNATURE_RE.fullmatch(signature) and hmac.compare_digest(expected, signature)):
+        if not (_SIGNATURE_RE.fullmatch(given) and hmac.compare_digest(expected, given)):
             return error_response(401, "0215")
         if key in last_nonce and int(nonce) <= last_nonce[key]:
             return error_response(401, "0207")
         last_nonce[key] = int(nonce)
         return await serve_balances(state, request, account, render_ok, render_fault)
 
-    return [web.get(BALANCE_PATH, balance)]
+    # ccxt asks without the trailing slash, and Bitso answers both.
+    return [web.get(BALANCE_PATH, balance), web.get(BALANCE_PATH.rstrip("/"), balance)]

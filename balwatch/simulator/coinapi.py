@@ -23,6 +23,10 @@ WRONG_TYPES the good answer with every amount a boolean. The rest are generic.
 
 Rate limit: none is documented for EMS REST, so none is enforced unless a scenario or test
 sets ``rate_limits: {coinapi: [requests, seconds]}``; over it, a 429 with Retry-After.
+
+The path, header, field names and reject status are spelled here from CoinAPI's
+documentation, not imported from the adapter: an adapter that drifts from the documented
+wire must fail against this fake, not follow it.
 """
 
 from __future__ import annotations
@@ -35,13 +39,6 @@ from typing import Final
 
 from aiohttp import web
 
-from balwatch.adapters.coinapi import (
-    AMOUNT_FIELDS,
-    BALANCES_PATH,
-    KEY_HEADER,
-    REJECT_STATUS,
-    SOURCE,
-)
 from balwatch.model import METRICS
 from balwatch.simulator.respond import PLACEHOLDER_ASSETS, json_text, serve_balances
 from balwatch.simulator.state import (
@@ -53,10 +50,20 @@ from balwatch.simulator.state import (
     SlidingWindow,
 )
 
+EXCHANGE: Final = "coinapi"
+BALANCES_PATH: Final = "/v1/balances"
+KEY_HEADER: Final = "X-CoinAPI-Key"
+REJECT_STATUS: Final = 490
+# Normalized metric -> the wire amount field it is rendered as, in the documented order.
+_WIRE_NAME: Final = {
+    "total": "balance",
+    "available": "available",
+    "locked": "locked",
+    "rate_usd": "rate_usd",
+}
 _JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 # Stored wire fields that are text by definition, even when they look like a number.
 _TEXT_FIELDS: Final = frozenset({"asset_id_exchange", "asset_id_coinapi", "last_updated_by"})
-_WIRE_NAME: Final = {metric: wire for wire, metric in AMOUNT_FIELDS.items()}
 _DEFAULT_RETRY_AFTER: Final = "1"
 
 
@@ -71,12 +78,12 @@ AmountRenderer = Callable[[str], object]
 
 
 def routes(state: SimState) -> list[web.RouteDef]:
-    limit = state.rate_limits.get(SOURCE)
+    limit = state.rate_limits.get(EXCHANGE)
     window = None if limit is None else SlidingWindow(*limit)
 
     async def balances(request: web.Request) -> web.StreamResponse:
         key = request.headers.get(KEY_HEADER, request.query.get("apikey"))
-        account = state.without_auth(SOURCE) if key is None else state.by_key(SOURCE, key)
+        account = state.without_auth(EXCHANGE) if key is None else state.by_key(EXCHANGE, key)
         if account is None:
             problem = "Missing API key" if key is None else "Invalid API key"
             return _unauthorized(problem)
@@ -154,7 +161,7 @@ def _row(asset: str, fields: AssetFields, amount: AmountRenderer) -> dict[str, o
     row: dict[str, object] = {
         "asset_id_exchange": asset,
         "asset_id_coinapi": asset,
-        **dict.fromkeys(AMOUNT_FIELDS),
+        **dict.fromkeys(_WIRE_NAME.values()),
         "last_updated_by": "EXCHANGE",
     }
     for name, text in fields.items():

@@ -8,8 +8,8 @@ Request handling, in the order the real service is taken to apply it:
    else parameter error ``-103``.
 3. An unknown ``api_key`` gets ``10006``. A known one is counted, then rate limited per
    key (``state.rate_limits["coinw"]``, default the documented 5 per 2 s): over the limit
-   gets ``29001`` "API access frequently". Then the ``sign`` must equal
-   :func:`balwatch.adapters.coinw.signature` over the parameters, else ``10006``.
+   gets ``29001`` "API access frequently". Then the ``sign`` must equal CoinW's documented
+   signature over the parameters (:func:`signature`), else ``10006``.
 
 Every answer CoinW gives itself, error or not, is HTTP 200 with ``{"code", "msg", "success",
 "failed"}`` (the real error messages are not documented; the texts here are ours).
@@ -23,18 +23,23 @@ metric names are passed through as they are (so tests can add unknown wire field
 Own faults: THROTTLE is the ``29001`` answer; AUTH is ``10006``; REJECT is a ``-200``
 system error; WRONG_TYPES sends ``available`` as a boolean and ``onOrders`` as an object.
 The rest use the generic forms.
+
+The path, command, codes and signature recipe are spelled here from CoinW's documentation,
+not imported from the adapter: an adapter that drifts from the documented wire must fail
+against this fake, not follow it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from decimal import Context, Decimal, DecimalException
 from typing import Any, Final
 
 from aiohttp import web
 
-from balwatch.adapters.coinw import COMMAND, PATH, RATE_LIMIT, SOURCE, SUCCESS_CODE, signature
 from balwatch.model import METRICS
 from balwatch.simulator.respond import PLACEHOLDER_ASSETS, json_text, serve_balances
 from balwatch.simulator.state import (
@@ -46,6 +51,12 @@ from balwatch.simulator.state import (
     SlidingWindow,
 )
 
+EXCHANGE: Final = "coinw"
+PATH: Final = "/api/v1/private"
+COMMAND: Final = "returnCompleteBalances"
+# Documented: 5 requests per 2 s per user for this endpoint.
+DEFAULT_LIMIT: Final = (5, 2.0)
+SUCCESS_CODE: Final = "200"
 PARAMETER_ERROR: Final = ("-103", "parameter error")
 AUTH_ERROR: Final = ("10006", "invalid api_key or sign")
 THROTTLED: Final = ("29001", "API access frequently")
@@ -56,10 +67,7 @@ _EXACT: Final = Context(prec=200)
 
 
 def routes(state: SimState) -> list[web.RouteDef]:
-    limit, per_seconds = state.rate_limits.get(
-        SOURCE, (RATE_LIMIT.requests, RATE_LIMIT.per_seconds)
-    )
-    window = SlidingWindow(limit, per_seconds)
+    window = SlidingWindow(*state.rate_limits.get(EXCHANGE, DEFAULT_LIMIT))
 
     async def private(request: web.Request) -> web.StreamResponse:
         params = await _params(request)
@@ -67,7 +75,7 @@ def routes(state: SimState) -> list[web.RouteDef]:
         sign = params.get("sign")
         if params.get("command") != COMMAND or not api_key or not sign:
             return error_body(*PARAMETER_ERROR)
-        account = state.by_key(SOURCE, api_key)
+        account = state.by_key(EXCHANGE, api_key)
         if account is None:
             return error_body(*AUTH_ERROR)
         state.record(account)
@@ -135,6 +143,14 @@ def wire_fields(fields: AssetFields) -> dict[str, str]:
         "onOrders": "0" if on_orders is None else on_orders,
         **extra,
     }
+
+
+def signature(params: Mapping[str, str], secret: str) -> str:
+    """CoinW's documented ``sign``: upper-case hex MD5 of every parameter but ``command`` and
+    ``sign``, sorted by name, joined ``k=v`` with ``&``, then ``&secret_key=<secret>``."""
+    pairs = [f"{k}={params[k]}" for k in sorted(params) if k not in ("command", "sign")]
+    text = "&".join([*pairs, f"secret_key={secret}"])
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest().upper()
 
 
 def _same(given: str, expected: str) -> bool:

@@ -11,6 +11,9 @@
 | PUT /_sim/accounts/{name}/delay | {"seconds": 1.5} | answer slowly |
 | POST /_sim/expire-tokens | | every Kuna Core token becomes invalid |
 | GET /_sim/requests | | {name: request count} |
+| GET /_sim/tickers | | {exchange: {"BASE/QUOTE": price}} |
+| PUT /_sim/tickers/{exchange} | {"BASE/QUOTE": price, ...} | replace that exchange's prices |
+| PATCH /_sim/tickers/{exchange} | same; a pair set to null is removed | merge |
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from balwatch.simulator.scenario import FaultSpec, to_fields
+from balwatch.simulator.scenario import FaultSpec, Pair, to_fields
 from balwatch.simulator.state import SimAccount, SimState
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,6 +37,10 @@ class BalancesBody(BaseModel):
 
     venue: str | None = None
     balances: dict[str, dict[str, Any] | None]
+
+
+class TickersBody(RootModel[dict[Pair, Decimal | int | str | None]]):
+    """Prices by pair; numbers keep every digit (parsed as Decimal), null removes a pair."""
 
 
 class DelayBody(BaseModel):
@@ -119,6 +126,21 @@ def routes(state: SimState) -> list[web.RouteDef]:
         state.expire_tokens()
         return web.json_response({"expired": True})
 
+    async def get_tickers(request: web.Request) -> web.Response:
+        return web.json_response(state.tickers)
+
+    async def set_tickers(request: web.Request) -> web.Response:
+        exchange = request.match_info["exchange"]
+        prices = (await parse(request, TickersBody)).root
+        current = {} if request.method == "PUT" else state.tickers.get(exchange, {})
+        for pair, price in prices.items():
+            if price is None:
+                current.pop(pair, None)
+            else:
+                current[pair] = str(price)
+        state.tickers[exchange] = current
+        return web.json_response(state.tickers)
+
     async def request_counts(request: web.Request) -> web.Response:
         return web.json_response({a.name: a.requests for a in state.accounts.values()})
 
@@ -132,4 +154,7 @@ def routes(state: SimState) -> list[web.RouteDef]:
         web.put("/_sim/accounts/{name}/delay", set_delay),
         web.post("/_sim/expire-tokens", expire_tokens),
         web.get("/_sim/requests", request_counts),
+        web.get("/_sim/tickers", get_tickers),
+        web.put("/_sim/tickers/{exchange}", set_tickers),
+        web.patch("/_sim/tickers/{exchange}", set_tickers),
     ]

@@ -19,7 +19,7 @@ generically and only quotes the body): 401 for a wrong key, unknown or expired t
 refused login, 400 for a body that is not an object of the documented types, 404 for an
 unknown ``walletId``. No rate limit is documented, so none is enforced.
 
-Rendering, from the stored normalized fields (``adapters.kunacore.WIRE_METRICS`` backwards):
+Rendering, from the stored normalized fields (:data:`WIRE_METRICS` backwards):
 ``balance`` = available, ``holdBalance`` = hold, ``lockBalance`` = aml_locked,
 ``referralBalance`` = referral, each "0" when not stored; ``asset`` as stored. Kuna sends no
 total (the client derives it), so stored ``total``/``locked``/``pending_*``/``rate_usd`` are
@@ -30,6 +30,10 @@ value. A ``depositAddress`` object, fake but stable, ends each entry.
 Wallets: balances under venue ``kunacore`` are the default wallet (no ``walletId``); a
 ``walletId`` selects the venue of that name. ``assets`` keeps only the listed assets
 (compared upper-case).
+
+Paths, header and field names are spelled here from Kuna Core's documentation, not imported
+from the adapter: an adapter that drifts from the documented wire must fail against this
+fake, not follow it.
 """
 
 from __future__ import annotations
@@ -43,15 +47,6 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from balwatch.adapters.kunacore import (
-    API_KEY_HEADER,
-    BALANCE_PATH,
-    LOGIN_FIELDS,
-    LOGIN_PATH,
-    MERCHANT_HEADER,
-    SOURCE,
-    WIRE_METRICS,
-)
 from balwatch.model import METRICS
 from balwatch.simulator.respond import (
     PLACEHOLDER_ASSETS,
@@ -62,6 +57,20 @@ from balwatch.simulator.respond import (
 )
 from balwatch.simulator.state import AssetFields, Fault, FaultKind, SimAccount, SimState
 
+EXCHANGE: Final = "kunacore"
+BALANCE_PATH: Final = "/v2/balance"
+LOGIN_PATH: Final = "/v2/auth/login"
+API_KEY_HEADER: Final = "api-key"
+MERCHANT_HEADER: Final = "merchant_id"
+# Both readings of the login's field name, which the docs leave unconfirmed.
+LOGIN_FIELDS: Final = ("login", "email")
+# Wire amount field -> the normalized metric it is rendered from.
+WIRE_METRICS: Final = {
+    "balance": "available",
+    "holdBalance": "hold",
+    "lockBalance": "aml_locked",
+    "referralBalance": "referral",
+}
 _PHRASES: Final = {status.value: status.phrase for status in HTTPStatus}
 
 
@@ -96,7 +105,7 @@ def routes(state: SimState) -> list[web.RouteDef]:
         if filters is None:
             return _error(400, "walletId must be a string and assets a list of strings")
         wallet, assets = filters
-        if wallet not in account.balances and wallet != SOURCE:
+        if wallet not in account.balances and wallet != EXCHANGE:
             return _error(404, "Wallet not found")
         return await serve_balances(
             state, request, account, _render_ok(wallet, assets), _render_fault(wallet, assets)
@@ -108,7 +117,7 @@ def routes(state: SimState) -> list[web.RouteDef]:
 def _user(state: SimState, merchant_id: str | None, login: str) -> SimAccount | None:
     for account in state.accounts.values():
         if (
-            account.exchange == SOURCE
+            account.exchange == EXCHANGE
             and account.merchant_id is not None
             and account.merchant_id == merchant_id
             and account.login == login
@@ -120,7 +129,7 @@ def _user(state: SimState, merchant_id: str | None, login: str) -> SimAccount | 
 def _authenticated(state: SimState, request: web.Request) -> SimAccount | None:
     key = request.headers.get(API_KEY_HEADER)
     if key is not None:
-        return state.by_key(SOURCE, key)
+        return state.by_key(EXCHANGE, key)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or token not in state.tokens:
         return None
@@ -141,7 +150,7 @@ async def _json_object(request: web.Request) -> dict[str, Any] | None:
 
 def _filters(body: dict[str, Any]) -> tuple[str, frozenset[str] | None] | None:
     """(wallet venue, wanted assets upper-cased or None for all), or None if ill-typed."""
-    wallet = body.get("walletId", SOURCE)
+    wallet = body.get("walletId", EXCHANGE)
     assets = body.get("assets")
     if not isinstance(wallet, str):
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from decimal import Context, Decimal, DecimalException
 from typing import Final
 
 from aiohttp import web
@@ -24,6 +25,9 @@ _HTML_PAGE = (
 PLACEHOLDER_ASSETS: Final[dict[str, AssetFields]] = {
     "BTC": {"total": "0", "available": "0", "locked": "0"}
 }
+
+# Derived amounts stay exact for any scenario value a person would write.
+_EXACT: Final = Context(prec=200)
 
 # Renders the good answer for an account.
 RenderOk = Callable[[SimAccount], web.Response]
@@ -95,3 +99,23 @@ async def _generic_fault(
             return json_text(401, '{"error": "unauthorized"}')
         case FaultKind.STATUS | FaultKind.WRONG_TYPES:
             return json_text(fault.status, '{"error": "simulated failure"}', headers)
+
+
+def free_and_locked(fields: AssetFields) -> tuple[str, str]:
+    """(available, locked) for a source that sends no total: each as stored, or derived from
+    ``total`` minus the other, else "0". Text that is not a number passes through as is, so
+    bad scenario data reaches the client."""
+    available, locked, total = fields.get("available"), fields.get("locked"), fields.get("total")
+    if total is not None:
+        if available is None:
+            available = _minus(total, locked or "0")
+        if locked is None:
+            locked = _minus(total, available)
+    return available or "0", locked or "0"
+
+
+def _minus(total: str, part: str) -> str:
+    try:
+        return str(_EXACT.subtract(Decimal(total), Decimal(part)))
+    except DecimalException:
+        return total

@@ -14,6 +14,7 @@ accounts:
     faults: [{kind: status, status: 503, times: 2}]
     delay: 0.2
 rate_limits: {bitso: [300, 60]}    # override a source's documented limit
+tickers: {binance: {BTC/USDT: "60000"}, bitso: {USDT/MXN: "17.25"}}   # market prices
 ```
 Balance fields use the normalized metric names; each fake source renders its own wire format.
 """
@@ -21,14 +22,19 @@ Balance fields use the normalized metric names; each fake source renders its own
 from __future__ import annotations
 
 from collections import deque
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
-from balwatch.config.problems import EXPECTED, Reporter
+from balwatch.config.problems import EXPECTED, Reporter, file_kind
 from balwatch.config.yamlsource import load_yaml
 from balwatch.errors import ConfigError
 from balwatch.simulator.state import Fault, FaultKind, SimAccount, SimState
@@ -41,6 +47,10 @@ def _as_text(value: object) -> str:
 
 def to_fields(raw: dict[str, Any]) -> dict[str, str]:
     return {str(k): _as_text(v) for k, v in raw.items()}
+
+
+# A market as its exchange's tickers name it: base and quote currency.
+Pair = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+/[A-Za-z0-9]+$")]
 
 
 class FaultSpec(BaseModel):
@@ -70,7 +80,7 @@ class AccountScenario(BaseModel):
     balances: dict[str, dict[str, Any]] = Field(default_factory=dict)
     venues: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     faults: list[FaultSpec] = Field(default_factory=list)
-    delay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    delay: float = Field(default=0.0, ge=0, le=3600, allow_inf_nan=False)  # seconds
 
     @field_validator("balances", "venues", mode="before")
     @classmethod
@@ -104,36 +114,28 @@ class Scenario(BaseModel):
 
     accounts: list[AccountScenario] = Field(default_factory=list)
     rate_limits: dict[str, tuple[int, float]] = Field(default_factory=dict)
+    tickers: dict[str, dict[Pair, Any]] = Field(default_factory=dict)
 
     def build(self) -> SimState:
-        return SimState([a.build() for a in self.accounts], rate_limits=self.rate_limits)
+        return SimState(
+            [a.build() for a in self.accounts],
+            rate_limits=self.rate_limits,
+            tickers={venue: to_fields(prices) for venue, prices in self.tickers.items()},
+        )
+
+
+SCENARIO_FILE: Final = file_kind("scenario file", Scenario)
 
 
 def load_scenario(path: Path) -> Scenario:
     """The scenario in ``path``; raises ConfigError naming file, line and column."""
-    doc = load_yaml(path)  # YAML errors, and the positions for validation errors
-    # The data again with YAML floats as Decimal from their text: amounts keep every digit.
-    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_DecimalLoader)  # noqa: S506
+    # YAML floats as Decimal from their text: amounts keep every digit.
+    doc = load_yaml(path, SCENARIO_FILE, decimal_floats=True)
     try:
-        return Scenario.model_validate(data or {})
+        return Scenario.model_validate(doc.data or {})
     except ValidationError as exc:
-        raise ConfigError(_Reporter(doc, Scenario, data=data).problems(exc)) from None
+        raise ConfigError(_Reporter(doc, Scenario).problems(exc)) from None
 
 
 class _Reporter(Reporter):
     expected = EXPECTED
-
-
-class _DecimalLoader(yaml.SafeLoader):
-    """SafeLoader that turns YAML floats into Decimal from their source text."""
-
-
-def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal | str:
-    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
-    try:
-        return Decimal(text)
-    except InvalidOperation:  # .inf, .nan: served as written, a bad amount on purpose
-        return text
-
-
-_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)

@@ -1,7 +1,8 @@
 """One aiohttp server on loopback that speaks all four balance APIs at their real paths.
 
 The paths do not collide (``/v1/balances``, ``/api/v3/balance/``, ``/v2/balance``,
-``/api/v1/private``), so every account's ``base_url`` is the simulator's one URL.
+``/api/v1/private``), so every account's ``base_url`` is the simulator's one URL. Binance
+spot (``/api/v3/account``) and the Bitso and Binance market data are served too, for ccxt.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Self
 
 from aiohttp import web
 
-from balwatch.simulator import bitso, coinapi, coinw, control, kunacore
+from balwatch.simulator import binance, bitso, bitso_market, coinapi, coinw, control, kunacore
 from balwatch.simulator.state import SimState
 
 # Each fake source contributes its routes; this tuple is the simulator's source registry.
-_SOURCES = (coinapi, bitso, kunacore, coinw)
+_SOURCES = (coinapi, bitso, kunacore, coinw, binance, bitso_market)
 
 
 def build_app(state: SimState) -> web.Application:

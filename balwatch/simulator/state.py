@@ -109,12 +109,20 @@ class SimState:
         *,
         rate_limits: dict[str, tuple[int, float]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        tickers: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.accounts: dict[str, SimAccount] = {}
         for account in accounts:
             self.add(account)
         self.rate_limits = dict(rate_limits or {})
         self.clock = clock
+        # Unix seconds, for sources that check a request's timestamp (Binance recvWindow).
+        self.wall_clock = wall_clock
+        # Market prices per exchange: "BASE/QUOTE" -> price text, served as its tickers.
+        self.tickers: dict[str, dict[str, str]] = {
+            exchange: dict(prices) for exchange, prices in (tickers or {}).items()
+        }
         self.closing = asyncio.Event()
         # Kuna Core bearer tokens: token -> account name.
         self.tokens: dict[str, str] = {}

@@ -1,1 +1,1 @@
-"""Alert receivers: MQTT and webhooks, each behind balwatch.sinks.base.Sink."""
+"""Alert receivers: MQTT and webhooks, each behind balwatch.sink.Sink."""

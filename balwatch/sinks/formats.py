@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from balwatch.alert import group_text
-from balwatch.sinks.base import AlertDoc
+from balwatch.sink import AlertDoc
 
 ChatFormat = Literal["slack", "mattermost", "discord", "telegram", "teams"]
 

@@ -1,19 +1,26 @@
 """MQTT sink: alert events, retained active alerts and a retained status on one connection.
 
-Topics (DESIGN.md section 5), under the configured prefix:
+Topics, under the configured prefix (``-`` for a segment an alert does not have: venue and
+asset of an account-scope alert):
 
-- ``alerts/<rule>/<account>/<asset>``: every notification, not retained;
-- ``active/<rule>/<account>/<asset>``: the firing alert, retained; an empty retained
+- ``alerts/<rule>/<account>/<venue>/<asset>``: every notification, not retained;
+- ``active/<rule>/<account>/<venue>/<asset>``: the firing alert, retained; an empty retained
   payload on resolve clears it, so a bot that connects late sees exactly what fires now
-  (with ``send_resolved: false`` the resolve still clears it, only the event is left out);
+  (with ``send_resolved: false`` the resolve still clears it, only the event is left out).
+  No expiry unless the sink sets ``active_expiry`` (MQTT 5);
 - ``status``: retained ``online`` after every (re)connect, ``offline`` as the will and on
   a clean stop (a will is only sent on an unclean disconnect).
 
-A segment the alert does not have (the asset of an account-scope alert; the account or
-asset of a group's alert, see ``group_by``) is ``-``. A group keyed by more than the
-segments (an exchange, a label) adds one level after them, ``key=value`` pairs sorted and
-joined by ``,`` (``exchange=bitso,desk=treasury``), so two groups never share a retained
-``active/`` topic.
+The venue segment is layout version 2 (:data:`TOPIC_LAYOUT`); version 1 had none, so one
+account holding an asset on two venues shared an ``active/`` topic. Outbox documents with
+the :data:`RETAINED_ONLY` key are not notifications but upkeep of retained topics across
+such a change (see :mod:`balwatch.topiclayout`): they publish on ``active/`` only.
+
+An alert of a group (a rule with ``group_by``) fills the segments its group has and puts
+``-`` in the others (``alerts/usdt-floor/-/-/USDT`` for ``group_by: [asset]``). A group
+keyed by more than the segments (an exchange, a label) adds one level after them,
+``key=value`` pairs sorted and joined by ``,`` (``.../-/-/-/desk=treasury,exchange=bitso``),
+so two groups never share a retained ``active/`` topic.
 
 One background task owns the connection and reconnects with backoff; :meth:`send` never
 connects, it publishes on the live connection or fails at once as retryable, so an outage
@@ -31,6 +38,7 @@ import random
 import re
 import secrets
 import ssl
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -42,17 +50,24 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from balwatch.config.model import MqttSinkConfig, redact_url
-from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sink import AlertDoc, DeliveryError, Sink
 from balwatch.sinks.formats import encode_alert
 
 log = structlog.get_logger(__name__)
 
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
-ABSENT: Final = "-"
-ACCOUNT_SCOPE_ASSET: Final = ABSENT
+# The segment of a topic for what an alert does not have (venue and asset at account scope,
+# what a group is not keyed by).
+NO_SEGMENT: Final = "-"
 # The alert keys that are topic segments after the rule, in order.
-SEGMENTS: Final = ("account", "asset")
+SEGMENTS: Final = ("account", "venue", "asset")
+TOPIC_LAYOUT: Final = 2
+# Key of an upkeep document, and its two kinds: retain the alert beside the key on its
+# active/ topic (no event), or clear the alert's active/ topic of layout version 1.
+RETAINED_ONLY: Final = "mqtt_retained_only"
+SET_ACTIVE: Final = "set_active"
+CLEAR_V1_ACTIVE: Final = "clear_v1_active"
 # '/', '+' and '#' are topic syntax; control characters and lone surrogates are not
 # valid (or not visible) in a topic name.
 # Noncharacters (U+FDD0-FDEF and the last two code points of every plane): MQTT lets a
@@ -85,6 +100,35 @@ _STRING_PAIR: Final[int] = _PAHO.types.index("UTF-8 String Pair")
 def topic_segment(value: object) -> str:
     """One topic level from a rule, account or asset name: never splits or wildcards."""
     return _UNSAFE.sub("_", "" if value is None else str(value)) or "_"
+
+
+def topic_tail(alert: AlertDoc) -> str:
+    """``<rule>/<account>/<venue>/<asset>`` of an alert, ``-`` for what it does not have;
+    a group's keys beyond those as one more level (module docstring)."""
+    parts = [
+        NO_SEGMENT if value is None else topic_segment(value)
+        for value in (alert.get(key) for key in ("rule", *SEGMENTS))
+    ]
+    group = alert.get("group")
+    if isinstance(group, Mapping):
+        extra = sorted((str(k), v) for k, v in group.items() if k not in SEGMENTS)
+        if extra:
+            pairs = (f"{k}={NO_SEGMENT if v is None else v}" for k, v in extra)
+            parts.append(topic_segment(",".join(pairs)))
+    return "/".join(parts)
+
+
+def v1_topic_tail(alert: AlertDoc) -> str:
+    """``<rule>/<account>/<asset>``: where layout version 1 put the alert."""
+    asset = alert.get("asset")
+    return "/".join(
+        topic_segment(part)
+        for part in (
+            alert.get("rule"),
+            alert.get("account"),
+            NO_SEGMENT if asset is None else asset,
+        )
+    )
 
 
 class _PackedProperties(Properties):
@@ -237,7 +281,6 @@ class MqttSink(Sink):
         ack_timeout: float = 10.0,
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
-        active_expiry: float = 7 * 86400,
     ) -> None:
         self.name = config.name
         self._config = config
@@ -245,7 +288,8 @@ class MqttSink(Sink):
         self._connect_timeout = connect_timeout
         self._ack_timeout = ack_timeout
         self._reconnect = (reconnect_min, reconnect_max)
-        self._active_expiry = math.ceil(active_expiry)
+        expiry = config.active_expiry
+        self._active_expiry = None if expiry is None else math.ceil(expiry)
         self._v5 = config.protocol == "5"
         self._status_topic = f"{config.topic_prefix}/status"
         # One id per sink instance: a reconnect takes over a half-open old session.
@@ -308,32 +352,18 @@ class MqttSink(Sink):
 
     def topics(self, alert: AlertDoc) -> tuple[str, str]:
         """The ``alerts/`` and ``active/`` topics of one alert."""
-        values = [alert.get(key) for key in SEGMENTS]
-        parts = [alert.get("rule"), *(ABSENT if value is None else value for value in values)]
-        group = alert.get("group")
-        if isinstance(group, dict):
-            extra = sorted((k, v) for k, v in group.items() if k not in SEGMENTS)
-            if extra:
-                parts.append(",".join(f"{k}={ABSENT if v is None else v}" for k, v in extra))
-        tail = "/".join(topic_segment(part) for part in parts)
+        tail = topic_tail(alert)
         prefix = self._config.topic_prefix
         return f"{prefix}/alerts/{tail}", f"{prefix}/active/{tail}"
 
     def _messages(self, alert: AlertDoc) -> list[tuple[str, bytes, bool, Properties | None]]:
         """(topic, payload, retain, v5 properties) in publish order: event, then state."""
-        try:
-            payload = encode_alert(alert)
-        except (TypeError, ValueError) as exc:
-            raise DeliveryError(
-                f"mqtt sink {self.name}: alert is not JSON data: {type(exc).__name__}",
-                retryable=False,
-            ) from None
+        upkeep = alert.get(RETAINED_ONLY)
+        if upkeep is not None:
+            return self._upkeep(upkeep, alert)
+        payload = self._payload(alert)
         events, active = self.topics(alert)
-        if len(active.encode()) > _MAX_TOPIC_BYTES:  # events/ is shorter
-            raise DeliveryError(
-                f"mqtt sink {self.name}: topic longer than MQTT allows ({len(active)} chars)",
-                retryable=False,
-            )
+        self._checked(active)  # alerts/ is shorter
         if alert.get("status") == "resolved":
             clear = (active, b"", True, None)
             if not self._config.send_resolved:
@@ -343,6 +373,38 @@ class MqttSink(Sink):
             (events, payload, False, self._properties(alert)),
             (active, payload, True, self._properties(alert, expiry=self._active_expiry)),
         ]
+
+    def _upkeep(
+        self, kind: object, alert: AlertDoc
+    ) -> list[tuple[str, bytes, bool, Properties | None]]:
+        """The one retained publish of an upkeep document; nothing goes to ``alerts/``."""
+        if kind == CLEAR_V1_ACTIVE:
+            topic = f"{self._config.topic_prefix}/active/{v1_topic_tail(alert)}"
+            return [(self._checked(topic), b"", True, None)]
+        if kind == SET_ACTIVE:
+            doc = {key: value for key, value in alert.items() if key != RETAINED_ONLY}
+            active = self._checked(self.topics(doc)[1])
+            properties = self._properties(doc, expiry=self._active_expiry)
+            return [(active, self._payload(doc), True, properties)]
+        raise DeliveryError(f"mqtt sink {self.name}: unknown upkeep {kind!r}", retryable=False)
+
+    def _payload(self, alert: AlertDoc) -> bytes:
+        try:
+            return encode_alert(alert)
+        except (TypeError, ValueError) as exc:
+            raise DeliveryError(
+                f"mqtt sink {self.name}: alert is not JSON data: {type(exc).__name__}",
+                retryable=False,
+            ) from None
+
+    def _checked(self, topic: str) -> str:
+        """``topic``, unless it is longer than MQTT allows: a dead letter then."""
+        if len(topic.encode()) > _MAX_TOPIC_BYTES:
+            raise DeliveryError(
+                f"mqtt sink {self.name}: topic longer than MQTT allows ({len(topic)} chars)",
+                retryable=False,
+            )
+        return topic
 
     def _properties(self, alert: AlertDoc, *, expiry: int | None = None) -> Properties | None:
         if not self._v5:
@@ -410,18 +472,19 @@ class MqttSink(Sink):
                     await self._announce(connection)
                     self._connection = connection
                     self._first_attempt.set()
-                    log.info("mqtt connected", sink=self.name, broker=broker)
+                    log.info("mqtt_connected", sink=self.name, broker=broker)
                     delay, failures = self._reconnect[0], 0
                     # Yields nothing (no subscriptions); raises MqttError when disconnected.
                     async for _ in connection.messages:
                         pass
             except aiomqtt.MqttError as exc:
                 failures += 1
-                level = log.warning if failures == 1 else log.debug
-                level("mqtt disconnected", sink=self.name, broker=broker, error=str(exc))
+                (log.warning if failures == 1 else log.debug)(
+                    "mqtt_disconnected", sink=self.name, broker=broker, error=str(exc)
+                )
             except Exception:
                 failures += 1
-                log.exception("mqtt connection failed", sink=self.name, broker=broker)
+                log.exception("mqtt_connection_failed", sink=self.name, broker=broker)
             finally:
                 self._connection = None
                 connection.fail_pending("connection lost")

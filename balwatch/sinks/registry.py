@@ -1,4 +1,4 @@
-"""From a sink's config model to a running :class:`~balwatch.sinks.base.Sink`.
+"""From a sink's config model to a running :class:`~balwatch.sink.Sink`.
 
 The one place that switches on the sink type: the outbox, routing and ``send-test`` see
 only the :class:`Sink` interface, so a new receiver type is a new module plus a line here.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import assert_never
 
 from balwatch.config.model import MqttSinkConfig, SinkConfig, WebhookSinkConfig
-from balwatch.sinks.base import Sink
+from balwatch.sink import Sink
 from balwatch.sinks.mqtt import MqttSink
 from balwatch.sinks.webhook import WebhookSink
 

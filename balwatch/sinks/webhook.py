@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from balwatch import __version__
 from balwatch.backoff import parse_retry_after
 from balwatch.config.model import WebhookSinkConfig
-from balwatch.sinks.base import AlertDoc, DeliveryError, Sink
+from balwatch.sink import AlertDoc, DeliveryError, Sink
 from balwatch.sinks.formats import chat_payload, encode_alert
 
 SIGNATURE_HEADER: Final = "X-Balwatch-Signature"

@@ -26,6 +26,15 @@ from balwatch.model import METRICS, Balance
 from balwatch.secret import Secret
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.adapters.wellformed import (
+    ACCOUNT,
+    Answer,
+    amounts,
+    asset_codes,
+    check_answer,
+    maybe_spoiled,
+    notes,
+)
 from tests.conftest import StartSim, account_spec
 
 KEY = "bitso-test-key"
@@ -460,31 +469,50 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-amount_texts = st.one_of(
-    st.text(max_size=10),
-    st.decimals(allow_nan=True, allow_infinity=True).map(str),
-    st.integers().map(str),
-    st.sampled_from(["1,5", "", "NaN", "1e999", "0.00000001", "-0", "1E+5"]),
-)
-entries = st.fixed_dictionaries(
-    {"currency": st.text(min_size=1, max_size=5)},
-    optional={
-        name: amount_texts | json_scalars
-        for name in ("total", "available", "locked", "pending_deposit", "pending_withdrawal")
-    }
-    | {"extra": json_values},
-)
-well_formed = st.builds(
-    lambda rows: {"success": True, "payload": {"balances": rows}}, st.lists(entries, max_size=4)
-)
+_PENDING = ("pending_deposit", "pending_withdrawal")
+_AMOUNT_NAMES = ("total", "available", "locked", *_PENDING)
+
+
+@st.composite
+def bitso_answers(draw: st.DrawFn) -> Answer:
+    """A documented success answer (lower-case currencies, every amount; the pending ones
+    maybe left out), or one with a bad amount."""
+    entries: list[dict[str, Any]] = []
+    rows = []
+    for currency in draw(asset_codes(lower=True)):
+        entry: dict[str, Any] = {"currency": currency}
+        values: dict[str, Decimal | None] = {}
+        for name in _AMOUNT_NAMES:
+            if name in _PENDING and draw(st.booleans()):
+                values[name] = None  # absent: Bitso always sends them today, but may not
+                continue
+            entry[name], values[name] = draw(amounts)
+        note = draw(st.none() | notes)
+        if note is not None:
+            entry["name"] = note
+        entries.append(entry)
+        rows.append(
+            Balance(
+                ACCOUNT,
+                "bitso",
+                "bitso",
+                currency.upper(),
+                currency,
+                total=values["total"],
+                available=values["available"],
+                locked=values["locked"],
+                pending_deposit=values["pending_deposit"],
+                pending_withdrawal=values["pending_withdrawal"],
+                extras={} if note is None else {"name": note},
+            )
+        )
+    fields = [(e["currency"].upper(), e, f) for e in entries for f in e if f in _AMOUNT_NAMES]
+    spoiled = maybe_spoiled(draw, fields)
+    return {"success": True, "payload": {"balances": entries}}, spoiled or rows
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.one_of(
-        json_values, well_formed, st.builds(lambda v: {"success": True, "payload": v}, json_values)
-    )
-)
+@given(st.one_of(json_values, st.builds(lambda v: {"success": True, "payload": v}, json_values)))
 def test_parse_balances_gives_rows_or_bad_response_for_any_json(body: Any) -> None:
     try:
         rows = parse_balances(body, "acct")
@@ -500,6 +528,12 @@ def test_parse_balances_gives_rows_or_bad_response_for_any_json(body: Any) -> No
             )
         assert row.total is not None and row.available is not None and row.locked is not None
         assert all(isinstance(v, str) for v in row.extras.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(bitso_answers())
+def test_well_formed_answers_parse_into_their_rows(answer: Answer) -> None:
+    check_answer(parse_balances, "bitso", answer)
 
 
 # --- secrets ------------------------------------------------------------------------------

@@ -28,6 +28,14 @@ from balwatch.errors import (
 from balwatch.model import METRICS, Balance
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.adapters.wellformed import (
+    ACCOUNT,
+    Answer,
+    amounts,
+    asset_codes,
+    check_answer,
+    maybe_spoiled,
+)
 from tests.conftest import StartSim, account_spec
 
 KEY = "ems-key-5d0c1a77e2"
@@ -476,7 +484,7 @@ def _texts(error: BaseException) -> Iterator[str]:
         current = current.__cause__ or current.__context__
 
 
-# --- property tests: parse_balances returns valid rows or raises BadResponse, nothing else ---
+# --- properties -----------------------------------------------------------------------------
 
 _FIELDS = [
     "exchange_id",
@@ -505,45 +513,60 @@ _json = st.recursive(
     ),
     max_leaves=25,
 )
-_good_amount = (
-    st.decimals(min_value=0, max_value=10**12, places=8)
-    | st.integers(min_value=0, max_value=10**12)
-    | st.decimals(min_value=0, max_value=10**6, places=8).map(str)
-)
-_any_amount = (
-    st.text(max_size=12)
-    | st.from_regex(r"-?\d{0,3}(\.\d{0,3})?([eE][-+]?\d{1,3})?", fullmatch=True)
-    | st.decimals()
-    | st.integers()
-    | st.none()
-    | st.booleans()
-)
-# Mostly good amounts, so that whole answers parse often enough to check the rows.
-_amount = st.one_of(_good_amount, _good_amount, _good_amount, _good_amount, _any_amount)
-_row = st.fixed_dictionaries(
-    {
-        "asset_id_coinapi": st.sampled_from(["btc", "BTC", "eth", "usdt", ""])
-        | st.text(min_size=1, max_size=4),
-        "balance": _amount,
-    },
-    optional={
-        "asset_id_exchange": st.text(min_size=1, max_size=4) | st.none() | st.just(""),
-        "available": _amount,
-        "locked": _amount,
-        "rate_usd": _amount,
-        "traded": _amount,
-        "last_updated_by": st.sampled_from(["INITIALIZATION", "BALANCE_MANAGER", "EXCHANGE"]),
-    },
-)
-_shaped = st.lists(
-    st.fixed_dictionaries(
-        {
-            "exchange_id": st.sampled_from(["KRAKEN", "BINANCE"]) | st.text(max_size=6),
-            "data": st.lists(_row, max_size=4),
-        }
-    ),
-    max_size=3,
-)
+_OPTIONAL = ("available", "locked", "rate_usd")
+
+
+@st.composite
+def coinapi_answers(draw: st.DrawFn) -> Answer:
+    """A documented answer (venues with their rows, ``balance`` always, the other amounts
+    maybe absent or null), or one with a bad amount."""
+    venues = draw(st.lists(st.sampled_from(["KRAKEN", "BINANCE", "BITSTAMP"]), unique=True))
+    body: list[dict[str, Any]] = []
+    rows = []
+    for venue in venues:
+        data: list[dict[str, Any]] = []
+        for code in draw(asset_codes()):
+            row: dict[str, Any] = {"asset_id_coinapi": code}
+            venue_code = draw(st.none() | st.from_regex(r"[A-Z]{1,5}", fullmatch=True))
+            if venue_code is not None:
+                row["asset_id_exchange"] = venue_code
+            row["balance"], total = draw(amounts)
+            values: dict[str, Decimal | None] = {}
+            for name in _OPTIONAL:
+                form = draw(st.sampled_from(["absent", "null", "amount", "amount"]))
+                values[name] = None
+                if form == "null":
+                    row[name] = None
+                elif form == "amount":
+                    row[name], values[name] = draw(amounts)
+            updated = draw(st.none() | st.sampled_from(["INITIALIZATION", "EXCHANGE"]))
+            if updated is not None:
+                row["last_updated_by"] = updated
+            data.append(row)
+            rows.append(
+                Balance(
+                    ACCOUNT,
+                    "coinapi",
+                    venue,
+                    code.upper(),
+                    code if venue_code is None else venue_code,
+                    total=total,
+                    available=values["available"],
+                    locked=values["locked"],
+                    rate_usd=values["rate_usd"],
+                    extras={} if updated is None else {"last_updated_by": updated},
+                )
+            )
+        body.append({"exchange_id": venue, "data": data})
+    fields = [
+        (row["asset_id_coinapi"].upper(), row, name)
+        for entry in body
+        for row in entry["data"]
+        for name in ("balance", *_OPTIONAL)
+        if name in row
+    ]
+    spoiled = maybe_spoiled(draw, fields)
+    return body, spoiled or rows
 
 
 def _check(body: Any) -> None:
@@ -571,6 +594,6 @@ def test_parse_arbitrary_json(body: Any) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(_shaped)
-def test_parse_well_formed_shapes_with_arbitrary_amounts(body: Any) -> None:
-    _check(body)
+@given(coinapi_answers())
+def test_well_formed_answers_parse_into_their_rows(answer: Answer) -> None:
+    check_answer(parse_balances, "coinapi", answer)

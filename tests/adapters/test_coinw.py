@@ -17,6 +17,15 @@ from balwatch.errors import AuthError, BadResponse, RateLimited, SourceError, So
 from balwatch.model import Balance
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import AssetFields, Fault, FaultKind, SimAccount
+from tests.adapters.wellformed import (
+    ACCOUNT,
+    Answer,
+    amounts,
+    asset_codes,
+    check_answer,
+    maybe_spoiled,
+    notes,
+)
 from tests.conftest import StartSim, account_spec
 
 KEY = "coinw-key-7f3a9c"
@@ -454,28 +463,41 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
     max_leaves=20,
 )
-_valid_amount = st.decimals(min_value=0, max_value=10**12, allow_nan=False) | st.integers(0)
-_amount = st.one_of(
-    _valid_amount,
-    _valid_amount.map(str),
-    _valid_amount.map(str),
-    st.from_regex(r"-?[0-9]{0,6}(\.[0-9]{0,8})?([eE][-+]?[0-9]{1,4})?", fullmatch=True),
-    st.text(max_size=8) | st.integers() | st.decimals() | st.booleans() | st.none(),
-)
-_shaped = st.fixed_dictionaries(
-    {
-        "code": st.just("200") | st.just(200) | st.sampled_from(["29001", Decimal("200.0"), None]),
-        "data": st.dictionaries(
-            st.text(min_size=1, max_size=5),
-            st.fixed_dictionaries(
-                {"available": _amount, "onOrders": _amount},
-                optional={"frozen": _scalar, "note": _scalar},
-            ),
-            max_size=3,
-        ),
-    },
-    optional={"msg": _scalar},
-)
+
+
+_AMOUNT_FIELDS = ("available", "onOrders")
+
+
+@st.composite
+def coinw_answers(draw: st.DrawFn) -> Answer:
+    """A documented success answer (code 200 as text or number), or one with a bad amount."""
+    data: dict[str, dict[str, Any]] = {}
+    rows = []
+    for code in draw(asset_codes()):
+        (available, free), (on_orders, held) = draw(amounts), draw(amounts)
+        entry: dict[str, Any] = {"available": available, "onOrders": on_orders}
+        note = draw(st.none() | notes)
+        if note is not None:
+            entry["note"] = note
+        data[code] = entry
+        rows.append(
+            Balance(
+                ACCOUNT,
+                "coinw",
+                "coinw",
+                code.upper(),
+                code,
+                total=free + held,
+                available=free,
+                locked=held,
+                extras={} if note is None else {"note": note},
+            )
+        )
+    fields = [(code.upper(), entry, f) for code, entry in data.items() for f in _AMOUNT_FIELDS]
+    spoiled = maybe_spoiled(draw, fields)
+    code = draw(st.sampled_from(["200", 200]))
+    body = {"code": code, "data": data, "msg": "SUCCESS", "success": True, "failed": False}
+    return body, spoiled or rows
 
 
 def check_rows_or_bad_response(body: Any) -> None:
@@ -502,9 +524,9 @@ def test_parse_balances_any_json(body: Any) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(_shaped)
-def test_parse_balances_well_formed_shapes(body: Any) -> None:
-    check_rows_or_bad_response(body)
+@given(coinw_answers())
+def test_well_formed_answers_parse_into_their_rows(answer: Answer) -> None:
+    check_answer(parse_balances, "coinw", answer)
 
 
 # --- secrets ----------------------------------------------------------------------------

@@ -26,6 +26,15 @@ from balwatch.errors import AuthError, BadResponse, RateLimited, SourceError, So
 from balwatch.model import Balance
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.adapters.wellformed import (
+    ACCOUNT,
+    Answer,
+    amount_texts,
+    amounts,
+    asset_codes,
+    check_answer,
+    maybe_spoiled,
+)
 from tests.conftest import StartSim, account_spec
 
 KEY = "kuna-test-api-key-5f1c"
@@ -205,51 +214,53 @@ _json = st.recursive(
     ),
     max_leaves=8,
 )
-# Mostly well-formed amounts (so valid rows come out often), with every kind of bad one.
-_good_amounts = st.decimals(min_value=0, max_value=10**12, places=8) | st.integers(0, 10**15)
-_amounts = st.one_of(
-    _good_amounts.map(str),
-    _good_amounts,
-    st.from_regex(r"-?\d{0,8}\.?\d{0,8}([eE][-+]?\d{1,5})?", fullmatch=True),
-    st.sampled_from(["NaN", "Infinity", "-0", "1,5", "", " 1", "0x10", "1e40", "1e-9999"]),
-    _scalars,
-)
-_good_assets = st.sampled_from(["USDT", "btc", "Trx"]) | st.text(min_size=1, max_size=5)
+_bodies = st.one_of(_json, st.fixed_dictionaries({"data": _json}))
+_PARTS = ("holdBalance", "lockBalance", "referralBalance")
 
 
-def _entries(
-    assets: st.SearchStrategy[Any], amounts: st.SearchStrategy[Any], required: tuple[str, ...]
-) -> st.SearchStrategy[Any]:
-    """Kuna entries: the given amount fields always, the others maybe, unknown fields too."""
-    wire = ("balance", "holdBalance", "lockBalance", "referralBalance")
-    known = st.fixed_dictionaries(
-        {"asset": assets, **dict.fromkeys(required, amounts)},
-        optional={**{k: amounts for k in wire if k not in required}, "depositAddress": _json},
-    )
-    unknown = st.dictionaries(st.text(max_size=8), _json, max_size=3)
-    return st.tuples(known, unknown).map(lambda pair: {**pair[1], **pair[0]})
-
-
-_bodies = st.one_of(
-    _json,
-    st.fixed_dictionaries({"data": _json}),
-    st.fixed_dictionaries(
-        {"data": st.lists(_entries(_good_assets | _scalars, _amounts, ("balance",)), max_size=4)}
-    ),
-    st.fixed_dictionaries(
-        {
-            "data": st.lists(
-                _entries(
-                    _good_assets,
-                    _good_amounts.map(str) | _good_amounts,
-                    ("balance", "holdBalance", "lockBalance"),
-                ),
-                max_size=4,
-                unique_by=lambda e: str(e["asset"]).upper(),
+@st.composite
+def kunacore_answers(draw: st.DrawFn) -> Answer:
+    """A documented answer (``balance`` always; hold, lock and referral maybe absent or null;
+    a deposit address; maybe a field newer than the docs), or one with a bad amount."""
+    data: list[dict[str, Any]] = []
+    rows = []
+    for code in draw(asset_codes()):
+        entry: dict[str, Any] = {"asset": code}
+        entry["balance"], available = draw(amounts)
+        parts: dict[str, Decimal | None] = {}
+        for name in _PARTS:
+            form = draw(st.sampled_from(["absent", "null", "amount", "amount", "amount"]))
+            parts[name] = None
+            if form == "null":
+                entry[name] = None
+            elif form == "amount":
+                entry[name], parts[name] = draw(amounts)
+        entry["depositAddress"] = {code: {"address": "T9yD14Nj9j7xAB4dbGeiX9h8unkKHxuWwb"}}
+        settlement = draw(st.none() | amount_texts)  # a field newer than the docs
+        if settlement is not None:
+            entry["settlementBalance"] = settlement
+        data.append(entry)
+        hold, locked = parts["holdBalance"], parts["lockBalance"]
+        rows.append(
+            Balance(
+                ACCOUNT,
+                "kunacore",
+                "kunacore",
+                code.upper(),
+                code,
+                total=None if hold is None or locked is None else available + hold + locked,
+                available=available,
+                hold=hold,
+                aml_locked=locked,
+                referral=parts["referralBalance"],
+                extras={} if settlement is None else {"settlementBalance": settlement},
             )
-        }
-    ),
-)
+        )
+    fields = [
+        (e["asset"].upper(), e, name) for e in data for name in ("balance", *_PARTS) if name in e
+    ]
+    spoiled = maybe_spoiled(draw, fields)
+    return {"data": data}, spoiled or rows
 
 
 @settings(max_examples=200, deadline=None)
@@ -270,6 +281,12 @@ def test_parse_never_raises_anything_but_bad_response(body: Any) -> None:
         else:
             assert row.total == row.available + row.hold + row.aml_locked
         assert all(isinstance(v, str) for v in row.extras.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(kunacore_answers())
+def test_well_formed_answers_parse_into_their_rows(answer: Answer) -> None:
+    check_answer(parse_balances, "kunacore", answer)
 
 
 # --- against the fake service -------------------------------------------------------------

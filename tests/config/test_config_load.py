@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_design_example_loads(write: WriteFile, environ: dict[str, str], tmp_pat
     assert config.http is not None
     assert (config.http.host, config.http.port) == ("127.0.0.1", 9464)
     assert (config.log.format, config.log.level) == ("json", "info")
+    assert config.metrics.balances is True  # balances on /metrics unless turned off
 
     [account] = config.accounts
     assert account.poll_interval == 15.0
@@ -142,6 +144,31 @@ def test_defaults_apply(write: WriteFile, tmp_path: Path) -> None:
     assert gw_spec.options == CoinApiOptions(exchange_id="BINANCE")
     assert config.account_spec(kuna).timeout == 2.0
     assert kuna.options == KunaCoreOptions(assets=["USDT"])
+
+
+def test_instance_and_external_url(write: WriteFile) -> None:
+    default = load_config(write("{}\n"), {})
+    assert default.instance == socket.gethostname()
+    assert (default.external_url, default.sinks) == (None, ())
+    config = load_config(
+        write(
+            """
+            instance: treasury-prod
+            external_url: https://ops.example/balwatch/
+            sinks:
+              - {name: m, type: mqtt, url: 'mqtt://b', active_expiry: 30d}
+              - {name: n, type: mqtt, url: 'mqtt://b'}
+            """
+        ),
+        {},
+    )
+    assert (config.instance, config.external_url) == (
+        "treasury-prod",
+        "https://ops.example/balwatch",
+    )
+    expiring, lasting = config.sinks
+    assert isinstance(expiring, MqttSinkConfig) and isinstance(lasting, MqttSinkConfig)
+    assert (expiring.active_expiry, lasting.active_expiry) == (30 * 86400, None)
 
 
 def test_state_directory_from_systemd(write: WriteFile) -> None:
@@ -211,7 +238,7 @@ ERROR_CASES = {
         2,
         1,
         "unknown key 'state_dri' in the config (did you mean 'state_dir'?); expected one of: "
-        "state_dir, rules, http, log, defaults, accounts, sinks",
+        "state_dir, instance, external_url, rules, http, log, metrics, defaults, accounts, sinks",
     ),
     "unknown account key": (
         VALID_ACCOUNT + "    poll_intervall: 15s\n",
@@ -224,7 +251,8 @@ ERROR_CASES = {
         VALID_ACCOUNT.replace("bitso", "bitsoo"),
         3,
         15,
-        "exchange 'bitsoo' is not supported; expected one of: bitso, coinapi, coinw, kunacore",
+        "exchange 'bitsoo' is not supported; expected one of: bitso, ccxt, coinapi, coinw, "
+        "kunacore",
     ),
     "missing base_url for coinapi": (
         "accounts:\n  - name: gw\n    exchange: coinapi\n",
@@ -346,6 +374,18 @@ ERROR_CASES = {
         15,
         "expected 'auto', 'json' or 'console', got 'jsn'",
     ),
+    "bad metrics switch": (
+        "metrics: {balances: sometimes}\n",
+        1,
+        21,
+        "expected true or false, got 'sometimes'",
+    ),
+    "unknown metrics key": (
+        "metrics: {balance: false}\n",
+        1,
+        11,
+        "unknown key 'balance' in metrics",
+    ),
     "bad listen": (
         "http: {listen: 9464}\n",
         1,
@@ -407,6 +447,32 @@ ERROR_CASES = {
         43,
         "cannot read /nonexistent/bitso for ${cred:bitso}: No such file or directory",
     ),
+    "active_expiry on MQTT 3.1.1": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', protocol: '3.1.1',\n"
+        "     active_expiry: 30d}\n",
+        3,
+        21,
+        "active_expiry needs protocol 5: MQTT 3.1.1 has no message expiry",
+    ),
+    "active_expiry past MQTT's limit": (
+        "sinks:\n  - {name: m, type: mqtt, url: 'mqtt://b', active_expiry: 50000d}\n",
+        2,
+        59,
+        "expected a duration from 1s to 4294967295s, got '50000d'",
+    ),
+    "external_url without a host": (
+        "external_url: /balwatch\n",
+        1,
+        15,
+        "expected a URL with a host, starting with https:// or http://",
+    ),
+    "external_url with a query": (
+        "external_url: 'https://ops.example/?x=1'\n",
+        1,
+        15,
+        "expected a base URL without '?' or '#', got 'https://ops.example/?x=1'",
+    ),
+    "blank instance": ("instance: ' '\n", 1, 11, "expected a name of printable characters"),
     "empty file": ("", 1, 1, "expected a mapping (key: value), got an empty value"),
     "string where a mapping belongs is not quoted": (
         "sinks:\n  - name: w\n    type: webhook\n    url: https://h\n"

@@ -22,9 +22,11 @@ from typing import Any
 import structlog
 import yaml
 
-from balwatch.daemon import Daemon, OnAlerts
+from balwatch.daemon import Daemon
 from balwatch.poll import PollResult
+from balwatch.publisher import OnAlerts
 from balwatch.systemd import Notifier
+from tests.waiting import within
 
 OnPoll = Callable[[PollResult], None]
 
@@ -78,15 +80,19 @@ class LogWatch:
     ) -> dict[str, Any]:
         """The first ``name`` event among entries from index ``after`` on; waits for it."""
         assert self._changed is not None, "call bind_loop() first"
-        async with asyncio.timeout(timeout):
+        changed = self._changed
+
+        async def logged() -> dict[str, Any]:
             while True:
                 for entry in self.entries[after:]:
                     if entry.get("event") == name and all(
                         entry.get(k) == v for k, v in fields.items()
                     ):
                         return entry
-                self._changed.clear()
-                await self._changed.wait()
+                changed.clear()
+                await changed.wait()
+
+        return await within(logged(), f"log event {name} {fields or ''}".rstrip(), timeout)
 
 
 @contextlib.contextmanager

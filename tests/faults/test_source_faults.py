@@ -55,6 +55,7 @@ from tests.faults.wire import (
     encode,
     good_rows,
 )
+from tests.waiting import within
 
 INTERVAL: Final = 0.2
 # The least a retry may wait after a failure: the poll interval, jittered.
@@ -445,7 +446,8 @@ async def run_campaign(source: str, directory: Path) -> Campaign:
             ended = time.monotonic()
             running_at_end = not running.done()
             daemon.stopping.set()
-            exit_code = await running  # a crash of the daemon raises here: the tests error
+            # A crash of the daemon raises here: the tests error.
+            exit_code = await within(running, "the daemon to stop", 30)
             delivered = [
                 _json(m.payload) for m in await subscriber.drain() if m.payload is not None
             ]

@@ -4,10 +4,11 @@ Two real failures, both raised by SQLite itself on the daemon's own connection:
 
 - disk full: the state directory is a tiny tmpfs, filled to the last byte, so the WAL append
   of the next commit fails with SQLITE_FULL (skipped where mounting is not allowed);
-- writes refused: SQLite's authorizer on the daemon's connection denies every row write
-  (reads still work), the portable stand-in for a state directory gone read-only. chmod
-  cannot stand in: root ignores it, and an open database writes through its descriptors;
-  nor can a read-only remount, which the kernel refuses while the database is open.
+- writes refused: triggers put in the database from outside make SQLite abort every row
+  write of the daemon's transactions (reads still work), the portable stand-in for a state
+  directory gone read-only. chmod cannot stand in: root ignores it, and an open database
+  writes through its descriptors; nor can a read-only remount, which the kernel refuses
+  while the database is open.
 
 The daemon polls one account against the real simulator and delivers to a real Mosquitto
 and to a webhook receiver that answers 503, so that sink's deliveries stay pending in the
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +29,14 @@ import pytest
 
 import balwatch.daemon
 from balwatch.alert import Alert
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.poll import PollResult
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount, SimState
-from balwatch.statestore import prepare
+from balwatch.state.sqlite import SqliteStateStore
 from tests.brokers import Mosquitto, Subscriber, subscribe
 from tests.faults.harness import LogWatch, TinyFs, WatchedDaemon, watching_logs, write_config
+from tests.state.backends import REFUSAL, SqliteBackend
+from tests.waiting import within
 from tests.webhooks import Reply, WebhookReceiver
 
 ACCOUNT = "bitso-main"
@@ -59,25 +60,25 @@ class Rig:
     hook: WebhookReceiver
     alerts: asyncio.Queue[Alert]  # what the daemon committed and handed on, in order
     polls: asyncio.Queue[PollResult]
-    db: Path
+    state_dir: Path
 
     def set_available(self, amount: str) -> None:
         usdt = self.sim.state.accounts[ACCOUNT].balances["bitso"]["USDT"]
         usdt.update(available=amount, total=amount)
 
     async def next_alert(self, timeout: float = 5.0) -> Alert:
-        return await asyncio.wait_for(self.alerts.get(), timeout)
+        return await within(self.alerts.get(), "the next alert", timeout)
 
     async def polls_after(self, count: int, timeout: float = 5.0) -> None:
         """Wait until ``count`` more polls have been handled."""
         while not self.polls.empty():
             self.polls.get_nowait()
-        for _ in range(count):
-            await asyncio.wait_for(self.polls.get(), timeout)
+        for n in range(count):
+            await within(self.polls.get(), f"poll {n + 1} of {count}", timeout)
 
     async def stop(self) -> int:
         self.daemon.stopping.set()
-        return await asyncio.wait_for(self.running, 30)
+        return await within(self.running, "the daemon to stop", 30)
 
 
 async def _first(awaitable: Awaitable[object], running: asyncio.Task[int]) -> None:
@@ -135,9 +136,7 @@ async def rig(tmp_path: Path, state_dir: Path) -> AsyncIterator[Rig]:
             running = asyncio.create_task(daemon.run())
             try:
                 await _first(daemon.started.wait(), running)
-                yield Rig(
-                    daemon, running, sim, logs, mqtt, hook, alerts, polls, state_dir / DB_FILE
-                )
+                yield Rig(daemon, running, sim, logs, mqtt, hook, alerts, polls, state_dir)
             finally:
                 daemon.stopping.set()
                 with contextlib.suppress(Exception):
@@ -162,37 +161,14 @@ class DiskFull:
         self.fs.free()
 
 
-_WRITES = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
-
-
-def _refuse_writes(action: int, *_: object) -> int:
-    return sqlite3.SQLITE_DENY if action in _WRITES else sqlite3.SQLITE_OK
-
-
 class WritesRefused:
-    """Every row write of the daemon's connection fails inside SQLite; reads still work.
-
-    SQLite's authorizer on the daemon's own connection, set and lifted through the store's
-    StateWrite hook (on the database thread): the portable stand-in for a state directory
-    gone read-only. ``PRAGMA query_only`` would be closer, but it also refuses the store's
-    ``BEGIN IMMEDIATE``, so nothing could lift it through the store again.
-    """
+    """Every row write of the daemon's transactions fails inside SQLite; reads still work."""
 
     async def begin(self, rig: Rig) -> None:
-        await rig.daemon.outbox.store.write(lambda conn: conn.set_authorizer(_refuse_writes))
+        await SqliteBackend(rig.state_dir).refuse("alerts", "states", "deliveries")
 
     async def end(self, rig: Rig) -> None:
-        if rig.running.done():
-            return  # the refusal went with the daemon's connection
-        # A transaction that also carries the daemon's held writes fails before it gets to
-        # lifting the refusal; one with nothing queued before it goes through.
-        for _ in range(50):
-            try:
-                await rig.daemon.outbox.store.write(lambda conn: conn.set_authorizer(None))
-                return
-            except sqlite3.DatabaseError:
-                continue
-        raise AssertionError("could not lift the write refusal")
+        await SqliteBackend(rig.state_dir).allow()
 
 
 @dataclass
@@ -207,19 +183,16 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
     if request.param == "disk_full":
         fs: TinyFs = request.getfixturevalue("tiny_fs")
         return Setup(fs.path / "state", DiskFull(fs), "database or disk is full")
-    return Setup(tmp_path / "state", WritesRefused(), "not authorized")
+    return Setup(tmp_path / "state", WritesRefused(), REFUSAL)
 
 
 def _ids(messages: list[Any]) -> list[str]:
     return [json.loads(m.payload)["id"] for m in messages]
 
 
-async def _pending_ids(db: Path, sink: str) -> list[str]:
-    store = await OutboxStore.open(db)
-    try:
+async def _pending_ids(state_dir: Path, sink: str) -> list[str]:
+    async with SqliteStateStore(state_dir) as store:
         return [d.alert["id"] for d in await store.pending(sink)]
-    finally:
-        await store.close()
 
 
 async def test_storage_fault_mid_run(
@@ -275,9 +248,10 @@ async def test_storage_fault_mid_run(
 
     # Nothing committed was lost: both alerts still wait for the webhook, in order, and the
     # engine state on disk is the latest (nothing firing).
-    assert await _pending_ids(r.db, "hook") == [fired_id, resolved_id]
-    assert await _pending_ids(r.db, "mqtt") == []
-    saved = await asyncio.to_thread(prepare, r.db, 0.0)
+    assert await _pending_ids(r.state_dir, "hook") == [fired_id, resolved_id]
+    assert await _pending_ids(r.state_dir, "mqtt") == []
+    async with SqliteStateStore(r.state_dir) as store:
+        saved = await store.load(0.0)
     assert saved.alerts == []
     assert [a.account for a in saved.accounts] == [ACCOUNT]
 
@@ -315,11 +289,11 @@ async def test_stop_during_storage_fault(
         # the fault, so it may come again first; in order, and nothing else.
         assert seen in ([resolved_id], [fired_id, resolved_id]), seen
         assert await again.stop() == 0
-    assert await _pending_ids(again.db, "hook") == [fired_id, resolved_id]
+    assert await _pending_ids(again.state_dir, "hook") == [fired_id, resolved_id]
 
     assert stopped == 0, (
         f"stopping while the state cannot be written ended Daemon.run() with {stopped!r}: "
-        "run() awaits self._flush() unguarded on the way out (balwatch/daemon.py, after "
-        "scheduler.stop()), so the error skips the outbox drain and 'stopped', and the CLI "
-        "dies with a traceback; catch and log it there as _ticker does (state_flush_failed)"
+        "the final flush raised on the way out (AlertPublisher.close), so the error skips "
+        "the outbox drain and 'stopped', and the CLI dies with a traceback; it must be "
+        "logged as state_flush_failed, as the ticker's flushes are"
     )

@@ -5,20 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from balwatch.outbox.store import DB_FILE, OutboxStore
+from balwatch.state.sqlite import SqliteStateStore
 from tests.outbox.doubles import FakeClock
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / DB_FILE
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[OutboxStore]:
-    opened = await OutboxStore.open(db_path)
-    yield opened
-    await opened.close()
+async def store(state_dir: Path) -> AsyncIterator[SqliteStateStore]:
+    async with SqliteStateStore(state_dir) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Child process for the SIGKILL test: enqueue alerts to a webhook, deliver until killed.
 
-``python -m tests.outbox.crash_child DB URL FINGERPRINTS EVENTS`` prints ``enqueued`` once
+``python -m tests.outbox.crash_child STATE_DIR URL FINGERPRINTS EVENTS`` prints ``enqueued`` once
 every alert is committed, then keeps delivering until the parent kills it.
 """
 
@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from balwatch.config.model import WebhookSinkConfig
-from balwatch.outbox.store import OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sinks.webhook import WebhookSink
+from balwatch.state.sqlite import SqliteStateStore
 from tests.outbox.doubles import alert
 
 SINK = "hook"
@@ -25,9 +25,8 @@ def sink_config(url: str) -> WebhookSinkConfig:
     )
 
 
-async def main(db: Path, url: str, fingerprints: int, events: int) -> None:
-    store = await OutboxStore.open(db)
-    async with WebhookSink(sink_config(url)) as sink:
+async def main(state_dir: Path, url: str, fingerprints: int, events: int) -> None:
+    async with SqliteStateStore(state_dir) as store, WebhookSink(sink_config(url)) as sink:
         outbox = Outbox(store, [sink], concurrency=8)
         await outbox.start()
         for seq in range(events):  # one transition at a time, as the rule engine emits them
@@ -38,5 +37,5 @@ async def main(db: Path, url: str, fingerprints: int, events: int) -> None:
 
 
 if __name__ == "__main__":
-    db, url, fingerprints, events = sys.argv[1:]
-    asyncio.run(main(Path(db), url, int(fingerprints), int(events)))
+    state_dir, url, fingerprints, events = sys.argv[1:]
+    asyncio.run(main(Path(state_dir), url, int(fingerprints), int(events)))

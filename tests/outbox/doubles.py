@@ -7,7 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from balwatch.sinks.base import AlertDoc, Sink
+from balwatch.sink import AlertDoc, Sink
+from tests.waiting import within
 
 # Decides one attempt: (alert, attempt number for this alert id, from 1) -> error or None.
 Script = Callable[[AlertDoc, int], BaseException | None]
@@ -95,10 +96,14 @@ class ScriptedSink(Sink):
             self.sending[fingerprint] -= 1
 
     async def wait_attempts(self, count: int) -> None:
-        """Return once ``count`` attempts have started."""
-        while len(self.attempts) < count:
-            self._attempted.clear()
-            await self._attempted.wait()
+        """Return once ``count`` attempts have started; fail the test if they do not."""
+
+        async def attempted() -> None:
+            while len(self.attempts) < count:
+                self._attempted.clear()
+                await self._attempted.wait()
+
+        await within(attempted(), f"{count} send attempts on sink {self.name}")
 
     def delivered_ids(self) -> list[str]:
         return [a["id"] for a in self.delivered]
@@ -136,8 +141,12 @@ class FakeClock:
 
     async def sleeping_until(self, *, after: int = 0) -> float:
         """Wait until someone sleeps towards a deadline, in a wait begun after the first
-        ``after`` ones, and return the earliest deadline."""
-        while self.sleeps <= after or not any(u < float("inf") for u, _ in self._sleepers):
-            self._slept.clear()
-            await self._slept.wait()
+        ``after`` ones, and return the earliest deadline; fail the test if nobody does."""
+
+        async def slept() -> None:
+            while self.sleeps <= after or not any(u < float("inf") for u, _ in self._sleepers):
+                self._slept.clear()
+                await self._slept.wait()
+
+        await within(slept(), f"a wait with a deadline (after {after} waits)")
         return min(until for until, _ in self._sleepers)

@@ -7,9 +7,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from balwatch.outbox.store import OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sinks.webhook import WebhookSink
+from balwatch.state.sqlite import SqliteStateStore
 from tests.outbox.crash_child import sink_config
 from tests.outbox.doubles import alert
 from tests.webhooks import Reply, WebhookReceiver
@@ -18,12 +18,12 @@ FINGERPRINTS, EVENTS = 20, 10  # 200 alerts
 ANSWERED = 50  # then the receiver stops answering, so deliveries are in flight when killed
 
 
-async def test_sigkill_mid_delivery_loses_nothing(db_path: Path) -> None:
+async def test_sigkill_mid_delivery_loses_nothing(state_dir: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     async with WebhookReceiver(*[Reply()] * ANSWERED, default=Reply(hang=True)) as receiver:
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.outbox.crash_child",
-            str(db_path), receiver.url, str(FINGERPRINTS), str(EVENTS),
+            str(state_dir), receiver.url, str(FINGERPRINTS), str(EVENTS),
             cwd=root, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -37,8 +37,7 @@ async def test_sigkill_mid_delivery_loses_nothing(db_path: Path) -> None:
         before_kill = len(receiver.requests)
 
         receiver.script([Reply()] * 1000)
-        store = await OutboxStore.open(db_path)
-        try:
+        async with SqliteStateStore(state_dir) as store:
             async with WebhookSink(sink_config(receiver.url)) as sink:
                 outbox = Outbox(store, [sink])
                 await outbox.start()
@@ -46,8 +45,6 @@ async def test_sigkill_mid_delivery_loses_nothing(db_path: Path) -> None:
                 await asyncio.wait_for(outbox.wait_settled(), 30)
                 await outbox.stop()
             assert await store.counts() == {}
-        finally:
-            await store.close()
 
     assert before_kill > ANSWERED
     assert resumed >= FINGERPRINTS * EVENTS - ANSWERED  # answered ones may miss their ack

@@ -10,6 +10,7 @@ import pytest
 from balwatch.alert import Alert
 from balwatch.config.model import Config
 from balwatch.outbox.sendtest import TEST_RULE, send_test, synthetic_alerts
+from balwatch.sinks.registry import build_sink
 from tests.brokers import Mosquitto, subscribe
 from tests.webhooks import Reply, WebhookReceiver
 
@@ -23,7 +24,9 @@ def hook(url: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_the_synthetic_alerts_are_valid_alert_documents() -> None:
-    firing, resolved = synthetic_alerts("hook", resolve=True, now=datetime.now(UTC))
+    firing, resolved = synthetic_alerts(
+        "hook", resolve=True, now=datetime.now(UTC), instance="treasury-prod"
+    )
     for doc in (firing, resolved):
         parsed = Alert.from_json(doc)
         assert (parsed.rule, parsed.severity) == (TEST_RULE, "info")
@@ -36,7 +39,7 @@ def test_the_synthetic_alerts_are_valid_alert_documents() -> None:
 
 async def test_delivered_through_a_real_webhook() -> None:
     async with WebhookReceiver() as receiver:
-        result = await send_test(config(hook(receiver.url)), "hook", timeout=10)
+        result = await send_test(config(hook(receiver.url)), "hook", build_sink, timeout=10)
     assert (result.delivered, result.reason) == (True, None)
     bodies = [r.json() for r in receiver.requests]
     assert [(b["id"], b["event"], b["rule"]) for b in bodies] == [
@@ -48,7 +51,7 @@ async def test_delivered_through_a_real_webhook() -> None:
 async def test_only_the_firing_alert_when_the_sink_skips_resolved() -> None:
     async with WebhookReceiver() as receiver:
         result = await send_test(
-            config(hook(receiver.url, send_resolved=False)), "hook", timeout=10
+            config(hook(receiver.url, send_resolved=False)), "hook", build_sink, timeout=10
         )
     assert result.delivered
     assert [r.json()["event"] for r in receiver.requests] == ["firing"]
@@ -56,14 +59,14 @@ async def test_only_the_firing_alert_when_the_sink_skips_resolved() -> None:
 
 async def test_retried_like_the_daemon_would() -> None:
     async with WebhookReceiver(Reply(503), Reply(429, headers={"Retry-After": "0"})) as receiver:
-        result = await send_test(config(hook(receiver.url)), "hook", timeout=10)
+        result = await send_test(config(hook(receiver.url)), "hook", build_sink, timeout=10)
     assert result.delivered
     assert len(receiver.requests) == 4
 
 
 async def test_a_rejected_alert_is_reported_with_the_reason() -> None:
     async with WebhookReceiver(default=Reply(400, body=b"no such channel")) as receiver:
-        result = await send_test(config(hook(receiver.url)), "hook", timeout=10)
+        result = await send_test(config(hook(receiver.url)), "hook", build_sink, timeout=10)
     assert not result.delivered
     assert result.reason is not None
     assert result.reason.startswith("rejected, will not be retried:")
@@ -73,7 +76,7 @@ async def test_a_rejected_alert_is_reported_with_the_reason() -> None:
 
 async def test_a_sink_that_keeps_failing_is_reported_after_the_timeout() -> None:
     async with WebhookReceiver(default=Reply(503)) as receiver:
-        result = await send_test(config(hook(receiver.url)), "hook", timeout=0.3)
+        result = await send_test(config(hook(receiver.url)), "hook", build_sink, timeout=0.3)
     assert not result.delivered
     assert result.reason is not None
     assert result.reason.startswith("not delivered within 0.3s; last error:")
@@ -82,17 +85,17 @@ async def test_a_sink_that_keeps_failing_is_reported_after_the_timeout() -> None
 
 async def test_unknown_sink_names_the_configured_ones() -> None:
     with pytest.raises(ValueError, match="configured sinks: hook"):
-        await send_test(config(hook("https://hooks.example/x")), "slack")
+        await send_test(config(hook("https://hooks.example/x")), "slack", build_sink)
 
 
 async def test_delivered_through_a_real_broker_and_leaves_nothing_retained() -> None:
     async with Mosquitto() as broker:
         cfg = config({"type": "mqtt", "name": "mq", "url": broker.url})
         async with subscribe(broker.port, ["balwatch/alerts/#"]) as events:
-            result = await send_test(cfg, "mq", timeout=10)
+            result = await send_test(cfg, "mq", build_sink, timeout=10)
             received = await events.drain()
         async with subscribe(broker.port, ["balwatch/active/#"]) as late:
             retained = await late.drain()
     assert result.delivered
-    assert [m.topic.value for m in received] == ["balwatch/alerts/balwatch-test/send-test/-"] * 2
+    assert [m.topic.value for m in received] == ["balwatch/alerts/balwatch-test/send-test/-/-"] * 2
     assert retained == []

@@ -6,26 +6,25 @@ from pathlib import Path
 
 from balwatch.backoff import Backoff
 from balwatch.metrics import Metrics
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.outbox.worker import Outbox
 from balwatch.sinks.webhook import WebhookSink
+from balwatch.state.sqlite import SqliteStateStore
 from tests.sinks.conftest import ALERT, webhook_config
+from tests.waiting import within
 from tests.webhooks import Reply, WebhookReceiver
 
 
 async def run_outbox(tmp_path: Path, receiver: WebhookReceiver, count: int) -> Metrics:
     metrics = Metrics("test")
     sink = WebhookSink(webhook_config(receiver.url))
-    store = await OutboxStore.open(tmp_path / DB_FILE)
-    outbox = Outbox(store, [sink], backoff=Backoff(base=0.05, cap=2.0))
-    async with sink:
+    async with SqliteStateStore(tmp_path) as store, sink:
+        outbox = Outbox(store, [sink], backoff=Backoff(base=0.05, cap=2.0))
         await outbox.start()
         await outbox.enqueue(ALERT, ["ops-hook"])
         await receiver.wait_for(count, timeout=15)
-        await outbox.wait_settled()
+        await within(outbox.wait_settled(), "the outbox to settle")
         metrics.set_outbox(outbox.stats())
         await outbox.stop()
-    await store.close()
     return metrics
 
 
@@ -58,8 +57,7 @@ async def test_400_is_dead_lettered_at_once_and_visible_in_metrics(tmp_path: Pat
     assert len(requests) == 1  # never retried
     assert deliveries(metrics, "dead") == 1
     assert deliveries(metrics, "delivered") == 0
-    store = await OutboxStore.open(tmp_path / DB_FILE)
-    dead = await store.dead_letters()
-    await store.close()
+    async with SqliteStateStore(tmp_path) as store:
+        dead = await store.dead_letters()
     assert [(d.sink, d.alert["id"]) for d in dead] == [("ops-hook", ALERT["id"])]
     assert "400" in dead[0].error

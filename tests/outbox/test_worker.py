@@ -11,10 +11,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from balwatch.backoff import Backoff
-from balwatch.outbox.store import OutboxStore, SinkCounts
-from balwatch.outbox.worker import Outbox, SinkStats
-from balwatch.sinks.base import AlertDoc, DeliveryError
+from balwatch.outbox.worker import Outbox, SinkStats, SinkWorker
+from balwatch.sink import AlertDoc, DeliveryError
+from balwatch.state.base import AlertCommit, RoutedAlert, SinkCounts, StateStore
+from balwatch.state.sqlite import SqliteStateStore
 from tests.outbox.doubles import FakeClock, ScriptedSink, alert
+from tests.waiting import within
 
 HALF = Backoff(base=1.0, cap=60.0, rand=lambda: 0.5)  # delays exactly half the ceiling
 NO_DELAY = Backoff(base=1.0, cap=60.0, rand=lambda: 0.0)
@@ -30,18 +32,22 @@ def fail_first(count: int, error: BaseException) -> ScriptedSink:
 
 
 async def started(
-    store: OutboxStore, *sinks: ScriptedSink, clock: FakeClock, **kwargs: object
+    store: StateStore, *sinks: ScriptedSink, clock: FakeClock, **kwargs: object
 ) -> Outbox:
     outbox = Outbox(store, sinks, clock=clock, **kwargs)  # type: ignore[arg-type]
     await outbox.start()
     return outbox
 
 
-async def test_delivers_and_prunes(store: OutboxStore, clock: FakeClock) -> None:
+async def settled(outbox: Outbox | SinkWorker) -> None:
+    await within(outbox.wait_settled(), "every queued delivery to be delivered or dead")
+
+
+async def test_delivers_and_prunes(store: StateStore, clock: FakeClock) -> None:
     sink = ScriptedSink("s")
     outbox = await started(store, sink, clock=clock)
     await outbox.enqueue(alert("fp1", 1), ["s"])
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
 
     assert sink.delivered_ids() == ["fp1:1"]
@@ -54,7 +60,7 @@ async def test_delivers_and_prunes(store: OutboxStore, clock: FakeClock) -> None
 
 
 async def test_order_per_fingerprint_is_kept_under_concurrency_and_retries(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     rng = random.Random(4)
     failing = {f"fp{f}:{s}" for f in range(20) for s in range(10) if rng.random() < 0.3}
@@ -69,7 +75,7 @@ async def test_order_per_fingerprint_is_kept_under_concurrency_and_retries(
     await asyncio.gather(
         *(outbox.enqueue(alert(f"fp{f}", s), ["s"]) for s in range(10) for f in range(20))
     )
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
 
     by_fingerprint: dict[str, list[int]] = defaultdict(list)
@@ -83,7 +89,7 @@ async def test_order_per_fingerprint_is_kept_under_concurrency_and_retries(
 
 
 async def test_retryable_failure_backs_off_exponentially(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     sink = fail_first(2, retryable("HTTP 503"))
     outbox = await started(store, sink, clock=clock, backoff=HALF)
@@ -96,7 +102,7 @@ async def test_retryable_failure_backs_off_exponentially(
     await sink.wait_attempts(2)
     assert await clock.sleeping_until(after=clock.sleeps) == 0.5 + 1.0  # half of 2s
     clock.advance(1.0)
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
 
     assert sink.delivered_ids() == ["fp1:1"]
@@ -105,7 +111,7 @@ async def test_retryable_failure_backs_off_exponentially(
 
 
 async def test_retry_after_is_honoured_for_the_whole_sink(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     sink = ScriptedSink(
         "s",
@@ -125,14 +131,14 @@ async def test_retry_after_is_honoured_for_the_whole_sink(
     assert [a["id"] for a in sink.attempts] == ["fp1:1"]
 
     clock.advance(30)
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
     assert sorted(sink.delivered_ids()) == ["fp1:1", "fp2:1"]
 
 
 @pytest.mark.parametrize("retry_after", [0.0, 0.2])
 async def test_a_retry_after_shorter_than_the_backoff_still_backs_off(
-    store: OutboxStore, clock: FakeClock, retry_after: float
+    store: StateStore, clock: FakeClock, retry_after: float
 ) -> None:
     """A Retry-After of 0 (or an HTTP date in the past: a receiver whose clock is behind)
     must not turn a 429 into a request storm."""
@@ -141,17 +147,17 @@ async def test_a_retry_after_shorter_than_the_backoff_still_backs_off(
     await outbox.enqueue(alert("fp1", 1), ["s"])
     seen = 0
     for attempt in (1, 2, 3):
-        # Bounded: a worker that retries at once never sleeps towards a deadline at all.
-        deadline = await asyncio.wait_for(clock.sleeping_until(after=seen), 5)
+        # A worker that retries at once never sleeps towards a deadline: this wait fails.
+        deadline = await clock.sleeping_until(after=seen)
         assert deadline == clock.now() + HALF.delay(attempt)
         seen = clock.sleeps
         clock.advance(HALF.delay(attempt))
-    await outbox.wait_settled()
+    await settled(outbox)
     assert len(sink.attempts) == 4
     await outbox.stop()
 
 
-async def test_retry_after_is_capped(store: OutboxStore, clock: FakeClock) -> None:
+async def test_retry_after_is_capped(store: StateStore, clock: FakeClock) -> None:
     sink = fail_first(1, retryable("HTTP 429", retry_after=86400))
     outbox = await started(store, sink, clock=clock, backoff=HALF)
     await outbox.enqueue(alert("fp1", 1), ["s"])
@@ -160,7 +166,7 @@ async def test_retry_after_is_capped(store: OutboxStore, clock: FakeClock) -> No
 
 
 async def test_dead_letter_is_kept_counted_and_not_retried(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     sink = ScriptedSink(
         "s",
@@ -173,7 +179,7 @@ async def test_dead_letter_is_kept_counted_and_not_retried(
     outbox = await started(store, sink, clock=clock)
     await outbox.enqueue(alert("fp1", 1), ["s"])
     await outbox.enqueue(alert("fp1", 2), ["s"])  # same series: goes on after the dead one
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
 
     assert [a["id"] for a in sink.attempts] == ["fp1:1", "fp1:2"]
@@ -190,21 +196,21 @@ async def test_dead_letter_is_kept_counted_and_not_retried(
 
 
 async def test_an_unexpected_exception_is_retried_and_does_not_stop_the_worker(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     sink = fail_first(1, KeyError("https://hooks.example/T0KEN"))
     outbox = await started(store, sink, clock=clock, backoff=NO_DELAY)
     await outbox.enqueue(alert("fp1", 1), ["s"])
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.enqueue(alert("fp2", 1), ["s"])
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
 
     assert sink.delivered_ids() == ["fp1:1", "fp2:1"]
     assert outbox.stats()["s"].last_error == "unexpected KeyError"  # no message: may be secret
 
 
-async def test_a_stuck_sink_does_not_delay_another(store: OutboxStore, clock: FakeClock) -> None:
+async def test_a_stuck_sink_does_not_delay_another(store: StateStore, clock: FakeClock) -> None:
     stuck = ScriptedSink("stuck", gate=asyncio.Event())  # never opens
     down = ScriptedSink("down", lambda alert, attempt: retryable("connection refused"))
     fine = ScriptedSink("fine")
@@ -212,7 +218,7 @@ async def test_a_stuck_sink_does_not_delay_another(store: OutboxStore, clock: Fa
 
     for seq in range(50):
         await outbox.enqueue(alert(f"fp{seq % 7}", seq), ["stuck", "down", "fine"])
-    await outbox.workers["fine"].wait_settled()
+    await settled(outbox.workers["fine"])
 
     assert len(fine.delivered) == 50
     assert stuck.delivered == [] and down.delivered == []
@@ -223,20 +229,26 @@ async def test_a_stuck_sink_does_not_delay_another(store: OutboxStore, clock: Fa
     assert await store.counts() == {"stuck": SinkCounts(pending=50), "down": SinkCounts(pending=50)}
 
 
-async def test_restart_resumes_pending_deliveries_in_order(db_path: Path, clock: FakeClock) -> None:
-    store = await OutboxStore.open(db_path)
+async def test_restart_resumes_pending_deliveries_in_order(
+    state_dir: Path, clock: FakeClock
+) -> None:
+    store = SqliteStateStore(state_dir)
+    await store.open()
     first = ScriptedSink("s", lambda alert, attempt: retryable("HTTP 502"))
     outbox = await started(store, first, clock=clock, backoff=HALF, concurrency=2)
     for seq in range(5):
-        await outbox.enqueue_many([(alert(f"fp{f}", seq), ["s"]) for f in range(3)])
+        await outbox.commit(
+            AlertCommit([RoutedAlert(alert(f"fp{f}", seq), ["s"]) for f in range(3)])
+        )
     await first.wait_attempts(3)
     await outbox.stop()
     await store.close()
 
-    store = await OutboxStore.open(db_path)
+    store = SqliteStateStore(state_dir)
+    await store.open()
     second = ScriptedSink("s")
     outbox = await started(store, second, clock=FakeClock(), concurrency=2)
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
     await store.close()
 
@@ -248,31 +260,35 @@ async def test_restart_resumes_pending_deliveries_in_order(db_path: Path, clock:
 
 
 async def test_committed_but_never_delivered_alerts_survive_a_crash(
-    db_path: Path, clock: FakeClock
+    state_dir: Path, clock: FakeClock
 ) -> None:
     # A crash right after the commit: the store has the alert, no worker ever saw it.
-    store = await OutboxStore.open(db_path)
-    await store.enqueue(alert("fp1", 1), ["mqtt", "slack"])
+    store = SqliteStateStore(state_dir)
+    await store.open()
+    await store.commit(AlertCommit([RoutedAlert(alert("fp1", 1), ["mqtt", "slack"])]))
     await store.close()
 
-    store = await OutboxStore.open(db_path)
+    store = SqliteStateStore(state_dir)
+    await store.open()
     mqtt, slack = ScriptedSink("mqtt"), ScriptedSink("slack")
     outbox = await started(store, mqtt, slack, clock=clock)
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
     await store.close()
     assert mqtt.delivered_ids() == slack.delivered_ids() == ["fp1:1"]
 
 
-async def test_attempt_counts_survive_a_restart(db_path: Path, clock: FakeClock) -> None:
-    store = await OutboxStore.open(db_path)
+async def test_attempt_counts_survive_a_restart(state_dir: Path, clock: FakeClock) -> None:
+    store = SqliteStateStore(state_dir)
+    await store.open()
     outbox = await started(store, fail_first(1, retryable()), clock=clock, backoff=HALF)
     await outbox.enqueue(alert("fp1", 1), ["s"])
     await clock.sleeping_until()
     await outbox.stop()
     await store.close()
 
-    store = await OutboxStore.open(db_path)
+    store = SqliteStateStore(state_dir)
+    await store.open()
     clock = FakeClock()
     # Due at once after a restart; a second failure backs off as attempt 2.
     outbox = await started(store, fail_first(1, retryable()), clock=clock, backoff=HALF)
@@ -281,7 +297,7 @@ async def test_attempt_counts_survive_a_restart(db_path: Path, clock: FakeClock)
     await store.close()
 
 
-async def test_drain_delivers_what_is_due_then_stops(store: OutboxStore, clock: FakeClock) -> None:
+async def test_drain_delivers_what_is_due_then_stops(store: StateStore, clock: FakeClock) -> None:
     sink = ScriptedSink("s")
     outbox = await started(store, sink, clock=clock)
     for seq in range(20):
@@ -292,7 +308,7 @@ async def test_drain_delivers_what_is_due_then_stops(store: OutboxStore, clock: 
 
 
 async def test_drain_leaves_backing_off_and_unfinished_deliveries_pending(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     stuck = ScriptedSink("stuck", gate=asyncio.Event())
     down = fail_first(1, retryable())
@@ -307,7 +323,7 @@ async def test_drain_leaves_backing_off_and_unfinished_deliveries_pending(
 
 
 async def test_enqueue_checks_it_is_started_and_the_sinks_exist(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     outbox = Outbox(store, [ScriptedSink("s")], clock=clock)
     with pytest.raises(RuntimeError, match="start"):
@@ -320,7 +336,7 @@ async def test_enqueue_checks_it_is_started_and_the_sinks_exist(
 
 
 async def test_a_cancelled_enqueue_that_committed_is_still_delivered(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     sink = ScriptedSink("s")
     outbox = await started(store, sink, clock=clock)
@@ -330,25 +346,25 @@ async def test_a_cancelled_enqueue_that_committed_is_still_delivered(
     with pytest.raises(asyncio.CancelledError):
         await task
     await sink.wait_attempts(1)
-    await outbox.wait_settled()
+    await settled(outbox)
     await outbox.stop()
     assert sink.delivered_ids() == ["fp1:1"]
 
 
 async def test_a_failing_sink_warns_once_and_says_when_it_delivers_again(
-    store: OutboxStore, clock: FakeClock
+    store: StateStore, clock: FakeClock
 ) -> None:
     attempts = iter(range(1, 1000))
     sink = ScriptedSink("s", lambda alert, attempt: retryable() if next(attempts) <= 5 else None)
     outbox = await started(store, sink, clock=clock, backoff=NO_DELAY)
     with capture_logs() as logs:
-        await outbox.enqueue_many([(alert(f"fp{f}", 1), ["s"]) for f in range(5)])
-        await outbox.wait_settled()
+        await outbox.commit(AlertCommit([RoutedAlert(alert(f"fp{f}", 1), ["s"]) for f in range(5)]))
+        await settled(outbox)
     await outbox.stop()
 
     assert [(e["event"], e["log_level"]) for e in logs if e["log_level"] != "debug"] == [
-        ("delivery failed, will retry", "warning"),
-        ("sink delivering again", "info"),
+        ("delivery_failed", "warning"),
+        ("sink_delivering_again", "info"),
     ]
-    [recovered] = [e for e in logs if e["event"] == "sink delivering again"]
+    [recovered] = [e for e in logs if e["event"] == "sink_delivering_again"]
     assert recovered["failed_attempts"] == 5

@@ -414,6 +414,9 @@ def test_alert_content_templates_labels_notify_and_json() -> None:
         "started_at": "2027-01-15T08:00:00Z",
         "resolved_at": None,
         "observed_at": "2027-01-15T08:00:00Z",
+        "instance": "",  # the daemon places the alert (balwatch.alert.placed)
+        "url": None,
+        "group": None,  # a row's alert; a group's has its keys (tests/rules/test_groups.py)
     }
     assert Alert.from_json(json.loads(json.dumps(doc)), notify=("ops-mqtt",)) == fired
 
@@ -433,8 +436,102 @@ def test_description_template_and_default_summary() -> None:
     assert fired.description == "bitso-treasury on bitso: silent for 1h2m5s, 1 failures"
     assert fired.summary == "stale bitso-treasury: age=3725"
     low, stale_resolved = poll(e, T0 + 3730, row(available="1"))
-    assert stale_resolved.summary == "stale bitso-treasury: age=0"
+    # The resolve says what was seen; the values say how it ended.
+    assert stale_resolved.summary == "stale bitso-treasury: age=3725"
+    assert stale_resolved.description == fired.description
+    assert stale_resolved.values == {"age": D(0)}
     assert low.summary == "low-available bitso-treasury bitso/USDT: available=1"
+
+
+SHOWN = rule(
+    "low-available",
+    "available < 5000",
+    clear="available >= 6000",
+    repeat=3600,
+    summary=Template("{account} {asset}: only {available} available"),
+    description_template=Template("{available} of {total} usable"),
+)
+
+
+def test_a_resolve_carries_the_text_it_fired_with_and_the_values_it_ended_with() -> None:
+    e = engine(SHOWN)
+    [fired] = poll(e, T0, row(available="3000", total="4000"))
+    [repeat] = poll(e, T0 + 3600, row(available="2000", total="4000"))
+    assert repeat.summary == "bitso-treasury USDT: only 2000 available"  # the news of now
+    [resolved] = poll(e, T0 + 3660, row(available="7000", total="8000"))
+    assert resolved.summary == fired.summary == "bitso-treasury USDT: only 3000 available"
+    assert resolved.description == fired.description == "3000 of 4000 usable"
+    assert resolved.values == {"available": D(7000)}
+
+
+def test_resolved_summary_is_rendered_at_the_resolve() -> None:
+    e = engine(rule(SHOWN.name, "available < 5000", resolved_summary=Template("back: {available}")))
+    poll(e, T0, row(available="3000"))
+    [resolved] = poll(e, T0 + 60, row(available="7000"))
+    assert resolved.summary == "back: 7000"
+
+
+def test_the_text_it_fired_with_survives_a_restart() -> None:
+    e = engine(SHOWN)
+    poll(e, T0, row(available="3000", total="4000"))
+    states, accts = roundtrip(e)
+    e2 = engine(SHOWN)
+    e2.restore(states, accts, T0 + 10)
+    [resolved] = poll(e2, T0 + 20, row(available="7000", total="8000"))
+    assert (resolved.summary, resolved.description) == (
+        "bitso-treasury USDT: only 3000 available",
+        "3000 of 4000 usable",
+    )
+
+
+def test_a_state_saved_without_its_text_loads_and_resolves_as_before() -> None:
+    """States written before balwatch kept the text: the resolve renders it anew."""
+    e = engine(SHOWN)
+    poll(e, T0, row(available="3000", total="4000"))
+    [saved] = e.states()
+    doc = saved.to_json()
+    del doc["summary"], doc["description"]
+    old = AlertState.from_json(json.loads(json.dumps(doc)))
+    assert (old.summary, old.description) == (None, None)
+    e2 = engine(SHOWN)
+    e2.restore([old], [], T0 + 10)
+    [moved] = e2.firing_alerts()
+    assert moved.summary == "low-available bitso-treasury bitso/USDT: available=3000"
+    [resolved] = poll(e2, T0 + 20, row(available="7000", total="8000"))
+    assert resolved.summary == "bitso-treasury USDT: only 7000 available"
+
+
+def test_a_closed_alert_shows_what_was_seen_and_why_it_closed() -> None:
+    e = engine(SHOWN)
+    poll(e, T0, row(available="3000", total="4000"))
+    [closed] = e.replace_rules([], T0 + 1)
+    assert closed.summary == "bitso-treasury USDT: only 3000 available (closed, rule removed)"
+    assert closed.description == "3000 of 4000 usable"
+
+
+def test_firing_alerts_and_find_show_the_state_without_changing_it() -> None:
+    e = engine(SHOWN, rule("slow", "total < 1", for_=7200))
+    [fired] = poll(e, T0, row(available="3000", total="0.5"))
+    [repeat] = poll(e, T0 + 3600, row(available="2000", total="0.5"))
+    [now] = e.firing_alerts()
+    assert (now.event, now.fingerprint, now.summary, now.description) == (
+        "firing",
+        fired.fingerprint,
+        fired.summary,
+        fired.description,
+    )
+    assert now.id not in (fired.id, repeat.id)
+    assert (now.values, now.started_at, now.observed_at) == (
+        repeat.values,
+        wall(T0),
+        wall(T0 + 3600),
+    )
+    found = e.find(fired.fingerprint)
+    assert found is not None and (found.phase, found.summary) == ("firing", fired.summary)
+    pending = fingerprint("slow", ACCT, EXCH, "USDT")
+    assert e.find(pending) is not None and e.find(pending) == e.pending()[0]
+    assert e.find("0" * 16) is None
+    assert poll(e, T0 + 3601, row(available="2000", total="0.5")) == []  # nothing moved
 
 
 def test_duplicate_rule_names_are_rejected() -> None:
@@ -502,7 +599,7 @@ def test_restore_under_changed_rules_closes_what_they_no_longer_produce() -> Non
     e2 = engine(LOW)
     [closed] = e2.restore(states, accts, T0 + 100)  # pending of a gone rule: dropped silently
     assert (closed.event, closed.rule, closed.resolved_at) == ("resolved", "gone", wall(T0 + 100))
-    assert closed.summary == "gone bitso-treasury bitso/USDT: closed, rule removed"
+    assert closed.summary == "gone bitso-treasury bitso/USDT: total=0 (closed, rule removed)"
     assert closed.values == {"total": D(0)}
     assert closed.started_at == wall(T0)
     assert [s.rule for s in e2.states()] == ["low-available"]
@@ -532,7 +629,7 @@ def test_restored_state_that_does_not_fit_the_rule_scope_is_closed() -> None:
     state.venue = state.asset = None  # a corrupt store: a row rule's state without a row
     e2 = engine(LOW)
     [closed] = e2.restore([state], [], T0 + 1)
-    assert closed.summary.endswith("rule scope changed")
+    assert closed.summary.endswith("(closed, rule scope changed)")
     assert e2.states() == [] and e2.rules == (LOW,)
 
 
@@ -601,9 +698,17 @@ def test_replace_rules_resolves_firing_states_of_removed_or_changed_rules() -> N
     poll(e, T0, row(available="1", pending_withdrawal="1", total="0"))
     changed = rule("low-available", "available < 100")
     closed = e.replace_rules([changed, rule("p", "total < 1", for_=60)], T0 + 5)
-    assert [(a.event, a.rule, a.summary.split(": ")[-1]) for a in closed] == [
-        ("resolved", "low-available", "closed, rule condition changed"),
-        ("resolved", "wd", "closed, rule removed"),
+    assert [(a.event, a.rule, a.summary) for a in closed] == [
+        (
+            "resolved",
+            "low-available",
+            "low-available bitso-treasury bitso/USDT: available=1 (closed, rule condition changed)",
+        ),
+        (
+            "resolved",
+            "wd",
+            "wd bitso-treasury bitso/USDT: pending_withdrawal=1 (closed, rule removed)",
+        ),
     ]
     assert [(s.rule, s.phase) for s in e.states()] == [("p", "pending")]
     # The changed rule starts afresh under the same fingerprint.
@@ -617,9 +722,10 @@ def test_replace_rules_resolves_rows_the_new_selector_drops() -> None:
     poll(e, T0, row("USDT", available="1"), row("BTC", available="1"))
     narrowed = rule("low-available", "available < 5000", selector=Selector(assets=["BTC"]))
     [closed] = e.replace_rules([narrowed], T0 + 1)
-    assert (closed.asset, closed.summary.split(": ")[-1]) == (
+    assert (closed.asset, closed.summary) == (
         "USDT",
-        "closed, rule no longer selects this row",
+        "low-available bitso-treasury bitso/USDT: available=1 "
+        "(closed, rule no longer selects this row)",
     )
     assert [s.asset for s in e.firing()] == ["BTC"]
     assert poll(e, T0 + 2, row("USDT", available="1"), row("BTC", available="1")) == []
@@ -630,8 +736,12 @@ def test_forget_account_resolves_and_drops_everything() -> None:
     e.register_account("other", EXCH, T0)
     poll(e, T0, row(available="1", total="1"))
     closed = e.forget_account(ACCT, T0 + 5)
-    assert [(a.rule, a.summary.split(": ")[-1]) for a in closed] == [
-        ("low-available", "closed, account removed from the config")
+    assert [(a.rule, a.summary) for a in closed] == [
+        (
+            "low-available",
+            "low-available bitso-treasury bitso/USDT: available=1 "
+            "(closed, account removed from the config)",
+        )
     ]
     assert e.states() == [] and len(e.history) == 0
     assert [a.account for a in e.accounts()] == ["other"]

@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 
 from balwatch.alert import Alert, fingerprint, group_fingerprint
 from balwatch.model import Balance
-from balwatch.outbox.store import DB_FILE, OutboxStore
 from balwatch.rules.engine import Engine
 from balwatch.rules.expr import parse_expression
 from balwatch.rules.groups import GroupView
 from balwatch.rules.rule import Rule, RuleError
 from balwatch.rules.select import Selector
 from balwatch.rules.template import Template
-from balwatch.statestore import prepare, restore, writer
+from balwatch.state.base import StateSnapshot
+from balwatch.state.sqlite import SqliteStateStore
 
 D = Decimal
 T0 = 1_800_000_000.0
@@ -439,7 +439,8 @@ def test_an_account_removed_from_the_config_leaves_its_groups() -> None:
     assert (closed.event, closed.group, closed.summary) == (
         "resolved",
         {"account": "bitso-hot"},
-        "per-account account=bitso-hot: closed, its accounts were removed from the config",
+        "per-account account=bitso-hot: sum(available)=500 (closed, its accounts were removed from "
+        "the config)",
     )
     # the asset group carries on without it
     [fired] = e.tick(T0 + 1)
@@ -503,23 +504,19 @@ def test_group_samples_are_thinned_to_a_share_of_the_window() -> None:
 
 
 async def test_group_history_and_alerts_resume_after_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / DB_FILE
-    prepare(db, 0)
     first = engine(DROP, FLOOR)
     first.register_account("bitso-hot", "bitso", T0)
     poll(first, T0, "bitso-hot", row("bitso-hot", total="1000", available="50"))
     assert [s.rule for s in first.firing()] == ["usdt-floor"]
-    store = await OutboxStore.open(db)
-    try:
-        await store.write(writer(first.states(), first.accounts(), first.history.take_changes()))
-    finally:
-        await store.close()
+    async with SqliteStateStore(tmp_path) as store:
+        history = first.history.take_changes()
+        await store.flush(StateSnapshot(first.states(), first.accounts(), history))
 
     now = T0 + 3600
     second = engine(DROP, FLOOR)
-    saved = prepare(db, now - second.history.retention)
-    assert second.restore(saved.alerts, saved.accounts, now) == []
-    restore(second, saved, now)
+    async with SqliteStateStore(tmp_path) as store:
+        saved = await store.load(now - second.history.retention)
+    assert saved.restore(second, now) == []
     assert [s.group for s in second.firing()] == [{"asset": "USDT"}]
     # the account is not polled yet in this run: nothing resolves, nothing fires
     assert second.tick(now) == []
@@ -549,9 +546,12 @@ def test_a_reload_keeps_group_states_of_unchanged_rules_and_closes_the_others() 
         T0 + 1,
     )
     assert sorted((a.rule, a.summary) for a in closed) == [
-        ("change", "change asset=USDT: closed, rule condition changed"),
-        ("regroup", "regroup asset=USDT: closed, rule group_by changed"),
-        ("usdt-floor", "usdt-floor asset=USDT: closed, rule removed"),
+        ("change", "change asset=USDT: sum(available)=10 (closed, rule condition changed)"),
+        ("regroup", "regroup asset=USDT: sum(available)=10 (closed, rule group_by changed)"),
+        (
+            "usdt-floor",
+            "usdt-floor asset=USDT: sum(available)=10 (closed, rule removed)",
+        ),
     ]
     assert all(a.group == {"asset": "USDT"} and a.event == "resolved" for a in closed)
     [kept] = e.firing()
@@ -568,7 +568,7 @@ def test_a_row_rule_that_becomes_grouped_closes_its_alerts() -> None:
     assert (closed.event, closed.account, closed.summary) == (
         "resolved",
         "bitso-hot",
-        "low bitso-hot bitso/USDT: closed, rule condition changed",
+        "low bitso-hot bitso/USDT: available=10 (closed, rule condition changed)",
     )
 
 
@@ -730,7 +730,7 @@ def test_rules_with_the_same_select_and_group_by_share_their_groups() -> None:
 
 
 def test_eval_shows_each_group_with_its_values_rows_and_why_it_is_no_data() -> None:
-    from balwatch.rules.explain import Poll, explain
+    from balwatch.explain import Poll, explain
 
     usd = rule("exposure", "sum(usd(total)) > 100", ("venue",), for_=60.0)
     e = engine(usd)

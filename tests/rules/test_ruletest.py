@@ -157,6 +157,58 @@ def test_failures_list_missing_unexpected_and_different_alerts(tmp_path: Path) -
     )
 
 
+def test_expected_resolved_checks_what_resolved_since_the_previous_test(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        """
+        rule_files: [../rules/a.rules.yaml]
+        input_series:
+          - account: acct
+            asset: USDT
+            series: {available: "4000x4 7000x3"}
+        alert_tests:
+          - at: 6m
+            expected_resolved: [{rule: low, account: acct, asset: USDT}]
+          - at: 3m
+            expected_alerts: [{rule: low, account: acct, asset: USDT}]
+            expected_resolved: []
+          - at: 5m
+            expected_resolved:
+              - {rule: low, account: acct, asset: USDT, summary: "acct USDT: 7000"}
+          - at: 330s
+            expected_alerts: []
+        """,
+    )
+
+    assert not result.problems, result.problems
+    late, before, resolved, unchecked = result.checks
+    assert before.ok and unchecked.ok
+    # The resolve at 4m says what fired at 2m, not the value that resolved it.
+    assert resolved.different == (
+        "resolved low acct test/USDT: summary\n"
+        "      expected: 'acct USDT: 7000'\n"
+        "      got:      'acct USDT: 4000'",
+    )
+    assert summary(late) == (("resolved low acct USDT",), (), ())  # it resolved before 5m
+
+
+def test_an_unexpected_resolve_is_reported(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        """
+        rule_files: [../rules/a.rules.yaml]
+        input_series:
+          - {account: acct, asset: USDT, series: {available: "4000x3 7000"}}
+        alert_tests:
+          - {at: 3m, expected_alerts: [], expected_resolved: []}
+        """,
+    )
+    (check,) = result.checks
+    assert check.unexpected == (
+        "resolved low acct test/USDT (severity critical, summary 'acct USDT: 4000')",
+    )
+
+
 # --------------------------------------------------------------------------- time
 
 

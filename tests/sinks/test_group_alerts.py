@@ -30,18 +30,19 @@ def group_alert(group: dict[str, str | None], **fields: Any) -> dict[str, Any]:
 def test_topics_have_a_dash_for_what_the_group_lacks_and_a_level_for_other_keys() -> None:
     sink = MqttSink(mqtt_config("mqtt://127.0.0.1:1"))
     assert sink.topics(group_alert({"asset": "USDT"})) == (
-        "balwatch/alerts/floor/-/USDT",
-        "balwatch/active/floor/-/USDT",
+        "balwatch/alerts/floor/-/-/USDT",
+        "balwatch/active/floor/-/-/USDT",
     )
     assert sink.topics(group_alert({"account": "bitso-hot"}))[0] == (
-        "balwatch/alerts/floor/bitso-hot/-"
+        "balwatch/alerts/floor/bitso-hot/-/-"
     )
     assert (
         sink.topics(group_alert({"desk": "payouts", "exchange": "bitso", "asset": "USDT"}))[1]
-        == "balwatch/active/floor/-/USDT/desk=payouts,exchange=bitso"
+        == "balwatch/active/floor/-/-/USDT/desk=payouts,exchange=bitso"
     )
-    assert sink.topics(group_alert({"desk": None}))[0] == "balwatch/alerts/floor/-/-/desk=-"
-    assert sink.topics(group_alert({}))[0] == "balwatch/alerts/floor/-/-"
+    assert sink.topics(group_alert({"desk": None}))[0] == "balwatch/alerts/floor/-/-/-/desk=-"
+    assert sink.topics(group_alert({"venue": "KRAKEN"}))[0] == "balwatch/alerts/floor/-/KRAKEN/-"
+    assert sink.topics(group_alert({}))[0] == "balwatch/alerts/floor/-/-/-"
 
 
 async def test_two_groups_of_one_rule_never_share_a_retained_topic(broker: Mosquitto) -> None:
@@ -53,8 +54,8 @@ async def test_two_groups_of_one_rule_never_share_a_retained_topic(broker: Mosqu
     async with subscribe(broker.port, ["balwatch/active/#"]) as late:
         retained = {m.topic.value: m.payload for m in await late.drain()}
     assert {topic: json.loads(payload) for topic, payload in retained.items()} == {
-        "balwatch/active/floor/-/-/exchange=bitso": bitso,
-        "balwatch/active/floor/-/-/exchange=kunacore": kuna,
+        "balwatch/active/floor/-/-/-/exchange=bitso": bitso,
+        "balwatch/active/floor/-/-/-/exchange=kunacore": kuna,
     }
 
 

@@ -15,14 +15,21 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from structlog.testing import capture_logs
 
-from balwatch.sinks.base import DeliveryError
+from balwatch.sink import DeliveryError
 from balwatch.sinks.formats import encode_alert
-from balwatch.sinks.mqtt import MqttSink, _v5_properties, topic_segment
+from balwatch.sinks.mqtt import (
+    CLEAR_V1_ACTIVE,
+    RETAINED_ONLY,
+    SET_ACTIVE,
+    MqttSink,
+    _v5_properties,
+    topic_segment,
+)
 from tests.brokers import Mosquitto, free_port, make_tls_files, subscribe
 from tests.sinks.conftest import ALERT, alert, mqtt_config, resolved
 
-EVENTS = "balwatch/alerts/low-available/bitso-treasury/USDT"
-ACTIVE = "balwatch/active/low-available/bitso-treasury/USDT"
+EVENTS = "balwatch/alerts/low-available/bitso-treasury/bitso/USDT"
+ACTIVE = "balwatch/active/low-available/bitso-treasury/bitso/USDT"
 
 
 def fast(url: str, **fields: Any) -> MqttSink:
@@ -63,7 +70,12 @@ async def test_late_subscriber_sees_exactly_the_firing_alerts(broker: Mosquitto)
     usdt = ALERT
     mxn = alert(id="id-mxn", fingerprint="fp-mxn", asset="MXN")
     stale = alert(
-        id="id-stale", fingerprint="fp-stale", rule="account-stale", asset=None, values={}
+        id="id-stale",
+        fingerprint="fp-stale",
+        rule="account-stale",
+        venue=None,
+        asset=None,
+        values={},
     )
     async with fast(broker.url) as sink:
         for doc in (usdt, mxn, stale, resolved(usdt, id="id-usdt-resolved")):
@@ -72,10 +84,55 @@ async def test_late_subscriber_sees_exactly_the_firing_alerts(broker: Mosquitto)
     async with subscribe(broker.port, ["balwatch/active/#"]) as late:
         retained = await late.drain()
     assert {m.topic.value: json.loads(body(m)) for m in retained} == {
-        "balwatch/active/low-available/bitso-treasury/MXN": mxn,
-        "balwatch/active/account-stale/bitso-treasury/-": stale,
+        "balwatch/active/low-available/bitso-treasury/bitso/MXN": mxn,
+        "balwatch/active/account-stale/bitso-treasury/-/-": stale,
     }
     assert all(m.retain for m in retained)
+
+
+async def test_one_asset_on_two_venues_has_two_active_topics(broker: Mosquitto) -> None:
+    """A CoinAPI account holds BTC on two venues: resolving one leaves the other firing."""
+    binance, kraken = (
+        alert(
+            id=f"id-{venue}",
+            fingerprint=f"fp-{venue}",
+            rule="aml-lock",
+            account="coinapi-ems",
+            exchange="coinapi",
+            venue=venue,
+            asset="BTC",
+        )
+        for venue in ("BINANCESPOT", "KRAKEN")
+    )
+    async with fast(broker.url) as sink:
+        await sink.send(binance)
+        await sink.send(kraken)
+        await sink.send(resolved(binance, id="id-binance-resolved"))
+    async with subscribe(broker.port, ["balwatch/active/#"]) as late:
+        retained = await late.drain()
+    assert [(m.topic.value, json.loads(body(m))) for m in retained] == [
+        ("balwatch/active/aml-lock/coinapi-ems/KRAKEN/BTC", kraken)
+    ]
+
+
+async def test_upkeep_documents_touch_only_retained_active_topics(broker: Mosquitto) -> None:
+    """What a topic-layout upgrade sends: a layout-1 topic cleared, the alert retained on its
+    layout-2 topic without an event on alerts/, and with the key that said so left out."""
+    old = "balwatch/active/low-available/bitso-treasury/USDT"
+    async with aiomqtt.Client("127.0.0.1", broker.port) as old_daemon:
+        await old_daemon.publish(old, encode_alert(ALERT), qos=1, retain=True)
+    async with (
+        fast(broker.url) as sink,
+        subscribe(broker.port, ["balwatch/alerts/#", "balwatch/active/#"]) as sub,
+    ):
+        assert [m.topic.value for m in await sub.drain()] == [old]
+        await sink.send({**ALERT, RETAINED_ONLY: CLEAR_V1_ACTIVE})
+        await sink.send({**ALERT, RETAINED_ONLY: SET_ACTIVE})
+        live = await sub.drain()
+    assert [(m.topic.value, body(m)) for m in live] == [(old, b""), (ACTIVE, encode_alert(ALERT))]
+    async with subscribe(broker.port, ["balwatch/#"]) as late:
+        retained = {m.topic.value: body(m) for m in await late.drain()}
+    assert retained == {"balwatch/status": b"offline", ACTIVE: encode_alert(ALERT)}
 
 
 async def test_resolve_publishes_the_event_then_clears_active(broker: Mosquitto) -> None:
@@ -114,13 +171,12 @@ def test_topic_segments_cannot_split_or_wildcard() -> None:
     # Noncharacters: MQTT lets a broker call them malformed, and Mosquitto disconnects.
     assert topic_segment("A\ufdd0B\ufffeC\uffffD\U0001fffeE\U0010ffff") == "A_B_C_D_E_"
     sink = MqttSink(mqtt_config("mqtt://127.0.0.1", topic_prefix="corp/balwatch"))
-    assert sink.topics(alert(rule="r/1", account="a+b", asset="#")) == (
-        "corp/balwatch/alerts/r_1/a_b/_",
-        "corp/balwatch/active/r_1/a_b/_",
+    assert sink.topics(alert(rule="r/1", account="a+b", venue="x/y", asset="#")) == (
+        "corp/balwatch/alerts/r_1/a_b/x_y/_",
+        "corp/balwatch/active/r_1/a_b/x_y/_",
     )
-    assert (
-        sink.topics(alert(asset=None))[1] == "corp/balwatch/active/low-available/bitso-treasury/-"
-    )
+    account_scope = alert(venue=None, asset=None)
+    assert sink.topics(account_scope)[1] == "corp/balwatch/active/low-available/bitso-treasury/-/-"
 
 
 async def test_status_online_while_connected_and_offline_after_clean_stop(
@@ -192,12 +248,20 @@ async def test_a_burst_at_qos2_keeps_every_retained_alert(protocol: str, broker_
     assert len(retained) == len(docs)
 
 
+async def test_retained_active_alerts_do_not_expire_by_default(broker: Mosquitto) -> None:
+    async with subscribe(broker.port, ["balwatch/active/#"]) as sub, fast(broker.url) as sink:
+        await sink.send(ALERT)
+        [active] = await sub.drain()
+    assert prop(active, "MessageExpiryInterval") is None
+
+
 async def test_v5_user_properties_and_expiry_on_active(broker: Mosquitto) -> None:
-    async with subscribe(broker.port, ["balwatch/alerts/#", "balwatch/active/#"]) as sub:
-        sink = MqttSink(mqtt_config(broker.url, protocol="5"), active_expiry=3600)
-        async with sink:
-            await sink.send(ALERT)
-            received = by_topic(await sub.drain())
+    async with (
+        subscribe(broker.port, ["balwatch/alerts/#", "balwatch/active/#"]) as sub,
+        fast(broker.url, protocol="5", active_expiry="1h") as sink,
+    ):
+        await sink.send(ALERT)
+        received = by_topic(await sub.drain())
     [event], [active] = received[EVENTS], received[ACTIVE]
     expected = [
         ("rule", "low-available"),
@@ -286,7 +350,7 @@ async def test_username_and_password_from_the_url() -> None:
     assert json.loads(body(message)) == ALERT
     assert logs == [
         {
-            "event": "mqtt connected",
+            "event": "mqtt_connected",
             "sink": "ops-mqtt",
             "broker": f"mqtt://127.0.0.1:{broker.port}/",
             "log_level": "info",
@@ -398,7 +462,7 @@ async def test_an_asset_with_a_noncharacter_is_delivered_without_dropping_the_co
     async with fast(broker.url) as sink, subscribe(broker.port, ["balwatch/alerts/#"]) as sub:
         await asyncio.gather(sink.send(odd), sink.send(ALERT))
         topics = sorted(m.topic.value for m in await sub.drain())
-    assert topics == [EVENTS, "balwatch/alerts/low-available/bitso-treasury/USDT_"]
+    assert topics == [EVENTS, "balwatch/alerts/low-available/bitso-treasury/bitso/USDT_"]
 
 
 async def test_a_topic_past_the_mqtt_limit_is_a_dead_letter(broker: Mosquitto) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from balwatch.sinks.base import DeliveryError
+from balwatch.sink import DeliveryError
 from balwatch.sinks.formats import encode_alert
 from balwatch.sinks.webhook import WebhookSink
 from tests.brokers import free_port, make_tls_files

@@ -1,0 +1,1 @@
+"""Prices: every balance row valued in USD (``prices:`` in config)."""

@@ -1,0 +1,12 @@
+"""Persistence: the :class:`~balwatch.state.base.StateStore` interface and its backends."""
+
+from __future__ import annotations
+
+from balwatch.config import Config
+from balwatch.state.base import StateStore
+from balwatch.state.sqlite import SqliteStateStore
+
+
+def state_store(config: Config) -> StateStore:
+    """The store for ``config``: SQLite in ``state_dir`` (the one backend so far)."""
+    return SqliteStateStore(config.state_dir)

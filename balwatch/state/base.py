@@ -1,0 +1,238 @@
+"""The state store: everything balwatch keeps across restarts, behind one interface.
+
+What is kept: the engine's alert states and account liveness, the metric history the rules'
+windows read, balwatch's own firing self-alerts, and the outbox (each alert document with
+one delivery row per sink, pending until the sink acknowledged it, or dead). The daemon and
+the outbox speak to a :class:`StateStore` only, in these terms; an implementation
+(:mod:`balwatch.state.sqlite` today) owns its tables, transactions and locking.
+
+Every implementation passes ``tests/state/test_conformance.py``. The guarantees it asks for:
+
+- :meth:`StateStore.commit` is atomic: the alerts of an :class:`AlertCommit`, their
+  deliveries, the state changes and self-alerts that came with them are stored together or
+  not at all, and are durable when it returns.
+- Delivery ids increase in commit order and are never reused, across restarts too (the
+  outbox's per-fingerprint order rests on that); within one commit they follow the order of
+  its alerts, then of each alert's sinks.
+- A commit's ``on_commit`` runs on the event loop right after the transaction, before any
+  later commit's, even when the caller was cancelled meanwhile.
+- Values handed to :meth:`~StateStore.commit` and :meth:`~StateStore.flush` are the caller's
+  snapshot: they are not changed afterwards, and the store may encode them later.
+- Storage that is not the store's own, or whose schema is newer than this balwatch, is a
+  :class:`StateError` from :meth:`~StateStore.open`, with nothing in it changed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import TracebackType
+from typing import NamedTuple, Self
+
+from balwatch.alert import Alert
+from balwatch.rules.engine import AccountState, AlertState, Engine
+from balwatch.rules.history import HistoryChanges, HistoryKey
+from balwatch.sink import AlertDoc
+
+Sample = tuple[HistoryKey, float, Decimal]
+
+
+class StateError(Exception):
+    """The state store cannot be used (taken, foreign, too new, corrupt); it is left as it is."""
+
+
+@dataclass(slots=True)
+class SavedState:
+    """What a previous run left: read once at start by :meth:`StateStore.load`."""
+
+    alerts: list[AlertState] = field(default_factory=list)
+    accounts: list[AccountState] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # per series, oldest first
+    self_alerts: list[Alert] = field(default_factory=list)
+    # Upgrades of what lives outside the store, done once: name -> version reached (the
+    # MQTT topic layout of retained alerts, balwatch.topiclayout). Absent: never recorded.
+    markers: dict[str, int] = field(default_factory=dict)
+
+    def restore(self, engine: Engine, now: float) -> list[Alert]:
+        """Load the alert states, accounts and history into ``engine``.
+
+        Returns the resolved notifications of restored firing alerts that the engine's rules
+        no longer produce (:meth:`Engine.restore`).
+        """
+        closed = engine.restore(self.alerts, self.accounts, now)
+        for key, t, value in self.samples:
+            if t <= now:
+                engine.history.record(key, t, value)
+        engine.history.mark_saved()
+        engine.drop_unused_history()  # metrics no rule reads any more: gone at the next flush
+        return closed
+
+
+@dataclass(slots=True)
+class RoutedAlert:
+    """An alert document and the sinks it goes to (duplicates dropped, order kept)."""
+
+    alert: AlertDoc
+    sinks: Sequence[str]
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        value = self.alert.get("fingerprint")
+        if not isinstance(value, str) or not value:
+            raise ValueError("alert document has no fingerprint")
+        self.fingerprint = value
+        self.sinks = tuple(dict.fromkeys(self.sinks))
+
+
+class StateChange(NamedTuple):
+    """The engine state behind an alert now: ``state`` None once it went inactive."""
+
+    fingerprint: str
+    rule: str
+    state: AlertState | None
+
+
+@dataclass(slots=True)
+class AlertCommit:
+    """Alerts with the state changes that produced them: one transaction.
+
+    ``self_alerts`` is the whole set of self-alerts firing now, replacing the stored one;
+    None leaves it as it is. An alert for no sink is not stored (nothing would deliver or
+    prune it); its state changes still are. ``markers`` are set (name -> version) in the
+    same transaction (:attr:`SavedState.markers`).
+    """
+
+    alerts: Sequence[RoutedAlert] = ()
+    states: Sequence[StateChange] = ()
+    self_alerts: Sequence[Alert] | None = None
+    markers: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StateSnapshot:
+    """The periodic flush: every alert and account state (replacing the stored ones) and
+    what changed in the history since the last flush."""
+
+    alerts: Sequence[AlertState]
+    accounts: Sequence[AccountState]
+    history: HistoryChanges
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One alert on its way to one sink; ``attempts`` counts the failed tries so far."""
+
+    id: int
+    sink: str
+    fingerprint: str
+    alert: AlertDoc
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A delivery that will not be retried, kept with why it failed."""
+
+    id: int
+    sink: str
+    alert: AlertDoc
+    attempts: int
+    error: str
+    failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SinkCounts:
+    """One sink's delivery rows by status."""
+
+    pending: int = 0
+    dead: int = 0
+
+
+OnCommit = Callable[[list[Delivery]], None]
+
+
+class StateStore(abc.ABC):
+    """Persistence for one daemon. ``async with store:`` opens it and closes it again.
+
+    Writes return once committed; a failed write raises the store's own error and leaves
+    nothing of itself behind. A closed store raises RuntimeError.
+    """
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the state lives, for logs and messages (never a secret)."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Take the store for this process, create or upgrade its schema.
+
+        :class:`StateError` when it cannot be used, saying why; nothing in it is changed.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish the writes already called, then let the store go."""
+
+    @abc.abstractmethod
+    async def load(self, since: float) -> SavedState:
+        """What a previous run left: states, accounts, self-alerts, and per history series
+        the samples from ``since`` on with the newest one before it."""
+
+    # --- writes ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def commit(
+        self, commit: AlertCommit, *, on_commit: OnCommit | None = None
+    ) -> list[Delivery]:
+        """Store the alerts, a pending delivery per sink, and the state that came with
+        them, in one transaction; returns the new deliveries in id order.
+
+        ``on_commit`` gets the same list on the event loop right after the transaction,
+        even if the caller was cancelled meanwhile.
+        """
+
+    @abc.abstractmethod
+    async def flush(self, snapshot: StateSnapshot) -> None:
+        """Replace the stored alert and account states, and apply the history changes."""
+
+    @abc.abstractmethod
+    async def ack(self, delivery_id: int) -> None:
+        """The sink has it: forget the delivery (and the alert, once no sink needs it)."""
+
+    @abc.abstractmethod
+    async def fail(self, delivery_id: int, error: str, *, dead: bool) -> None:
+        """Record a failed attempt; ``dead`` makes it a dead letter that is never retried."""
+
+    # --- outbox reads ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def pending(self, sink: str) -> list[Delivery]:
+        """The sink's pending deliveries in id order, with their attempt counts."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, sink: str | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first; all sinks when ``sink`` is None."""
+
+    @abc.abstractmethod
+    async def documents(self) -> list[AlertDoc]:
+        """Every alert document the outbox holds, pending or dead, oldest first."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, SinkCounts]:
+        """Pending and dead deliveries per sink name, for every sink that has any."""
