@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from balwatch.alert import Alert, placed
+from balwatch.alert import Alert, group_text, placed
 from balwatch.metrics import Metrics
 from balwatch.outbox.routing import RoutedSink, route
 from balwatch.outbox.worker import Outbox
@@ -154,6 +154,8 @@ class AlertPublisher:
                 account=alert.account,
                 asset=alert.asset,
                 summary=alert.summary,
+                # a portfolio rule's alert says which group (its account may be null)
+                **({} if alert.group is None else {"group": group_text(alert.group)}),
             )
         if self._on_alerts is not None:
             self._on_alerts(batch)
