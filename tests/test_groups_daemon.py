@@ -1,5 +1,7 @@
 """A portfolio rule in the running daemon: its alert through a real Mosquitto and a chat
-webhook, and a failed poll in the group that neither fires nor resolves it.
+webhook, and a failed poll in the group that neither fires nor resolves it. The alert keeps
+the contract of every alert: the published schema, ``instance`` and ``url``, the HTTP API
+listing and finding it, the resolve carrying the text it fired with.
 
 The real simulator, broker, webhook receiver and :class:`Daemon` with its SQLite state;
 waits are on alerts the daemon hands out, MQTT messages, webhook requests and simulator
@@ -11,18 +13,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind
-from tests.brokers import Mosquitto, subscribe
+from tests.alertschema import schema_errors
+from tests.brokers import Mosquitto, free_port, subscribe
+from tests.daemons import AlertLog, CountingState, running
 from tests.test_daemon import (
-    AlertLog,
-    CountingState,
     bitso,
     bitso_account,
     coinw,
     coinw_account,
-    running,
     set_fields,
     write_config,
 )
@@ -40,8 +44,13 @@ rules:
 ACTIVE = "balwatch/active/treasury-floor/-/-/USDT"
 
 
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url) as response:
+        return response.status, await response.json()
+
+
 async def test_a_group_alert_reaches_mqtt_and_chat_and_a_failed_poll_does_not_resolve_it(
-    tmp_path: Path,
+    tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     state = CountingState([bitso_account(available="10000"), coinw_account()])
     sim = Simulator(state)
@@ -60,6 +69,12 @@ async def test_a_group_alert_reaches_mqtt_and_chat_and_a_failed_poll_does_not_re
                     f"  - {{name: chat, type: webhook, format: slack, url: '{chat.url}'}}\n"
                 ),
             )
+            api = f"http://127.0.0.1:{free_port()}"
+            with config.open("a") as more:
+                more.write(
+                    f"instance: groups-test\nexternal_url: {api}\n"
+                    f"http: {{listen: '{api.removeprefix('http://')}'}}\n"
+                )
             log = AlertLog()
             topics = ["balwatch/alerts/#", "balwatch/active/#"]
             async with subscribe(broker.port, topics) as sub, running(config, log) as daemon:
@@ -72,8 +87,29 @@ async def test_a_group_alert_reaches_mqtt_and_chat_and_a_failed_poll_does_not_re
                     None,
                 )
 
-                received = {(await sub.get()).topic.value for _ in range(2)}
-                assert received == {ACTIVE, ACTIVE.replace("/active/", "/alerts/")}
+                received = {m.topic.value: m for m in [await sub.get() for _ in range(2)]}
+                assert set(received) == {ACTIVE, ACTIVE.replace("/active/", "/alerts/")}
+                for message in received.values():
+                    assert isinstance(message.payload, bytes)
+                    sent = json.loads(message.payload)
+                    assert schema_errors(sent) == [], sent
+                    # placed by the publisher, as every alert is
+                    assert (sent["instance"], sent["url"]) == (
+                        "groups-test",
+                        f"{api}/api/alerts/{fired.fingerprint}",
+                    )
+                # the HTTP API lists it and answers at its url
+                status, listed = await get(http, f"{api}/api/alerts")
+                assert status == 200
+                assert [(a["rule"], a["group"]) for a in listed] == [
+                    ("treasury-floor", {"asset": "USDT"})
+                ]
+                status, found = await get(http, f"{api}/api/alerts/{fired.fingerprint}")
+                assert (status, found["phase"], found["group"]) == (
+                    200,
+                    "firing",
+                    {"asset": "USDT"},
+                )
                 async with subscribe(broker.port, ["balwatch/active/#"]) as late:
                     [retained] = await late.drain()
                 assert retained.topic.value == ACTIVE
@@ -121,6 +157,14 @@ async def test_a_group_alert_reaches_mqtt_and_chat_and_a_failed_poll_does_not_re
                 await chat.wait_for(2)
                 cleared = [await sub.get() for _ in range(2)]
                 assert [(m.topic.value, m.payload) for m in cleared][1] == (ACTIVE, b"")
+                assert isinstance(cleared[0].payload, bytes)
+                resolved = json.loads(cleared[0].payload)
+                assert schema_errors(resolved) == [], resolved
+                # what people saw when it fired; the values are those of the resolve
+                assert resolved["summary"] == "USDT across the wallets: sum(available)=13000"
+                assert resolved["values"]["sum(available)"] == "53000"
+                status, gone = await get(http, resolved["url"])
+                assert (status, gone["fingerprint"]) == (404, fired.fingerprint)
                 async with subscribe(broker.port, ["balwatch/active/#"]) as late:
                     assert await late.drain() == []  # nothing left showing as firing
     finally:

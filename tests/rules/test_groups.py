@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -308,6 +309,53 @@ def test_clear_is_the_recovery_condition_of_a_group() -> None:
     [done] = poll(e, T0 + 2, "bitso-hot", row("bitso-hot", available="150"))
     assert done.event == "resolved"
     assert done.values["sum(available)"] == 150
+
+
+def test_a_groups_resolve_carries_the_text_it_fired_with_and_the_values_of_now() -> None:
+    r = rule(
+        "floor",
+        "sum(available) < 100",
+        summary=Template("{asset} across the wallets: {values}, most in {members}"),
+        description=Template("top up {group}"),
+    )
+    e = engine(r)
+    [fired] = poll(e, T0, "bitso-hot", row("bitso-hot", available="40"))
+    [done] = poll(e, T0 + 60, "bitso-hot", row("bitso-hot", available="500"))
+    assert done.event == "resolved"
+    assert (done.summary, done.description) == (fired.summary, fired.description)
+    assert fired.summary == "USDT across the wallets: sum(available)=40, most in USDT@bitso-hot=40"
+    assert done.values == {"sum(available)": D(500), "USDT@bitso-hot": D(500)}
+
+
+def test_resolved_summary_of_a_grouped_rule() -> None:
+    r = rule(
+        "floor",
+        "sum(available) < 100",
+        summary=Template("{asset} low: {values}"),
+        resolved_summary=Template("{asset} back: {values} ({members})"),
+    )
+    e = engine(r)
+    poll(e, T0, "bitso-hot", row("bitso-hot", available="40"))
+    [done] = poll(e, T0 + 60, "bitso-hot", row("bitso-hot", available="500"))
+    assert done.summary == "USDT back: sum(available)=500 (USDT@bitso-hot=500)"
+    with pytest.raises(RuleError, match=re.escape("resolved_summary uses {available}")):
+        rule("r", "sum(available) < 1", resolved_summary=Template("{available}"))
+
+
+def test_a_groups_state_is_found_by_fingerprint_and_listed_as_firing() -> None:
+    e = engine(FLOOR)
+    [fired] = poll(e, T0, "bitso-hot", row("bitso-hot", available="40"))
+    found = e.find(fired.fingerprint)
+    assert found is not None and (found.group, found.phase) == ({"asset": "USDT"}, "firing")
+    assert found.to_json()["group"] == {"asset": "USDT"}
+    found.values.clear()  # a copy: the engine's state is untouched
+    assert e.find(fired.fingerprint).values  # type: ignore[union-attr]
+    # what is firing, as a document to retain again (the topic-layout move uses it)
+    [again] = e.firing_alerts()
+    assert (again.group, again.summary, again.account) == (fired.group, fired.summary, None)
+    assert again.to_json()["group"] == {"asset": "USDT"}
+    poll(e, T0 + 1, "bitso-hot", row("bitso-hot", available="500"))
+    assert e.find(fired.fingerprint) is None
 
 
 # --------------------------------------------------------------------------- no data
