@@ -8,12 +8,14 @@ hold them. What was committed is read back from the store itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from balwatch.alert import Alert
@@ -210,8 +212,13 @@ async def test_a_groups_alert_commits_with_its_group_state_and_goes_out_placed(
     rig.publisher.placement = ("treasury-prod", "https://balwatch.example")
     observe(rig.engine, "4000")
     [fired] = rig.engine.tick(T0)
-    with capture_logs() as logs:
-        await rig.publisher.publish([fired])
+    saved = structlog.get_config()  # an earlier test may have left info lines filtered out
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as logs:
+            await rig.publisher.publish([fired])
+    finally:
+        structlog.configure(**saved)
     [logged] = [e for e in logs if e["event"] == "alert"]
     assert (logged["group"], logged["account"], logged["asset"]) == ("asset=USDT", None, "USDT")
 
