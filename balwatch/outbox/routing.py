@@ -10,7 +10,7 @@ from balwatch.sinks.base import AlertDoc
 
 
 class RoutedSink(Protocol):
-    """What routing reads from a sink's config (``MqttSinkConfig`` and ``WebhookSinkConfig`` have it)."""
+    """What routing reads from a sink's config (``MqttSinkConfig``, ``WebhookSinkConfig``)."""
 
     @property
     def name(self) -> str: ...
