@@ -1,7 +1,8 @@
 """Alerts about balwatch itself: a rejected reload, a source refusing our credentials.
 
 They travel the same path as rule alerts (outbox, routing, sinks), so the people who
-watch balances also learn when balwatch cannot watch them.
+watch balances also learn when balwatch cannot watch them. Their text can quote a problem
+or an error; configured secrets in it are masked before the alert exists.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from balwatch import redact
 from balwatch.alert import Alert, Severity, fingerprint, new_id
 
 SELF = "balwatch"
@@ -53,7 +55,7 @@ class SelfAlerts:
             exchange=exchange,
             venue=None,
             asset=None,
-            summary=summary,
+            summary=redact.installed().text(summary),
             description="",
             labels={"source": SELF},
             expression="",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -17,27 +16,13 @@ import pytest
 
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
 from tests.brokers import free_port
+from tests.clirun import run_cli
 from tests.conftest import StartSim
 
 BITSO_SECRET = "TOPSECRET-bitso-9f8e7d6c"
 COINW_SECRET = "TOPSECRET-coinw-1a2b3c4d"
 KUNA_PASSWORD = "TOPSECRET-kuna-5e6f7a8b"
 SECRETS = (BITSO_SECRET, COINW_SECRET, KUNA_PASSWORD, "wrong-secret-00ff")
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "balwatch",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def write_config(path: Path, url: str) -> Path:
@@ -282,3 +267,15 @@ async def test_run_refuses_outbox_tables_from_a_newer_balwatch_with_a_message(
     code, _, err = await run_cli("run", "-c", str(run_config(tmp_path, state_dir)))
     assert code == 1 and "Traceback" not in err, err
     assert "cannot use the outbox" in err and "newer than this balwatch" in err, err
+
+
+async def test_check_masks_a_configured_secret_quoted_by_a_problem(tmp_path: Path) -> None:
+    """A key pasted into a rule file by mistake is quoted by the problem, masked."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text(
+        f"rules:\n  - {{name: r, when: available < 1, severity: '{BITSO_SECRET}'}}\n"
+    )
+    config = write_config(tmp_path / "balwatch.yaml", "http://127.0.0.1:1")
+    code, out, err = await run_cli("check", "-c", str(config), env=ENV)
+    assert code == 1 and "r.yaml:2:" in err and "***" in err
+    assert_no_secret(out, err)

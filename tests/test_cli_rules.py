@@ -17,8 +17,8 @@ from balwatch.rules.expr import parse_expression
 from balwatch.rules.rule import Rule
 from balwatch.rules.select import Selector
 from balwatch.simulator.state import Fault, FaultKind, SimAccount
+from tests.clirun import run_cli
 from tests.conftest import StartSim
-from tests.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rules"

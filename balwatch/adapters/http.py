@@ -1,8 +1,10 @@
-"""HTTP plumbing shared by the adapters: one request, transport failures mapped to typed errors."""
+"""HTTP plumbing shared by the adapters: one request, read within a size cap, transport
+failures mapped to typed errors, and outside text quoted with the request's credentials
+masked."""
 
 from __future__ import annotations
 
-import dataclasses
+import codecs
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from balwatch.adapters.wire import quote
+from balwatch import redact
 from balwatch.backoff import parse_retry_after
 from balwatch.errors import (
     AuthError,
@@ -20,7 +22,13 @@ from balwatch.errors import (
     SourceError,
     SourceUnavailable,
 )
+from balwatch.httpbody import read_bounded
 from balwatch.secret import Secret
+from balwatch.sizes import format_size
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +37,9 @@ class Response:
     status: int
     headers: Mapping[str, str]
     text: str
+    # What the request carried that an echo must not show: the account's credentials, a
+    # token, a signature. Masked, with the installed secrets, in anything quoted from here.
+    secrets: tuple[Secret, ...] = ()
 
     def json(self) -> Any:
         """The body parsed with every JSON number as Decimal or int, never float."""
@@ -50,24 +61,17 @@ class Response:
         except BadResponse:
             return None
 
+    def quote(self, text: str) -> str:
+        """Text from this answer, fit for an error message: the installed secrets and the
+        request's own masked before it is cut short, on one line, in quotes."""
+        return redact.installed().including(self.secrets).quote(text)
+
     def snippet(self) -> str:
-        """The body on one line, quoted and cut short for an error message."""
-        return quote(" ".join(self.text.split()))
+        """The body, quoted by :meth:`quote`."""
+        return self.quote(self.text)
 
     def retry_after(self) -> float | None:
         return parse_retry_after(self.headers.get("Retry-After"))
-
-    def masked(self, secrets: Iterable[Secret | None]) -> Response:
-        """This answer with any echoed credential masked, fit to quote in an error message."""
-        text = self.text
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret.reveal(), "***")
-        return dataclasses.replace(self, text=text)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -90,15 +94,19 @@ async def send(
     url: str,
     *,
     timeout: float,
+    max_size: int,
+    secrets: Iterable[Secret] = (),
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
     json_body: Any = None,
-    data: Mapping[str, str] | None = None,
 ) -> Response:
-    """Send one request; timeouts and connection failures become :class:`SourceUnavailable`.
+    """Send one request; timeouts and connection failures become :class:`SourceUnavailable`,
+    a body over ``max_size`` bytes (decompressed) a :class:`BadResponse`, read no further.
 
     The URL and parameters are left out of error messages: some sources sign in the query.
+    ``secrets`` (what the request carries) are masked wherever the answer is quoted.
     """
+    carried = tuple(secrets)
     try:
         async with session.request(
             method,
@@ -106,21 +114,38 @@ async def send(
             headers=headers,
             params=params,
             json=json_body,
-            data=data,
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as resp:
-            raw = await resp.read()
+            declared = resp.content_length
+            too_big = declared is not None and declared > max_size
+            raw = b"" if too_big else await read_bounded(resp, max_size + 1)
+            if too_big or len(raw) > max_size:
+                resp.close()  # drop the connection: the rest of the body is never read
+                redactor = redact.installed().including(carried)
+                shown = f": {redactor.quote(_decoded_head(raw), whole=False)}" if raw else ""
+                raise BadResponse(
+                    source,
+                    f"HTTP {resp.status}: body larger than max_response_size "
+                    f"{format_size(max_size)}, not read further{shown}",
+                )
             return Response(
                 source=source,
                 status=resp.status,
                 headers=dict(resp.headers),
                 text=raw.decode("utf-8", errors="replace"),
+                secrets=carried,
             )
     except TimeoutError:
         raise SourceUnavailable(source, f"timed out after {timeout:g}s") from None
     except aiohttp.ClientError as exc:
         raise SourceUnavailable(source, f"connection failed: {type(exc).__name__}") from None
+
+
+def _decoded_head(raw: bytes) -> str:
+    """The start of a body cut at a byte count: a character split by the cut is left out,
+    not shown as a replacement character."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(raw, final=False)
 
 
 def generic_status_error(resp: Response) -> SourceError | None:

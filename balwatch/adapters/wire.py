@@ -1,4 +1,4 @@
-"""Reading a decoded balance answer, shared by the adapters: shape checks, extras, quoting.
+"""Reading a decoded balance answer, shared by the adapters: shape checks, codes, extras.
 
 Every helper raises :class:`BadResponse` naming the source (and the asset and field where
 known) for an answer of the wrong shape. What a source's fields mean stays in its own module.
@@ -10,11 +10,13 @@ from collections.abc import Iterable, Mapping, Set
 from decimal import Decimal
 from typing import Any, Final
 
+from balwatch import redact
 from balwatch.errors import BadResponse
 from balwatch.model import Balance
 
-# Server text is quoted in error messages only this far: enough to diagnose, never a page.
-QUOTE_CHARS: Final = 120
+# Longest asset or venue code accepted: real ones are a few letters, a token contract's
+# address 42 characters. Codes are shown in tables, logs, alerts and metric labels.
+MAX_CODE_CHARS: Final = 64
 
 
 def expect_object(
@@ -42,6 +44,22 @@ def expect_str(value: Any, source: str, field: str, *, asset: str | None = None)
             field=field,
         )
     return value
+
+
+def expect_code(value: Any, source: str, field: str, *, asset: str | None = None) -> str:
+    """An asset or venue code: a printable string of 1 to :data:`MAX_CODE_CHARS` characters.
+
+    A code with control characters (ESC, BEL) would drive the terminal it is printed on.
+    """
+    code = expect_str(value, source, field, asset=asset)
+    if len(code) > MAX_CODE_CHARS or not code.isprintable():
+        raise BadResponse(
+            source,
+            f"expected a printable code of at most {MAX_CODE_CHARS} characters, got {quote(code)}",
+            asset=asset,
+            field=field,
+        )
+    return code
 
 
 def scalar_text(value: Any) -> str | None:
@@ -85,8 +103,13 @@ def distinct(rows: Iterable[Balance], source: str, *, message: str, field: str) 
 
 
 def quote(text: str) -> str:
-    """``text`` in quotes for an error message, cut at :data:`QUOTE_CHARS`."""
-    return repr(text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "...")
+    """Text read from a decoded answer, for an error message: the installed secrets masked,
+    on one line, cut short, in quotes (see :meth:`balwatch.redact.Redactor.quote`).
+
+    Where the answer is at hand, :meth:`balwatch.adapters.http.Response.quote` also masks
+    the request's own credentials.
+    """
+    return redact.installed().quote(text)
 
 
 def _type_name(value: Any) -> str:
