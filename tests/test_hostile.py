@@ -1,8 +1,9 @@
 """What a hostile or broken exchange can do, tried on a real server on loopback.
 
 An exchange (or a proxy before it) echoes the request in every encoding; streams a body
-without end; sends asset codes that are terminal control sequences. None of it may leak a
-secret, take the memory or drive the terminal.
+without end; sends asset codes that are terminal control sequences; names a key twice in
+an object. None of it may leak a secret, take the memory, drive the terminal or be taken
+as a balance.
 """
 
 from __future__ import annotations
@@ -247,3 +248,53 @@ async def test_control_characters_from_an_exchange_never_reach_the_terminal(
     for text in (out, err):
         assert "\x1b" not in text and "\x07" not in text
     assert "\\x1b" in out and "\\x1b" in err  # shown, escaped, not dropped
+
+
+# (exchange, answer text, the key named twice): at the top, in a row, in an object no row
+# reads, and once written with an escape that a text search would miss.
+DUPLICATED_KEYS: Final = [
+    (
+        "coinw",
+        '{"code": "200", "data": {"BTC": {"available": "1", "onOrders": "0"},'
+        ' "BTC": {"available": "9", "onOrders": "0"}}}',
+        "BTC",
+    ),
+    (
+        "coinw",
+        '{"code": "200", "data": {"BTC": {"available": "1", "onOrders": "0"},'
+        ' "\\u0042TC": {"available": "9", "onOrders": "0"}}}',
+        "BTC",
+    ),
+    (
+        "bitso",
+        '{"success": true, "payload": {"balances": [{"currency": "btc", "total": "1",'
+        ' "available": "1", "locked": "0", "total": "9"}]}}',
+        "total",
+    ),
+    ("kunacore", '{"data": [], "data": [{"asset": "USDT", "balance": "1"}]}', "data"),
+    (
+        "kunacore",
+        '{"data": [{"asset": "USDT", "balance": "1", "depositAddress":'
+        ' {"TRC20": {"address": "T1"}, "TRC20": {"address": "T2"}}}]}',
+        "TRC20",
+    ),
+    (
+        "coinapi",
+        '[{"exchange_id": "BINANCE", "data": [], "exchange_id": "KRAKEN"}]',
+        "exchange_id",
+    ),
+]
+
+
+@pytest.mark.parametrize(("exchange", "answer", "key"), DUPLICATED_KEYS)
+async def test_a_key_named_twice_in_an_object_is_a_bad_response_naming_it(
+    http: aiohttp.ClientSession, exchange: str, answer: str, key: str
+) -> None:
+    async with HostileExchange() as server:
+        server.answers["dup"] = (200, answer)
+        spec = account_spec(exchange, f"{server.url}/raw/dup", CREDENTIALS[exchange])
+        result = await poll_account(make_adapter(exchange, spec, http))
+    error = result.error
+    assert result.rows is None and error is not None
+    assert error.kind is ErrorKind.BAD_RESPONSE and error.source == exchange
+    assert f"key {key!r} appears twice" in error.message

@@ -1,6 +1,6 @@
-"""HTTP plumbing shared by the adapters: one request, read within a size cap, transport
-failures mapped to typed errors, and outside text quoted with the request's credentials
-masked."""
+"""HTTP plumbing shared by the adapters: one request, read within a size cap, its answer
+decoded strictly, transport failures mapped to typed errors, and outside text quoted with
+the request's credentials masked."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 
@@ -27,8 +27,40 @@ from balwatch.secret import Secret
 from balwatch.sizes import format_size
 
 
+class DuplicateKey(Exception):
+    """A JSON object names ``key`` twice: which value is true cannot be told."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every answer: numbers as Decimal or int (never float), no NaN or
+# Infinity, and an object naming a key twice refused rather than read as its last value.
+_DECODER: Final = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+)
+
+
+def decode_json(text: str) -> Any:
+    """``text`` decoded as every adapter reads an answer; ValueError for text that is not
+    JSON, :class:`DuplicateKey` for an object naming a key twice."""
+    return _DECODER.decode(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +74,14 @@ class Response:
     secrets: tuple[Secret, ...] = ()
 
     def json(self) -> Any:
-        """The body parsed with every JSON number as Decimal or int, never float."""
+        """The body decoded by :func:`decode_json`, or BadResponse saying what is wrong."""
         try:
-            return json.loads(self.text, parse_float=Decimal, parse_constant=_reject_constant)
+            return decode_json(self.text)
+        except DuplicateKey as exc:
+            raise BadResponse(
+                self.source,
+                f"HTTP {self.status}: key {self.quote(exc.key)} appears twice in one object",
+            ) from None
         except (ValueError, ArithmeticError) as exc:  # decimal refuses 1e1000000000000000000
             raise BadResponse(
                 self.source, f"HTTP {self.status}: body is not valid JSON: {self.snippet()}"
