@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Final
 
 from balwatch import redact
 from balwatch.errors import BadResponse
 from balwatch.model import Balance
 
+_VENUE_ASSET: Final = attrgetter("venue", "asset")
 # Longest asset or venue code accepted: real ones are a few letters, a token contract's
 # address 42 characters. Codes are shown in tables, logs, alerts and metric labels.
 MAX_CODE_CHARS: Final = 64
@@ -51,15 +53,15 @@ def expect_code(value: Any, source: str, field: str, *, asset: str | None = None
 
     A code with control characters (ESC, BEL) would drive the terminal it is printed on.
     """
+    if type(value) is str and 0 < len(value) <= MAX_CODE_CHARS and value.isprintable():
+        return value  # the common case, in one test
     code = expect_str(value, source, field, asset=asset)
-    if len(code) > MAX_CODE_CHARS or not code.isprintable():
-        raise BadResponse(
-            source,
-            f"expected a printable code of at most {MAX_CODE_CHARS} characters, got {quote(code)}",
-            asset=asset,
-            field=field,
-        )
-    return code
+    raise BadResponse(
+        source,
+        f"expected a printable code of at most {MAX_CODE_CHARS} characters, got {quote(code)}",
+        asset=asset,
+        field=field,
+    )
 
 
 def scalar_text(value: Any) -> str | None:
@@ -91,14 +93,16 @@ def distinct(rows: Iterable[Balance], source: str, *, message: str, field: str) 
 
     ``{venue}`` in ``message`` names the venue.
     """
-    found: list[Balance] = []
-    seen: set[tuple[str, str]] = set()
-    for row in rows:
-        key = (row.venue, row.asset)
-        if key in seen:
-            raise BadResponse(source, message.format(venue=row.venue), asset=row.asset, field=field)
-        seen.add(key)
-        found.append(row)
+    found = list(rows)
+    if len(set(map(_VENUE_ASSET, found))) < len(found):  # checked in C; then find which
+        seen: set[tuple[str, str]] = set()
+        for row in found:
+            key = (row.venue, row.asset)
+            if key in seen:
+                raise BadResponse(
+                    source, message.format(venue=row.venue), asset=row.asset, field=field
+                )
+            seen.add(key)
     return found
 
 
