@@ -58,6 +58,13 @@ def test_a_secret_that_contains_another_is_masked_whole() -> None:
     assert redactor.text("a abcd1234-suffix-xyz b abcd1234 c") == "a *** b *** c"
 
 
+def test_a_secret_starting_inside_the_start_of_another_is_found() -> None:
+    """The text starts as the first secret ("aabc...") but goes on as the second: the
+    search must look again one character on, not after the four it read."""
+    redactor = Redactor([Secret("aabcQQQQ"), Secret("abcdXYZW")])
+    assert redactor.text("xaabcdXYZW!") == "xa***!"
+
+
 def test_short_values_are_left_alone() -> None:
     """A merchant id "12" masked everywhere would garble every number shown."""
     assert Redactor([Secret("12")]).text("1200.12") == "1200.12"
