@@ -133,6 +133,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc.problems)
         return EXIT_CONFIG
+    redact.install(config.secrets())  # a rule file may quote a secret pasted by mistake
     _print_problems(warnings)  # risky settings: reported, never fatal
     rule_set = _load_rules(config, args.config)
     if rule_set is None:

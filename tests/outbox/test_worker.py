@@ -212,12 +212,12 @@ async def test_a_secret_in_the_receivers_text_is_masked_where_it_is_kept(
     outbox = await started(store, sink, clock=clock)
     with capture_logs() as logs:
         await outbox.enqueue(alert("fp1", 1), ["s"])
-        await outbox.wait_settled()
+        await settled(outbox)
     await outbox.stop()
     [dead] = await store.dead_letters("s")
     assert dead.error == "HTTP 400: bad url ...***"
     assert outbox.stats()["s"].last_error == dead.error
-    [logged] = [e for e in logs if e["event"] == "delivery dead-lettered"]
+    [logged] = [e for e in logs if e["event"] == "delivery_dead_lettered"]
     assert logged["error"] == dead.error
 
 
