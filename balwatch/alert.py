@@ -1,4 +1,4 @@
-"""One alert notification (a lifecycle transition) and its JSON form (DESIGN.md section 5).
+"""One alert notification (a lifecycle transition) and its JSON form (docs/alerts.md).
 
 The rule engine produces :class:`Alert` values; the outbox stores ``to_json()`` and reads it
 back with :meth:`Alert.from_json`; MQTT and generic webhooks publish ``to_json()`` as is.
@@ -150,7 +150,7 @@ class Alert:
     """One notification. Times are timezone-aware; ``venue``/``asset`` are None for account
     scope. ``status`` is ``resolved`` exactly for the ``resolved`` event, which alone has a
     ``resolved_at``; ``started_at`` is when the condition first held (the start of
-    ``pending``), as in the DESIGN.md example (started 10:00, fired 10:02 with ``for: 2m``).
+    ``pending``): started 10:00, fired 10:02 with ``for: 2m``.
     """
 
     fingerprint: str
@@ -189,7 +189,7 @@ class Alert:
         return "resolved" if self.event == "resolved" else "firing"
 
     def to_json(self) -> dict[str, object]:
-        """The DESIGN.md section 5 document: amounts as decimal strings, times ISO with Z."""
+        """The alert document (docs/alerts.md): amounts as decimal strings, times ISO with Z."""
         return {
             "version": VERSION,
             "id": self.id,

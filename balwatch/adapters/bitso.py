@@ -1,4 +1,4 @@
-"""Bitso: ``GET /api/v3/balance/`` signed with HMAC-SHA256 (EXCHANGES.md, Bitso).
+"""Bitso: ``GET /api/v3/balance/`` signed with HMAC-SHA256 (docs.bitso.com, Create signed requests).
 
 Wire format (docs.bitso.com, Get Account Balance)::
 

@@ -1,6 +1,6 @@
 """CoinW spot: ``POST /api/v1/private?command=returnCompleteBalances`` with MD5 signing.
 
-Wire facts (EXCHANGES.md, CoinW spot): the parameters ``api_key`` and ``sign`` travel in the
+Wire facts (CoinW API, Get Full Spot Account Balance): ``api_key`` and ``sign`` travel in the
 query string of a POST; errors arrive with HTTP 200 and a non-200 ``code`` in the body, so
 the body's code is read before the HTTP status. Mapping: ``available``; locked = ``onOrders``;
 total = available + onOrders (CoinW sends no total). Other numeric or text fields of an asset

@@ -1,13 +1,13 @@
 """Kuna Core: ``POST /v2/balance`` with an api-key or a JWT from ``/v2/auth/login``.
 
-Wire to row (EXCHANGES.md, Kuna Core; one venue, named ``kunacore``):
+Wire to row (docs.kunacore.io, Get all wallet balances; one venue, named ``kunacore``):
 
 - ``balance`` -> available. Required: an entry without it tells nothing about the asset.
 - ``holdBalance`` -> hold (in processing), ``lockBalance`` -> aml_locked (blocked under AML
   policy), ``referralBalance`` -> referral. Missing or null: that metric is None.
 - total = balance + holdBalance + lockBalance, added exactly (Kuna sends no total). If
   holdBalance or lockBalance is missing, total is None too: a sum over a part would understate
-  the holdings and read as a drop. referralBalance stays out of total, as EXCHANGES.md defines it.
+  the holdings and read as a drop. referralBalance stays out of total (docs/sources.md).
 - locked, pending_deposit, pending_withdrawal, rate_usd: never reported, always None.
 - ``depositAddress`` is not an amount and is ignored. Any other field is kept in ``extras`` as
   text when it is a string or a number (newer docs mention funds in settlement under a name we

@@ -1,4 +1,4 @@
-"""The validated shape of ``balwatch.yaml`` (DESIGN.md section 3).
+"""The validated shape of ``balwatch.yaml`` (docs/configuration.md).
 
 Every model forbids unknown keys, so a typo is an error and not a silently ignored
 setting. Values that can carry credentials (account credentials, sink URLs and secrets,

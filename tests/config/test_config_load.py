@@ -14,7 +14,7 @@ from balwatch.secret import Secret
 
 WriteFile = Callable[..., Path]
 
-# DESIGN.md section 3, verbatim.
+# The product's example config, verbatim.
 DESIGN_EXAMPLE = """
 state_dir: /var/lib/balwatch        # SQLite: alert state, history, outbox. Default: $STATE_DIRECTORY or ./.balwatch
 rules: [rules/*.yaml]               # globs, relative to this file
