@@ -164,6 +164,7 @@ def _size(value: object) -> int:
     return size
 
 
+SIZE_PATTERN: Final = r"^[0-9]+(B|KiB|MiB|GiB)?$"
 # Bytes: a number, or a number with B, KiB, MiB or GiB.
 ByteSize = Annotated[
     int,
@@ -173,7 +174,7 @@ ByteSize = Annotated[
             "description": "Bytes, or a number with B, KiB, MiB or GiB, like 8MiB",
             "anyOf": [
                 {"type": "integer", "minimum": _SIZE_BOUNDS[0], "maximum": _SIZE_BOUNDS[1]},
-                {"type": "string", "pattern": r"^[0-9]+(B|KiB|MiB|GiB)?$"},
+                {"type": "string", "pattern": SIZE_PATTERN},
             ],
         }
     ),
