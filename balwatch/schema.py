@@ -22,9 +22,9 @@ from balwatch.adapters import REGISTRY
 from balwatch.alert import JSON_SCHEMA as ALERT_SCHEMA
 from balwatch.config.model import DURATION_PATTERN, SIZE_PATTERN, Config
 from balwatch.durations import format_duration
-from balwatch.sizes import format_size
 from balwatch.rules.load import RuleFile
 from balwatch.rules.ruletest import RuleTestFile
+from balwatch.sizes import format_size
 
 SchemaKind = Literal["config", "rules", "tests", "alert"]
 _MODELS: Final[dict[str, type[BaseModel]]] = {
