@@ -1,4 +1,4 @@
-"""One alert notification (a lifecycle transition) and its JSON form (DESIGN.md section 5).
+"""One alert notification (a lifecycle transition) and its JSON form (docs/alerts.md).
 
 The rule engine produces :class:`Alert` values; the outbox stores ``to_json()`` and reads it
 back with :meth:`Alert.from_json`; MQTT and generic webhooks publish ``to_json()`` as is.
@@ -200,8 +200,8 @@ class Alert:
     scope; for a group, any of ``account``/``exchange``/``venue``/``asset`` the group lacks is
     None and ``group`` is set (module docstring). ``status`` is ``resolved`` exactly for the
     ``resolved`` event, which alone has a ``resolved_at``; ``started_at`` is when the
-    condition first held (the start of ``pending``), as in the DESIGN.md example (started
-    10:00, fired 10:02 with ``for: 2m``).
+    condition first held (the start of ``pending``): started 10:00, fired 10:02 with
+    ``for: 2m``.
     """
 
     fingerprint: str
@@ -243,7 +243,7 @@ class Alert:
         return "resolved" if self.event == "resolved" else "firing"
 
     def to_json(self) -> dict[str, object]:
-        """The DESIGN.md section 5 document: amounts as decimal strings, times ISO with Z."""
+        """The alert document (docs/alerts.md): amounts as decimal strings, times ISO with Z."""
         return {
             "version": VERSION,
             "id": self.id,

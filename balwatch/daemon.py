@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from balwatch import __version__, logs
+from balwatch import __version__, logs, redact
 from balwatch.adapters.base import Adapter
 from balwatch.adapters.http import new_session
 from balwatch.alert import Alert
@@ -143,8 +143,9 @@ class Daemon:
         self._watched = _signature(loaded)
         self.loaded = loaded
         config = loaded.config
+        redact.install(config.secrets())
         if self._configure_logs:
-            logs.configure(config.log.format, config.log.level, config.secrets())
+            logs.configure(config.log.format, config.log.level)
         for problem in loaded.warnings:
             log.warning("config_warning", problem=str(problem))
         self.metrics.export_balances(config.metrics.balances)
@@ -422,10 +423,10 @@ class Daemon:
         self._unreadable.ok()
         old = self.loaded.config
         new = loaded.config
+        # The redactor learns the new credentials, and keeps the old for polls in flight.
+        redact.install((*old.secrets(), *new.secrets()))
         if self._configure_logs:
-            # The redactor learns the new credentials, and keeps the old for polls in flight;
-            # the log format and level follow the file too.
-            logs.configure(new.log.format, new.log.level, (*old.secrets(), *new.secrets()))
+            logs.configure(new.log.format, new.log.level)
         if _restart_only(old) != _restart_only(new):
             log.warning("reload_needs_restart", changed="sinks, http or state_dir")
         now = self._clock()

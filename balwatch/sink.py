@@ -1,6 +1,6 @@
 """The one interface every alert receiver implements (after Alertmanager's ``notify``).
 
-A sink turns one alert document (the JSON of DESIGN.md section 5) into one delivery and
+A sink turns one alert document (the JSON of docs/alerts.md) into one delivery and
 says how it went. Retry, backoff, ordering and dead letters are the outbox's job, not the
 sink's: a sink makes exactly one attempt per call.
 """

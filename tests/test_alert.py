@@ -1,4 +1,4 @@
-"""Alert JSON: the exact DESIGN.md section 5 document, and the round trip for the outbox."""
+"""Alert JSON: the exact documented document, and the round trip for the outbox."""
 
 from __future__ import annotations
 

@@ -289,3 +289,15 @@ async def test_run_refuses_outbox_tables_from_a_newer_balwatch_with_a_message(
     assert code == 1 and "Traceback" not in err, err
     assert f"{state_dir / 'balwatch.db'}: cannot use the state database" in err, err
     assert "outbox tables are at version 99, newer than this balwatch" in err, err
+
+
+async def test_check_masks_a_configured_secret_quoted_by_a_problem(tmp_path: Path) -> None:
+    """A key pasted into a rule file by mistake is quoted by the problem, masked."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text(
+        f"rules:\n  - {{name: r, when: available < 1, severity: '{BITSO_SECRET}'}}\n"
+    )
+    config = write_config(tmp_path / "balwatch.yaml", "http://127.0.0.1:1")
+    code, out, err = await run_cli("check", "-c", str(config), env=ENV)
+    assert code == 1 and "r.yaml:2:" in err and "***" in err
+    assert_no_secret(out, err)

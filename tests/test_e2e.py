@@ -298,7 +298,7 @@ def pending_deliveries(db: Path) -> list[tuple[Any, ...]]:
 
 
 def signature_ok(request: Recorded) -> bool:
-    """DESIGN.md section 5: ``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``."""
+    """docs/alerts.md: ``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``."""
     fields = dict(part.split("=", 1) for part in request.headers["X-Balwatch-Signature"].split(","))
     secret = CREDENTIAL_ENV["BW_HOOK_SECRET"].encode()
     mac = hmac.new(secret, fields["t"].encode() + b"." + request.body, hashlib.sha256)

@@ -1,4 +1,4 @@
-"""The validated shape of ``balwatch.yaml`` (DESIGN.md section 3).
+"""The validated shape of ``balwatch.yaml`` (docs/configuration.md).
 
 Every model forbids unknown keys, so a typo is an error and not a silently ignored
 setting. Values that can carry credentials (account credentials, sink URLs and secrets,
@@ -44,6 +44,7 @@ from balwatch.config.problems import field_error
 from balwatch.config.yamlsource import YamlFloat
 from balwatch.durations import format_duration, parse_duration
 from balwatch.secret import Secret
+from balwatch.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
     from balwatch.adapters.base import AccountSpec, Adapter
@@ -143,6 +144,41 @@ ActiveExpiry = Annotated[float, DurationRange(1.0, float(MAX_MESSAGE_EXPIRY))]
 # How often a live price source is read, and how long a price it gave stays usable.
 PriceInterval = Annotated[float, DurationRange(0.1, DAY)]
 PriceMaxAge = Annotated[float, DurationRange(1.0, 7 * DAY)]
+
+
+# A response size cap below this could not hold an error message; above it, no cap at all.
+_SIZE_BOUNDS: Final = (1024, 1024**3)
+
+
+def _size(value: object) -> int:
+    low, high = _SIZE_BOUNDS
+    expected = f"a size from {format_size(low)} to {format_size(high)}, like 512KiB or 8MiB"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise field_error(f"expected {expected}, got {{input}}")
+    try:
+        size = parse_size(str(value))
+    except ValueError:
+        raise field_error(f"expected {expected}, got {{input}}") from None
+    if not low <= size <= high:
+        raise field_error(f"expected {expected}, got {{input}}")
+    return size
+
+
+SIZE_PATTERN: Final = r"^[0-9]+(B|KiB|MiB|GiB)?$"
+# Bytes: a number, or a number with B, KiB, MiB or GiB.
+ByteSize = Annotated[
+    int,
+    PlainValidator(_size),
+    WithJsonSchema(
+        {
+            "description": "Bytes, or a number with B, KiB, MiB or GiB, like 8MiB",
+            "anyOf": [
+                {"type": "integer", "minimum": _SIZE_BOUNDS[0], "maximum": _SIZE_BOUNDS[1]},
+                {"type": "string", "pattern": SIZE_PATTERN},
+            ],
+        }
+    ),
+]
 
 
 def _secret(value: object) -> Secret:
@@ -284,6 +320,9 @@ class MetricsConfig(_Model):
 class DefaultsConfig(_Model):
     poll_interval: PollInterval = 30.0
     timeout: RequestTimeout = 10.0
+    # An answer over this fails the poll as bad_response, unread: room for tens of
+    # thousands of balance rows, far below what would strain memory or the event loop.
+    max_response_size: ByteSize = 8 * 1024 * 1024
 
 
 class AccountConfig(_Model):
@@ -293,6 +332,7 @@ class AccountConfig(_Model):
     base_url: str | None = Field(default=None, validate_default=True)
     poll_interval: PollInterval | None = None
     timeout: RequestTimeout | None = None
+    max_response_size: ByteSize | None = None
     credentials: dict[str, SecretText] = Field(default_factory=dict, validate_default=True)
     # An instance of the adapter's `options_model`.
     options: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
@@ -731,6 +771,7 @@ class Config(_Model):
             timeout=account.timeout or self.defaults.timeout,
             credentials=account.credentials,
             options=account.options,
+            max_response_size=account.max_response_size or self.defaults.max_response_size,
         )
 
     def poll_interval(self, account: AccountConfig) -> float:

@@ -34,6 +34,7 @@ from typing import Protocol
 
 import structlog
 
+from balwatch import redact
 from balwatch.backoff import Backoff
 from balwatch.sink import AlertDoc, DeliveryError, Sink
 from balwatch.state.base import AlertCommit, Delivery, RoutedAlert, StateStore
@@ -241,8 +242,9 @@ class SinkWorker:
         try:
             await self.sink.send(delivery.alert)
         except DeliveryError as exc:
+            # The receiver's text is kept with a dead letter and logged: masked first.
             error, dead, retry_after = (
-                str(exc) or type(exc).__name__,
+                redact.installed().text(str(exc)) or type(exc).__name__,
                 not exc.retryable,
                 exc.retry_after,
             )

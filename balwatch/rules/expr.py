@@ -57,8 +57,8 @@ handed to the history as float seconds). The result is ``True``, ``False`` or
 ``None`` = no data: any value the expression reads is missing (metric ``None``, history
 window not yet full, ``age`` unknown), a division by zero, or an arithmetic overflow /
 invalid operation. No data is strict on purpose, also under ``and``/``or``: a rule never
-fires or resolves on a partial view of its inputs, which is the contract of DESIGN.md
-section 4 ("a metric that is None makes the rule no data for that row").
+fires or resolves on a partial view of its inputs (docs/rules.md, "No data": a metric
+that is None makes the rule no data for that row).
 """
 
 from __future__ import annotations

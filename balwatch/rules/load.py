@@ -1,4 +1,4 @@
-"""Rule files (DESIGN.md section 4) in, compiled :class:`~balwatch.rules.rule.Rule` values out.
+"""Rule files (docs/rules.md) in, compiled :class:`~balwatch.rules.rule.Rule` values out.
 
 Ops edit these files by hand, so every mistake must come back as ``FILE:LINE:COL`` with
 what was expected, and all of them at once: a broken rule fails its whole file (a file is

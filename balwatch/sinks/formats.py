@@ -32,7 +32,7 @@ DISCORD_LIMIT: Final = 2000
 
 
 def encode_alert(alert: AlertDoc) -> bytes:
-    """The alert JSON (DESIGN.md section 5) as sent to MQTT and generic webhooks.
+    """The alert JSON (docs/alerts.md) as sent to MQTT and generic webhooks.
 
     Compact and UTF-8, so a signature is computed over exactly the bytes on the wire.
     Raises TypeError/ValueError for a document that is not plain JSON data.

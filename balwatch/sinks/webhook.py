@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 from balwatch import __version__
 from balwatch.backoff import parse_retry_after
 from balwatch.config.model import WebhookSinkConfig
+from balwatch.httpbody import read_bounded
 from balwatch.sink import AlertDoc, DeliveryError, Sink
 from balwatch.sinks.formats import chat_payload, encode_alert
 
@@ -141,7 +142,7 @@ class WebhookSink(Sink):
         if seconds is not None or self._config.format != "telegram":
             return seconds
         try:
-            answer = json.loads(await _read_bounded(response, _MAX_ERROR_BODY))
+            answer = json.loads(await read_bounded(response, _MAX_ERROR_BODY))
         except ValueError:
             return None
         parameters = answer.get("parameters") if isinstance(answer, Mapping) else None
@@ -149,14 +150,3 @@ class WebhookSink(Sink):
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
             return float(value)
         return None
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body: an error page cannot exhaust memory."""
-    data = bytearray()
-    while len(data) < limit:
-        chunk = await response.content.read(limit - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)

@@ -6,12 +6,15 @@ import asyncio
 import random
 from collections import defaultdict
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from structlog.testing import capture_logs
 
+from balwatch import redact
 from balwatch.backoff import Backoff
 from balwatch.outbox.worker import Outbox, SinkStats, SinkWorker
+from balwatch.secret import Secret
 from balwatch.sink import AlertDoc, DeliveryError
 from balwatch.state.base import AlertCommit, RoutedAlert, SinkCounts, StateStore
 from balwatch.state.sqlite import SqliteStateStore
@@ -193,6 +196,29 @@ async def test_dead_letter_is_kept_counted_and_not_retried(
     assert again.stats()["s"].dead_letters == 1
     assert again.stats()["s"].depth == 0
     await again.stop()
+
+
+async def test_a_secret_in_the_receivers_text_is_masked_where_it_is_kept(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """A receiver echoing a configured secret (here URL-encoded): the dead letter, the
+    sink's last error and the log line keep the text with the secret masked."""
+    token = "xoxb-77/ab+cd=ef"
+    redact.install([Secret(token)])
+    echoed = quote(token, safe="")
+    sink = ScriptedSink(
+        "s", lambda alert, attempt: DeliveryError(f"HTTP 400: bad url ...{echoed}", retryable=False)
+    )
+    outbox = await started(store, sink, clock=clock)
+    with capture_logs() as logs:
+        await outbox.enqueue(alert("fp1", 1), ["s"])
+        await settled(outbox)
+    await outbox.stop()
+    [dead] = await store.dead_letters("s")
+    assert dead.error == "HTTP 400: bad url ...***"
+    assert outbox.stats()["s"].last_error == dead.error
+    [logged] = [e for e in logs if e["event"] == "delivery_dead_lettered"]
+    assert logged["error"] == dead.error
 
 
 async def test_an_unexpected_exception_is_retried_and_does_not_stop_the_worker(

@@ -1,4 +1,4 @@
-"""Rule files: the DESIGN.md example, defaults, whole-file rejection, positions, warnings,
+"""Rule files: the product's example, defaults, whole-file rejection, positions, warnings,
 and a corpus of broken files, each with the exact FILE:LINE:COL it must be reported at."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ACCOUNTS = {
     "coinapi-ems": "coinapi",
 }
 
-# DESIGN.md section 4, verbatim.
+# The product's example rule file, verbatim.
 DESIGN_EXAMPLE = """
 defaults:                # optional, per file
   severity: warning
