@@ -199,6 +199,7 @@ class Daemon:
                     self.metrics.registry,
                     token=config.http.token,
                     max_connections=config.http.max_connections,
+                    oncall=self,
                 )
                 try:
                     await stack.enter_async_context(http)
@@ -560,6 +561,9 @@ class Daemon:
         return None if own is None else {**own.to_json(), **_NOT_MUTED}
 
     # --- on call: silences and dead letters, for the HTTP API --------------------------
+
+    def now(self) -> float:
+        return self._clock()
 
     def silences(self) -> list[Silence]:
         return self.muting.silences

@@ -686,10 +686,19 @@ def _rules_relative(globs: tuple[str, ...], info: ValidationInfo) -> tuple[str, 
     return tuple(os.path.join(base_dir, pattern) for pattern in globs)
 
 
+StateDir = Annotated[ConfigPath, BeforeValidator(_default_state_dir)]
+
+
+class StateSettings(BaseModel):
+    """Where the state lives: all the CLI's silence and outbox commands read of a config,
+    so they work where its other references (credentials) cannot be resolved."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    state_dir: StateDir = Field(default=None, validate_default=True)
+
+
 class Config(_Model):
-    state_dir: Annotated[ConfigPath, BeforeValidator(_default_state_dir)] = Field(
-        default=None, validate_default=True
-    )
+    state_dir: StateDir = Field(default=None, validate_default=True)
     # Names this installation in every alert.
     instance: Annotated[str, AfterValidator(_instance)] = Field(
         default_factory=_host_name, description="default: the host name"

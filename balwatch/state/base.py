@@ -31,11 +31,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Literal, NamedTuple, Self
 
-from balwatch.alert import Alert
+from balwatch.alert import Alert, iso_z
 from balwatch.rules.engine import AccountState, AlertState, Engine
 from balwatch.rules.history import HistoryChanges, HistoryKey
 from balwatch.silence import Silence
@@ -168,6 +169,18 @@ class OutboxEntry:
     error: str | None
     updated_at: float
     alert: AlertDoc
+
+    def to_json(self) -> dict[str, object]:
+        """As ``outbox list --json`` and ``/api/outbox`` show it."""
+        return {
+            "id": self.id,
+            "sink": self.sink,
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "updated_at": iso_z(datetime.fromtimestamp(self.updated_at, UTC)),
+            "alert": dict(self.alert),
+        }
 
 
 @dataclass(frozen=True, slots=True)
