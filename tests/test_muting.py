@@ -26,7 +26,10 @@ SINKS = [
          "mute_during": ["nights"]}
     ),
 ]  # fmt: skip
-NIGHTS = {"name": "nights", "time_intervals": [{"times": [{"start_time": "22:00", "end_time": "06:00"}]}]}  # fmt: skip
+NIGHTS = {
+    "name": "nights",
+    "time_intervals": [{"times": [{"start_time": "22:00", "end_time": "06:00"}]}],
+}
 
 
 class Clock:
@@ -152,7 +155,9 @@ def test_inhibition_mutes_targets_while_the_source_fires_and_unmutes_them_after(
     rig = Rig(
         down,
         STALE,
-        inhibit=[{"source": ["rule=exchange-down"], "target": ["rule=stale"], "equal": ["exchange"]}],
+        inhibit=[
+            {"source": ["rule=exchange-down"], "target": ["rule=stale"], "equal": ["exchange"]}
+        ],
     )
     rig.engine.register_account("bitso-b", "bitso", T0)
     assert rig.poll("0.5") == [("firing bitso-a", ["mqtt", "chat"])]  # exchange-down
