@@ -565,6 +565,23 @@ class Daemon:
     def now(self) -> float:
         return self._clock()
 
+    def silenced_by(self, alert: Alert) -> list[str]:
+        """The ids of the silences that mute ``alert`` now (none for balwatch's own)."""
+        if alert.labels.get("source") == SELF and alert.expression == "":
+            return []
+        return self.muting.silenced_by(
+            alert_fields(
+                rule=alert.rule,
+                account=alert.account,
+                exchange=alert.exchange,
+                venue=alert.venue,
+                asset=alert.asset,
+                severity=alert.severity,
+                instance=self.muting.instance,
+                labels=alert.labels,
+            )
+        )
+
     def silences(self) -> list[Silence]:
         return self.muting.silences
 
