@@ -69,6 +69,7 @@ class Muting:
     ) -> None:
         self._engine = engine
         self._sinks = sinks
+        self._by_name = {sink.name: sink for sink in sinks}
         self._other_sources = sources
         self._clock = clock
         self.instance = ""
@@ -182,6 +183,8 @@ class Muting:
     def _muted(
         self, fields: Fields, state: AlertState, sinks: Sequence[str], now: float
     ) -> set[str]:
+        if not (self._silences or self._inhibit or self._intervals):
+            return set()  # nothing can mute: the common case costs nothing more
         rule = self._rule(state.rule)
         if (
             self.silenced_by(fields, now)
@@ -189,7 +192,7 @@ class Muting:
             or (rule is not None and self._in_quiet(now, rule.mute_during, rule.active_during))
         ):
             return set(sinks)
-        by_name = {sink.name: sink for sink in self._sinks}
+        by_name = self._by_name
         return {
             name
             for name in sinks
@@ -240,6 +243,11 @@ class Muting:
         if rules is not self._rules[0]:
             self._rules = (rules, {rule.name: rule for rule in rules})
         return self._rules[1].get(name)
+
+
+def routing(alert: Alert) -> dict[str, str]:
+    """What :func:`~balwatch.outbox.routing.route` reads of an alert's document."""
+    return {"severity": alert.severity, "event": alert.event}
 
 
 def _key(state: AlertState) -> _Owed:

@@ -30,7 +30,7 @@ import structlog
 
 from balwatch.alert import Alert, placed
 from balwatch.metrics import Metrics
-from balwatch.muting import Muting, Routed
+from balwatch.muting import Muting, Routed, routing
 from balwatch.outbox.routing import RoutedSink, route
 from balwatch.outbox.worker import Outbox
 from balwatch.rules.engine import Engine
@@ -88,7 +88,7 @@ class AlertPublisher:
         if self._muting is not None:
             await self._publish(self._muting.route(alerts))
         else:
-            await self._publish([(alert, route(_routing(alert), self._sinks, alert.notify))
+            await self._publish([(alert, route(routing(alert), self._sinks, alert.notify))
                                  for alert in alerts])  # fmt: skip
 
     async def catch_up(self) -> None:
@@ -179,8 +179,3 @@ class AlertPublisher:
             )
         if self._on_alerts is not None:
             self._on_alerts(batch)
-
-
-def _routing(alert: Alert) -> dict[str, str]:
-    """What :func:`route` reads of an alert document."""
-    return {"severity": alert.severity, "event": alert.event}
