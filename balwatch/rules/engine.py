@@ -142,6 +142,12 @@ class AlertState:
     gone, closed with a resolved notification without the old rule. A firing state keeps
     the ``severity`` and ``notify`` it fired with through reloads, so its repeats and its
     resolve are routed to the sinks that got the firing.
+
+    ``sent_to`` is which sinks were sent the firing: the engine only keeps it (the daemon's
+    publisher sets it, since silences and quiet hours may hold the firing back from some).
+    A resolve is routed to those sinks alone (its ``notify``), so a sink that never heard
+    of the alert is not told it is over. None: not known (a state saved before balwatch kept
+    it, or not yet published): the resolve is routed by ``notify``, as the firing was.
     """
 
     fingerprint: str
@@ -161,6 +167,7 @@ class AlertState:
     notify: tuple[str, ...] | None = None
     summary: str | None = None
     description: str | None = None
+    sent_to: tuple[str, ...] | None = None
 
     @property
     def key(self) -> StateKey:
@@ -189,6 +196,7 @@ class AlertState:
             "notify": None if self.notify is None else list(self.notify),
             "summary": self.summary,
             "description": self.description,
+            "sent_to": None if self.sent_to is None else list(self.sent_to),
         }
 
     @classmethod
@@ -199,7 +207,7 @@ class AlertState:
             raise ValueError(f"unknown alert phase {phase!r}")
         if severity not in SEVERITIES:
             raise ValueError(f"unknown severity {severity!r}")
-        notify, last = data["notify"], data["last_notified"]
+        notify, last, sent_to = data["notify"], data["last_notified"], data.get("sent_to")
         try:
             values = {
                 str(k): Decimal(str(v)) for k, v in cast(dict[str, str], data["values"]).items()
@@ -224,7 +232,13 @@ class AlertState:
             notify=None if notify is None else tuple(str(s) for s in cast(list[str], notify)),
             summary=_opt_str(data.get("summary")),
             description=_opt_str(data.get("description")),
+            sent_to=None if sent_to is None else tuple(str(s) for s in cast(list[str], sent_to)),
         )
+
+    @property
+    def resolve_to(self) -> tuple[str, ...] | None:
+        """The ``notify`` of this alert's resolve: the sinks sent the firing, if known."""
+        return self.notify if self.sent_to is None else self.sent_to
 
 
 def _float(value: object) -> float:
@@ -576,7 +590,7 @@ class Engine:
             started_at=_wall(state.since),
             observed_at=moment,
             resolved_at=moment if event == "resolved" else None,
-            notify=state.notify,
+            notify=state.resolve_to if event == "resolved" else state.notify,
         )
 
     # -- persistence and listings
@@ -604,30 +618,15 @@ class Engine:
         text it fired with, the values of its last notification. For putting it on a
         retained topic again; the engine's state does not change."""
         return [
-            Alert(
-                fingerprint=state.fingerprint,
-                event="firing",
-                rule=state.rule,
-                severity=state.severity,
-                account=state.account,
-                exchange=state.exchange,
-                venue=state.venue,
-                asset=state.asset,
-                # States saved before balwatch kept the text: the default summary's form.
-                summary=_seen(
-                    state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
-                ),
-                description=_seen(state.description, ""),
-                labels=dict(state.labels),
-                expression=state.when,
-                values=dict(state.values),
-                started_at=_wall(state.since),
-                observed_at=_wall(
-                    state.since if state.last_notified is None else state.last_notified
-                ),
-                notify=state.notify,
-            )
+            firing_alert(state, state.since if state.last_notified is None else state.last_notified)
             for state in self.firing()
+        ]
+
+    def live_firing(self) -> list[AlertState]:
+        """The firing states themselves, not copies: for the publisher, which keeps their
+        ``sent_to`` (nothing else of them may be changed)."""
+        return [
+            s for states in self._states.values() for s in states.values() if s.phase == "firing"
         ]
 
     def counts(self) -> tuple[int, int]:
@@ -685,6 +684,32 @@ class Engine:
         return out
 
 
+def firing_alert(state: AlertState, observed: float) -> Alert:
+    """A ``firing`` notification of a firing ``state`` (a new ``id``), as it fired: its text,
+    the values of its last notification, observed at ``observed``."""
+    return Alert(
+        fingerprint=state.fingerprint,
+        event="firing",
+        rule=state.rule,
+        severity=state.severity,
+        account=state.account,
+        exchange=state.exchange,
+        venue=state.venue,
+        asset=state.asset,
+        # States saved before balwatch kept the text: the default summary's form.
+        summary=_seen(
+            state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
+        ),
+        description=_seen(state.description, ""),
+        labels=dict(state.labels),
+        expression=state.when,
+        values=dict(state.values),
+        started_at=_wall(state.since),
+        observed_at=_wall(observed),
+        notify=state.notify,
+    )
+
+
 def _mismatch(rule: Rule | None, state: AlertState) -> str | None:
     """Why ``rule`` cannot carry ``state`` on, or None when it can."""
     if rule is None:
@@ -721,7 +746,7 @@ def _closed(state: AlertState, now: float, reason: str) -> Alert:
         started_at=_wall(state.since),
         observed_at=moment,
         resolved_at=moment,
-        notify=state.notify,
+        notify=state.resolve_to,
     )
 
 
