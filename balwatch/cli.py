@@ -1,7 +1,8 @@
 """The ``balwatch`` command: a thin face over the library.
 
 Exit codes: 0 success; 1 invalid config or rules (or state), or a failed rule test;
-2 usage error; 3 some account polls failed; 4 a test alert was not delivered.
+2 usage error (a bad matcher, duration or time, an unknown silence); 3 some account polls
+failed; 4 a test alert was not delivered.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from balwatch.errors import ConfigError, Problem
 from balwatch.explain import Poll, explain
 from balwatch.loading import load_config_rules
 from balwatch.money import decimal_text
+from balwatch.oncall import add_commands as add_oncall_commands
 from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all, priced
 from balwatch.prices.book import PriceBook
@@ -337,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_speed, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--mqtt-port", type=int, default=MQTT_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    add_oncall_commands(sub)
     return parser
 
 

@@ -193,7 +193,13 @@ async def test_demo_tells_the_whole_story_without_setup() -> None:
     assert any("sudden-drop: coinapi-ems BINANCESPOT BTC" in e for e in events), out
     # A resolve says what people saw when it fired, or the rule's resolved_summary.
     assert "RESOLVED critical low-available: bitso-treasury USDT: only 3000.00 available" in events
-    assert "RESOLVED warning  account-stale: coinw-spot: polls answer again" in events
+    # On call silenced coinw-spot during its outage: its alerts show, and say no sink heard.
+    [silence] = [e.split()[1] for e in events if e.startswith("silence ")]
+    assert "for account=coinw-spot, 1h" in out, out
+    muted = f" (silenced by {silence}: no sink notified)"
+    assert f"RESOLVED warning  account-stale: coinw-spot: polls answer again{muted}" in events
+    assert any(e.startswith("FIRING   warning  account-stale: coinw-spot") and e.endswith(muted)
+               for e in events), out  # fmt: skip
     assert "Traceback" not in err
     # Every alert printed went to the broker too, fired and resolved.
     sent = [
@@ -205,6 +211,9 @@ async def test_demo_tells_the_whole_story_without_setup() -> None:
         )
     ]
     for rule in DEMO_RULES:
+        if rule == "account-stale":  # silenced: neither its firing nor its resolve went out
+            assert not [event for name, event in sent if name == rule], sent
+            continue
         assert (rule, "firing") in sent and (rule, "resolved") in sent, (rule, sent)
 
 

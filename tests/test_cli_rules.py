@@ -156,7 +156,7 @@ def test_check_reports_errors_of_every_rule_file(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         "rules/a.yaml:3:5: error: unknown key 'whn' in rule 'a' (did you mean 'when'?); "
         "expected one of: name, description, select, group_by, when, clear, for, repeat, "
-        "severity, summary, resolved_summary, labels, notify",
+        "severity, summary, resolved_summary, labels, notify, mute_during, active_during",
         "more/b.yaml:2:41: error: unknown sink 'chat' in notify; configured sinks: ops-mqtt",
     ]
 

@@ -28,12 +28,16 @@ from balwatch.rules.engine import Engine
 from balwatch.rules.expr import parse_expression
 from balwatch.rules.rule import Rule
 from balwatch.selfalerts import SelfAlerts
+from balwatch.silence import Silence
 from balwatch.sink import AlertDoc
 from balwatch.state.base import (
     AlertCommit,
+    Changes,
     DeadLetter,
     Delivery,
     OnCommit,
+    OutboxEntry,
+    Retried,
     SavedState,
     SinkCounts,
     StateSnapshot,
@@ -108,6 +112,30 @@ class FaultyStore(StateStore):
 
     async def counts(self) -> dict[str, SinkCounts]:
         return await self.inner.counts()
+
+    async def outbox(self, *, dead_only: bool = False) -> list[OutboxEntry]:
+        return await self.inner.outbox(dead_only=dead_only)
+
+    async def retry_dead(self, ids: Sequence[int] | None = None) -> Retried:
+        return await self.inner.retry_dead(ids)
+
+    async def drop_dead(self, ids: Sequence[int]) -> list[int]:
+        return await self.inner.drop_dead(ids)
+
+    async def add_silence(self, silence: Silence) -> None:
+        await self.inner.add_silence(silence)
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        return await self.inner.expire_silence(silence_id, now)
+
+    async def silences(self) -> list[Silence]:
+        return await self.inner.silences()
+
+    async def prune_silences(self, ended_before: float) -> int:
+        return await self.inner.prune_silences(ended_before)
+
+    async def changes(self) -> Changes:
+        return await self.inner.changes()
 
 
 def sink_config(name: str, **settings: object) -> MqttSinkConfig:

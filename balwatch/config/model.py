@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 
 from balwatch.alert import Severity
+from balwatch.config.intervals import InhibitRule, TimeInterval
 from balwatch.config.problems import field_error
 from balwatch.config.yamlsource import YamlFloat
 from balwatch.durations import format_duration, parse_duration
@@ -436,6 +437,9 @@ class MqttSinkConfig(_Model):
     keepalive: Keepalive = 30.0
     # None: retained active/ alerts stay until they resolve (an AML lock can last weeks).
     active_expiry: ActiveExpiry | None = None
+    # Names of `time_intervals`: muted inside any of mute_during, outside all of active_during.
+    mute_during: tuple[str, ...] = ()
+    active_during: tuple[str, ...] = ()
 
     @property
     def receives_resolved(self) -> bool:
@@ -483,6 +487,9 @@ class WebhookSinkConfig(_Model):
     verify_tls: bool = True
     min_severity: Severity = "info"
     send_resolved: bool = True
+    # Names of `time_intervals`: muted inside any of mute_during, outside all of active_during.
+    mute_during: tuple[str, ...] = ()
+    active_during: tuple[str, ...] = ()
 
     @property
     def receives_resolved(self) -> bool:
@@ -719,10 +726,19 @@ def _rules_relative(globs: tuple[str, ...], info: ValidationInfo) -> tuple[str, 
     return tuple(os.path.join(base_dir, pattern) for pattern in globs)
 
 
+StateDir = Annotated[ConfigPath, BeforeValidator(_default_state_dir)]
+
+
+class StateSettings(BaseModel):
+    """Where the state lives: all the CLI's silence and outbox commands read of a config,
+    so they work where its other references (credentials) cannot be resolved."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    state_dir: StateDir = Field(default=None, validate_default=True)
+
+
 class Config(_Model):
-    state_dir: Annotated[ConfigPath, BeforeValidator(_default_state_dir)] = Field(
-        default=None, validate_default=True
-    )
+    state_dir: StateDir = Field(default=None, validate_default=True)
     # Names this installation in every alert.
     instance: Annotated[str, AfterValidator(_instance)] = Field(
         default_factory=_host_name, description="default: the host name"
@@ -739,15 +755,19 @@ class Config(_Model):
     accounts: tuple[AccountConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
     prices: PricesConfig | None = None
+    # Named periods that rules and sinks use as mute_during / active_during.
+    time_intervals: tuple[TimeInterval, ...] = ()
+    # While an alert matching `source` fires, alerts matching `target` with `equal` values mute.
+    inhibit: tuple[InhibitRule, ...] = ()
 
-    @field_validator("accounts", "sinks")
+    @field_validator("accounts", "sinks", "time_intervals")
     @classmethod
     def _unique_names(
         cls,
-        items: tuple[AccountConfig | MqttSinkConfig | WebhookSinkConfig, ...],
+        items: tuple[AccountConfig | MqttSinkConfig | WebhookSinkConfig | TimeInterval, ...],
         info: ValidationInfo,
     ) -> tuple[Any, ...]:
-        what = "account" if info.field_name == "accounts" else "sink"
+        what = {"accounts": "account", "sinks": "sink"}.get(info.field_name or "", "time interval")
         message = f"duplicate {what} name {{input}}; names must be unique"
         seen: set[str] = set()
         duplicates: list[tuple[tuple[str | int, ...], str, object]] = []
@@ -758,6 +778,25 @@ class Config(_Model):
         if duplicates:
             raise _invalid_at(what, duplicates)
         return items
+
+    @model_validator(mode="after")
+    def _known_intervals(self) -> Config:
+        """Every interval a sink names is defined (the rule loader checks the rules')."""
+        known = {interval.name for interval in self.time_intervals}
+        errors: list[tuple[tuple[str | int, ...], str, object]] = []
+        for index, sink in enumerate(self.sinks):
+            for key in ("mute_during", "active_during"):
+                for at, name in enumerate(getattr(sink, key)):
+                    if name not in known:
+                        errors.append(((index, key, at), unknown_interval(known), name))
+        if errors:
+            raise _invalid_at("sinks", [(("sinks", *loc), m, v) for loc, m, v in errors])
+        return self
+
+    @property
+    def intervals(self) -> dict[str, TimeInterval]:
+        """The named time intervals by name."""
+        return {interval.name: interval for interval in self.time_intervals}
 
     def account_spec(self, account: AccountConfig) -> AccountSpec:
         """What the account's adapter needs, with the config's defaults applied."""
@@ -789,6 +828,13 @@ class Config(_Model):
                 if sink.secret is not None:
                     found.append(sink.secret)
         return tuple(found)
+
+
+def unknown_interval(known: Iterable[str]) -> str:
+    """The message (for :func:`field_error`) for a ``mute_during``/``active_during`` name
+    that no interval has."""
+    names = ", ".join(sorted(known)) or "none (add a time_intervals: section)"
+    return f"unknown time interval {{input}}; defined in time_intervals: {names}"
 
 
 def _url_secrets(url: Secret) -> list[Secret]:

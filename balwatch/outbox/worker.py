@@ -19,6 +19,10 @@ say it never will be (a non-retryable :class:`~balwatch.sink.DeliveryError`).
 
 The scheduler sleeps on a wake-up event (set by new deliveries and finished sends) bounded
 by the earliest retry time; it never polls.
+
+Dead letters retried by hand (``balwatch outbox retry``, maybe from another process) are
+pending rows the workers do not hold: :meth:`Outbox.resync`, which the daemon calls when the
+store's :attr:`~balwatch.state.base.Changes.outbox` counter moves, takes them in.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class SinkWorker:
         self._delivered = self._failed = self._dead = self._dead_letters = 0
         self._last_error: str | None = None
         self._failing = 0  # failed attempts since the last delivery: logs the first only
+        self._settled: set[int] | None = None  # ids settled while resync reads the store
 
     async def start(self) -> None:
         """Resume what the outbox still holds for this sink, then begin delivering."""
@@ -135,6 +140,35 @@ class SinkWorker:
         queue.append(delivery)
         self._depth += 1
         self._wake.set()
+
+    async def resync(self) -> int:
+        """Take in the sink's pending deliveries that this worker does not hold (dead letters
+        made pending again by hand); returns how many. Each goes after its fingerprint's
+        head (which may be on its way), in id order among the rest."""
+        self._settled = set()
+        try:
+            pending = await self._store.pending(self.name)
+            counts = await self._store.counts()
+        finally:
+            settled, self._settled = self._settled, None
+        held = {d.id for queue in self._queues.values() for d in queue} | settled
+        added = 0
+        for delivery in pending:
+            if delivery.id in held:
+                continue
+            queue = self._queues.get(delivery.fingerprint)
+            if queue is None:
+                self.push(delivery)
+            else:
+                at = len(queue)
+                while at > 1 and queue[at - 1].id > delivery.id:
+                    at -= 1
+                queue.insert(at, delivery)
+                self._depth += 1
+            added += 1
+        self._dead_letters = counts[self.name].dead if self.name in counts else 0
+        self._wake.set()
+        return added
 
     async def wait_settled(self) -> None:
         """Return once nothing is pending for this sink: all delivered or dead-lettered."""
@@ -297,6 +331,8 @@ class SinkWorker:
             return
         queue.popleft()
         self._depth -= 1
+        if self._settled is not None:
+            self._settled.add(delivery.id)
         if error is None:
             self._delivered += 1
             if self._failing:
@@ -372,6 +408,12 @@ class Outbox:
         # Pushed by the store right after the commit, even if this caller is cancelled:
         # committed deliveries must not wait for the next restart.
         await self.store.commit(commit, on_commit=self._push)
+
+    async def resync(self) -> int:
+        """Every worker takes in the pending deliveries it does not hold
+        (:meth:`SinkWorker.resync`); returns how many in all."""
+        added = await asyncio.gather(*(w.resync() for w in self.workers.values()))
+        return sum(added)
 
     def _push(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:

@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final, Literal, cast
+from typing import TYPE_CHECKING, Final, Literal, Protocol, cast
 
 from balwatch.alert import SEVERITIES, Alert, Event, Severity, fingerprint, group_text
 from balwatch.model import METRICS, Balance, Metric
@@ -150,6 +150,12 @@ class AlertState:
     the ``severity`` and ``notify`` it fired with through reloads, so its repeats and its
     resolve are routed to the sinks that got the firing. A group's state has ``group`` (see
     :class:`~balwatch.alert.Alert`); only those may lack ``account``/``exchange``.
+
+    ``sent_to`` is which sinks were sent the firing: the engine only keeps it (the daemon's
+    publisher sets it, since silences and quiet hours may hold the firing back from some).
+    A resolve is routed to those sinks alone (its ``notify``), so a sink that never heard
+    of the alert is not told it is over. None: not known (a state saved before balwatch kept
+    it, or not yet published): the resolve is routed by ``notify``, as the firing was.
     """
 
     fingerprint: str
@@ -169,6 +175,7 @@ class AlertState:
     notify: tuple[str, ...] | None = None
     summary: str | None = None
     description: str | None = None
+    sent_to: tuple[str, ...] | None = None
     group: dict[str, str | None] | None = None
 
     @property
@@ -203,6 +210,7 @@ class AlertState:
             "notify": None if self.notify is None else list(self.notify),
             "summary": self.summary,
             "description": self.description,
+            "sent_to": None if self.sent_to is None else list(self.sent_to),
             "group": None if self.group is None else dict(self.group),
         }
 
@@ -214,7 +222,7 @@ class AlertState:
             raise ValueError(f"unknown alert phase {phase!r}")
         if severity not in SEVERITIES:
             raise ValueError(f"unknown severity {severity!r}")
-        notify, last = data["notify"], data["last_notified"]
+        notify, last, sent_to = data["notify"], data["last_notified"], data.get("sent_to")
         try:
             values = {
                 str(k): Decimal(str(v)) for k, v in cast(dict[str, str], data["values"]).items()
@@ -239,8 +247,14 @@ class AlertState:
             notify=None if notify is None else tuple(str(s) for s in cast(list[str], notify)),
             summary=_opt_str(data.get("summary")),
             description=_opt_str(data.get("description")),
+            sent_to=None if sent_to is None else tuple(str(s) for s in cast(list[str], sent_to)),
             group=_group(data.get("group")),
         )
+
+    @property
+    def resolve_to(self) -> tuple[str, ...] | None:
+        """The ``notify`` of this alert's resolve: the sinks sent the firing, if known."""
+        return self.notify if self.sent_to is None else self.sent_to
 
 
 def _float(value: object) -> float:
@@ -259,6 +273,24 @@ def _group(value: object) -> dict[str, str | None] | None:
     if not isinstance(value, dict):
         raise TypeError(f"expected the group as a mapping, got {value!r}")
     return {str(k): _opt_str(v) for k, v in value.items()}
+
+
+class AlertKey(Protocol):
+    """What names an alert series: an :class:`~balwatch.alert.Alert` or an
+    :class:`AlertState` has it (:meth:`Engine.alert_state`)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def venue(self) -> str | None: ...
+    @property
+    def asset(self) -> str | None: ...
+    @property
+    def group(self) -> Mapping[str, str | None] | None: ...
 
 
 class _RowContext(RowContextBase):
@@ -588,7 +620,7 @@ class Engine:
             started_at=_wall(state.since),
             observed_at=moment,
             resolved_at=moment if event == "resolved" else None,
-            notify=state.notify,
+            notify=state.resolve_to if event == "resolved" else state.notify,
         )
 
     # -- persistence and listings
@@ -604,10 +636,12 @@ class Engine:
         """The live state behind one alert, or None once it is inactive (not a copy)."""
         return self._states.get((account, venue, asset), {}).get(rule)
 
-    def alert_state(self, alert: Alert) -> AlertState | None:
-        """The live state behind ``alert`` (of a row, an account or a group), or None."""
+    def alert_state(self, alert: AlertKey) -> AlertState | None:
+        """The live state behind ``alert`` (of a row, an account or a group), or None once
+        it is inactive: ``alert`` is an :class:`~balwatch.alert.Alert` or a state (a copy
+        does: what it names is looked up, not the object)."""
         if alert.group is not None:
-            return self._groups.state(alert.rule, alert.fingerprint)
+            return self._groups.state(alert.rule, alert.group, alert.fingerprint)
         if alert.account is None:
             return None
         return self.state_for(alert.account, alert.venue, alert.asset, alert.rule)
@@ -632,32 +666,15 @@ class Engine:
         text it fired with, the values of its last notification. For putting it on a
         retained topic again; the engine's state does not change."""
         return [
-            Alert(
-                fingerprint=state.fingerprint,
-                event="firing",
-                rule=state.rule,
-                severity=state.severity,
-                account=state.account,
-                exchange=state.exchange,
-                venue=state.venue,
-                asset=state.asset,
-                # States saved before balwatch kept the text: the default summary's form.
-                summary=_seen(
-                    state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
-                ),
-                description=_seen(state.description, ""),
-                labels=dict(state.labels),
-                expression=state.when,
-                values=dict(state.values),
-                started_at=_wall(state.since),
-                observed_at=_wall(
-                    state.since if state.last_notified is None else state.last_notified
-                ),
-                notify=state.notify,
-                group=state.group,
-            )
+            firing_alert(state, state.since if state.last_notified is None else state.last_notified)
             for state in self.firing()
         ]
+
+    def live_firing(self) -> list[AlertState]:
+        """The firing states themselves, not copies: for the publisher, which keeps their
+        ``sent_to`` (nothing else of them may be changed)."""
+        rows = [s for states in self._states.values() for s in states.values()]
+        return [s for s in (*rows, *self._groups.states()) if s.phase == "firing"]
 
     def counts(self) -> tuple[int, int]:
         """(pending, firing), without copying every state as :meth:`states` does."""
@@ -718,6 +735,33 @@ class Engine:
                 state.notify = rule.notify
             self._states.setdefault(state.key, {})[state.rule] = state
         return out
+
+
+def firing_alert(state: AlertState, observed: float) -> Alert:
+    """A ``firing`` notification of a firing ``state`` (a new ``id``), as it fired: its text,
+    the values of its last notification, observed at ``observed``."""
+    return Alert(
+        fingerprint=state.fingerprint,
+        event="firing",
+        rule=state.rule,
+        severity=state.severity,
+        account=state.account,
+        exchange=state.exchange,
+        venue=state.venue,
+        asset=state.asset,
+        # States saved before balwatch kept the text: the default summary's form.
+        summary=_seen(
+            state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
+        ),
+        description=_seen(state.description, ""),
+        labels=dict(state.labels),
+        expression=state.when,
+        values=dict(state.values),
+        started_at=_wall(state.since),
+        observed_at=_wall(observed),
+        notify=state.notify,
+        group=state.group,
+    )
 
 
 def _mismatch(rule: Rule | None, state: AlertState) -> str | None:
@@ -811,7 +855,7 @@ def _closed(state: AlertState, now: float, reason: str) -> Alert:
         started_at=_wall(state.since),
         observed_at=moment,
         resolved_at=moment,
-        notify=state.notify,
+        notify=state.resolve_to,
         group=state.group,
     )
 

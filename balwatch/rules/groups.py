@@ -792,7 +792,7 @@ class Groups:
             started_at=_wall(state.since),
             observed_at=moment,
             resolved_at=moment if event == "resolved" else None,
-            notify=state.notify,
+            notify=state.resolve_to if event == "resolved" else state.notify,
             group=dict(group.group),
         )
 
@@ -834,10 +834,16 @@ class Groups:
         """The live states of every group (not copies)."""
         return [s for p in self._portfolios.values() for s in p.states.values()]
 
-    def state(self, rule: str, fingerprint: str) -> AlertState | None:
+    def state(
+        self, rule: str, group: Mapping[str, str | None], fingerprint: str
+    ) -> AlertState | None:
+        """The live state of ``rule``'s alert of ``group``, if it is that fingerprint's."""
         portfolio = self._portfolios.get(rule)
-        states = () if portfolio is None else portfolio.states.values()
-        return next((s for s in states if s.fingerprint == fingerprint), None)
+        dims = () if portfolio is None else portfolio.partition.dims
+        if portfolio is None or set(group) != set(dims):
+            return None
+        state = portfolio.states.get(tuple(group[d] for d in dims))
+        return state if state is not None and state.fingerprint == fingerprint else None
 
     def find(self, fingerprint: str) -> AlertState | None:
         """The live state with this fingerprint, of any grouped rule, or None."""

@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from balwatch.alert import Severity
-from balwatch.config.model import DAY, DurationRange, Name
+from balwatch.config.model import DAY, DurationRange, Name, unknown_interval
 from balwatch.config.problems import Reporter, Scalars, field_error, file_kind, value_at
 from balwatch.config.yamlsource import (
     Position,
@@ -105,6 +105,7 @@ class _Context:
     """What validation needs from outside the rule file; ``None``: not checked."""
 
     sink_names: Collection[str] | None = None
+    interval_names: Collection[str] | None = None
 
 
 def _known_sink(value: str, info: ValidationInfo) -> str:
@@ -119,6 +120,19 @@ def _known_sink(value: str, info: ValidationInfo) -> str:
 
 
 SinkName = Annotated[str, AfterValidator(_known_sink)]
+
+
+def _known_interval(value: str, info: ValidationInfo) -> str:
+    context = info.context
+    known = context.interval_names if isinstance(context, _Context) else None
+    if known is None or value in known:
+        return value
+    raise field_error(unknown_interval(known))
+
+
+IntervalName = Annotated[str, AfterValidator(_known_interval)]
+_MUTE_DURING: Final = "names of time_intervals in the config: no sink is notified inside any"
+_ACTIVE_DURING: Final = "names of time_intervals in the config: no sink is notified outside all"
 Globs = tuple[str, ...]
 
 
@@ -165,6 +179,8 @@ class RuleDefaults(StrictModel, title="defaults"):
     notify: tuple[SinkName, ...] | None = Field(None, description="sink names; omitted: all")
     labels: dict[str, str] = Field(default_factory=dict)
     repeat: RepeatDuration | None = Field(None, description="re-notify while firing")
+    mute_during: tuple[IntervalName, ...] = Field((), description=_MUTE_DURING)
+    active_during: tuple[IntervalName, ...] = Field((), description=_ACTIVE_DURING)
 
 
 class RuleModel(StrictModel, title="rule"):
@@ -187,6 +203,12 @@ class RuleModel(StrictModel, title="rule"):
     )
     labels: dict[str, str] = Field(default_factory=dict)
     notify: tuple[SinkName, ...] | None = None
+    mute_during: tuple[IntervalName, ...] | None = Field(
+        None, description=_MUTE_DURING + "; default: defaults.mute_during"
+    )
+    active_during: tuple[IntervalName, ...] | None = Field(
+        None, description=_ACTIVE_DURING + "; default: defaults.active_during"
+    )
 
     def compile(self, defaults: RuleDefaults, file: str, line: int) -> Rule:
         """The Rule, with the file's defaults filled in; raises :class:`RuleError`."""
@@ -205,6 +227,10 @@ class RuleModel(StrictModel, title="rule"):
             labels={**defaults.labels, **self.labels},
             notify=defaults.notify if self.notify is None else self.notify,
             group_by=self.group_by,
+            mute_during=defaults.mute_during if self.mute_during is None else self.mute_during,
+            active_during=(
+                defaults.active_during if self.active_during is None else self.active_during
+            ),
             file=file,
             line=line,
         )
@@ -290,6 +316,7 @@ def load_rule_set(
     base_dir: Path | None = None,
     *,
     sink_names: Collection[str] | None = None,
+    interval_names: Collection[str] | None = None,
     accounts: Mapping[str, str] | None = None,
     reported_metrics: Mapping[str, Collection[str]] | None = None,
     listed_in: ListedIn | None = None,
@@ -299,16 +326,21 @@ def load_rule_set(
 
     ``patterns`` are globs (``**`` allowed), relative to ``base_dir`` (default: the working
     directory). ``sink_names``: the configured sinks that ``notify`` may name (``None``:
-    not checked). ``accounts``: configured account name -> exchange, for the selection
-    warnings (``None``: not checked). ``reported_metrics``: exchange -> the metrics its
-    source reports, for the never-reported-metric warnings (an exchange not in it may
-    report anything). A file matched by several globs loads once;
-    the file ``listed_in`` itself is never a rule file. Raises :class:`ConfigError` with
-    every error, plus the warnings, when any file has an error.
+    not checked); ``interval_names``: the time intervals that ``mute_during`` and
+    ``active_during`` may name (``None``: not checked). ``accounts``: configured account
+    name -> exchange, for the selection warnings (``None``: not checked).
+    ``reported_metrics``: exchange -> the metrics its source reports, for the
+    never-reported-metric warnings (an exchange not in it may report anything). A file
+    matched by several globs loads once; the file ``listed_in`` itself is never a rule
+    file. Raises :class:`ConfigError` with every error, plus the warnings, when any file
+    has an error.
     """
     files, problems = _expand(list(patterns), base_dir, listed_in, unmatched)
     loader = _Loader(
-        _Context(None if sink_names is None else frozenset(sink_names)),
+        _Context(
+            None if sink_names is None else frozenset(sink_names),
+            None if interval_names is None else frozenset(interval_names),
+        ),
         accounts,
         reported_metrics or {},
     )

@@ -57,6 +57,10 @@ class Rule:
     labels: Mapping[str, str] = field(default_factory=dict)
     notify: tuple[str, ...] | None = None
     group_by: tuple[str, ...] | None = None
+    # Names of the config's time intervals: the rule's alerts notify no sink inside any of
+    # mute_during, nor outside all of active_during (when it names any).
+    mute_during: tuple[str, ...] = ()
+    active_during: tuple[str, ...] = ()
     file: str = ""
     line: int = 0
     # Derived in __post_init__.

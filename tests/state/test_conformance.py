@@ -20,9 +20,11 @@ from balwatch.rules.expr import parse_expression
 from balwatch.rules.history import HistoryChanges
 from balwatch.rules.rule import Rule
 from balwatch.selfalerts import SELF, SelfAlerts
+from balwatch.silence import Silence, new_silence
 from balwatch.state.base import (
     AlertCommit,
     Delivery,
+    Retried,
     RoutedAlert,
     SinkCounts,
     StateChange,
@@ -607,3 +609,141 @@ async def test_close_finishes_the_writes_already_called(backend: Backend) -> Non
     await asyncio.gather(*writes)
     async with backend.store() as again:
         assert len(await again.pending("mqtt")) == 20
+
+
+# --- by hand: silences and dead letters, beside a running daemon ---------------------------
+
+
+def silence(matcher: str, *, starts: float = T0, hours: float = 2, made: float = T0) -> Silence:
+    return new_silence(
+        [matcher], starts_at=starts, ends_at=starts + hours * 3600, author="ana",
+        comment="maintenance", now=made,
+    )  # fmt: skip
+
+
+async def test_silences_added_beside_the_daemon_are_seen_by_it_and_survive(
+    backend: Backend,
+) -> None:
+    async with backend.store() as daemon:
+        before = await daemon.changes()
+        first, second = silence("rule=low"), silence("account=~bitso-.*", made=T0 + 1)
+        async with backend.beside() as cli:
+            await cli.add_silence(first)
+            await cli.add_silence(second)
+        after = await daemon.changes()
+        assert after.silences > before.silences and after.outbox == before.outbox
+        assert await daemon.silences() == [first, second]
+        with pytest.raises(Exception):  # noqa: B017 - the backend's own error: ids are unique
+            await daemon.add_silence(first)
+        assert await daemon.silences() == [first, second]
+    async with backend.store() as restarted:
+        assert await restarted.silences() == [first, second]
+
+
+async def test_expiring_ends_a_silence_now_once(backend: Backend) -> None:
+    async with backend.store() as store:
+        made = silence("rule=low")
+        await store.add_silence(made)
+        counted = await store.changes()
+        ended = await store.expire_silence(made.id, T0 + 60)
+        assert ended is not None and (ended.starts_at, ended.ends_at) == (T0, T0 + 60)
+        assert await store.silences() == [ended]
+        moved = await store.changes()
+        assert moved.silences > counted.silences
+        assert await store.expire_silence(made.id, T0 + 120) == ended  # over already: kept
+        assert await store.changes() == moved
+        assert await store.expire_silence("no-such-id", T0) is None
+
+
+async def test_pruning_removes_only_silences_that_ended_before(backend: Backend) -> None:
+    async with backend.store() as store:
+        old, recent = silence("rule=a", hours=1), silence("rule=b", hours=3)
+        for made in (old, recent):
+            await store.add_silence(made)
+        counted = await store.changes()
+        assert await store.prune_silences(T0 + 2 * 3600) == 1
+        assert await store.silences() == [recent]
+        assert (await store.changes()).silences > counted.silences
+        assert await store.prune_silences(T0 + 2 * 3600) == 0
+
+
+async def test_a_store_beside_the_daemon_needs_the_daemon_to_have_made_the_storage(
+    backend: Backend,
+) -> None:
+    """A silence written where no daemon looks would mute nothing: refused instead."""
+    with pytest.raises(StateError, match="no state database"):
+        async with backend.beside():
+            pass
+
+
+async def dead_letter(store: StateStore, doc: dict[str, Any], sink: str = "hook") -> int:
+    [delivery] = await enqueue(store, doc, sink)
+    await store.fail(delivery.id, "HTTP 404: no such hook", dead=True)
+    return delivery.id
+
+
+async def test_the_outbox_lists_pending_and_dead_rows_with_their_errors(backend: Backend) -> None:
+    async with backend.store() as store:
+        dead = await dead_letter(store, alert("fp1", 1))
+        [pending] = await enqueue(store, alert("fp2", 1), "mqtt")
+        await store.fail(pending.id, "timeout", dead=False)
+        rows = await store.outbox()
+        assert [(r.id, r.sink, r.status, r.attempts, r.error) for r in rows] == [
+            (dead, "hook", "dead", 1, "HTTP 404: no such hook"),
+            (pending.id, "mqtt", "pending", 1, "timeout"),
+        ]
+        assert rows[0].alert == alert("fp1", 1) and rows[0].updated_at > 0
+        assert [r.id for r in await store.outbox(dead_only=True)] == [dead]
+
+
+async def test_retrying_makes_dead_letters_pending_unless_they_became_untrue(
+    backend: Backend,
+) -> None:
+    """A firing of an alert that resolved since, or a resolve of one firing again, stays
+    dead: sending it would show the alert in a state it is not in."""
+    async with backend.store() as store:
+        await store.commit(AlertCommit(states=[StateChange("fp1", "low", state("fp1"))]))
+        still_firing = await dead_letter(store, alert("fp1", 1))
+        over = await dead_letter(store, alert("fp2", 1))  # fp2 has no firing state
+        resolved = await dead_letter(store, alert("fp2", 2, event="resolved", status="resolved"))
+        untrue_resolve = await dead_letter(
+            store, alert("fp1", 0, event="resolved", status="resolved")
+        )
+        counted = await store.changes()
+        async with backend.beside() as cli:
+            outcome = await cli.retry_dead(None)
+        assert outcome == Retried([still_firing, resolved], [over, untrue_resolve], [])
+        assert (await store.changes()).outbox > counted.outbox
+        pending = await store.pending("hook")
+        assert [(d.id, d.attempts) for d in pending] == [(still_firing, 0), (resolved, 0)]
+        assert await store.retry_dead([still_firing, 999]) == Retried([], [], [still_firing, 999])
+
+
+async def test_a_self_alert_firing_keeps_its_dead_firing_true(backend: Backend) -> None:
+    fired = self_alert("treasury")
+    async with backend.store() as store:
+        await store.commit(AlertCommit(self_alerts=[fired]))
+        dead = await dead_letter(store, alert(fired.fingerprint, 1))
+        assert (await store.retry_dead([dead])).retried == [dead]
+
+
+async def test_dropping_deletes_dead_letters_only(backend: Backend) -> None:
+    async with backend.store() as store:
+        dead = await dead_letter(store, alert("fp1", 1))
+        [pending] = await enqueue(store, alert("fp2", 1), "mqtt")
+        counted = await store.changes()
+        async with backend.beside() as cli:
+            assert await cli.drop_dead([dead, pending.id, 999]) == [dead]
+        assert [r.id for r in await store.outbox()] == [pending.id]
+        assert (await store.changes()).outbox > counted.outbox
+        assert await store.drop_dead([dead]) == []
+
+
+async def test_which_sinks_got_the_firing_survives_a_restart(backend: Backend) -> None:
+    told = state("fp1")
+    told.sent_to = ("mqtt",)
+    async with backend.store() as store:
+        await store.commit(AlertCommit(states=[StateChange("fp1", "low", told)]))
+    async with backend.store() as store:
+        [saved] = (await store.load(0)).alerts
+    assert saved.sent_to == ("mqtt",)
