@@ -177,8 +177,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             alerts += engine.poll_failed(r.account, r.exchange)
         else:
             alerts += engine.observe(r.account, r.exchange, r.rows)
+    alerts += engine.tick()  # groups are evaluated on ticks
     polls = [Poll(r.account, r.exchange, r.rows) for r in results]
-    _out(explain(rule_set.rules, polls, alerts, engine.pending()))
+    views = engine.groups.views(now)
+    _out(explain(rule_set.rules, polls, alerts, engine.pending(), views))
     rates = sorted({(row.asset, row.rate_usd) for r in results for row in r.rows or ()
                     if row.rate_usd is not None})  # fmt: skip
     if rates:

@@ -39,7 +39,7 @@ from balwatch.silence import Silence
 
 Fields = dict[str, str]
 Routed = tuple[Alert, list[str]]
-_Owed = tuple[str, str | None, str | None, str]  # (account, venue, asset, rule)
+_Owed = tuple[str, str]  # (fingerprint, rule) of an alert owing some sink its firing
 
 
 class MutedSink(RoutedSink, Protocol):
@@ -77,7 +77,9 @@ class Muting:
         self._inhibit: tuple[InhibitRule, ...] = ()
         self._silences: list[Silence] = []
         self._rules: tuple[tuple[Rule, ...], dict[str, Rule]] = ((), {})
-        self._owed: set[_Owed] = set()
+        # What each owed alert is, a copy of its state at the time: the engine finds the
+        # live one from it (rows and groups alike), if it is still there.
+        self._owed: dict[_Owed, AlertState] = {}
         self._sources: list[tuple[str, Fields]] | None = None  # per decision, when needed
 
     # --- settings --------------------------------------------------------------------
@@ -101,7 +103,7 @@ class Muting:
         for state in self._engine.live_firing():
             told = state.sent_to
             if told is not None and set(self._routed(state)) - set(told):
-                self._owed.add(_key(state))
+                self._owe(state)
 
     # --- decisions -------------------------------------------------------------------
 
@@ -118,11 +120,10 @@ class Muting:
         now = self._clock()
         self._sources = None
         out: list[Routed] = []
-        for key in sorted(self._owed, key=str):
-            account, venue, asset, rule = key
-            state = self._engine.state_for(account, venue, asset, rule)
+        for key in sorted(self._owed):
+            state = self._engine.alert_state(self._owed[key])
             if state is None or state.phase != "firing" or state.sent_to is None:
-                self._owed.discard(key)
+                del self._owed[key]
                 continue
             routed = self._routed(state)
             muted = self._muted(self._fields(state), state, routed, now)
@@ -131,7 +132,7 @@ class Muting:
                 state.sent_to = (*state.sent_to, *owed)
                 out.append((firing_alert(state, now), owed))
             if not set(routed) - set(state.sent_to):
-                self._owed.discard(key)
+                del self._owed[key]
         return out
 
     def statuses(self, states: Iterable[AlertState]) -> list[dict[str, list[str]]]:
@@ -162,7 +163,7 @@ class Muting:
         )
         if alert.event == "resolved":
             return routed  # to the sinks that got the firing: the engine set its notify
-        state = self._engine.state_for(alert.account, alert.venue, alert.asset, alert.rule)
+        state = self._engine.alert_state(alert)
         if state is None or state.fingerprint != alert.fingerprint:
             return routed  # balwatch's own: never muted
         muted = self._muted(self._fields(state), state, routed, now)
@@ -173,8 +174,13 @@ class Muting:
             told = tuple(routed) if state.sent_to is None else state.sent_to
             send = [s for s in routed if s in told and s not in muted]
         if set(routed) - set(told):
-            self._owed.add(_key(state))
+            self._owe(state)
         return send
+
+    def _owe(self, state: AlertState) -> None:
+        key = (state.fingerprint, state.rule)
+        if key not in self._owed:
+            self._owed[key] = state.copy()
 
     def _routed(self, state: AlertState) -> list[str]:
         """The sinks routing picks for a firing of ``state``."""
@@ -248,7 +254,3 @@ class Muting:
 def routing(alert: Alert) -> dict[str, str]:
     """What :func:`~balwatch.outbox.routing.route` reads of an alert's document."""
     return {"severity": alert.severity, "event": alert.event}
-
-
-def _key(state: AlertState) -> _Owed:
-    return (state.account, state.venue, state.asset, state.rule)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from balwatch.alert import Alert, placed
+from balwatch.alert import Alert, group_text, placed
 from balwatch.metrics import Metrics
 from balwatch.muting import Muting, Routed, routing
 from balwatch.outbox.routing import RoutedSink, route
@@ -145,10 +145,7 @@ class AlertPublisher:
         ]
         try:
             engine = self._engine
-            states = {
-                (a.fingerprint, a.rule): engine.state_for(a.account, a.venue, a.asset, a.rule)
-                for a in batch
-            }
+            states = {(a.fingerprint, a.rule): engine.alert_state(a) for a in batch}
             commit = AlertCommit(
                 routed,
                 [
@@ -176,6 +173,8 @@ class AlertPublisher:
                 account=alert.account,
                 asset=alert.asset,
                 summary=alert.summary,
+                # a portfolio rule's alert says which group (its account may be null)
+                **({} if alert.group is None else {"group": group_text(alert.group)}),
             )
         if self._on_alerts is not None:
             self._on_alerts(batch)

@@ -61,7 +61,7 @@ class SelfAlerts:
 
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Take back what a previous run left firing."""
-        self._firing = {(a.rule, a.account): a for a in alerts}
+        self._firing = {(a.rule, a.account or ""): a for a in alerts}
 
     def accounts(self, rule: str) -> list[str]:
         """The accounts ``rule`` is firing for."""

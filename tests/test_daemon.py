@@ -924,7 +924,7 @@ async def test_the_first_start_after_the_upgrade_moves_retained_alerts_and_pages
             "upgraded-host",
         )
         # balwatch's own alert moves as it was sent (same id), now with its instance.
-        assert auth == {**AUTH_FAILED, "instance": "upgraded-host", "url": None}
+        assert auth == {**AUTH_FAILED, "instance": "upgraded-host", "url": None, "group": None}
         for doc in (low, auth):
             assert schema_errors(doc) == [], doc
         with contextlib.closing(sqlite3.connect(db)) as conn:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
-from balwatch.alert import JSON_KEYS, alert_url, fingerprint
+from balwatch.alert import JSON_KEYS, alert_url, fingerprint, group_fingerprint
 from balwatch.config.model import WebhookSinkConfig
 from balwatch.rules.engine import AlertState
 from balwatch.sinks.mqtt import topic_segment, topic_tail
@@ -71,6 +72,22 @@ def test_the_topics_shown_are_the_sinks_topics() -> None:
     account_scope |= {"venue": None, "asset": None}
     assert f"`balwatch/active/{topic_tail(account_scope)}`" in text
     assert "(`a/b+c` is `a_b_c`)" in text and topic_segment("a/b+c") == "a_b_c"
+
+
+def test_a_portfolio_rules_topics_shown_are_the_sinks_topics() -> None:
+    rows = next(rows for head, rows in tables(page(PAGE)) if head == ("`group_by`", "topic"))
+    assert len(rows) >= 5
+    for keys_cell, topic_cell in rows:
+        keys = yaml.safe_load(spans(keys_cell)[0])
+        (topic,) = spans(topic_cell)
+        rule = topic.split("/")[2]
+        values = {"exchange": "bitso", "desk": "payouts", "account": "bitso-hot"}
+        values |= {"venue": "KRAKEN", "asset": "USDT"}
+        group = {key: values[key] for key in keys}
+        doc = {"rule": rule, "group": group, "exchange": group.get("exchange")}
+        doc |= {key: group.get(key) for key in ("account", "venue", "asset")}
+        assert topic == f"balwatch/alerts/{topic_tail(doc)}", keys
+    assert group_fingerprint("usdt-floor", {"asset": "USDT"}) in page(PAGE)
 
 
 @pytest.fixture

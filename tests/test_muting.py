@@ -112,6 +112,24 @@ def test_an_alert_still_firing_when_its_silence_ends_is_notified_then_once() -> 
     assert rig.poll("9000") == [("resolved bitso-a", ["mqtt", "chat"])]
 
 
+def test_a_portfolio_rules_alert_is_silenced_owed_and_resolved_like_any() -> None:
+    """A group's alert has no account: it is matched by its other fields and labels, its
+    state keeps sent_to, and what it is owed is found again by its group."""
+    floor = rule("floor", "sum(available) < 5000", group_by=("exchange",))
+    rig = Rig(floor)
+    rig.silence("exchange=bitso", "account=")  # the group's account reads as ""
+    assert rig.routed(rig.engine.observe("bitso-a", "bitso", rows("4000"))) == []
+    assert rig.tick() == [("firing None", [])]
+    [state] = rig.engine.firing()
+    assert (state.group, state.sent_to) == ({"exchange": "bitso"}, ())
+    assert rig.muting.statuses([state])[0]["silenced_by"] == [rig.silences[0].id]
+    rig.clock.now += 3600  # the silence is over: the firing it held back goes out, once
+    assert rig.tick() == [("firing None", ["mqtt", "chat"])]
+    assert rig.tick() == []
+    rig.engine.observe("bitso-a", "bitso", rows("9000"))
+    assert rig.tick() == [("resolved None", ["mqtt", "chat"])]
+
+
 def test_a_silence_begun_while_firing_lets_the_resolve_reach_those_who_saw_the_firing() -> None:
     """Silences hold back news, not the end of trouble people were told about: MQTT's
     active/ topic and the chat that saw it fire see it end."""

@@ -48,6 +48,7 @@ def test_firing_self_alerts_are_listed_like_rule_alerts() -> None:
         "summary": "key refused",
         "description": "",
         "sent_to": None,
+        "group": None,
     }
     alerts.resolve("source_auth_failed", "treasury")
     assert alerts.states() == []

@@ -187,6 +187,11 @@ class RuleModel(StrictModel, title="rule"):
     name: Name
     description: TemplateText | None = None
     select: SelectModel = SelectModel()
+    group_by: tuple[str, ...] | None = Field(
+        None,
+        description="a portfolio rule: account, exchange, venue, asset or account labels; "
+        "[] is one group of everything selected",
+    )
     when: ExpressionText = Field(description="the alert condition, like 'available < 5000'")
     clear: ExpressionText | None = Field(None, description="resolve only when this holds")
     for_: WaitDuration | None = Field(None, alias="for", description="default: defaults.for")
@@ -221,6 +226,7 @@ class RuleModel(StrictModel, title="rule"):
             resolved_summary=self.resolved_summary,
             labels={**defaults.labels, **self.labels},
             notify=defaults.notify if self.notify is None else self.notify,
+            group_by=self.group_by,
             mute_during=defaults.mute_during if self.mute_during is None else self.mute_during,
             active_during=(
                 defaults.active_during if self.active_during is None else self.active_during
@@ -461,7 +467,12 @@ class _Loader:
             try:
                 rule = model.compile(defaults, doc.file, doc.position(path).line)
             except RuleError as exc:
-                line, column = doc.position((*path, exc.key), key=True)
+                where = (*path, exc.key)
+                text = value_at(doc.data, where)
+                if exc.offset is not None and isinstance(text, str):
+                    line, column = scalars.at(where, text, exc.offset)
+                else:
+                    line, column = doc.position(where, key=True)
                 problems.append(Problem(doc.file, line, column, exc.message, kind="invalid rule"))
                 continue
             rules.append(rule)
@@ -543,28 +554,35 @@ def _warnings(
         line, column = doc.position((*path, "select"))
         message = f"rule {rule.name!r} selects none of the configured accounts"
         return [Problem(doc.file, line, column, message, "warning", kind="selects nothing")]
-    reported: set[str] = set()
-    for exchange in selected.values():
-        metrics = reported_metrics.get(exchange)
-        if metrics is None:
-            return []  # not a known source: it might report anything
-        reported.update(metrics)
+    if any(exchange not in reported_metrics for exchange in selected.values()):
+        return []  # not a known source: it might report anything
     problems: list[Problem] = []
     warned: set[str] = set()
     for key, expr in (("when", rule.when), ("clear", rule.clear)):
         if expr is None:
             continue
-        for metric in sorted(expr.metrics - reported - warned):
+        for metric in sorted(expr.metrics - warned):
+            # A row rule has no data on the rows lacking the metric; a group with any such
+            # row has none at all, so for a grouped rule one source lacking it is enough.
+            lacking = {n: x for n, x in selected.items() if metric not in reported_metrics[x]}
+            if not lacking or (rule.group_by is None and len(lacking) < len(selected)):
+                continue
             warned.add(metric)
-            exchanges = sorted(set(selected.values()))
-            names = sorted(selected)
+            exchanges = sorted(set(lacking.values()))
+            names = sorted(lacking)
             if len(names) > _NAMED:
                 names[_NAMED:] = [f"{len(names) - _NAMED} more"]
-            message = (
-                f"{metric} is never reported by {' or '.join(exchanges)}, the only "
-                f"source{'s' if len(exchanges) > 1 else ''} rule {rule.name!r} selects "
-                f"(accounts: {', '.join(names)}): the rule never has data"
-            )
+            if rule.group_by is not None:
+                what = (
+                    f"whose rows rule {rule.name!r} groups (accounts: {', '.join(names)}): "
+                    "a group with one of those rows never has data"
+                )
+            else:
+                what = (
+                    f"the only source{'s' if len(exchanges) > 1 else ''} rule {rule.name!r} "
+                    f"selects (accounts: {', '.join(names)}): the rule never has data"
+                )
+            message = f"{metric} is never reported by {' or '.join(exchanges)}, {what}"
             line, column = scalars.at((*path, key), expr.source, _metric_offset(expr, metric))
             problems.append(
                 Problem(doc.file, line, column, message, "warning", kind="metric never reported")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from balwatch.alert import group_text
 from balwatch.sink import AlertDoc
 
 ChatFormat = Literal["slack", "mattermost", "discord", "telegram", "teams"]
@@ -98,13 +99,8 @@ def card(alert: AlertDoc) -> Card:
 
 
 def _facts(alert: AlertDoc, *, resolved: bool) -> tuple[tuple[str, str], ...]:
-    facts: list[tuple[str, str]] = [("Account", _text(alert.get("account")))]
-    if alert.get("asset") is not None:
-        facts.append(("Asset", _text(alert.get("asset"))))
-    exchange, venue = _text(alert.get("exchange")), _text(alert.get("venue"))
-    if exchange:
-        where = f"{exchange}/{venue}" if venue and venue != exchange else exchange
-        facts.append(("Exchange", where))
+    group = alert.get("group")  # a portfolio rule's group: its keys say where
+    facts = [("Group", group_text(group))] if isinstance(group, Mapping) else _row_facts(alert)
     values = alert.get("values")
     if isinstance(values, Mapping):
         items = list(values.items())
@@ -116,6 +112,17 @@ def _facts(alert: AlertDoc, *, resolved: bool) -> tuple[tuple[str, str], ...]:
     if resolved and alert.get("resolved_at"):
         facts.append(("Resolved", _text(alert.get("resolved_at"))))
     return tuple((clip(k, _FACT_LIMIT), clip(v, _FACT_LIMIT)) for k, v in facts if v)
+
+
+def _row_facts(alert: AlertDoc) -> list[tuple[str, str]]:
+    facts: list[tuple[str, str]] = [("Account", _text(alert.get("account")))]
+    if alert.get("asset") is not None:
+        facts.append(("Asset", _text(alert.get("asset"))))
+    exchange, venue = _text(alert.get("exchange")), _text(alert.get("venue"))
+    if exchange:
+        where = f"{exchange}/{venue}" if venue and venue != exchange else exchange
+        facts.append(("Exchange", where))
+    return facts
 
 
 def _text(value: object) -> str:

@@ -338,6 +338,40 @@ async def test_a_restart_reads_back_states_accounts_history_self_alerts_and_deli
         assert ids(await store.pending("mqtt")) == ["fp1:1"]
 
 
+def group_state(fingerprint: str) -> AlertState:
+    """A portfolio rule's state: its group, no account or exchange."""
+    return AlertState(
+        fingerprint=fingerprint, rule="floor", when="sum(available) < 50000", clear=None,
+        severity="critical", account=None, exchange=None, venue=None, asset="USDT",
+        phase="firing", since=T0, last_notified=T0,
+        values={"sum(available)": Decimal("40000.5"), "USDT@bitso-hot": Decimal(30000)},
+        group={"asset": "USDT", "desk": None}, summary="USDT low", description="top up",
+    )  # fmt: skip
+
+
+async def test_a_groups_state_and_history_series_read_back_as_written(backend: Backend) -> None:
+    """A group's history key holds a rule marker, the group as JSON and an aggregate's text
+    (balwatch.rules.groups): any text must come back as it went in."""
+    key = ("#floor", '{"asset":"USDT","desk":null}', "sum(usd(total))", "")
+    samples = [(key, T0, Decimal("2300000.5")), (key, T0 + 60, Decimal(1100000))]
+    async with backend.store() as store:
+        await store.commit(AlertCommit(states=[StateChange("g1", "floor", group_state("g1"))]))
+        await store.flush(
+            StateSnapshot(
+                [group_state("g1"), group_state("g2")], [], HistoryChanges([], [], samples)
+            )
+        )
+    async with backend.store() as store:
+        saved = await store.load(0)
+        assert sorted(saved.alerts, key=lambda s: s.fingerprint) == [
+            group_state("g1"),
+            group_state("g2"),
+        ]
+        assert saved.samples == samples
+        await store.flush(StateSnapshot([], [], HistoryChanges([key], [], [])))
+        assert (await store.load(0)).samples == []
+
+
 async def test_a_flush_replaces_every_state_and_account(backend: Backend) -> None:
     async with backend.store() as store:
         await store.flush(
@@ -384,8 +418,11 @@ KEY = ("treasury", "bitso", "USDT", "total")
 DROP = Rule(name="sudden-drop", when=parse_expression("pct_change(total, 15m) <= -20"))
 
 
-def rows(total: str) -> list[Balance]:
-    return [Balance("treasury", "bitso", "bitso", "USDT", "usdt", total=Decimal(total))]
+def rows(total: str, available: str | None = None) -> list[Balance]:
+    free = None if available is None else Decimal(available)
+    return [
+        Balance("treasury", "bitso", "bitso", "USDT", "usdt", total=Decimal(total), available=free)
+    ]
 
 
 async def flush(engine: Engine, backend: Backend) -> None:
@@ -496,6 +533,37 @@ async def test_history_no_rule_reads_any_more_leaves_the_store(backend: Backend)
     assert KEY not in again.history
     await flush(again, backend)
     assert await stored_samples(backend) == 0
+
+
+FLOOR = Rule(name="usdt-floor", when=parse_expression("sum(available) < 100"), group_by=("asset",))
+GROUP_DROP = Rule(
+    name="group-drop",
+    when=parse_expression("pct_change(sum(total), 15m) <= -20"),
+    group_by=("asset",),
+)
+
+
+async def test_a_groups_alert_and_history_carry_on_after_a_restart(backend: Backend) -> None:
+    """The group's firing alert neither fires again nor is forgotten, and its 15-minute
+    window starts from the sum the store kept."""
+    engine = Engine([FLOOR, GROUP_DROP], clock=lambda: T0)
+    for minute, total in ((0, "1000"), (10, "1000"), (15, "990")):
+        engine.observe("treasury", "bitso", rows(total, available="50"), T0 + 60 * minute)
+        engine.tick(T0 + 60 * minute)
+    [floor] = engine.firing()
+    await flush(engine, backend)
+
+    again = await restarted(backend, T0 + 950, [FLOOR, GROUP_DROP])
+    assert [(s.fingerprint, s.group) for s in again.firing()] == [
+        (floor.fingerprint, {"asset": "USDT"})
+    ]
+    assert again.find(floor.fingerprint) is not None
+    again.observe("treasury", "bitso", rows("750", available="500"), T0 + 1000)
+    alerts = again.tick(T0 + 1000)
+    assert sorted((a.rule, a.event) for a in alerts) == [
+        ("group-drop", "firing"),  # 1000 -> 750: only the kept history knows the 1000
+        ("usdt-floor", "resolved"),
+    ]
 
 
 async def test_a_restored_self_alert_resolves_once_its_cause_is_gone(backend: Backend) -> None:
