@@ -1,9 +1,10 @@
-"""One alert notification (a lifecycle transition) and its JSON form (DESIGN.md section 5).
+"""One alert notification (a lifecycle transition) and its JSON form (docs/alerts.md).
 
 The rule engine produces :class:`Alert` values; the outbox stores ``to_json()`` and reads it
 back with :meth:`Alert.from_json`; MQTT and generic webhooks publish ``to_json()`` as is.
 ``id`` is new for every notification (consumers dedupe on it: delivery is at least once),
-``fingerprint`` is the same for every notification of one (rule, account, venue, asset).
+``fingerprint`` is the same for every notification of one (rule, account, venue, asset), or
+of one (rule, group).
 :data:`JSON_SCHEMA` is the document's JSON Schema (``balwatch schema --alert``).
 
 ``instance`` and ``url`` say where an alert comes from; the producers (engine, self-alerts)
@@ -12,6 +13,12 @@ an alert is committed, so they follow a reload like every other setting.
 
 ``notify`` (the sinks to use, ``None`` = all) is routing, not content: it is not part of the
 JSON document, so ``from_json`` takes it as an argument.
+
+An alert of a group (a rule with ``group_by``) carries ``group``: the rule's ``group_by``
+keys with this group's values (``{"asset": "USDT"}``; ``{}`` for ``group_by: []``), null in
+every other alert; ``account``, ``exchange``, ``venue`` and ``asset`` are those of the group,
+null where the group has none (``account`` and ``exchange`` are never null for other
+alerts, and the schema says so).
 """
 
 from __future__ import annotations
@@ -57,9 +64,10 @@ JSON_KEYS: Final = (
     "observed_at",
     "instance",
     "url",
+    "group",
 )
 # Keys that documents written before they existed lack (outbox rows, saved self-alerts).
-_ADDED_KEYS: Final = frozenset({"instance", "url"})
+_ADDED_KEYS: Final = frozenset({"instance", "url", "group"})
 
 
 _TEXT: Final = {"type": "string"}
@@ -85,16 +93,23 @@ JSON_SCHEMA: Final[Mapping[str, object]] = {
         "fingerprint": {
             "type": "string",
             "pattern": "^[0-9a-f]{16}$",
-            "description": "stable per rule, account, venue and asset",
+            "description": "stable per rule, account, venue and asset (a group's: per rule "
+            "and group)",
         },
         "status": {"enum": ["firing", "resolved"]},
         "event": {"enum": list(get_args(Event))},
         "rule": _NAME,
         "severity": {"enum": list(SEVERITIES)},
-        "account": _NAME,
-        "exchange": _NAME,
-        "venue": {**_OPTIONAL_NAME, "description": "null for account-scope alerts"},
-        "asset": {**_OPTIONAL_NAME, "description": "null for account-scope alerts"},
+        "account": {**_OPTIONAL_NAME, "description": "null only for a group without one"},
+        "exchange": {**_OPTIONAL_NAME, "description": "null only for a group without one"},
+        "venue": {
+            **_OPTIONAL_NAME,
+            "description": "null for account-scope alerts and groups without one",
+        },
+        "asset": {
+            **_OPTIONAL_NAME,
+            "description": "null for account-scope alerts and groups without one",
+        },
         "summary": {
             **_TEXT,
             "description": "on resolve: the text sent when the alert fired, or the rule's "
@@ -116,12 +131,31 @@ JSON_SCHEMA: Final[Mapping[str, object]] = {
             "anyOf": [{"type": "string", "format": "uri"}, {"type": "null"}],
             "description": "<external_url>/api/alerts/<fingerprint>; null without external_url",
         },
+        "group": {
+            "anyOf": [
+                {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                {"type": "null"},
+            ],
+            "description": "a portfolio rule's alert: its group_by keys with this group's "
+            "values (null where the group's rows have none); null for other alerts",
+        },
     },
     "required": list(JSON_KEYS),
-    # A resolve, and only a resolve, is resolved and has a resolved_at.
-    "if": {"properties": {"event": {"const": "resolved"}}},
-    "then": {"properties": {"status": {"const": "resolved"}, "resolved_at": {"type": "string"}}},
-    "else": {"properties": {"status": {"const": "firing"}, "resolved_at": {"type": "null"}}},
+    "allOf": [
+        {  # A resolve, and only a resolve, is resolved and has a resolved_at.
+            "if": {"properties": {"event": {"const": "resolved"}}},
+            "then": {
+                "properties": {"status": {"const": "resolved"}, "resolved_at": {"type": "string"}}
+            },
+            "else": {
+                "properties": {"status": {"const": "firing"}, "resolved_at": {"type": "null"}}
+            },
+        },
+        {  # Only a group may lack an account and an exchange.
+            "if": {"properties": {"group": {"type": "null"}}},
+            "then": {"properties": {"account": _NAME, "exchange": _NAME}},
+        },
+    ],
 }
 
 
@@ -133,6 +167,21 @@ def fingerprint(rule: str, account: str, venue: str | None, asset: str | None) -
     """
     data = json.dumps([rule, account, venue, asset], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def group_fingerprint(rule: str, group: Mapping[str, str | None]) -> str:
+    """Stable id of one group's alert series: the rule and the group's key values, whatever
+    the order ``group_by`` lists them in. A JSON object where a row has a string, so it never
+    equals a :func:`fingerprint`."""
+    data = json.dumps(
+        [rule, dict(sorted(group.items()))], ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def group_text(group: Mapping[str, str | None]) -> str:
+    """``asset=USDT venue=bitso`` (``-`` for a value the group lacks); ``all`` for ``[]``."""
+    return " ".join(f"{k}={'-' if v is None else v}" for k, v in group.items()) or "all"
 
 
 def new_id() -> str:
@@ -148,17 +197,19 @@ def iso_z(moment: datetime) -> str:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Alert:
     """One notification. Times are timezone-aware; ``venue``/``asset`` are None for account
-    scope. ``status`` is ``resolved`` exactly for the ``resolved`` event, which alone has a
-    ``resolved_at``; ``started_at`` is when the condition first held (the start of
-    ``pending``), as in the DESIGN.md example (started 10:00, fired 10:02 with ``for: 2m``).
+    scope; for a group, any of ``account``/``exchange``/``venue``/``asset`` the group lacks is
+    None and ``group`` is set (module docstring). ``status`` is ``resolved`` exactly for the
+    ``resolved`` event, which alone has a ``resolved_at``; ``started_at`` is when the
+    condition first held (the start of ``pending``): started 10:00, fired 10:02 with
+    ``for: 2m``.
     """
 
     fingerprint: str
     event: Event
     rule: str
     severity: Severity
-    account: str
-    exchange: str
+    account: str | None
+    exchange: str | None
     venue: str | None
     asset: str | None
     summary: str
@@ -170,6 +221,7 @@ class Alert:
     observed_at: datetime
     resolved_at: datetime | None = None
     notify: tuple[str, ...] | None = None
+    group: Mapping[str, str | None] | None = None
     id: str = field(default_factory=new_id)
     instance: str = ""
     url: str | None = None
@@ -179,6 +231,8 @@ class Alert:
             raise ValueError(f"unknown event {self.event!r}")
         if (self.event == "resolved") != (self.resolved_at is not None):
             raise ValueError("resolved_at is set exactly for the resolved event")
+        if self.group is None and (self.account is None or self.exchange is None):
+            raise ValueError("only the alert of a group may lack an account or an exchange")
         for name in ("started_at", "observed_at", "resolved_at"):
             moment = getattr(self, name)
             if moment is not None and moment.utcoffset() is None:
@@ -189,7 +243,7 @@ class Alert:
         return "resolved" if self.event == "resolved" else "firing"
 
     def to_json(self) -> dict[str, object]:
-        """The DESIGN.md section 5 document: amounts as decimal strings, times ISO with Z."""
+        """The alert document (docs/alerts.md): amounts as decimal strings, times ISO with Z."""
         return {
             "version": VERSION,
             "id": self.id,
@@ -212,6 +266,7 @@ class Alert:
             "observed_at": iso_z(self.observed_at),
             "instance": self.instance,
             "url": self.url,
+            "group": None if self.group is None else dict(self.group),
         }
 
     @classmethod
@@ -240,8 +295,8 @@ class Alert:
             event=cast(Event, event),
             rule=_str(data, "rule"),
             severity=severity,
-            account=_str(data, "account"),
-            exchange=_str(data, "exchange"),
+            account=_opt_str(data, "account"),
+            exchange=_opt_str(data, "exchange"),
             venue=_opt_str(data, "venue"),
             asset=_opt_str(data, "asset"),
             summary=_str(data, "summary"),
@@ -255,6 +310,7 @@ class Alert:
             notify=notify,
             instance=_str(data, "instance") if "instance" in data else "",
             url=_opt_str(data, "url") if "url" in data else None,
+            group=_group(data),
         )
 
 
@@ -279,6 +335,17 @@ def _str(data: Mapping[str, object], key: str) -> str:
 
 def _opt_str(data: Mapping[str, object], key: str) -> str | None:
     return None if data[key] is None else _str(data, key)
+
+
+def _group(data: Mapping[str, object]) -> dict[str, str | None] | None:
+    value = data.get("group")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in value.items()
+    ):
+        raise ValueError("alert JSON group must map strings to strings or null")
+    return cast(dict[str, str | None], value)
 
 
 def _str_map(data: Mapping[str, object], key: str) -> dict[str, str]:

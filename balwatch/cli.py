@@ -1,7 +1,8 @@
 """The ``balwatch`` command: a thin face over the library.
 
 Exit codes: 0 success; 1 invalid config or rules (or state), or a failed rule test;
-2 usage error; 3 some account polls failed; 4 a test alert was not delivered.
+2 usage error (a bad matcher, duration or time, an unknown silence); 3 some account polls
+failed; 4 a test alert was not delivered.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from balwatch import __version__, logs
+from balwatch import __version__, logs, redact, terminal
 from balwatch.adapters.http import new_session
 from balwatch.config import Config, load_config
 from balwatch.config.load import load_config_with_warnings
@@ -28,6 +29,7 @@ from balwatch.errors import ConfigError, Problem
 from balwatch.explain import Poll, explain
 from balwatch.loading import load_config_rules
 from balwatch.money import decimal_text
+from balwatch.oncall import add_commands as add_oncall_commands
 from balwatch.outbox.sendtest import send_test
 from balwatch.poll import PollResult, make_adapter, poll_all, priced
 from balwatch.prices.book import PriceBook
@@ -50,18 +52,28 @@ def _demo_file(name: str) -> Path:
     return Path(str(resources.files("balwatch.demo").joinpath(name)))
 
 
+def _out(text: object, *, err: bool = False) -> None:
+    """Print ``text``: every configured secret masked (in any form), control characters
+    escaped. All output of the commands that load a config goes through here."""
+    shown = terminal.escape(redact.installed().text(str(text)), keep="\n")
+    print(shown, file=sys.stderr if err else sys.stdout)
+
+
 def _load(path: Path, environ: dict[str, str] | None = None) -> Config | None:
-    """The config, or None after printing every problem to stderr."""
+    """The config, its secrets installed for masking; or None after printing every problem
+    to stderr."""
     try:
-        return load_config(path, environ=environ)
+        config = load_config(path, environ=environ)
     except ConfigError as exc:
         _print_problems(exc.problems)
         return None
+    redact.install(config.secrets())
+    return config
 
 
 def _print_problems(problems: Sequence[Problem]) -> None:
     for problem in problems:
-        print(problem, file=sys.stderr)
+        _out(problem, err=True)
 
 
 async def _poll(config: Config) -> list[PollResult]:
@@ -95,12 +107,12 @@ def _print_results(results: list[PollResult], as_json: bool) -> int:
                 if r.error is not None
             ],
         }
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(redact.installed().value(doc), indent=2))
     else:
-        print(balances_table(results))
+        _out(balances_table(results))
         if any(not r.ok for r in results):
-            print("\nfailed polls:")
-            print(failures_table(results))
+            _out("\nfailed polls:")
+            _out(failures_table(results))
     return EXIT_OK if all(r.ok for r in results) else EXIT_POLL_FAILED
 
 
@@ -110,10 +122,10 @@ def _load_rules(config: Config, path: Path) -> RuleSet | None:
         rule_set = load_config_rules(config, path)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            _out(problem, err=True)
         return None
     for problem in rule_set.warnings:
-        print(problem, file=sys.stderr)
+        _out(problem, err=True)
     return rule_set
 
 
@@ -123,6 +135,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc.problems)
         return EXIT_CONFIG
+    redact.install(config.secrets())  # a rule file may quote a secret pasted by mistake
     _print_problems(warnings)  # risky settings: reported, never fatal
     rule_set = _load_rules(config, args.config)
     if rule_set is None:
@@ -134,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     ]
     if warnings or rule_set.warnings:
         counts.append(plural(len(warnings) + len(rule_set.warnings), "warning"))
-    print(f"{args.config}: ok ({', '.join(counts)})")
+    _out(f"{args.config}: ok ({', '.join(counts)})")
     return EXIT_OK
 
 
@@ -142,7 +155,7 @@ def cmd_balances(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    logs.configure(config.log.format, config.log.level, config.secrets())
+    logs.configure(config.log.format, config.log.level)
     return _print_results(asyncio.run(_poll(config)), args.json)
 
 
@@ -153,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rule_set = _load_rules(config, args.config)
     if rule_set is None:
         return EXIT_CONFIG
-    logs.configure(config.log.format, config.log.level, config.secrets())
+    logs.configure(config.log.format, config.log.level)
     results = asyncio.run(_poll(config))
     now = time.time()
     labels = {account.name: account.labels for account in config.accounts}
@@ -164,15 +177,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             alerts += engine.poll_failed(r.account, r.exchange)
         else:
             alerts += engine.observe(r.account, r.exchange, r.rows)
+    alerts += engine.tick()  # groups are evaluated on ticks
     polls = [Poll(r.account, r.exchange, r.rows) for r in results]
-    print(explain(rule_set.rules, polls, alerts, engine.pending()))
+    views = engine.groups.views(now)
+    _out(explain(rule_set.rules, polls, alerts, engine.pending(), views))
     rates = sorted({(row.asset, row.rate_usd) for r in results for row in r.rows or ()
                     if row.rate_usd is not None})  # fmt: skip
     if rates:
-        print("\nrate_usd: " + ", ".join(f"{asset} {decimal_text(rate)}" for asset, rate in rates))
+        _out("\nrate_usd: " + ", ".join(f"{asset} {decimal_text(rate)}" for asset, rate in rates))
     if any(not r.ok for r in results):
-        print("\nfailed polls:")
-        print(failures_table(results))
+        _out("\nfailed polls:")
+        _out(failures_table(results))
         return EXIT_POLL_FAILED
     return EXIT_OK
 
@@ -199,13 +214,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(_run_daemon(Daemon(args.config)))
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            _out(problem, err=True)
         return EXIT_CONFIG
     except (StateError, StartError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _out(f"error: {exc}", err=True)
         return EXIT_CONFIG
     except OSError as exc:  # e.g. a TLS file that is not a certificate
-        print(f"error: cannot start: {exc}", file=sys.stderr)
+        _out(f"error: cannot start: {exc}", err=True)
         return EXIT_CONFIG
 
 
@@ -213,16 +228,16 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    logs.configure(config.log.format, config.log.level, config.secrets())
+    logs.configure(config.log.format, config.log.level)
     try:
         result = asyncio.run(send_test(config, args.sink, build_sink, timeout=args.timeout))
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _out(f"error: {exc}", err=True)
         return EXIT_CONFIG
     if result.delivered:
-        print(f"{args.sink}: delivered test alert ({', '.join(result.alert_ids)})")
+        _out(f"{args.sink}: delivered test alert ({', '.join(result.alert_ids)})")
         return EXIT_OK
-    print(f"{args.sink}: NOT delivered: {result.reason}", file=sys.stderr)
+    _out(f"{args.sink}: NOT delivered: {result.reason}", err=True)
     return EXIT_SEND_FAILED
 
 
@@ -239,7 +254,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            _out(problem, err=True)
         return EXIT_CONFIG
 
     async def main() -> None:
@@ -324,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_speed, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--mqtt-port", type=int, default=MQTT_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    add_oncall_commands(sub)
     return parser
 
 

@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import structlog
 
-from balwatch import __version__, logs
+from balwatch import __version__, logs, redact
 from balwatch.adapters.base import Adapter
 from balwatch.adapters.http import new_session
 from balwatch.alert import Alert
@@ -36,7 +37,9 @@ from balwatch.errors import ConfigError, ErrorKind
 from balwatch.httpapi import HttpServer
 from balwatch.latest import LatestBalances
 from balwatch.loading import Loaded, load_all
+from balwatch.matchers import alert_fields
 from balwatch.metrics import Metrics
+from balwatch.muting import Muting
 from balwatch.outbox.worker import Outbox
 from balwatch.poll import PollResult, make_adapter, priced
 from balwatch.prices.book import PriceBook
@@ -48,10 +51,11 @@ from balwatch.rules.load import matching_paths
 from balwatch.scheduler import PollPlan, Scheduler
 from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
+from balwatch.silence import RETENTION, Silence
 from balwatch.sink import Sink
 from balwatch.sinks.registry import build_sink
 from balwatch.state import state_store
-from balwatch.state.base import SavedState
+from balwatch.state.base import OutboxEntry, Retried, SavedState
 from balwatch.systemd import Notifier, run_watchdog
 from balwatch.topiclayout import upgrade_topic_layout
 
@@ -63,6 +67,8 @@ FLUSH_SECONDS = 5.0
 WATCH_SECONDS = 2.0
 # SIGTERM: how long deliveries may still go out before the process exits.
 STOP_GRACE_SECONDS = 10.0
+# Silences that ended longer ago than silence.RETENTION are removed this often.
+PRUNE_SECONDS = 3600.0
 
 
 @dataclass
@@ -112,6 +118,7 @@ class Daemon:
         # Out of descriptors (a connection flood, a leak), the files cannot be read: that is
         # not a config error. Logged once per burst, looked at again later.
         self._unreadable = Burst(log, "config_read_deferred", "config_read_resumed")
+        self._changes_unreadable = False  # the store's change counters: logged once a run
 
     def stop(self) -> None:
         """Ask the daemon to stop: :meth:`serve` returns, :meth:`run` shuts down."""
@@ -143,8 +150,9 @@ class Daemon:
         self._watched = _signature(loaded)
         self.loaded = loaded
         config = loaded.config
+        redact.install(config.secrets())
         if self._configure_logs:
-            logs.configure(config.log.format, config.log.level, config.secrets())
+            logs.configure(config.log.format, config.log.level)
         for problem in loaded.warnings:
             log.warning("config_warning", problem=str(problem))
         self.metrics.export_balances(config.metrics.balances)
@@ -154,6 +162,15 @@ class Daemon:
             self.engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
             saved = await store.load(self._clock() - self.engine.history.retention)
             restored = self._restore(saved, config)
+            self.store = store
+            self.muting = Muting(
+                self.engine, config.sinks, sources=self._self_sources, clock=self._clock
+            )
+            self.muting.configure(config)
+            self.muting.adopt()
+            await store.prune_silences(self._clock() - RETENTION)
+            self._changes = await store.changes()
+            self.muting.set_silences(await store.silences())
             self.sinks: list[Sink] = [
                 await stack.enter_async_context(build_sink(s)) for s in config.sinks
             ]
@@ -168,6 +185,7 @@ class Daemon:
                 metrics=self.metrics,
                 placement=(config.instance, config.external_url),
                 on_alerts=self._on_alerts,
+                muting=self.muting,
             )
             # Before the workers start and any alert is published (see the module).
             firing = [*self.engine.firing_alerts(), *self._self_alerts.firing()]
@@ -182,6 +200,7 @@ class Daemon:
                     self.metrics.registry,
                     token=config.http.token,
                     max_connections=config.http.max_connections,
+                    oncall=self,
                 )
                 try:
                     await stack.enter_async_context(http)
@@ -320,11 +339,16 @@ class Daemon:
         self._check_ready()
 
     async def _ticker(self) -> None:
-        last_flush = time.monotonic()
+        last_flush = last_prune = time.monotonic()
         while True:
             await asyncio.sleep(self._tick_seconds)
             self._progress = time.monotonic()
+            await self._follow_store()
+            if time.monotonic() - last_prune >= PRUNE_SECONDS:
+                last_prune = time.monotonic()
+                await self._prune_silences()
             await self.publisher.publish(self.engine.tick(self._clock()))
+            await self.publisher.catch_up()
             self.metrics.record_evaluation("tick")
             self.metrics.set_active(*self.engine.counts())
             self.metrics.set_outbox(self.outbox.stats())
@@ -335,6 +359,53 @@ class Daemon:
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
                 await self.publisher.flush()
+
+    async def _follow_store(self) -> None:
+        """Take in what was changed by hand, maybe by another process (the CLI): silences,
+        and dead letters made pending again. One cheap read when nothing changed."""
+        try:
+            changes = await self.store.changes()
+            if changes.silences != self._changes.silences:
+                self.muting.set_silences(await self.store.silences())
+                now = self._clock()
+                log.info(
+                    "silences_loaded",
+                    active=sum(s.active(now) for s in self.muting.silences),
+                    stored=len(self.muting.silences),
+                )
+            if changes.outbox != self._changes.outbox:
+                log.info("outbox_resynced", deliveries=await self.outbox.resync())
+        except Exception:
+            if not self._changes_unreadable:
+                self._changes_unreadable = True
+                log.exception("store_changes_unreadable")
+            return
+        self._changes = changes
+
+    async def _prune_silences(self) -> None:
+        try:
+            await self.store.prune_silences(self._clock() - RETENTION)
+        except Exception:
+            log.exception("silence_prune_failed")
+
+    def _self_sources(self) -> list[tuple[str, dict[str, str]]]:
+        """balwatch's own firing alerts, as inhibit rules read sources."""
+        return [
+            (
+                alert.fingerprint,
+                alert_fields(
+                    rule=alert.rule,
+                    account=alert.account,
+                    exchange=alert.exchange,
+                    venue=alert.venue,
+                    asset=alert.asset,
+                    severity=alert.severity,
+                    instance=self.muting.instance,
+                    labels=alert.labels,
+                ),
+            )
+            for alert in self._self_alerts.firing()
+        ]
 
     def _status_line(self) -> str:
         total = len(self._accounts)
@@ -422,16 +493,17 @@ class Daemon:
         self._unreadable.ok()
         old = self.loaded.config
         new = loaded.config
+        # The redactor learns the new credentials, and keeps the old for polls in flight.
+        redact.install((*old.secrets(), *new.secrets()))
         if self._configure_logs:
-            # The redactor learns the new credentials, and keeps the old for polls in flight;
-            # the log format and level follow the file too.
-            logs.configure(new.log.format, new.log.level, (*old.secrets(), *new.secrets()))
+            logs.configure(new.log.format, new.log.level)
         if _restart_only(old) != _restart_only(new):
             log.warning("reload_needs_restart", changed="sinks, http or state_dir")
         now = self._clock()
         self.engine.set_account_labels(_labels(new))
         self.metrics.export_balances(new.metrics.balances)
         self.publisher.placement = (new.instance, new.external_url)
+        self.muting.configure(new)  # intervals and inhibit rules; sink settings need a restart
         alerts = self.engine.replace_rules(loaded.rules, now)
         for gone in {a.name for a in old.accounts} - {a.name for a in new.accounts}:
             alerts += self.engine.forget_account(gone, now)
@@ -473,17 +545,79 @@ class Daemon:
         return not reasons, reasons
 
     def alerts(self) -> list[dict[str, object]]:
-        states = (*self.engine.firing(), *self._self_alerts.states(), *self.engine.pending())
-        return [s.to_json() for s in states]
+        rule_states = (*self.engine.firing(), *self.engine.pending())
+        own = [{**s.to_json(), **_NOT_MUTED} for s in self._self_alerts.states()]
+        statuses = self.muting.statuses(rule_states)
+        listed = [
+            {**s.to_json(), **status} for s, status in zip(rule_states, statuses, strict=True)
+        ]
+        firing = sum(1 for s in rule_states if s.phase == "firing")
+        return [*listed[:firing], *own, *listed[firing:]]
 
     def alert(self, fingerprint: str) -> dict[str, object] | None:
-        found = self.engine.find(fingerprint) or next(
-            (s for s in self._self_alerts.states() if s.fingerprint == fingerprint), None
+        found = self.engine.find(fingerprint)
+        if found is not None:
+            return {**found.to_json(), **self.muting.statuses([found])[0]}
+        own = next((s for s in self._self_alerts.states() if s.fingerprint == fingerprint), None)
+        return None if own is None else {**own.to_json(), **_NOT_MUTED}
+
+    # --- on call: silences and dead letters, for the HTTP API --------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    def silenced_by(self, alert: Alert) -> list[str]:
+        """The ids of the silences that mute ``alert`` now (none for balwatch's own)."""
+        if alert.labels.get("source") == SELF and alert.expression == "":
+            return []
+        return self.muting.silenced_by(
+            alert_fields(
+                rule=alert.rule,
+                account=alert.account,
+                exchange=alert.exchange,
+                venue=alert.venue,
+                asset=alert.asset,
+                severity=alert.severity,
+                instance=self.muting.instance,
+                labels=alert.labels,
+            )
         )
-        return None if found is None else found.to_json()
+
+    def silences(self) -> list[Silence]:
+        return self.muting.silences
+
+    async def add_silence(self, silence: Silence) -> None:
+        """Store a new silence; it applies at once, here (other daemons: within a second)."""
+        await self.store.add_silence(silence)
+        self.muting.set_silences([*self.muting.silences, silence])
+        log.info("silence_added", silence=silence.id, author=silence.author)
+
+    async def expire_silence(self, silence_id: str) -> Silence | None:
+        ended = await self.store.expire_silence(silence_id, self._clock())
+        if ended is not None:
+            self.muting.set_silences(await self.store.silences())
+            log.info("silence_expired", silence=silence_id)
+        return ended
+
+    async def outbox_entries(self, *, dead_only: bool) -> list[OutboxEntry]:
+        return await self.store.outbox(dead_only=dead_only)
+
+    async def retry_dead(self, ids: list[int] | None) -> Retried:
+        retried = await self.store.retry_dead(ids)
+        await self._follow_store()  # the workers take them in now, not at the next tick
+        return retried
+
+    async def drop_dead(self, ids: list[int]) -> list[int]:
+        dropped = await self.store.drop_dead(ids)
+        await self._follow_store()
+        return dropped
 
     def balances(self) -> dict[str, object]:
         return self.latest.document()
+
+
+# balwatch's own alerts are never muted (balwatch.muting).
+_NOT_MUTED: Final[dict[str, object]] = {"silenced_by": [], "inhibited_by": []}
 
 
 def _labels(config: Config) -> dict[str, dict[str, str]]:

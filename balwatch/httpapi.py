@@ -13,6 +13,20 @@
                    (:meth:`balwatch.latest.LatestBalances.document`)
 =================  ==========================================================================
 
+With an :class:`OnCall` (the daemon), people on call change things here too:
+
+==============================  ===========================================================
+``GET /api/silences``           silences in force or to come (``?all=true``: expired too)
+``POST /api/silences``          a new silence from ``{"matchers": [...], "for": "2h" |
+                                "ends_at": TIME, "starts_at": TIME?, "author", "comment"}``:
+                                201 with it; 400 with ``{"error": ...}`` for bad input
+``DELETE /api/silences/ID``     expire it now: 200 with it, 404 if there is none
+``GET /api/outbox``             pending deliveries and dead letters (``?dead=true``: dead)
+``POST /api/outbox/retry``      ``{"ids": [...]}`` or ``{"all": true}``: dead letters sent
+                                again; 200 with ``{"retried", "stale", "unknown"}``
+``DELETE /api/outbox/ID``       drop a dead letter: 200, or 404 if none has that id
+==============================  ===========================================================
+
 The server only reads: the daemon owns the state and implements :class:`StatusSource`.
 Nothing served may carry a secret; see :mod:`balwatch.metrics` and :mod:`balwatch.latest`
 for what they leave out. With a token (``http.token``), every path but the three probes
@@ -40,7 +54,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from balwatch.burst import Burst
 from balwatch.config.model import DEFAULT_MAX_CONNECTIONS
+from balwatch.durations import parse_duration
 from balwatch.secret import Secret
+from balwatch.silence import Silence, SilenceError, new_silence, parse_time
+from balwatch.state.base import OutboxEntry, Retried
 
 log = structlog.get_logger("balwatch.httpapi")
 
@@ -80,12 +97,35 @@ class StatusSource(Protocol):
         ...
 
 
+class OnCall(Protocol):
+    """What people on call change through the API: the daemon, on its state store."""
+
+    def now(self) -> float: ...
+
+    def silences(self) -> list[Silence]: ...
+
+    async def add_silence(self, silence: Silence) -> None: ...
+
+    async def expire_silence(self, silence_id: str) -> Silence | None: ...
+
+    async def outbox_entries(self, *, dead_only: bool) -> list[OutboxEntry]: ...
+
+    async def retry_dead(self, ids: list[int] | None) -> Retried: ...
+
+    async def drop_dead(self, ids: list[int]) -> list[int]: ...
+
+
+class BadRequest(Exception):
+    """Input the API refuses: a 400 with this message."""
+
+
 def make_app(
     status: StatusSource,
     registry: CollectorRegistry,
     *,
     token: Secret | None = None,
     busy: set[object] | None = None,
+    oncall: OnCall | None = None,
 ) -> web.Application:
     """The aiohttp application; :class:`HttpServer` serves it.
 
@@ -133,7 +173,137 @@ def make_app(
     app.router.add_get("/api/alerts", alerts)
     app.router.add_get("/api/alerts/{fingerprint}", alert)
     app.router.add_get("/api/balances", balances)
+    if oncall is not None:
+        _oncall_routes(app, oncall)
     return app
+
+
+def _oncall_routes(app: web.Application, oncall: OnCall) -> None:
+    async def silences(request: web.Request) -> web.Response:
+        now = oncall.now()
+        every = _flag(request, "all")
+        shown = [s.to_json(now) for s in oncall.silences() if every or s.state(now) != "expired"]
+        return web.json_response(shown)
+
+    async def add_silence(request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        silence = _silence(body, oncall.now())
+        await oncall.add_silence(silence)
+        return web.json_response(silence.to_json(oncall.now()), status=201)
+
+    async def expire_silence(request: web.Request) -> web.Response:
+        silence_id = request.match_info["id"]
+        ended = await oncall.expire_silence(silence_id)
+        if ended is None:
+            return web.json_response({"error": "no such silence", "id": silence_id}, status=404)
+        return web.json_response(ended.to_json(oncall.now()))
+
+    async def outbox(request: web.Request) -> web.Response:
+        entries = await oncall.outbox_entries(dead_only=_flag(request, "dead"))
+        return web.json_response([entry.to_json() for entry in entries])
+
+    async def retry(request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        ids = None if body.get("all") is True and "ids" not in body else _ids(body.get("ids"))
+        done = await oncall.retry_dead(ids)
+        return web.json_response(
+            {"retried": done.retried, "stale": done.stale, "unknown": done.unknown}
+        )
+
+    async def drop(request: web.Request) -> web.Response:
+        [delivery_id] = _ids([request.match_info["id"]])
+        if not await oncall.drop_dead([delivery_id]):
+            body = {"error": "no dead letter has this id", "id": delivery_id}
+            return web.json_response(body, status=404)
+        return web.json_response({"dropped": delivery_id})
+
+    @web.middleware
+    async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
+    app.middlewares.append(bad_requests)
+    app.router.add_get("/api/silences", silences)
+    app.router.add_post("/api/silences", add_silence)
+    app.router.add_delete("/api/silences/{id}", expire_silence)
+    app.router.add_get("/api/outbox", outbox)
+    app.router.add_post("/api/outbox/retry", retry)
+    app.router.add_delete("/api/outbox/{id}", drop)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("expected a JSON object as the body") from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object as the body")
+    return body
+
+
+_SILENCE_KEYS: Final = frozenset({"matchers", "starts_at", "ends_at", "for", "author", "comment"})
+
+
+def _silence(body: dict[str, Any], now: float) -> Silence:
+    """A new silence from a request body, checked whole; BadRequest says what is wrong."""
+    unknown = sorted(set(body) - _SILENCE_KEYS)
+    if unknown:
+        raise BadRequest(
+            f"unknown key {unknown[0]!r}; expected: {', '.join(sorted(_SILENCE_KEYS))}"
+        )
+    matchers = body.get("matchers")
+    if not isinstance(matchers, list) or not all(isinstance(m, str) for m in matchers):
+        raise BadRequest('expected "matchers": a list of texts like "account=~bitso-.*"')
+    for key in ("author", "comment"):
+        if not isinstance(body.get(key), str):
+            raise BadRequest(f'expected "{key}": text (who made the silence, and why)')
+    starts = now if body.get("starts_at") is None else _time(body["starts_at"], "starts_at")
+    if ("for" in body) == ("ends_at" in body):
+        raise BadRequest('expected one of "for" (a duration like 2h) or "ends_at" (a time)')
+    if "for" in body:
+        if not isinstance(body["for"], str):
+            raise BadRequest('expected "for": a duration like 2h')
+        try:
+            ends = starts + parse_duration(body["for"])
+        except ValueError as exc:
+            raise BadRequest(f"for: {exc}") from None
+    else:
+        ends = _time(body["ends_at"], "ends_at")
+    try:
+        return new_silence(
+            matchers, starts_at=starts, ends_at=ends, author=body["author"],
+            comment=body["comment"], now=now,
+        )  # fmt: skip
+    except SilenceError as exc:
+        raise BadRequest(exc.message) from None
+
+
+def _time(value: object, key: str) -> float:
+    if not isinstance(value, str):
+        raise BadRequest(f'expected "{key}": an ISO-8601 time like 2026-11-25T22:00:00Z')
+    try:
+        return parse_time(value, zone_required=True)
+    except ValueError as exc:
+        raise BadRequest(f"{key}: {exc}") from None
+
+
+def _ids(value: object) -> list[int]:
+    if isinstance(value, list):
+        try:
+            ids = [int(v) for v in value if not isinstance(v, bool)]
+        except (TypeError, ValueError):
+            ids = []
+        if ids and len(ids) == len(value):
+            return ids
+    raise BadRequest(
+        'expected "ids": a list of delivery ids (outbox list shows them), or "all": true'
+    )
 
 
 _CLOSE: Final = {"Connection": "close"}
@@ -197,12 +367,13 @@ class HttpServer:
         token: Secret | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
+        oncall: OnCall | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._busy: set[object] = set()
         # No access log: Prometheus and health probes would fill the journal.
         self._runner = web.AppRunner(
-            make_app(status, registry, token=token, busy=self._busy),
+            make_app(status, registry, token=token, busy=self._busy, oncall=oncall),
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,
             keepalive_timeout=idle_timeout,

@@ -36,6 +36,7 @@ def load_config_rules(config: Config, path: Path) -> RuleSet:
     return load_rule_set(
         config.rules,
         sink_names=[sink.name for sink in config.sinks],
+        interval_names=[interval.name for interval in config.time_intervals],
         accounts={account.name: account.exchange for account in config.accounts},
         reported_metrics=_with_prices(config),
         listed_in=ListedIn(load_yaml(path, CONFIG_FILE), ("rules",)),

@@ -1,67 +1,56 @@
 """structlog set-up: JSON lines for journald, a readable console on a terminal.
 
 Secrets are masked twice: :class:`~balwatch.secret.Secret` never prints its value, and the
-``redact`` processor replaces any known secret value that reached a log field as text
-(from a server echoing a key back, say).
+``redact`` processor passes every field through the installed
+:class:`~balwatch.redact.Redactor`, which masks any configured secret that reached a log
+field as text, in any form (a server echoing a key back, say). On the console, control
+characters in fields are escaped: text from an exchange must not drive the terminal.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
 
-from balwatch.secret import Secret
+from balwatch import redact, terminal
 
 LogFormat = Literal["json", "console", "auto"]
 
 
-def make_redactor(secrets: Iterable[Secret]) -> structlog.types.Processor:
-    # Longest first, so a secret that contains another is masked whole.
-    values = sorted({s.reveal() for s in secrets if len(s.reveal()) >= 4}, key=len, reverse=True)
+def _redact(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    redactor = redact.installed()
+    if redactor:
+        for key, value in event_dict.items():
+            event_dict[key] = redactor.value(value)
+    return event_dict
 
-    def scrub(value: Any) -> Any:
-        if isinstance(value, BaseException):
-            value = str(value)
+
+def _escape_controls(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # The console renderer prints strings as they are (other values by repr, escaped). A
+    # traceback keeps its line breaks; any other field is kept on its line.
+    for key, value in event_dict.items():
         if isinstance(value, str):
-            for secret in values:
-                if secret in value:
-                    value = value.replace(secret, "***")
-            return value
-        # Text inside a field's list or mapping (`items=[...]`) is scrubbed too.
-        if isinstance(value, list | tuple):
-            return [scrub(item) for item in value]
-        if isinstance(value, dict):
-            return {scrub(key): scrub(item) for key, item in value.items()}
-        return value
-
-    def redact(
-        logger: Any, method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        if values:
-            for key, value in event_dict.items():
-                event_dict[key] = scrub(value)
-        return event_dict
-
-    return redact
+            event_dict[key] = terminal.escape(value, keep="\n" if key == "exception" else "")
+    return event_dict
 
 
-def configure(
-    fmt: LogFormat = "auto",
-    level: str = "info",
-    secrets: Iterable[Secret] = (),
-    stream: Any = None,
-) -> None:
+def configure(fmt: LogFormat = "auto", level: str = "info", *, stream: Any = None) -> None:
+    """Log to ``stream`` (stderr). Secrets are those of :func:`balwatch.redact.install`."""
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    renderer: list[structlog.types.Processor] = (
+        [_escape_controls, structlog.dev.ConsoleRenderer(colors=stream.isatty())]
         if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        else [structlog.processors.JSONRenderer()]  # JSON escapes control characters
     )
     structlog.configure(
         processors=[
@@ -69,8 +58,8 @@ def configure(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            make_redactor(secrets),
-            renderer,
+            _redact,
+            *renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

@@ -1,4 +1,4 @@
-"""The normalized balance row (DESIGN.md section 2)."""
+"""The normalized balance row (docs/rules.md, "Rows and metrics")."""
 
 from __future__ import annotations
 

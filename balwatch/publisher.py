@@ -16,6 +16,9 @@ Guarantees:
 - A caller cancelled while its alerts wait or are being committed (a stop cancels the
   pollers) does not take the commit down with it: the commit goes on, and :meth:`close`
   commits whatever is still queued, each alert once.
+- Each alert's sinks are decided when it is published, the moment of its transition: by
+  routing, and with ``muting`` by silences, time intervals and inhibit rules
+  (:mod:`balwatch.muting`), which also keeps which sinks got each firing.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from balwatch.alert import Alert, placed
+from balwatch.alert import Alert, group_text, placed
 from balwatch.metrics import Metrics
+from balwatch.muting import Muting, Routed, routing
 from balwatch.outbox.routing import RoutedSink, route
 from balwatch.outbox.worker import Outbox
 from balwatch.rules.engine import Engine
@@ -52,6 +56,7 @@ class AlertPublisher:
         metrics: Metrics,
         placement: tuple[str, str | None],
         on_alerts: OnAlerts | None = None,
+        muting: Muting | None = None,
     ) -> None:
         self._store = store
         self._outbox = outbox
@@ -60,9 +65,10 @@ class AlertPublisher:
         self._sinks = sinks
         self._metrics = metrics
         self._on_alerts = on_alerts
+        self._muting = muting
         self.placement = placement  # (instance, external_url): a reload may change them
-        self._queued: list[Alert] = []  # published, waiting for the commit in flight
-        self._held: list[Alert] = []  # their commit failed: they go first with the next
+        self._queued: list[Routed] = []  # published, waiting for the commit in flight
+        self._held: list[Routed] = []  # their commit failed: they go first with the next
         self._committing = asyncio.Lock()
         self._commits: set[asyncio.Task[None]] = set()
 
@@ -79,6 +85,20 @@ class AlertPublisher:
     async def publish(self, alerts: Sequence[Alert]) -> None:
         """Commit ``alerts``, after any held or queued before them; returns once that
         commit was tried (it may have failed: see :attr:`held`)."""
+        if self._muting is not None:
+            await self._publish(self._muting.route(alerts))
+        else:
+            await self._publish([(alert, route(routing(alert), self._sinks, alert.notify))
+                                 for alert in alerts])  # fmt: skip
+
+    async def catch_up(self) -> None:
+        """Publish the firings owed to sinks whose mute is over (:meth:`Muting.catch_up`)."""
+        if self._muting is not None:
+            owed = self._muting.catch_up()
+            if owed:
+                await self._publish(owed)
+
+    async def _publish(self, alerts: Sequence[Routed]) -> None:
         self._queued.extend(alerts)
         if not self._queued and not self._held and not self._committing.locked():
             return
@@ -117,19 +137,15 @@ class AlertPublisher:
             self._queued = []
             await self._commit(batch)
 
-    async def _commit(self, batch: list[Alert]) -> None:
-        batch = self.placed(batch)
+    async def _commit(self, routed_batch: list[Routed]) -> None:
+        batch = self.placed([alert for alert, _ in routed_batch])
         routed = [
-            RoutedAlert(doc, route(doc, self._sinks, alert.notify))
-            for alert in batch
-            for doc in (alert.to_json(),)
+            RoutedAlert(alert.to_json(), sinks)
+            for alert, (_, sinks) in zip(batch, routed_batch, strict=True)
         ]
         try:
             engine = self._engine
-            states = {
-                (a.fingerprint, a.rule): engine.state_for(a.account, a.venue, a.asset, a.rule)
-                for a in batch
-            }
+            states = {(a.fingerprint, a.rule): engine.alert_state(a) for a in batch}
             commit = AlertCommit(
                 routed,
                 [
@@ -140,7 +156,7 @@ class AlertPublisher:
             )
             await self._outbox.commit(commit)
         except Exception:
-            self._held = batch
+            self._held = routed_batch
             self._metrics.record_state_write_failure("alerts")
             self._metrics.set_uncommitted(len(batch))
             log.exception("outbox_commit_failed", alerts=len(batch))
@@ -157,6 +173,8 @@ class AlertPublisher:
                 account=alert.account,
                 asset=alert.asset,
                 summary=alert.summary,
+                # a portfolio rule's alert says which group (its account may be null)
+                **({} if alert.group is None else {"group": group_text(alert.group)}),
             )
         if self._on_alerts is not None:
             self._on_alerts(batch)

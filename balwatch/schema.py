@@ -20,10 +20,11 @@ from pydantic import BaseModel
 
 from balwatch.adapters import REGISTRY
 from balwatch.alert import JSON_SCHEMA as ALERT_SCHEMA
-from balwatch.config.model import DURATION_PATTERN, Config
+from balwatch.config.model import DURATION_PATTERN, SIZE_PATTERN, Config
 from balwatch.durations import format_duration
 from balwatch.rules.load import RuleFile
 from balwatch.rules.ruletest import RuleTestFile
+from balwatch.sizes import format_size
 
 SchemaKind = Literal["config", "rules", "tests", "alert"]
 _MODELS: Final[dict[str, type[BaseModel]]] = {
@@ -51,7 +52,7 @@ def schema_text(kind: SchemaKind) -> str:
 
 
 def _tidy(node: object) -> None:
-    """Duration defaults as text; no ``default: null`` where null is not allowed."""
+    """Duration and size defaults as text; no ``default: null`` where null is not allowed."""
     if isinstance(node, list):
         for item in node:
             _tidy(item)
@@ -61,6 +62,9 @@ def _tidy(node: object) -> None:
     default = node.get("default")
     if node.get("pattern") == DURATION_PATTERN and isinstance(default, int | float):
         node["default"] = format_duration(default)
+    sizes = [item.get("pattern") for item in node.get("anyOf", []) if isinstance(item, dict)]
+    if SIZE_PATTERN in sizes and isinstance(default, int):
+        node["default"] = format_size(default)
     if "default" in node and default is None and "anyOf" not in node:
         del node["default"]
     for value in node.values():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-_MASK: Final = "***"
+# What a secret shows instead of its value, here and wherever text is redacted.
+MASK: Final = "***"
 
 
 class Secret:
@@ -27,13 +28,13 @@ class Secret:
         return hashlib.sha256(self._value.encode()).hexdigest()[:12]
 
     def __repr__(self) -> str:
-        return f"Secret('{_MASK}')"
+        return f"Secret('{MASK}')"
 
     def __str__(self) -> str:
-        return _MASK
+        return MASK
 
     def __format__(self, spec: str) -> str:
-        return _MASK
+        return MASK
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and other._value == self._value

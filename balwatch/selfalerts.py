@@ -2,7 +2,8 @@
 
 They travel the same path as rule alerts (outbox, routing, sinks), so the people who
 watch balances also learn when balwatch cannot watch them. As for rule alerts, the resolve
-carries the summary the alert fired with.
+carries the summary the alert fired with. Their text can quote a problem or an error;
+configured secrets in it are masked before the alert exists.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from balwatch import redact
 from balwatch.alert import Alert, Severity, fingerprint, new_id
 from balwatch.rules.engine import AlertState
 
@@ -59,7 +61,7 @@ class SelfAlerts:
 
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Take back what a previous run left firing."""
-        self._firing = {(a.rule, a.account): a for a in alerts}
+        self._firing = {(a.rule, a.account or ""): a for a in alerts}
 
     def accounts(self, rule: str) -> list[str]:
         """The accounts ``rule`` is firing for."""
@@ -80,7 +82,7 @@ class SelfAlerts:
             exchange=exchange,
             venue=None,
             asset=None,
-            summary=summary,
+            summary=redact.installed().text(summary),
             description="",
             labels={"source": SELF},
             expression="",

@@ -1,7 +1,7 @@
 """The one interface every alert receiver implements (after Alertmanager's ``notify``).
 
-A sink turns one alert document (the JSON of DESIGN.md section 5), or one group of them,
-into one delivery and says how it went. Retry, backoff, ordering, grouping, pacing and dead
+A sink turns one alert document (the JSON of docs/alerts.md), or one group of them, into
+one delivery and says how it went. Retry, backoff, ordering, grouping, pacing and dead
 letters are the outbox's job, not the sink's: a sink makes exactly one attempt per call, and
 says through :attr:`Sink.grouping` and :attr:`Sink.pacing` how the outbox should feed it.
 """

@@ -1,14 +1,20 @@
-"""Plain-text tables for the terminal commands."""
+"""Plain-text tables for the terminal commands.
+
+Cells can hold text from an exchange (asset codes, error messages): control characters in
+them are escaped, so a cell can neither drive the terminal nor break the table's lines.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from balwatch import terminal
 from balwatch.model import METRICS, Balance
 from balwatch.poll import PollResult
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    rows = [[terminal.escape(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]

@@ -7,7 +7,8 @@ On the first start after the upgrade, for every MQTT sink:
 - each ``active/`` topic of layout 1 that may hold a retained alert is cleared: those of the
   alerts firing in the saved state, of balwatch's own firing alerts, and of every alert
   document still in the outbox (a resolve not yet delivered would otherwise leave its old
-  topic showing the alert forever);
+  topic showing the alert forever). Alerts of groups (``group_by``) came with layout 2, so
+  they have no layout-1 topic to clear;
 - each alert firing now is retained on its layout-2 ``active/`` topic (if the sink would get
   its notifications), so a consumer that connects late still sees it. Nothing is published
   on ``alerts/``: no one is paged again.
@@ -98,6 +99,8 @@ def _clears(documents: Iterable[AlertDoc]) -> list[AlertDoc]:
     clears: dict[str, AlertDoc] = {}
     for doc in documents:
         if RETAINED_ONLY in doc:  # an upkeep document itself: nothing of layout 1
+            continue
+        if doc.get("group") is not None:  # groups came after layout 1: never retained there
             continue
         clears.setdefault(
             v1_topic_tail(doc),

@@ -230,7 +230,7 @@ async def main(args: argparse.Namespace) -> None:
             chat = await chat_figure(state_dir, args)
         finally:
             shutil.rmtree(state_dir, ignore_errors=True)
-    # The sink publishes each alert twice (DESIGN.md section 5): the event, and the retained
+    # The sink publishes each alert twice (docs/alerts.md, MQTT): the event, and the retained
     # active/ state. Raw aiomqtt delivering the same alerts makes the same two publishes, so
     # the like-for-like baseline is half its message rate.
     raw_alerts = raw / 2

@@ -1,6 +1,7 @@
 """Parse + normalize throughput for a 200-asset balance response of each source.
 
-Prints responses/s and rows/s for balwatch's four parsers (JSON text -> Balance rows), and,
+Prints responses/s and rows/s for balwatch's four parsers (JSON text -> Balance rows, the text
+decoded as every answer is: :func:`balwatch.adapters.http.decode_json`), and,
 on the same Bitso payload in the same run, ccxt's Bitso balance parser as the baseline.
 Target (issue 2): balwatch's Bitso parser at least 5x ccxt's throughput. For scale, the run
 also measures a floor on the same payload: ``json.loads`` and one ``Decimal()`` per amount,
@@ -20,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from balwatch.adapters import bitso, coinapi, coinw, kunacore
+from balwatch.adapters.http import decode_json
 
 
 def amount(rng: random.Random) -> str:
@@ -122,7 +124,7 @@ def main() -> None:
         text = texts[name]
 
         def run(text: str = text, parse: Callable[[Any, str], Any] = parse) -> Any:
-            return parse(json.loads(text, parse_float=Decimal), "bench")
+            return parse(decode_json(text), "bench")
 
         assert len(run()) == args.assets
         figures[name] = rate(run, args.seconds)

@@ -75,6 +75,7 @@ from balwatch.adapters.base import AccountSpec, NoOptions  # noqa: E402
 from balwatch.adapters.bitso import BALANCE_PATH, NONCES, BitsoAdapter, authorization  # noqa: E402
 from balwatch.adapters.ccxtsource import CcxtAdapter, CcxtOptions  # noqa: E402
 from balwatch.adapters.http import new_session  # noqa: E402
+from balwatch.config.model import DefaultsConfig  # noqa: E402
 from balwatch.poll import poll_all  # noqa: E402
 from balwatch.secret import Secret  # noqa: E402
 from tests.brokers import free_port  # noqa: E402
@@ -178,6 +179,7 @@ def balwatch_round(url: str, accounts: int, session: aiohttp.ClientSession) -> R
             timeout=30.0,
             credentials={"api_key": Secret(key), "api_secret": Secret(secret)},
             options=NoOptions(),
+            max_response_size=DefaultsConfig().max_response_size,
         )
         adapters.append(BitsoAdapter(spec, session))
 

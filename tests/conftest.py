@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
 from pydantic import BaseModel
 
+from balwatch import redact
 from balwatch.adapters import REGISTRY, AccountSpec
 from balwatch.adapters.http import new_session
+from balwatch.config.model import DefaultsConfig
 from balwatch.secret import Secret
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount, SimState
 
 StartSim = Callable[..., Awaitable[Simulator]]
+
+
+@pytest.fixture(autouse=True)
+def _no_installed_secrets() -> Iterator[None]:
+    """Each test starts with no process-wide secrets, whatever an earlier one installed."""
+    redact.install(())
+    yield
+    redact.install(())
 
 
 @pytest.fixture
@@ -47,6 +57,7 @@ def account_spec(
     name: str = "acct",
     timeout: float = 2.0,
     options: dict[str, object] | None = None,
+    max_response_size: int | None = None,
 ) -> AccountSpec:
     """An AccountSpec as the config loader would build it, for adapter tests."""
     options_model: type[BaseModel] = REGISTRY[exchange].options_model
@@ -56,4 +67,5 @@ def account_spec(
         timeout=timeout,
         credentials={k: Secret(v) for k, v in credentials.items()},
         options=options_model.model_validate(options or {}),
+        max_response_size=max_response_size or DefaultsConfig().max_response_size,
     )

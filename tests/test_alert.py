@@ -1,4 +1,4 @@
-"""Alert JSON: the exact DESIGN.md section 5 document, and the round trip for the outbox."""
+"""Alert JSON: the exact documented document, and the round trip for the outbox."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from balwatch.alert import JSON_KEYS, JSON_SCHEMA, Alert, fingerprint, iso_z, placed
+from balwatch.alert import (
+    JSON_KEYS,
+    JSON_SCHEMA,
+    Alert,
+    fingerprint,
+    group_fingerprint,
+    iso_z,
+    placed,
+)
 from tests.alertschema import schema_errors
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -63,6 +71,7 @@ def test_json_is_exactly_the_design_document() -> None:
         "observed_at": "2026-11-25T10:02:00Z",
         "instance": "",
         "url": None,
+        "group": None,
     }
     assert list(alert.to_json()) == list(JSON_KEYS)  # same key order as the design
     json.dumps(alert.to_json())  # serializable as is
@@ -189,6 +198,52 @@ def test_the_schema_lists_every_key_and_accepts_what_balwatch_sends() -> None:
         assert schema_errors(json.loads(json.dumps(alert.to_json()))) == []
 
 
+def group_alert(**changes: Any) -> Alert:
+    """A portfolio rule's alert: ``group_by: [asset]``, no account or exchange."""
+    fields: dict[str, Any] = {
+        "fingerprint": group_fingerprint("usdt-floor", {"asset": "USDT"}),
+        "rule": "usdt-floor",
+        "account": None,
+        "exchange": None,
+        "venue": None,
+        "group": {"asset": "USDT"},
+        "values": {"sum(available)": Decimal(40000), "USDT@bitso-hot": Decimal(30000)},
+    }
+    return design_alert(**{**fields, **changes})
+
+
+def test_a_groups_alert_has_its_group_and_nulls_for_what_it_lacks() -> None:
+    doc = placed(group_alert(), "treasury-prod", None).to_json()
+    assert (doc["group"], doc["account"], doc["exchange"], doc["venue"], doc["asset"]) == (
+        {"asset": "USDT"},
+        None,
+        None,
+        None,
+        "USDT",
+    )
+    assert list(doc) == list(JSON_KEYS)
+    assert Alert.from_json(json.loads(json.dumps(doc)), notify=("ops-mqtt",)).group == {
+        "asset": "USDT"
+    }
+    resolved = group_alert(event="resolved", resolved_at=T0 + timedelta(hours=1))
+    for alert in (group_alert(), resolved, group_alert(group={})):
+        assert schema_errors(placed(alert, "h", "https://b.example").to_json()) == []
+    # only a group's alert may lack an account or an exchange
+    with pytest.raises(ValueError, match="only the alert of a group"):
+        design_alert(account=None)
+    row = placed(design_alert(), "h", None).to_json()
+    for key in ("account", "exchange"):
+        assert any(e.startswith(key) for e in schema_errors({**row, key: None})), key
+    with pytest.raises(ValueError, match="only the alert of a group"):
+        Alert.from_json({**row, "exchange": None})
+
+
+def test_documents_written_before_group_still_load_as_row_alerts() -> None:
+    doc = design_alert().to_json()
+    del doc["group"]
+    assert Alert.from_json(doc).group is None
+
+
 @pytest.mark.parametrize(
     ("change", "where"),
     [
@@ -201,6 +256,8 @@ def test_the_schema_lists_every_key_and_accepts_what_balwatch_sends() -> None:
         ({"instance": ""}, "instance"),
         ({"severity": "fatal"}, "severity"),
         ({"mqtt_retained_only": "set_active"}, "mqtt_retained_only"),
+        ({"group": ["asset", "USDT"]}, "group"),
+        ({"group": {"asset": 1}}, "group"),
     ],
 )
 def test_the_schema_refuses_what_balwatch_never_sends(

@@ -193,7 +193,13 @@ async def test_demo_tells_the_whole_story_without_setup() -> None:
     assert any("sudden-drop: coinapi-ems BINANCESPOT BTC" in e for e in events), out
     # A resolve says what people saw when it fired, or the rule's resolved_summary.
     assert "RESOLVED critical low-available: bitso-treasury USDT: only 3000.00 available" in events
-    assert "RESOLVED warning  account-stale: coinw-spot: polls answer again" in events
+    # On call silenced coinw-spot during its outage: its alerts show, and say no sink heard.
+    [silence] = [e.split()[1] for e in events if e.startswith("silence ")]
+    assert "for account=coinw-spot, 1h" in out, out
+    muted = f" (silenced by {silence}: no sink notified)"
+    assert f"RESOLVED warning  account-stale: coinw-spot: polls answer again{muted}" in events
+    assert any(e.startswith("FIRING   warning  account-stale: coinw-spot") and e.endswith(muted)
+               for e in events), out  # fmt: skip
     assert "Traceback" not in err
     # Every alert printed went to the broker too, fired and resolved.
     sent = [
@@ -205,6 +211,9 @@ async def test_demo_tells_the_whole_story_without_setup() -> None:
         )
     ]
     for rule in DEMO_RULES:
+        if rule == "account-stale":  # silenced: neither its firing nor its resolve went out
+            assert not [event for name, event in sent if name == rule], sent
+            continue
         assert (rule, "firing") in sent and (rule, "resolved") in sent, (rule, sent)
 
 
@@ -289,3 +298,15 @@ async def test_run_refuses_outbox_tables_from_a_newer_balwatch_with_a_message(
     assert code == 1 and "Traceback" not in err, err
     assert f"{state_dir / 'balwatch.db'}: cannot use the state database" in err, err
     assert "outbox tables are at version 99, newer than this balwatch" in err, err
+
+
+async def test_check_masks_a_configured_secret_quoted_by_a_problem(tmp_path: Path) -> None:
+    """A key pasted into a rule file by mistake is quoted by the problem, masked."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text(
+        f"rules:\n  - {{name: r, when: available < 1, severity: '{BITSO_SECRET}'}}\n"
+    )
+    config = write_config(tmp_path / "balwatch.yaml", "http://127.0.0.1:1")
+    code, out, err = await run_cli("check", "-c", str(config), env=ENV)
+    assert code == 1 and "r.yaml:2:" in err and "***" in err
+    assert_no_secret(out, err)

@@ -67,7 +67,7 @@ def test_example_config_and_rules_check_clean() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # not even a warning
     assert done.stdout == (
-        "rules/balwatch.example.yaml: ok (4 accounts, 7 rules in 6 files, 3 sinks)\n"
+        "rules/balwatch.example.yaml: ok (4 accounts, 9 rules in 8 files, 3 sinks)\n"
     )
 
 
@@ -155,8 +155,8 @@ def test_check_reports_errors_of_every_rule_file(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
         "rules/a.yaml:3:5: error: unknown key 'whn' in rule 'a' (did you mean 'when'?); "
-        "expected one of: name, description, select, when, clear, for, repeat, severity, "
-        "summary, resolved_summary, labels, notify",
+        "expected one of: name, description, select, group_by, when, clear, for, repeat, "
+        "severity, summary, resolved_summary, labels, notify, mute_during, active_during",
         "more/b.yaml:2:41: error: unknown sink 'chat' in notify; configured sinks: ops-mqtt",
     ]
 

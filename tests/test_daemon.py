@@ -9,6 +9,7 @@ requests and sd_notify datagrams, never on the clock.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -549,10 +550,11 @@ async def test_a_rule_edit_during_start_up_is_loaded(
         await daemon.shutdown()
 
 
-async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
+async def test_the_log_redactor_knows_the_credentials_from_start_and_after_a_reload(
     tmp_path: Path, start_sim: StartSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A key rotated by a reload is masked in log lines like the one it replaced."""
+    """The secret of the config the daemon started with is masked, here inside base64; a
+    key rotated by a reload is masked in log lines like the one it replaced."""
     rotated = "rotated-key-7f3e9a"
     sim, config, rules = await treasury_daemon_files(tmp_path, start_sim, "rules: []\n")
     out = io.StringIO()
@@ -562,6 +564,8 @@ async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
     run = asyncio.create_task(daemon.run())
     try:
         await asyncio.wait_for(daemon.started.wait(), WAIT)
+        basic = base64.b64encode(b"k-bitso:s-bitso").decode()
+        structlog.get_logger("test").warning("echo", error=f"at start: Basic {basic}")
         accounts = bitso("treasury", sim.url, key=rotated)
         write_config(config, state_dir=tmp_path / "state", rules=rules, accounts=accounts)
         assert await daemon.reload() is True
@@ -572,6 +576,7 @@ async def test_the_log_redactor_learns_the_credentials_a_reload_brings(
         structlog.configure(**saved)
     assert "server said: bad key ***" in out.getvalue()
     assert rotated not in out.getvalue()
+    assert "at start: Basic ***" in out.getvalue()
 
 
 async def test_a_rejected_reload_alerts_with_the_error_not_a_warning_beside_it(
@@ -919,7 +924,7 @@ async def test_the_first_start_after_the_upgrade_moves_retained_alerts_and_pages
             "upgraded-host",
         )
         # balwatch's own alert moves as it was sent (same id), now with its instance.
-        assert auth == {**AUTH_FAILED, "instance": "upgraded-host", "url": None}
+        assert auth == {**AUTH_FAILED, "instance": "upgraded-host", "url": None, "group": None}
         for doc in (low, auth):
             assert schema_errors(doc) == [], doc
         with contextlib.closing(sqlite3.connect(db)) as conn:

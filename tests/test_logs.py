@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+from urllib.parse import quote_plus
 
 import structlog
 
-from balwatch import logs
+from balwatch import logs, redact
 from balwatch.secret import Secret
 
 KEY = Secret("sk-live-4f9a8b7c6d5e")
@@ -15,7 +16,8 @@ KEY = Secret("sk-live-4f9a8b7c6d5e")
 
 def test_json_lines_mask_secrets_in_any_field() -> None:
     out = io.StringIO()
-    logs.configure("json", "info", [KEY], stream=out)
+    redact.install([KEY])
+    logs.configure("json", "info", stream=out)
     log = structlog.get_logger("t")
     log.warning("poll_failed", account="a", error=f"server said: bad key {KEY.reveal()}")
     log.info("config", credentials={"api_key": KEY})
@@ -36,10 +38,34 @@ def test_json_lines_mask_secrets_in_any_field() -> None:
 
 def test_level_filters_and_console_format() -> None:
     out = io.StringIO()
-    logs.configure("console", "warning", [], stream=out)
+    logs.configure("console", "warning", stream=out)
     log = structlog.get_logger("t")
     log.info("hidden")
     log.warning("shown", account="a")
     text = out.getvalue()
     assert "hidden" not in text and "shown" in text and "account" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_console_lines_show_control_characters_instead_of_obeying_them() -> None:
+    """An exchange's text (an error quoting its answer) must not drive the terminal."""
+    out = io.StringIO()
+    logs.configure("console", "info", stream=out)
+    log = structlog.get_logger("t")
+    log.warning("poll_failed", error="\x1b]0;owned\x07\x1b[2J", fake="line\n2025 fake event")
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in text
+    assert text.count("\n") == 1  # a line break in a field does not start a forged line
+
+
+def test_json_lines_mask_a_secret_echoed_in_any_encoding() -> None:
+    out = io.StringIO()
+    password = 'p\u00e4ss "w" 0rd'
+    redact.install([Secret(password)])
+    logs.configure("json", "info", stream=out)
+    log = structlog.get_logger("t")
+    log.warning("poll_failed", error=f"HTTP 400: {json.dumps(password)}")
+    log.warning("poll_failed", error=f"HTTP 400: {quote_plus(password)}")
+    errors = [json.loads(line)["error"] for line in out.getvalue().splitlines()]
+    assert errors == ['HTTP 400: "***"', "HTTP 400: ***"]

@@ -8,12 +8,14 @@ hold them. What was committed is read back from the store itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from balwatch.alert import Alert
@@ -26,12 +28,16 @@ from balwatch.rules.engine import Engine
 from balwatch.rules.expr import parse_expression
 from balwatch.rules.rule import Rule
 from balwatch.selfalerts import SelfAlerts
+from balwatch.silence import Silence
 from balwatch.sink import AlertDoc
 from balwatch.state.base import (
     AlertCommit,
+    Changes,
     DeadLetter,
     Delivery,
     OnCommit,
+    OutboxEntry,
+    Retried,
     SavedState,
     SinkCounts,
     StateSnapshot,
@@ -109,6 +115,30 @@ class FaultyStore(StateStore):
 
     async def counts(self) -> dict[str, SinkCounts]:
         return await self.inner.counts()
+
+    async def outbox(self, *, dead_only: bool = False) -> list[OutboxEntry]:
+        return await self.inner.outbox(dead_only=dead_only)
+
+    async def retry_dead(self, ids: Sequence[int] | None = None) -> Retried:
+        return await self.inner.retry_dead(ids)
+
+    async def drop_dead(self, ids: Sequence[int]) -> list[int]:
+        return await self.inner.drop_dead(ids)
+
+    async def add_silence(self, silence: Silence) -> None:
+        await self.inner.add_silence(silence)
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        return await self.inner.expire_silence(silence_id, now)
+
+    async def silences(self) -> list[Silence]:
+        return await self.inner.silences()
+
+    async def prune_silences(self, ended_before: float) -> int:
+        return await self.inner.prune_silences(ended_before)
+
+    async def changes(self) -> Changes:
+        return await self.inner.changes()
 
 
 def sink_config(name: str, **settings: object) -> MqttSinkConfig:
@@ -203,6 +233,43 @@ async def test_alerts_go_out_placed_and_a_new_placement_applies_to_the_next(rig:
         "treasury-prod",
         f"https://balwatch.example/api/alerts/{fingerprint}",
     )
+
+
+async def test_a_groups_alert_commits_with_its_group_state_and_goes_out_placed(
+    rig: Rig,
+) -> None:
+    floor = Rule(name="floor", when=parse_expression("sum(available) < 5000"), group_by=("asset",))
+    rig.engine.replace_rules([floor], T0)
+    rig.publisher.placement = ("treasury-prod", "https://balwatch.example")
+    observe(rig.engine, "4000")
+    [fired] = rig.engine.tick(T0)
+    saved = structlog.get_config()  # an earlier test may have left info lines filtered out
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as logs:
+            await rig.publisher.publish([fired])
+    finally:
+        structlog.configure(**saved)
+    [logged] = [e for e in logs if e["event"] == "alert"]
+    assert (logged["group"], logged["account"], logged["asset"]) == ("asset=USDT", None, "USDT")
+
+    [stored] = await rig.store.pending("mqtt")
+    assert (stored.alert["group"], stored.alert["instance"], stored.alert["url"]) == (
+        {"asset": "USDT"},
+        "treasury-prod",
+        f"https://balwatch.example/api/alerts/{fired.fingerprint}",
+    )
+    # the group's state is on disk with its alert, before any flush
+    [state] = (await rig.saved()).alerts
+    assert (state.fingerprint, state.group, state.phase) == (
+        fired.fingerprint,
+        {"asset": "USDT"},
+        "firing",
+    )
+    observe(rig.engine, "9000", at=60)
+    [resolved] = rig.engine.tick(T0 + 60)
+    await rig.publisher.publish([resolved])
+    assert (await rig.saved()).alerts == []  # the resolve removed it
 
 
 async def test_the_self_alerts_firing_go_with_every_commit(rig: Rig) -> None:

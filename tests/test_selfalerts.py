@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from balwatch.selfalerts import SelfAlerts
+import json
+
+from balwatch import redact
+from balwatch.secret import Secret
+from balwatch.selfalerts import SELF, SelfAlerts
 
 
 def test_fires_once_and_resolves_with_a_new_id() -> None:
@@ -43,6 +47,22 @@ def test_firing_self_alerts_are_listed_like_rule_alerts() -> None:
         "notify": None,
         "summary": "key refused",
         "description": "",
+        "sent_to": None,
+        "group": None,
     }
     alerts.resolve("source_auth_failed", "treasury")
     assert alerts.states() == []
+
+
+def test_a_configured_secret_quoted_in_the_text_is_masked() -> None:
+    """A rejected reload quotes a problem; a key in it, in any form, goes out as ***."""
+    key = 'sk-live "4f9a" \u00e4'
+    redact.install([Secret(key)])
+    alerts = SelfAlerts(lambda: 1_764_064_800.0)
+    echoed = json.dumps(key)[1:-1]
+    [fired] = alerts.fire("config_error", SELF, SELF, f"rejected: 'x: {echoed}'", "critical")
+    [resolved] = alerts.resolve("config_error", SELF)
+    for alert in (fired, resolved):
+        text = json.dumps(alert.to_json(), ensure_ascii=False)
+        assert "rejected: 'x: ***'" in text
+        assert "4f9a" not in text

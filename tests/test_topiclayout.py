@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from balwatch.alert import Alert, fingerprint, placed
+from balwatch.alert import Alert, fingerprint, group_fingerprint, placed
 from balwatch.config.model import MqttSinkConfig, SinkConfig, WebhookSinkConfig
 from balwatch.outbox.worker import Outbox
 from balwatch.rules.engine import AlertState
@@ -77,6 +77,7 @@ async def saved_firing(state_dir: Path, alert: Alert) -> SavedState:
             asset=alert.asset,
             phase="firing",
             since=alert.started_at.timestamp(),
+            group=None if alert.group is None else dict(alert.group),
         )
     )
     return saved
@@ -209,6 +210,43 @@ async def test_only_sinks_that_got_the_alert_retain_it_and_webhooks_get_nothing(
         finally:
             await store.close()
         assert await retained(broker.port) == {NEW_ACTIVE: encode_alert(warning.to_json())}
+
+
+async def test_a_groups_alert_has_no_old_topic_and_is_retained_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """Portfolio rules came with the venue segment: nothing of layout 1 to clear for their
+    alerts (no stray topic is published), and a firing one is retained on its topic."""
+    state = tmp_path / "state"
+    group = {"asset": "USDT"}
+    floor = low_alert(
+        fingerprint=group_fingerprint("usdt-floor", group),
+        rule="usdt-floor",
+        account=None,
+        exchange=None,
+        venue=None,
+        group=group,
+    )
+    saved = await saved_firing(state, floor)
+    async with Mosquitto() as broker:
+        await retain_old(broker.port, OLD_ACTIVE)
+        sinks = [mqtt_sink(broker.url)]
+        store = await opened(state)
+        try:
+            # its repeat is still in the outbox, too
+            await store.commit(AlertCommit([RoutedAlert(floor.to_json(), ["ops-mqtt"])]))
+            await upgrade_topic_layout(store, sinks, saved, [floor])
+            pending = await store.pending("ops-mqtt")
+            # the repeat, then one upkeep: a retain, no clear
+            assert [d.alert.get("mqtt_retained_only") for d in pending] == [None, "set_active"]
+            async with delivering(store, sinks) as outbox:
+                await outbox.wait_settled()
+        finally:
+            await store.close()
+        assert await retained(broker.port) == {
+            OLD_ACTIVE: b'{"old": true}',  # not this installation's alert: left alone
+            "balwatch/active/usdt-floor/-/-/USDT": encode_alert(floor.to_json()),
+        }
 
 
 async def test_a_new_installation_records_the_layout_and_sends_nothing(tmp_path: Path) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
+from balwatch.adapters.http import Response, send
 from balwatch.model import Balance, Metric
 from balwatch.secret import Secret
 
@@ -35,6 +36,8 @@ class AccountSpec:
     timeout: float
     credentials: Mapping[str, Secret]
     options: BaseModel
+    # Bytes an answer may have; a larger one fails the poll unread (`max_response_size`).
+    max_response_size: int
 
 
 class Adapter(ABC):
@@ -74,3 +77,32 @@ class Adapter(ABC):
 
     @abstractmethod
     async def fetch(self) -> list[Balance]: ...
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        carrying: Iterable[Secret] = (),
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> Response:
+        """One request to ``base_url + path`` within the account's timeout and size cap.
+
+        The account's credentials, and ``carrying`` (what else the request holds that is
+        secret: a login token, a signature), are masked wherever the answer is quoted.
+        """
+        account = self.account
+        return await send(
+            self.session,
+            self.name,
+            method,
+            account.base_url.rstrip("/") + path,
+            timeout=account.timeout,
+            max_size=account.max_response_size,
+            secrets=(*account.credentials.values(), *carrying),
+            headers=headers,
+            params=params,
+            json_body=json_body,
+        )

@@ -39,14 +39,13 @@ from typing import Any, ClassVar, Final
 from pydantic import BaseModel, ConfigDict
 
 from balwatch.adapters.base import Adapter
-from balwatch.adapters.http import Response, generic_status_error, send
+from balwatch.adapters.http import Response, generic_status_error
 from balwatch.adapters.wire import (
     distinct,
+    expect_code,
     expect_list,
     expect_object,
-    expect_str,
     extras,
-    quote,
 )
 from balwatch.errors import BadResponse, SourceError, SourceUnavailable
 from balwatch.model import Balance, Metric
@@ -89,24 +88,18 @@ class CoinApiAdapter(Adapter):
         key = self.account.credentials.get("api_key")
         options = self.account.options
         exchange_id = options.exchange_id if isinstance(options, CoinApiOptions) else None
-        resp = await send(
-            self.session,
-            self.name,
+        resp = await self.request(
             "GET",
-            self.account.base_url.rstrip("/") + BALANCES_PATH,
-            timeout=self.account.timeout,
+            BALANCES_PATH,
             headers=auth_headers(None if key is None else key.reveal()),
             params=None if exchange_id is None else {"exchange_id": exchange_id},
         )
-        # Error answers are quoted with the key masked, in case a server echoes it back.
-        quotable = resp.masked((key,))
         if resp.status == REJECT_STATUS:
-            raise reject_error(quotable)
-        error = generic_status_error(quotable)
+            raise reject_error(resp)
+        error = generic_status_error(resp)
         if error is not None:
             raise error
-        body = resp.json_or_none()
-        return parse_balances(quotable.json() if body is None else body, self.account.name)
+        return parse_balances(resp.json(), self.account.name)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -120,8 +113,12 @@ def reject_error(resp: Response) -> SourceError:
     if not isinstance(body, dict) or not isinstance(body.get("reject_reason"), str):
         return SourceUnavailable(resp.source, f"HTTP 490 without a reject: {resp.snippet()}")
     reason: str = body["reject_reason"]
-    where = _quote(body.get("exchange_id"))
-    text = f"HTTP 490 MESSAGE_REJECT {_quote(reason)} from {where}: {_quote(body.get('message'))}"
+
+    def quoted(value: object) -> str:
+        return resp.quote(value) if isinstance(value, str) else "-"
+
+    where = quoted(body.get("exchange_id"))
+    text = f"HTTP 490 MESSAGE_REJECT {quoted(reason)} from {where}: {quoted(body.get('message'))}"
     if reason in REQUEST_REJECTS:
         return BadResponse(resp.source, text)
     return SourceUnavailable(resp.source, text)
@@ -137,7 +134,7 @@ def parse_balances(body: Any, account: str) -> list[Balance]:
 def _rows(body: Any, account: str) -> Iterator[Balance]:
     for index, raw_entry in enumerate(expect_list(body, SOURCE, "balances")):
         entry = expect_object(raw_entry, SOURCE, f"balances[{index}]")
-        venue = expect_str(entry.get("exchange_id"), SOURCE, "exchange_id")
+        venue = expect_code(entry.get("exchange_id"), SOURCE, "exchange_id")
         for raw_row in expect_list(entry.get("data"), SOURCE, f"{venue} data"):
             yield _parse_row(raw_row, account, venue)
 
@@ -146,28 +143,31 @@ def _parse_row(raw: Any, account: str, venue: str) -> Balance:
     row = expect_object(raw, SOURCE, f"{venue} data entry")
     venue_code = row.get("asset_id_exchange")
     # Name the asset by the venue's code when CoinAPI's own is what is broken.
-    known = venue_code if isinstance(venue_code, str) and venue_code else None
-    coinapi_code = expect_str(row.get("asset_id_coinapi"), SOURCE, "asset_id_coinapi", asset=known)
+    known = venue_code if isinstance(venue_code, str) and venue_code.isprintable() else None
+    coinapi_code = expect_code(row.get("asset_id_coinapi"), SOURCE, "asset_id_coinapi", asset=known)
     asset = coinapi_code.upper()
     raw_asset = (
         coinapi_code
         if venue_code is None
-        else expect_str(venue_code, SOURCE, "asset_id_exchange", asset=asset)
+        else expect_code(venue_code, SOURCE, "asset_id_exchange", asset=asset)
     )
+    # Positional, in Balance's field order: building a row this way costs half what
+    # keywords do, which counts at 10,000 rows a round.
     return Balance(
-        account=account,
-        exchange=SOURCE,
-        venue=venue,
-        asset=asset,
-        raw_asset=raw_asset,
-        total=required_amount(row, "balance", source=SOURCE, asset=asset),
-        available=optional_amount(row, "available", source=SOURCE, asset=asset),
-        locked=optional_amount(row, "locked", source=SOURCE, asset=asset),
-        rate_usd=optional_amount(row, "rate_usd", source=SOURCE, asset=asset),
+        account,
+        SOURCE,  # exchange
+        venue,
+        asset,
+        raw_asset,
+        required_amount(row, "balance", source=SOURCE, asset=asset),  # total
+        optional_amount(row, "available", source=SOURCE, asset=asset),
+        optional_amount(row, "locked", source=SOURCE, asset=asset),
+        None,  # pending_deposit
+        None,  # pending_withdrawal
+        None,  # hold
+        None,  # aml_locked
+        None,  # referral
+        optional_amount(row, "rate_usd", source=SOURCE, asset=asset),
         # Scalar fields with no column of their own (``traded``, ``last_updated_by``).
-        extras=extras(row, _ROW_FIELDS),
+        extras(row, _ROW_FIELDS),
     )
-
-
-def _quote(value: object) -> str:
-    return quote(value) if isinstance(value, str) else "-"

@@ -1,17 +1,19 @@
-"""HTTP plumbing shared by the adapters: one request, transport failures mapped to typed errors."""
+"""HTTP plumbing shared by the adapters: one request, read within a size cap, its answer
+decoded strictly, transport failures mapped to typed errors, and outside text quoted with
+the request's credentials masked."""
 
 from __future__ import annotations
 
-import dataclasses
+import codecs
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 
-from balwatch.adapters.wire import quote
+from balwatch import redact
 from balwatch.backoff import parse_retry_after
 from balwatch.errors import (
     AuthError,
@@ -20,7 +22,45 @@ from balwatch.errors import (
     SourceError,
     SourceUnavailable,
 )
+from balwatch.httpbody import read_bounded
 from balwatch.secret import Secret
+from balwatch.sizes import format_size
+
+
+class DuplicateKey(Exception):
+    """A JSON object names ``key`` twice: which value is true cannot be told."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every answer: numbers as Decimal or int (never float), no NaN or
+# Infinity, and an object naming a key twice refused rather than read as its last value.
+_DECODER: Final = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+)
+
+
+def decode_json(text: str) -> Any:
+    """``text`` decoded as every adapter reads an answer; ValueError for text that is not
+    JSON, :class:`DuplicateKey` for an object naming a key twice."""
+    return _DECODER.decode(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +69,19 @@ class Response:
     status: int
     headers: Mapping[str, str]
     text: str
+    # What the request carried that an echo must not show: the account's credentials, a
+    # token, a signature. Masked, with the installed secrets, in anything quoted from here.
+    secrets: tuple[Secret, ...] = ()
 
     def json(self) -> Any:
-        """The body parsed with every JSON number as Decimal or int, never float."""
+        """The body decoded by :func:`decode_json`, or BadResponse saying what is wrong."""
         try:
-            return json.loads(self.text, parse_float=Decimal, parse_constant=_reject_constant)
+            return decode_json(self.text)
+        except DuplicateKey as exc:
+            raise BadResponse(
+                self.source,
+                f"HTTP {self.status}: key {self.quote(exc.key)} appears twice in one object",
+            ) from None
         except (ValueError, ArithmeticError) as exc:  # decimal refuses 1e1000000000000000000
             raise BadResponse(
                 self.source, f"HTTP {self.status}: body is not valid JSON: {self.snippet()}"
@@ -50,24 +98,17 @@ class Response:
         except BadResponse:
             return None
 
+    def quote(self, text: str) -> str:
+        """Text from this answer, fit for an error message: the installed secrets and the
+        request's own masked before it is cut short, on one line, in quotes."""
+        return redact.installed().including(self.secrets).quote(text)
+
     def snippet(self) -> str:
-        """The body on one line, quoted and cut short for an error message."""
-        return quote(" ".join(self.text.split()))
+        """The body, quoted by :meth:`quote`."""
+        return self.quote(self.text)
 
     def retry_after(self) -> float | None:
         return parse_retry_after(self.headers.get("Retry-After"))
-
-    def masked(self, secrets: Iterable[Secret | None]) -> Response:
-        """This answer with any echoed credential masked, fit to quote in an error message."""
-        text = self.text
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret.reveal(), "***")
-        return dataclasses.replace(self, text=text)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -90,15 +131,19 @@ async def send(
     url: str,
     *,
     timeout: float,
+    max_size: int,
+    secrets: Iterable[Secret] = (),
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
     json_body: Any = None,
-    data: Mapping[str, str] | None = None,
 ) -> Response:
-    """Send one request; timeouts and connection failures become :class:`SourceUnavailable`.
+    """Send one request; timeouts and connection failures become :class:`SourceUnavailable`,
+    a body over ``max_size`` bytes (decompressed) a :class:`BadResponse`, read no further.
 
     The URL and parameters are left out of error messages: some sources sign in the query.
+    ``secrets`` (what the request carries) are masked wherever the answer is quoted.
     """
+    carried = tuple(secrets)
     try:
         async with session.request(
             method,
@@ -106,21 +151,38 @@ async def send(
             headers=headers,
             params=params,
             json=json_body,
-            data=data,
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as resp:
-            raw = await resp.read()
+            declared = resp.content_length
+            too_big = declared is not None and declared > max_size
+            raw = b"" if too_big else await read_bounded(resp, max_size + 1)
+            if too_big or len(raw) > max_size:
+                resp.close()  # drop the connection: the rest of the body is never read
+                redactor = redact.installed().including(carried)
+                shown = f": {redactor.quote(_decoded_head(raw), whole=False)}" if raw else ""
+                raise BadResponse(
+                    source,
+                    f"HTTP {resp.status}: body larger than max_response_size "
+                    f"{format_size(max_size)}, not read further{shown}",
+                )
             return Response(
                 source=source,
                 status=resp.status,
                 headers=dict(resp.headers),
                 text=raw.decode("utf-8", errors="replace"),
+                secrets=carried,
             )
     except TimeoutError:
         raise SourceUnavailable(source, f"timed out after {timeout:g}s") from None
     except aiohttp.ClientError as exc:
         raise SourceUnavailable(source, f"connection failed: {type(exc).__name__}") from None
+
+
+def _decoded_head(raw: bytes) -> str:
+    """The start of a body cut at a byte count: a character split by the cut is left out,
+    not shown as a replacement character."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(raw, final=False)
 
 
 def generic_status_error(resp: Response) -> SourceError | None:

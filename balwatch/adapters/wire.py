@@ -1,4 +1,4 @@
-"""Reading a decoded balance answer, shared by the adapters: shape checks, extras, quoting.
+"""Reading a decoded balance answer, shared by the adapters: shape checks, codes, extras.
 
 Every helper raises :class:`BadResponse` naming the source (and the asset and field where
 known) for an answer of the wrong shape. What a source's fields mean stays in its own module.
@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Final
 
+from balwatch import redact
 from balwatch.errors import BadResponse
 from balwatch.model import Balance
 
-# Server text is quoted in error messages only this far: enough to diagnose, never a page.
-QUOTE_CHARS: Final = 120
+_VENUE_ASSET: Final = attrgetter("venue", "asset")
+# Longest asset or venue code accepted: real ones are a few letters, a token contract's
+# address 42 characters. Codes are shown in tables, logs, alerts and metric labels.
+MAX_CODE_CHARS: Final = 64
 
 
 def expect_object(
@@ -42,6 +46,22 @@ def expect_str(value: Any, source: str, field: str, *, asset: str | None = None)
             field=field,
         )
     return value
+
+
+def expect_code(value: Any, source: str, field: str, *, asset: str | None = None) -> str:
+    """An asset or venue code: a printable string of 1 to :data:`MAX_CODE_CHARS` characters.
+
+    A code with control characters (ESC, BEL) would drive the terminal it is printed on.
+    """
+    if type(value) is str and 0 < len(value) <= MAX_CODE_CHARS and value.isprintable():
+        return value  # the common case, in one test
+    code = expect_str(value, source, field, asset=asset)
+    raise BadResponse(
+        source,
+        f"expected a printable code of at most {MAX_CODE_CHARS} characters, got {quote(code)}",
+        asset=asset,
+        field=field,
+    )
 
 
 def scalar_text(value: Any) -> str | None:
@@ -73,20 +93,27 @@ def distinct(rows: Iterable[Balance], source: str, *, message: str, field: str) 
 
     ``{venue}`` in ``message`` names the venue.
     """
-    found: list[Balance] = []
-    seen: set[tuple[str, str]] = set()
-    for row in rows:
-        key = (row.venue, row.asset)
-        if key in seen:
-            raise BadResponse(source, message.format(venue=row.venue), asset=row.asset, field=field)
-        seen.add(key)
-        found.append(row)
+    found = list(rows)
+    if len(set(map(_VENUE_ASSET, found))) < len(found):  # checked in C; then find which
+        seen: set[tuple[str, str]] = set()
+        for row in found:
+            key = (row.venue, row.asset)
+            if key in seen:
+                raise BadResponse(
+                    source, message.format(venue=row.venue), asset=row.asset, field=field
+                )
+            seen.add(key)
     return found
 
 
 def quote(text: str) -> str:
-    """``text`` in quotes for an error message, cut at :data:`QUOTE_CHARS`."""
-    return repr(text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "...")
+    """Text read from a decoded answer, for an error message: the installed secrets masked,
+    on one line, cut short, in quotes (see :meth:`balwatch.redact.Redactor.quote`).
+
+    Where the answer is at hand, :meth:`balwatch.adapters.http.Response.quote` also masks
+    the request's own credentials.
+    """
+    return redact.installed().quote(text)
 
 
 def _type_name(value: Any) -> str:

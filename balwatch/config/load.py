@@ -6,6 +6,7 @@ Messages never quote a substituted value (it may be a secret): see
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from balwatch.config.model import (
     DefaultsConfig,
     HttpConfig,
     LogConfig,
+    StateSettings,
     adapter_for,
 )
 from balwatch.config.problems import EXPECTED, Reporter, file_kind, value_at
@@ -75,6 +77,28 @@ def load_config_with_warnings(
     # ride along as __context__ into a traceback.
     unique = dict.fromkeys(problems)
     raise ConfigError(sorted(unique, key=lambda problem: (problem.line, problem.column)))
+
+
+def load_state_settings(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> StateSettings:
+    """Where the state of the config in ``path`` lives; only those keys are substituted and
+    checked (ConfigError for theirs), so credentials need not be at hand."""
+    environ = os.environ if environ is None else environ
+    doc = load_yaml(path, CONFIG_FILE)
+    keys = StateSettings.model_fields
+    data = doc.data if isinstance(doc.data, dict) else {}
+    doc = dataclasses.replace(doc, data={k: v for k, v in data.items() if k in keys})
+    substituted = substitute(doc, environ)
+    problems = list(substituted.problems)
+    context = ConfigContext(base_dir=Path(path).absolute().parent, environ=environ)
+    try:
+        settings = StateSettings.model_validate(substituted.data, context=context)
+    except ValidationError as exc:
+        problems += _Reporter(doc, substituted).problems(exc)
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 class _Reporter(Reporter):

@@ -1,4 +1,4 @@
-"""The validated shape of ``balwatch.yaml`` (DESIGN.md section 3).
+"""The validated shape of ``balwatch.yaml`` (docs/configuration.md).
 
 Every model forbids unknown keys, so a typo is an error and not a silently ignored
 setting. Values that can carry credentials (account credentials, sink URLs and secrets,
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -40,11 +40,13 @@ from pydantic import (
 from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 
 from balwatch.alert import SEVERITY_RANK, Severity
+from balwatch.config.intervals import InhibitRule, TimeInterval
 from balwatch.config.problems import field_error
 from balwatch.config.yamlsource import YamlFloat
 from balwatch.durations import format_duration, parse_duration
 from balwatch.secret import Secret
 from balwatch.sink import Grouping
+from balwatch.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
     from balwatch.adapters.base import AccountSpec, Adapter
@@ -148,6 +150,41 @@ GroupInterval = Annotated[float, DurationRange(1.0, DAY)]
 # How often a live price source is read, and how long a price it gave stays usable.
 PriceInterval = Annotated[float, DurationRange(0.1, DAY)]
 PriceMaxAge = Annotated[float, DurationRange(1.0, 7 * DAY)]
+
+
+# A response size cap below this could not hold an error message; above it, no cap at all.
+_SIZE_BOUNDS: Final = (1024, 1024**3)
+
+
+def _size(value: object) -> int:
+    low, high = _SIZE_BOUNDS
+    expected = f"a size from {format_size(low)} to {format_size(high)}, like 512KiB or 8MiB"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise field_error(f"expected {expected}, got {{input}}")
+    try:
+        size = parse_size(str(value))
+    except ValueError:
+        raise field_error(f"expected {expected}, got {{input}}") from None
+    if not low <= size <= high:
+        raise field_error(f"expected {expected}, got {{input}}")
+    return size
+
+
+SIZE_PATTERN: Final = r"^[0-9]+(B|KiB|MiB|GiB)?$"
+# Bytes: a number, or a number with B, KiB, MiB or GiB.
+ByteSize = Annotated[
+    int,
+    PlainValidator(_size),
+    WithJsonSchema(
+        {
+            "description": "Bytes, or a number with B, KiB, MiB or GiB, like 8MiB",
+            "anyOf": [
+                {"type": "integer", "minimum": _SIZE_BOUNDS[0], "maximum": _SIZE_BOUNDS[1]},
+                {"type": "string", "pattern": SIZE_PATTERN},
+            ],
+        }
+    ),
+]
 
 
 def _secret(value: object) -> Secret:
@@ -289,6 +326,9 @@ class MetricsConfig(_Model):
 class DefaultsConfig(_Model):
     poll_interval: PollInterval = 30.0
     timeout: RequestTimeout = 10.0
+    # An answer over this fails the poll as bad_response, unread: room for tens of
+    # thousands of balance rows, far below what would strain memory or the event loop.
+    max_response_size: ByteSize = 8 * 1024 * 1024
 
 
 class AccountConfig(_Model):
@@ -298,6 +338,7 @@ class AccountConfig(_Model):
     base_url: str | None = Field(default=None, validate_default=True)
     poll_interval: PollInterval | None = None
     timeout: RequestTimeout | None = None
+    max_response_size: ByteSize | None = None
     credentials: dict[str, SecretText] = Field(default_factory=dict, validate_default=True)
     # An instance of the adapter's `options_model`.
     options: SerializeAsAny[BaseModel] = Field(default_factory=dict, validate_default=True)
@@ -401,6 +442,9 @@ class MqttSinkConfig(_Model):
     keepalive: Keepalive = 30.0
     # None: retained active/ alerts stay until they resolve (an AML lock can last weeks).
     active_expiry: ActiveExpiry | None = None
+    # Names of `time_intervals`: muted inside any of mute_during, outside all of active_during.
+    mute_during: tuple[str, ...] = ()
+    active_during: tuple[str, ...] = ()
 
     @property
     def receives_resolved(self) -> bool:
@@ -499,6 +543,9 @@ class WebhookSinkConfig(_Model):
     disable_notification: tuple[QuietKind, ...] | None = Field(
         None, description="telegram: sent without a sound; default [info, resolved]"
     )
+    # Names of `time_intervals`: muted inside any of mute_during, outside all of active_during.
+    mute_during: tuple[str, ...] = ()
+    active_during: tuple[str, ...] = ()
 
     @property
     def receives_resolved(self) -> bool:
@@ -810,10 +857,19 @@ def _rules_relative(globs: tuple[str, ...], info: ValidationInfo) -> tuple[str, 
     return tuple(os.path.join(base_dir, pattern) for pattern in globs)
 
 
+StateDir = Annotated[ConfigPath, BeforeValidator(_default_state_dir)]
+
+
+class StateSettings(BaseModel):
+    """Where the state lives: all the CLI's silence and outbox commands read of a config,
+    so they work where its other references (credentials) cannot be resolved."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    state_dir: StateDir = Field(default=None, validate_default=True)
+
+
 class Config(_Model):
-    state_dir: Annotated[ConfigPath, BeforeValidator(_default_state_dir)] = Field(
-        default=None, validate_default=True
-    )
+    state_dir: StateDir = Field(default=None, validate_default=True)
     # Names this installation in every alert.
     instance: Annotated[str, AfterValidator(_instance)] = Field(
         default_factory=_host_name, description="default: the host name"
@@ -830,15 +886,19 @@ class Config(_Model):
     accounts: tuple[AccountConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
     prices: PricesConfig | None = None
+    # Named periods that rules and sinks use as mute_during / active_during.
+    time_intervals: tuple[TimeInterval, ...] = ()
+    # While an alert matching `source` fires, alerts matching `target` with `equal` values mute.
+    inhibit: tuple[InhibitRule, ...] = ()
 
-    @field_validator("accounts", "sinks")
+    @field_validator("accounts", "sinks", "time_intervals")
     @classmethod
     def _unique_names(
         cls,
-        items: tuple[AccountConfig | MqttSinkConfig | WebhookSinkConfig, ...],
+        items: tuple[AccountConfig | MqttSinkConfig | WebhookSinkConfig | TimeInterval, ...],
         info: ValidationInfo,
     ) -> tuple[Any, ...]:
-        what = "account" if info.field_name == "accounts" else "sink"
+        what = {"accounts": "account", "sinks": "sink"}.get(info.field_name or "", "time interval")
         message = f"duplicate {what} name {{input}}; names must be unique"
         seen: set[str] = set()
         duplicates: list[tuple[tuple[str | int, ...], str, object]] = []
@@ -849,6 +909,25 @@ class Config(_Model):
         if duplicates:
             raise _invalid_at(what, duplicates)
         return items
+
+    @model_validator(mode="after")
+    def _known_intervals(self) -> Config:
+        """Every interval a sink names is defined (the rule loader checks the rules')."""
+        known = {interval.name for interval in self.time_intervals}
+        errors: list[tuple[tuple[str | int, ...], str, object]] = []
+        for index, sink in enumerate(self.sinks):
+            for key in ("mute_during", "active_during"):
+                for at, name in enumerate(getattr(sink, key)):
+                    if name not in known:
+                        errors.append(((index, key, at), unknown_interval(known), name))
+        if errors:
+            raise _invalid_at("sinks", [(("sinks", *loc), m, v) for loc, m, v in errors])
+        return self
+
+    @property
+    def intervals(self) -> dict[str, TimeInterval]:
+        """The named time intervals by name."""
+        return {interval.name: interval for interval in self.time_intervals}
 
     def account_spec(self, account: AccountConfig) -> AccountSpec:
         """What the account's adapter needs, with the config's defaults applied."""
@@ -862,6 +941,7 @@ class Config(_Model):
             timeout=account.timeout or self.defaults.timeout,
             credentials=account.credentials,
             options=account.options,
+            max_response_size=account.max_response_size or self.defaults.max_response_size,
         )
 
     def poll_interval(self, account: AccountConfig) -> float:
@@ -880,12 +960,28 @@ class Config(_Model):
         return tuple(found)
 
 
+def unknown_interval(known: Iterable[str]) -> str:
+    """The message (for :func:`field_error`) for a ``mute_during``/``active_during`` name
+    that no interval has."""
+    names = ", ".join(sorted(known)) or "none (add a time_intervals: section)"
+    return f"unknown time interval {{input}}; defined in time_intervals: {names}"
+
+
+# A URL's path segment or query value this long may be a token (Slack's has 24 characters,
+# Mattermost's 26, Telegram's 35 after the colon); shorter ones are words like "services".
+_TOKEN_CHARS: Final = 16
+
+
 def _url_secrets(url: Secret) -> list[Secret]:
     """The parts of a sink URL that are secret: the password, and the path and query
-    (webhook URLs carry their token there). Scheme, user and host stay readable in logs."""
+    (webhook URLs carry their token there), whole and each token in them on its own (a
+    service may quote just the token). Scheme, user and host stay readable in logs."""
     parts = urlsplit(url.reveal())
     found = [Secret(parts.password)] if parts.password else []
     tail = parts.path + (f"?{parts.query}" if parts.query else "")
     if len(tail) > 1:
         found.append(Secret(tail))
+    pieces = [*parts.path.split("/"), *(value for _, value in parse_qsl(parts.query))]
+    pieces += [half for piece in pieces for half in piece.split(":")]  # Telegram's bot<id>:<key>
+    found += (Secret(piece) for piece in dict.fromkeys(pieces) if len(piece) >= _TOKEN_CHARS)
     return found

@@ -144,7 +144,7 @@ class Reporter:
             path, on_key = yaml_path(error["loc"], self.data)
             # A key that is not text (`on:` or `yes:` read as a boolean): about the key.
             on_key = on_key or error["type"] == "invalid_key"
-            if self.skip(error, errors, path):
+            if self.skip(error, errors, path) or _emptied(error, errors):
                 continue
             if error["type"] == "union_tag_invalid" and self.tag_key is not None:
                 path = (*path, self.tag_key)
@@ -182,6 +182,9 @@ class Reporter:
         shown = describe(error["input"]) if on_key else self.shown(path)
         if kind == "literal_error":
             return f"expected {error['ctx']['expected']}, got {shown}"
+        if kind == "too_short":
+            least, actual = error["ctx"]["min_length"], error["ctx"]["actual_length"]
+            return f"expected at least {least} item{'s' if least > 1 else ''}, got {actual}"
         if kind == "invalid_key" or (on_key and kind == "string_type"):
             hint = " (YAML reads on, off, yes and no as booleans)" if shown in _BOOLS else ""
             return f"expected a text key, got {shown}{hint}; quote it to keep it as text"
@@ -220,6 +223,14 @@ class Reporter:
         if close:
             message += f" (did you mean {close[0]!r}?)"
         return f"{message}; expected one of: {', '.join(fields)}"
+
+
+def _emptied(error: ErrorDetails, errors: list[ErrorDetails]) -> bool:
+    """A list too short only because its invalid items were left out: those are the news."""
+    loc = error["loc"]
+    return error["type"] == "too_short" and any(
+        len(other["loc"]) > len(loc) and other["loc"][: len(loc)] == loc for other in errors
+    )
 
 
 def yaml_path(loc: tuple[int | str, ...], data: Any) -> tuple[YamlPath, bool]:

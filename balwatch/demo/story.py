@@ -1,8 +1,10 @@
 """``balwatch demo``: simulated exchanges, the daemon and a scripted story, printed live.
 
 The story drains a balance, queues a large withdrawal, locks funds for AML, drops a
-balance suddenly and takes a source down, then puts everything back. Each alert is
-printed as it fires and resolves; with a broker on localhost:1883 they also go to MQTT.
+balance suddenly and takes a source down, which the person on call silences for the
+outage, then puts everything back. Each alert is printed as it fires and resolves (a
+silenced one says so: no sink hears of it); with a broker on localhost:1883 they also go
+to MQTT.
 
 ``speed`` plays the story faster (the tests run it at 4): the story's steps, the poll
 interval, the daemon's tick and its clock, which times the rules' ``for``, windows and
@@ -16,6 +18,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TextIO
@@ -25,6 +28,7 @@ import aiomqtt
 from balwatch.alert import Alert
 from balwatch.daemon import Daemon, capture_signals
 from balwatch.rules.engine import TICK_SECONDS
+from balwatch.silence import new_silence
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import Fault, FaultKind, SimState
@@ -65,8 +69,17 @@ def _all(*changes: Change) -> Change:
     return change
 
 
+@dataclass(frozen=True, slots=True)
+class Silencing:
+    """A step of the person on call: a silence, as ``balwatch silence add`` makes one."""
+
+    matchers: tuple[str, ...]
+    comment: str
+    hours: float = 1.0
+
+
 # (seconds after the first poll round, what happens, the change)
-STORY: tuple[tuple[float, str, Change], ...] = (
+STORY: tuple[tuple[float, str, Change | Silencing], ...] = (
     (
         2,
         "bitso-treasury spends USDT down to 3,000",
@@ -88,6 +101,11 @@ STORY: tuple[tuple[float, str, Change], ...] = (
         _set("coinapi-ems", "BTC", total="2.1", available="1.7"),
     ),
     (14, "coinw-spot stops answering (HTTP 503)", _down("coinw-spot")),
+    (
+        16,
+        "on call knows: coinw is down for maintenance, and silences coinw-spot",
+        Silencing(("account=coinw-spot",), "coinw maintenance"),
+    ),
     (
         24,
         "everything recovers: top-up, withdrawal done, AML cleared, coinw back",
@@ -146,6 +164,7 @@ class _Printer:
         self.out = out
         self.start = start
         self.speed = speed
+        self.daemon: Daemon | None = None
 
     def line(self, text: str) -> None:
         at = (time.monotonic() - self.start) * self.speed
@@ -154,7 +173,11 @@ class _Printer:
     def alerts(self, alerts: Sequence[Alert]) -> None:
         for alert in alerts:
             mark = {"firing": "FIRING  ", "repeat": "REPEAT  ", "resolved": "RESOLVED"}
-            self.line(f"{mark[alert.event]} {alert.severity:8} {alert.rule}: {alert.summary}")
+            text = f"{mark[alert.event]} {alert.severity:8} {alert.rule}: {alert.summary}"
+            silences = [] if self.daemon is None else self.daemon.silenced_by(alert)
+            if silences:
+                text += f" (silenced by {', '.join(silences)}: no sink notified)"
+            self.line(text)
 
 
 async def run_demo(out: TextIO, *, speed: float = 1.0, mqtt_port: int = MQTT_PORT) -> int:
@@ -176,6 +199,7 @@ async def run_demo(out: TextIO, *, speed: float = 1.0, mqtt_port: int = MQTT_POR
                 notifier=Notifier(None),
                 configure_logs=True,
             )
+            printer.daemon = daemon
             printer.line(f"simulated exchanges on {sim.url}: bitso, coinapi, kunacore, coinw")
             printer.line(
                 "alerts also go to MQTT, topics balwatch-demo/#"
@@ -194,12 +218,33 @@ async def run_demo(out: TextIO, *, speed: float = 1.0, mqtt_port: int = MQTT_POR
                     if await _sleep_until(daemon, zero + at / speed):
                         break
                     printer.line(f"story: {what}")
-                    change(state)
+                    if isinstance(change, Silencing):
+                        await _silence(daemon, change, printer)
+                    else:
+                        change(state)
                 await _sleep_until(daemon, zero + END_AFTER / speed)
                 daemon.stop()
                 code = await running
             printer.line("demo over; `balwatch simulate` and `balwatch run` do this for real")
             return code
+
+
+async def _silence(daemon: Daemon, step: Silencing, printer: _Printer) -> None:
+    """Add the silence as the HTTP API would, and say what it does."""
+    now = daemon.now()
+    silence = new_silence(
+        step.matchers,
+        starts_at=now,
+        ends_at=now + step.hours * 3600,
+        author="on-call",
+        comment=step.comment,
+        now=now,
+    )
+    await daemon.add_silence(silence)
+    printer.line(
+        f"silence {silence.id} for {' '.join(step.matchers)}, {step.hours:g}h: its alerts are "
+        "still evaluated and listed, no sink is told (`balwatch silence list` shows it)"
+    )
 
 
 async def _sleep_until(daemon: Daemon, deadline: float) -> bool:

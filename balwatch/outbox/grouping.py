@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from balwatch.alert import SEVERITY_RANK
+from balwatch.alert import SEVERITY_RANK, group_text
 from balwatch.outbox.lanes import NOTHING_DUE, Batch, Due
 from balwatch.sink import AlertDoc, AlertGroup, Grouping
 from balwatch.state.base import Delivery
@@ -47,13 +47,17 @@ _RESTORED: Final = "message:"
 
 def group_labels(alert: AlertDoc, by: Iterable[str]) -> dict[str, str]:
     """The grouping fields of ``alert`` and their values; an absent one is ``""`` (so alerts
-    without an account or asset, such as those of portfolio rules, group together)."""
+    without an account or asset, such as those of portfolio rules, group together); a
+    portfolio rule's ``group`` reads ``asset=USDT``."""
     labels = alert.get("labels")
     labels = labels if isinstance(labels, Mapping) else {}
     found: dict[str, str] = {}
     for name in by:
         value = alert.get(name) if name in ALERT_FIELDS else labels.get(name)
-        found[name] = "" if value is None else str(value)
+        if isinstance(value, Mapping):  # a portfolio rule's group, as its alerts show it
+            found[name] = group_text(value)
+        else:
+            found[name] = "" if value is None else str(value)
     return found
 
 
@@ -120,7 +124,11 @@ class GroupLanes:
         group = self._groups.get(lane)
         if group is None:
             group = self._groups[lane] = _Group(labels)
-        self._queue(delivery.fingerprint).append(_Entry(lane, delivery))
+        queue = self._queue(delivery.fingerprint)
+        at = len(queue)  # the end, but for a dead letter retried by hand (Lanes.add)
+        while at and not queue[at - 1].taken and queue[at - 1].delivery.id > delivery.id:
+            at -= 1
+        queue.insert(at, _Entry(lane, delivery))
         group.waiting[delivery.fingerprint] = group.waiting.get(delivery.fingerprint, 0) + 1
         if group.scheduled or group.current is not None:
             return NOTHING_DUE
@@ -154,7 +162,7 @@ class GroupLanes:
             queue = self._queues[delivery.fingerprint]
             if queue[0].delivery is delivery:
                 queue.popleft()
-            else:  # two messages bundled by an earlier run (a dead letter put back) share it
+            else:  # two restored messages share it: the store's rows allow it
                 queue.remove(next(entry for entry in queue if entry.delivery is delivery))
             if queue:
                 heads.add(queue[0].lane)

@@ -51,7 +51,9 @@ class Lanes(Protocol):
     """How a worker's pending deliveries are formed into lanes and batches."""
 
     def add(self, delivery: Delivery, now: float) -> Due:
-        """Queue a committed delivery (called in id order); the lanes that became due."""
+        """Queue a committed delivery; the lanes that became due. Called in id order, but
+        for a dead letter retried by hand: that one goes after what of its fingerprint is
+        being sent, in id order among the rest."""
         ...
 
     def take(self, lane: str, now: float) -> Batch | None:
@@ -74,7 +76,10 @@ class AlertLanes:
     def add(self, delivery: Delivery, now: float) -> Due:
         queue = self._queues.get(delivery.fingerprint)
         if queue is not None:
-            queue.append(delivery)
+            at = len(queue)
+            while at > 1 and queue[at - 1].id > delivery.id:  # the head may be on its way
+                at -= 1
+            queue.insert(at, delivery)
             return NOTHING_DUE
         self._queues[delivery.fingerprint] = deque((delivery,))
         return ((delivery.fingerprint, now),)

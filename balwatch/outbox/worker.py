@@ -27,6 +27,10 @@ worth delivering late, and only the receiver can say it never will be (a non-ret
 
 The scheduler sleeps on a wake-up event (set by new deliveries and finished sends) bounded
 by the earliest retry, group or pacing time; it never polls.
+
+Dead letters retried by hand (``balwatch outbox retry``, maybe from another process) are
+pending rows the workers do not hold: :meth:`Outbox.resync`, which the daemon calls when the
+store's :attr:`~balwatch.state.base.Changes.outbox` counter moves, takes them in.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Final, Protocol
 
 import structlog
 
+from balwatch import redact
 from balwatch.backoff import Backoff
 from balwatch.outbox.grouping import GroupLanes
 from balwatch.outbox.lanes import AlertLanes, Batch, Lanes
@@ -123,13 +128,14 @@ class SinkWorker:
         self._paused_until = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending = 0
-        self._depth = 0
+        self._held: set[int] = set()  # ids of the pending deliveries pushed, not yet settled
         self._wake = asyncio.Event()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._runner: asyncio.Task[None] | None = None
         self._delivered = self._failed = self._dead = self._dead_letters = 0
         self._last_error: str | None = None
         self._failing = 0  # failed attempts since the last delivery: logs the first only
+        self._settled: set[int] | None = None  # ids settled while resync reads the store
 
     async def start(self) -> None:
         """Resume what the outbox still holds for this sink, then begin delivering."""
@@ -142,15 +148,35 @@ class SinkWorker:
         self._runner = asyncio.create_task(self._run(), name=f"outbox-{self.name}")
 
     def push(self, delivery: Delivery) -> None:
-        """Queue a committed delivery; call in enqueue (id) order."""
+        """Queue a committed delivery; call in enqueue (id) order, but for dead letters
+        retried by hand (:meth:`resync`)."""
         for lane, due in self._lanes.add(delivery, self._clock.now()):
             self._schedule(lane, due)
-        self._depth += 1
+        self._held.add(delivery.id)
         self._wake.set()
+
+    async def resync(self) -> int:
+        """Take in the sink's pending deliveries that this worker does not hold (dead letters
+        made pending again by hand); returns how many. Each goes after what of its
+        fingerprint is on its way, in id order among the rest (:meth:`Lanes.add`)."""
+        self._settled = set()
+        try:
+            pending = await self._store.pending(self.name)
+            counts = await self._store.counts()
+        finally:
+            settled, self._settled = self._settled, None
+        added = 0
+        for delivery in pending:
+            if delivery.id not in self._held and delivery.id not in settled:
+                self.push(delivery)
+                added += 1
+        self._dead_letters = counts[self.name].dead if self.name in counts else 0
+        self._wake.set()
+        return added
 
     async def wait_settled(self) -> None:
         """Return once nothing is pending for this sink: all delivered or dead-lettered."""
-        await self._wait_for(lambda: self._depth == 0)
+        await self._wait_for(lambda: not self._held)
 
     async def drain(self, timeout: float) -> bool:
         """Shutdown: deliver what is due for up to ``timeout`` seconds, then :meth:`stop`.
@@ -184,7 +210,7 @@ class SinkWorker:
             failed=self._failed,
             dead=self._dead,
             dead_letters=self._dead_letters,
-            depth=self._depth,
+            depth=len(self._held),
             sending=self._sending,
             last_error=self._last_error,
         )
@@ -292,7 +318,9 @@ class SinkWorker:
             else:
                 await self.sink.send_group(batch.group)
         except DeliveryError as exc:
-            return str(exc) or type(exc).__name__, not exc.retryable, exc.retry_after
+            # The receiver's text is kept with a dead letter and logged: masked first.
+            error = redact.installed().text(str(exc)) or type(exc).__name__
+            return error, not exc.retryable, exc.retry_after
         except Exception as exc:
             # Breaks the sink contract; retry, and keep only the type: the message may hold
             # a URL with a token. The log line (redacted) has the full traceback.
@@ -334,7 +362,9 @@ class SinkWorker:
         for lane, due in self._lanes.done(batch, now):
             self._schedule(lane, due)
         count = len(batch.deliveries)
-        self._depth -= count
+        self._held.difference_update(batch.ids)
+        if self._settled is not None:
+            self._settled.update(batch.ids)
         if error is None:
             self._delivered += count
             if self._failing:
@@ -419,6 +449,12 @@ class Outbox:
         # Pushed by the store right after the commit, even if this caller is cancelled:
         # committed deliveries must not wait for the next restart.
         await self.store.commit(commit, on_commit=self._push)
+
+    async def resync(self) -> int:
+        """Every worker takes in the pending deliveries it does not hold
+        (:meth:`SinkWorker.resync`); returns how many in all."""
+        added = await asyncio.gather(*(w.resync() for w in self.workers.values()))
+        return sum(added)
 
     def _push(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:

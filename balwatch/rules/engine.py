@@ -60,26 +60,33 @@ it as a recovery. Pending states drop silently.
 :meth:`Engine.states`/:meth:`Engine.accounts` export plain dataclasses for the store;
 :meth:`Engine.restore` takes them back under the same rules, so a restart neither re-fires
 what is firing nor forgets to resolve it, and ``age``/``failures`` continue.
+
+Rules with ``group_by`` are run by :class:`~balwatch.rules.groups.Groups`: the engine hands
+it every poll outcome, and its groups are evaluated on :meth:`Engine.tick`; their states go
+through the same lifecycle (:func:`advance`) and export/restore with the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Final, Literal, cast
+from typing import TYPE_CHECKING, Final, Literal, Protocol, cast
 
-from balwatch.alert import SEVERITIES, Alert, Event, Severity, fingerprint
+from balwatch.alert import SEVERITIES, Alert, Event, Severity, fingerprint, group_text
 from balwatch.model import METRICS, Balance, Metric
 from balwatch.money import decimal_text
-from balwatch.rules.expr import DECIMAL_CONTEXT, WindowFunc
+from balwatch.rules.expr import DECIMAL_CONTEXT, EvalContext, RowContextBase, WindowFunc
 from balwatch.rules.history import History
 from balwatch.rules.rule import Rule
 from balwatch.rules.select import RuleIndex
 from balwatch.rules.template import duration_text
+
+if TYPE_CHECKING:
+    from balwatch.rules.groups import Groups
 
 Phase = Literal["pending", "firing"]
 StateKey = tuple[str, str | None, str | None]
@@ -141,7 +148,14 @@ class AlertState:
     ``notify`` are kept so a state can be matched to reloaded rules and, if its rule is
     gone, closed with a resolved notification without the old rule. A firing state keeps
     the ``severity`` and ``notify`` it fired with through reloads, so its repeats and its
-    resolve are routed to the sinks that got the firing.
+    resolve are routed to the sinks that got the firing. A group's state has ``group`` (see
+    :class:`~balwatch.alert.Alert`); only those may lack ``account``/``exchange``.
+
+    ``sent_to`` is which sinks were sent the firing: the engine only keeps it (the daemon's
+    publisher sets it, since silences and quiet hours may hold the firing back from some).
+    A resolve is routed to those sinks alone (its ``notify``), so a sink that never heard
+    of the alert is not told it is over. None: not known (a state saved before balwatch kept
+    it, or not yet published): the resolve is routed by ``notify``, as the firing was.
     """
 
     fingerprint: str
@@ -149,8 +163,8 @@ class AlertState:
     when: str
     clear: str | None
     severity: Severity
-    account: str
-    exchange: str
+    account: str | None
+    exchange: str | None
     venue: str | None
     asset: str | None
     phase: Phase
@@ -161,13 +175,20 @@ class AlertState:
     notify: tuple[str, ...] | None = None
     summary: str | None = None
     description: str | None = None
+    sent_to: tuple[str, ...] | None = None
+    group: dict[str, str | None] | None = None
 
     @property
     def key(self) -> StateKey:
+        """Where a row or account state lives (a group's lives in its group)."""
+        assert self.account is not None, "a group state has no row key"
         return (self.account, self.venue, self.asset)
 
     def copy(self) -> AlertState:
-        return dataclasses.replace(self, values=dict(self.values), labels=dict(self.labels))
+        group = None if self.group is None else dict(self.group)
+        return dataclasses.replace(
+            self, values=dict(self.values), labels=dict(self.labels), group=group
+        )
 
     def to_json(self) -> dict[str, object]:
         """JSON-ready: values as decimal strings, times as unix seconds."""
@@ -189,6 +210,8 @@ class AlertState:
             "notify": None if self.notify is None else list(self.notify),
             "summary": self.summary,
             "description": self.description,
+            "sent_to": None if self.sent_to is None else list(self.sent_to),
+            "group": None if self.group is None else dict(self.group),
         }
 
     @classmethod
@@ -199,7 +222,7 @@ class AlertState:
             raise ValueError(f"unknown alert phase {phase!r}")
         if severity not in SEVERITIES:
             raise ValueError(f"unknown severity {severity!r}")
-        notify, last = data["notify"], data["last_notified"]
+        notify, last, sent_to = data["notify"], data["last_notified"], data.get("sent_to")
         try:
             values = {
                 str(k): Decimal(str(v)) for k, v in cast(dict[str, str], data["values"]).items()
@@ -212,8 +235,8 @@ class AlertState:
             when=str(data["when"]),
             clear=_opt_str(data["clear"]),
             severity=severity,
-            account=str(data["account"]),
-            exchange=str(data["exchange"]),
+            account=_opt_str(data["account"]),
+            exchange=_opt_str(data["exchange"]),
             venue=_opt_str(data["venue"]),
             asset=_opt_str(data["asset"]),
             phase=phase,
@@ -224,7 +247,14 @@ class AlertState:
             notify=None if notify is None else tuple(str(s) for s in cast(list[str], notify)),
             summary=_opt_str(data.get("summary")),
             description=_opt_str(data.get("description")),
+            sent_to=None if sent_to is None else tuple(str(s) for s in cast(list[str], sent_to)),
+            group=_group(data.get("group")),
         )
+
+    @property
+    def resolve_to(self) -> tuple[str, ...] | None:
+        """The ``notify`` of this alert's resolve: the sinks sent the firing, if known."""
+        return self.notify if self.sent_to is None else self.sent_to
 
 
 def _float(value: object) -> float:
@@ -237,7 +267,33 @@ def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-class _RowContext:
+def _group(value: object) -> dict[str, str | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"expected the group as a mapping, got {value!r}")
+    return {str(k): _opt_str(v) for k, v in value.items()}
+
+
+class AlertKey(Protocol):
+    """What names an alert series: an :class:`~balwatch.alert.Alert` or an
+    :class:`AlertState` has it (:meth:`Engine.alert_state`)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def venue(self) -> str | None: ...
+    @property
+    def asset(self) -> str | None: ...
+    @property
+    def group(self) -> Mapping[str, str | None] | None: ...
+
+
+class _RowContext(RowContextBase):
     """The EvalContext for one row; one instance is reused for every row (hot path)."""
 
     __slots__ = ("acct", "asset", "history", "now", "row", "venue")
@@ -267,7 +323,7 @@ class _RowContext:
         return self.acct.failures
 
 
-class _AccountContext:
+class _AccountContext(RowContextBase):
     """The EvalContext for account-scope rules: no row, so metrics and windows are absent."""
 
     __slots__ = ("acct", "now")
@@ -313,6 +369,12 @@ class Engine:
         self._account_ctx = _AccountContext(placeholder)
         self._rules: dict[str, Rule] = {}
         self._index = RuleIndex(())
+        # Imported here: groups builds on this module's states and lifecycle.
+        from balwatch.rules.groups import Groups
+
+        self._groups: Groups = Groups(
+            self.history, self._accounts, self._row_ctx, lambda a: self._account_labels.get(a, {})
+        )
         self._set_rules(rules)
 
     # -- rules
@@ -328,6 +390,7 @@ class Engine:
             if by_name.setdefault(rule.name, rule) is not rule:
                 raise ValueError(f"duplicate rule name {rule.name!r}")
         self._index, self._rules = index, by_name
+        self._groups.set_rules(index.rules)
         self.history.set_retention(max((r.windows for r in index.rules), default=0.0))
         self.drop_unused_history()
 
@@ -335,7 +398,7 @@ class Engine:
         """Forget the series of metrics that no rule's window function reads."""
         used = {m for rule in self._index.rules for m in rule.history_metrics}
         series = self.history.keys()  # History is not a dict: no iteration of its own
-        for key in [k for k in series if k[3] not in used]:
+        for key in [k for k in series if k[3] not in used and not self._groups.uses(k)]:
             self.history.forget(key)
 
     def set_account_labels(self, account_labels: Mapping[str, Mapping[str, str]]) -> None:
@@ -348,6 +411,7 @@ class Engine:
         now = self._now(now)
         self._set_rules(rules)
         current = [s for states in self._states.values() for s in states.values()]
+        current += self._groups.take_states()
         self._states = {}
         return self._adopt(current, now)
 
@@ -362,7 +426,7 @@ class Engine:
         now = self._now(now)
         self._accounts.pop(account, None)
         self.history.forget_account(account)
-        out: list[Alert] = []
+        out = self._groups.forget_account(account, now)
         for key in [k for k in self._states if k[0] == account]:
             for state in self._states.pop(key).values():
                 if state.phase == "firing":
@@ -373,6 +437,7 @@ class Engine:
         acct = self._accounts.get(account)
         if acct is None:
             acct = self._accounts[account] = AccountState(account, exchange, now)
+            self._groups.add_account(account)
         acct.exchange = exchange
         return acct
 
@@ -386,6 +451,8 @@ class Engine:
         acct = self._account(account, exchange, now)
         acct.last_ok = now
         acct.failures = 0
+        if self._groups.active and not isinstance(rows, list | tuple):
+            rows = tuple(rows)  # read twice: here and by the groups
         out: list[Alert] = []
         ctx = self._row_ctx
         ctx.acct = acct
@@ -416,6 +483,8 @@ class Engine:
                 row_states = states.get(key)
         self.history.retain(account, present)
         self._evaluate_account(acct, now, out)
+        if self._groups.active:
+            self._groups.observe(acct, cast(Sequence[Balance], rows), now)
         return out
 
     def poll_failed(self, account: str, exchange: str, now: float | None = None) -> list[Alert]:
@@ -423,16 +492,19 @@ class Engine:
         now = self._now(now)
         acct = self._account(account, exchange, now)
         acct.failures += 1
+        self._groups.poll_failed(account)
         out: list[Alert] = []
         self._evaluate_account(acct, now, out)
         return out
 
     def tick(self, now: float | None = None) -> list[Alert]:
-        """Evaluate account-scope rules of every known account (``age`` grows between polls)."""
+        """Evaluate account-scope rules of every known account (``age`` grows between polls),
+        and the groups that polls changed since the last tick."""
         now = self._now(now)
         out: list[Alert] = []
         for acct in self._accounts.values():
             self._evaluate_account(acct, now, out)
+        out += self._groups.tick(now)
         return out
 
     def _now(self, now: float | None) -> float:
@@ -467,25 +539,13 @@ class Engine:
             if not cond:
                 return
             state = self._start(rule, key, ctx, now)
-        if state.phase == "pending":
-            if not cond:
+        event = advance(rule, state, cond, ctx, now)
+        if event == "cancelled":
+            self._drop(state)
+        elif event is not None:
+            out.append(self._notify(rule, state, event, ctx, now))
+            if event == "resolved":
                 self._drop(state)
-            elif now - state.since >= rule.for_:
-                state.phase = "firing"
-                out.append(self._notify(rule, state, "firing", ctx, now))
-            return
-        if not cond:
-            clear = True if rule.clear is None else rule.clear.evaluate(ctx)
-            if clear is None:  # no data for the recovery condition: nothing changes
-                return
-            if clear:
-                out.append(self._notify(rule, state, "resolved", ctx, now))
-                self._drop(state)
-                return
-            # else: in the hysteresis band, still firing
-        last = state.last_notified
-        if rule.repeat is not None and (last is None or now - last >= rule.repeat):
-            out.append(self._notify(rule, state, "repeat", ctx, now))
 
     def _start(self, rule: Rule, key: StateKey, ctx: _Context, now: float) -> AlertState:
         account, venue, asset = key
@@ -541,23 +601,7 @@ class Engine:
         if isinstance(ctx, _RowContext) and ctx.row is not None:
             row = ctx.row
             fields.update({m: row.metric(m) for m in METRICS})
-        summary = (
-            f"{rule.name} {_where(state)}: {fields['values']}"
-            if rule.summary is None
-            else rule.summary.render(fields)
-        )
-        description = (
-            rule.description
-            if rule.description_template is None
-            else rule.description_template.render(fields)
-        )
-        if event == "firing":
-            state.summary, state.description = summary, description
-        elif event == "resolved":
-            summary = _seen(state.summary, summary)
-            description = _seen(state.description, description)
-            if rule.resolved_summary is not None:
-                summary = rule.resolved_summary.render(fields)
+        summary, description = alert_text(rule, state, event, fields)
         moment = _wall(now)
         return Alert(
             fingerprint=state.fingerprint,
@@ -576,14 +620,15 @@ class Engine:
             started_at=_wall(state.since),
             observed_at=moment,
             resolved_at=moment if event == "resolved" else None,
-            notify=state.notify,
+            notify=state.resolve_to if event == "resolved" else state.notify,
         )
 
     # -- persistence and listings
 
     def states(self) -> list[AlertState]:
         """Copies of every pending and firing state, for the store."""
-        return [s.copy() for states in self._states.values() for s in states.values()]
+        rows = [s.copy() for states in self._states.values() for s in states.values()]
+        return rows + [s.copy() for s in self._groups.states()]
 
     def state_for(
         self, account: str, venue: str | None, asset: str | None, rule: str
@@ -591,48 +636,50 @@ class Engine:
         """The live state behind one alert, or None once it is inactive (not a copy)."""
         return self._states.get((account, venue, asset), {}).get(rule)
 
+    def alert_state(self, alert: AlertKey) -> AlertState | None:
+        """The live state behind ``alert`` (of a row, an account or a group), or None once
+        it is inactive: ``alert`` is an :class:`~balwatch.alert.Alert` or a state (a copy
+        does: what it names is looked up, not the object)."""
+        if alert.group is not None:
+            return self._groups.state(alert.rule, alert.group, alert.fingerprint)
+        if alert.account is None:
+            return None
+        return self.state_for(alert.account, alert.venue, alert.asset, alert.rule)
+
+    @property
+    def groups(self) -> Groups:
+        """The groups of the rules with ``group_by`` (what ``balwatch eval`` shows)."""
+        return self._groups
+
     def find(self, fingerprint: str) -> AlertState | None:
-        """A copy of the pending or firing state with this fingerprint, or None."""
+        """A copy of the pending or firing state with this fingerprint (of a row, an account
+        or a group), or None."""
         for states in self._states.values():
             for state in states.values():
                 if state.fingerprint == fingerprint:
                     return state.copy()
-        return None
+        found = self._groups.find(fingerprint)
+        return None if found is None else found.copy()
 
     def firing_alerts(self) -> list[Alert]:
         """What each firing alert is now, as a ``firing`` document (with a new ``id``): the
         text it fired with, the values of its last notification. For putting it on a
         retained topic again; the engine's state does not change."""
         return [
-            Alert(
-                fingerprint=state.fingerprint,
-                event="firing",
-                rule=state.rule,
-                severity=state.severity,
-                account=state.account,
-                exchange=state.exchange,
-                venue=state.venue,
-                asset=state.asset,
-                # States saved before balwatch kept the text: the default summary's form.
-                summary=_seen(
-                    state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
-                ),
-                description=_seen(state.description, ""),
-                labels=dict(state.labels),
-                expression=state.when,
-                values=dict(state.values),
-                started_at=_wall(state.since),
-                observed_at=_wall(
-                    state.since if state.last_notified is None else state.last_notified
-                ),
-                notify=state.notify,
-            )
+            firing_alert(state, state.since if state.last_notified is None else state.last_notified)
             for state in self.firing()
         ]
+
+    def live_firing(self) -> list[AlertState]:
+        """The firing states themselves, not copies: for the publisher, which keeps their
+        ``sent_to`` (nothing else of them may be changed)."""
+        rows = [s for states in self._states.values() for s in states.values()]
+        return [s for s in (*rows, *self._groups.states()) if s.phase == "firing"]
 
     def counts(self) -> tuple[int, int]:
         """(pending, firing), without copying every state as :meth:`states` does."""
         phases = [s.phase for states in self._states.values() for s in states.values()]
+        phases += [s.phase for s in self._groups.states()]
         return phases.count("pending"), phases.count("firing")
 
     def firing(self) -> list[AlertState]:
@@ -661,6 +708,8 @@ class Engine:
         """
         now = self._now(now)
         for acct in accounts:
+            if acct.account not in self._accounts:
+                self._groups.add_account(acct.account)
             self._accounts[acct.account] = dataclasses.replace(acct)
         return self._adopt([s.copy() for s in states], now)
 
@@ -668,13 +717,16 @@ class Engine:
         """Keep states the current rules still produce; close the others (firing: resolved)."""
         out: list[Alert] = []
         for state in states:
+            if state.group is not None:
+                out += self._groups.adopt(state, self._rules.get(state.rule), now)
+                continue
             rule = self._rules.get(state.rule)
             reason = _mismatch(rule, state)
             if reason is not None:
                 if state.phase == "firing":
                     out.append(_closed(state, now, reason))
                 continue
-            assert rule is not None
+            assert rule is not None and state.account is not None
             state.labels = self._labels(rule, state.account)
             if state.phase != "firing":
                 # A firing alert keeps the routing it fired with, so its repeats and its
@@ -685,6 +737,33 @@ class Engine:
         return out
 
 
+def firing_alert(state: AlertState, observed: float) -> Alert:
+    """A ``firing`` notification of a firing ``state`` (a new ``id``), as it fired: its text,
+    the values of its last notification, observed at ``observed``."""
+    return Alert(
+        fingerprint=state.fingerprint,
+        event="firing",
+        rule=state.rule,
+        severity=state.severity,
+        account=state.account,
+        exchange=state.exchange,
+        venue=state.venue,
+        asset=state.asset,
+        # States saved before balwatch kept the text: the default summary's form.
+        summary=_seen(
+            state.summary, f"{state.rule} {_where(state)}: " + _values_text(state.values)
+        ),
+        description=_seen(state.description, ""),
+        labels=dict(state.labels),
+        expression=state.when,
+        values=dict(state.values),
+        started_at=_wall(state.since),
+        observed_at=_wall(observed),
+        notify=state.notify,
+        group=state.group,
+    )
+
+
 def _mismatch(rule: Rule | None, state: AlertState) -> str | None:
     """Why ``rule`` cannot carry ``state`` on, or None when it can."""
     if rule is None:
@@ -693,11 +772,66 @@ def _mismatch(rule: Rule | None, state: AlertState) -> str | None:
         return "rule condition changed"
     if rule.account_scope != (state.venue is None):
         return "rule scope changed"
+    if state.account is None or state.exchange is None:
+        return "not an alert of a row or an account"
     if state.venue is None or state.asset is None:
         selected = rule.selector.matches_account(state.account, state.exchange)
     else:
         selected = rule.selector.matches(state.account, state.exchange, state.venue, state.asset)
     return None if selected else "rule no longer selects this row"
+
+
+def advance(
+    rule: Rule, state: AlertState, cond: bool, ctx: EvalContext, now: float
+) -> Event | Literal["cancelled"] | None:
+    """The lifecycle (module docstring) for a state whose ``when`` is ``cond`` (not no data).
+
+    Returns what to notify (the state is firing by then), ``cancelled`` for a pending state
+    to drop silently, or None. After ``resolved`` or ``cancelled`` the state is over.
+    """
+    if state.phase == "pending":
+        if not cond:
+            return "cancelled"
+        if now - state.since >= rule.for_:
+            state.phase = "firing"
+            return "firing"
+        return None
+    if not cond:
+        clear = True if rule.clear is None else rule.clear.evaluate(ctx)
+        if clear is None:  # no data for the recovery condition: nothing changes
+            return None
+        if clear:
+            return "resolved"
+        # else: in the hysteresis band, still firing
+    last = state.last_notified
+    if rule.repeat is not None and (last is None or now - last >= rule.repeat):
+        return "repeat"
+    return None
+
+
+def alert_text(
+    rule: Rule, state: AlertState, event: Event, fields: Mapping[str, object]
+) -> tuple[str, str]:
+    """The summary and description of ``event`` (module docstring, Text), ``fields`` the
+    templates' values of the moment; a ``firing`` keeps its text in ``state``."""
+    summary = (
+        f"{rule.name} {_where(state)}: {fields['values']}"
+        if rule.summary is None
+        else rule.summary.render(fields)
+    )
+    description = (
+        rule.description
+        if rule.description_template is None
+        else rule.description_template.render(fields)
+    )
+    if event == "firing":
+        state.summary, state.description = summary, description
+    elif event == "resolved":
+        summary = _seen(state.summary, summary)
+        description = _seen(state.description, description)
+        if rule.resolved_summary is not None:
+            summary = rule.resolved_summary.render(fields)
+    return summary, description
 
 
 def _closed(state: AlertState, now: float, reason: str) -> Alert:
@@ -721,7 +855,8 @@ def _closed(state: AlertState, now: float, reason: str) -> Alert:
         started_at=_wall(state.since),
         observed_at=moment,
         resolved_at=moment,
-        notify=state.notify,
+        notify=state.resolve_to,
+        group=state.group,
     )
 
 
@@ -731,8 +866,10 @@ def _seen(kept: str | None, otherwise: str) -> str:
 
 
 def _where(state: AlertState) -> str:
+    if state.group is not None:
+        return group_text(state.group)
     if state.asset is None:
-        return state.account
+        return str(state.account)
     return f"{state.account} {state.venue}/{state.asset}"
 
 

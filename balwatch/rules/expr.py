@@ -26,6 +26,16 @@ Functions: ``usd(m)`` = ``m * rate_usd``; ``delta``, ``pct_change``, ``max_over`
 ``min_over`` take ``(metric, window)`` where the metric is a bare metric name and the window
 a duration literal, ``0 < window <= 30d`` (semantics in :mod:`balwatch.rules.history`).
 
+Aggregates, for rules with ``group_by`` (:mod:`balwatch.rules.groups`): ``sum(x)``,
+``min(x)``, ``max(x)``, ``avg(x)`` over an amount ``x`` read from each row of the group (any
+row expression: ``usd(total)``, ``available - pending_withdrawal``), and ``count()``. The
+window functions also take an aggregate instead of a metric (``pct_change(sum(total), 1h)``):
+a history kept per group. Aggregates do not nest, and ``age``/``failures`` (account values,
+not row values) cannot be aggregated. Which expressions may use aggregates (only grouped
+rules), and that a grouped rule reads rows only through them, is the rule's check
+(:class:`~balwatch.rules.rule.Rule`): this module records where each kind of read is
+(:attr:`Expression.row_read`, :attr:`Expression.aggregate_offset`) so the error can point at it.
+
 Types are checked when the rule is loaded, so a typo fails ``balwatch check`` rather than
 paging at 3 a.m.:
 
@@ -47,8 +57,8 @@ handed to the history as float seconds). The result is ``True``, ``False`` or
 ``None`` = no data: any value the expression reads is missing (metric ``None``, history
 window not yet full, ``age`` unknown), a division by zero, or an arithmetic overflow /
 invalid operation. No data is strict on purpose, also under ``and``/``or``: a rule never
-fires or resolves on a partial view of its inputs, which is the contract of DESIGN.md
-section 4 ("a metric that is None makes the rule no data for that row").
+fires or resolves on a partial view of its inputs (docs/rules.md, "No data": a metric
+that is None makes the rule no data for that row).
 """
 
 from __future__ import annotations
@@ -69,6 +79,8 @@ from balwatch.model import METRICS, Metric
 
 WindowFunc = Literal["delta", "pct_change", "max_over", "min_over"]
 WINDOW_FUNCS: Final[tuple[WindowFunc, ...]] = ("delta", "pct_change", "max_over", "min_over")
+AggregateFunc = Literal["sum", "min", "max", "avg", "count"]
+AGGREGATE_FUNCS: Final[tuple[AggregateFunc, ...]] = ("sum", "min", "max", "avg", "count")
 
 # Longer sources and deeper nesting are rejected so parsing and evaluation stay bounded
 # (the parser and the compiled closures recurse; Python's recursion limit is ~1000).
@@ -105,6 +117,27 @@ class EvalContext(Protocol):
     def failures(self) -> int:
         """Consecutive failed polls of the account."""
         ...
+
+    def aggregate(self, text: str) -> Decimal | None:
+        """The value of the aggregate spelt ``text`` (``sum(available)``) over the group."""
+        ...
+
+    def aggregate_window(self, func: WindowFunc, text: str, window: float) -> Decimal | None:
+        """``func`` over the last ``window`` seconds of the group's aggregate ``text``."""
+        ...
+
+
+class RowContextBase:
+    """Base of the contexts of one row or one account: they have no group, and rules whose
+    expressions read aggregates are grouped rules, evaluated in a group's context instead."""
+
+    __slots__ = ()
+
+    def aggregate(self, text: str) -> Decimal | None:
+        return None
+
+    def aggregate_window(self, func: WindowFunc, text: str, window: float) -> Decimal | None:
+        return None
 
 
 class ExprError(Exception):
@@ -260,6 +293,7 @@ class _Node:
     const: Decimal | None = None  # set when the value is known at load time
     literal: bool = False  # exactly one literal token (windows must be)
     name: str | None = None  # a bare metric, age or failures
+    aggregate: str | None = None  # exactly one aggregate call: its canonical text
 
 
 def _num(node: _Node) -> NumFn:
@@ -305,6 +339,30 @@ def _window_fn(func: WindowFunc, name: Metric, window: float) -> NumFn:
     return lambda ctx: ctx.window_value(func, name, window)
 
 
+def _aggregate_fn(text: str) -> NumFn:
+    return lambda ctx: ctx.aggregate(text)
+
+
+def _aggregate_window_fn(func: WindowFunc, text: str, window: float) -> NumFn:
+    return lambda ctx: ctx.aggregate_window(func, text, window)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One aggregate of an expression: ``func`` over ``arg`` evaluated on each row of a group.
+
+    ``text`` is the canonical spelling (``sum(available - pending_withdrawal)``): the key of
+    its value in alerts and of its history. ``arg`` is None for ``count()``.
+    ``row_windows``: ``arg`` reads a window function, so a row's contribution changes with
+    time, not only when the row does.
+    """
+
+    func: AggregateFunc
+    text: str
+    arg: NumFn | None
+    row_windows: bool
+
+
 _ARITH: Final[dict[str, Callable[[Decimal, Decimal], Decimal]]] = {
     "+": _CTX.add,
     "-": _CTX.subtract,
@@ -334,7 +392,10 @@ _BINARY: Final[dict[str, int]] = {
 _OP_VERBS: Final = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
 _ACCOUNT_NAMES: Final = ("age", "failures")
 _NAMES_HINT: Final = f"expected a metric ({', '.join(METRICS)}), age or failures"
-_FUNCS_HINT: Final = "expected usd, delta, pct_change, max_over or min_over"
+_FUNCS_HINT: Final = (
+    "expected usd, delta, pct_change, max_over, min_over, or an aggregate "
+    "(sum, min, max, avg, count)"
+)
 
 
 def _arith_fn(text: str, left: _Node, right: _Node) -> NumFn:
@@ -470,6 +531,37 @@ def _fragment(text: str, limit: int = 20) -> str:
     return repr(text)
 
 
+def _canonical(source: str) -> str:
+    """One spelling of a (checked) fragment whatever its spacing: ``sum( a-b )`` reads
+    ``sum(a - b)``. Names the aggregate in alert values and keys its history, so an edit that
+    only changes spaces keeps both."""
+    out: list[str] = []
+    prev: _Token | None = None
+    for tok in _tokenize(source):
+        if tok.kind is _Kind.END:
+            break
+        text = tok.text
+        if prev is None or (prev.kind is _Kind.OP and prev.text == "("):
+            space = ""
+        elif tok.kind is _Kind.OP and tok.text in "(),":
+            space = " " if tok.text == "(" and prev.kind is _Kind.OP and prev.text != ")" else ""
+        elif prev.kind is _Kind.OP and prev.text == "-" and _unary(out):
+            space = ""
+        else:
+            space = " "
+        out.append(space + text)
+        prev = tok
+    return "".join(out)
+
+
+def _unary(out: list[str]) -> bool:
+    """Whether the '-' just written (last in ``out``) is a sign rather than a subtraction."""
+    if len(out) < 2:
+        return True
+    before = out[-2].strip()
+    return before in _KEYWORDS or before in ("(", ",", *_COMPARE, *_ARITH)
+
+
 def _suggest(word: str, candidates: tuple[str, ...]) -> str:
     if word.lower() in candidates:
         return f"; names are lowercase: did you mean '{word.lower()}'?"
@@ -495,6 +587,15 @@ class _Parser:
         self.window = 0.0
         # Key -> getter for Expression.values, in order of first appearance.
         self.refs: dict[str, NumFn] = {}
+        # Aggregates by canonical text; the one being parsed (they do not nest) and whether
+        # its argument reads a window function.
+        self.aggregates: dict[str, Aggregate] = {}
+        self.inside: str | None = None
+        self.inside_windows = False
+        self.group_windows: set[str] = set()
+        # Where a row or account value is read outside any aggregate, and the first aggregate.
+        self.row_read: tuple[int, str] | None = None
+        self.aggregate_offset: int | None = None
 
     @property
     def tok(self) -> _Token:
@@ -522,11 +623,17 @@ class _Parser:
         const: Decimal | None = None,
         literal: bool = False,
         name: str | None = None,
+        aggregate: str | None = None,
     ) -> _Node:
         depth = 1 + max((c.depth for c in children), default=0)
         if depth > MAX_DEPTH:
             raise ExprError(f"expression is nested too deeply (over {MAX_DEPTH} levels)", offset)
-        return _Node(type_, offset, depth, num, cond, const, literal, name)
+        return _Node(type_, offset, depth, num, cond, const, literal, name, aggregate)
+
+    def read_row(self, offset: int, what: str) -> None:
+        """Note a row or account value read outside an aggregate (grouped rules may not)."""
+        if self.inside is None and self.row_read is None:
+            self.row_read = (offset, what)
 
     # -- entry point
 
@@ -543,13 +650,14 @@ class _Parser:
                 f"'available < 5000'; this one is {root.type.value}",
                 0,
             )
-        if not self.metrics and not self.account_names:
+        if not self.metrics and not self.account_names and not self.aggregates:
             raise ExprError("expression uses no metric, age or failures, so it never changes", 0)
         return root
 
     def unexpected_after_value(self, tok: _Token) -> str:
         if tok.kind is _Kind.OP and tok.text == "(":
-            return "unexpected '('; only usd, delta, pct_change, max_over and min_over are called"
+            functions = _FUNCS_HINT.removeprefix("expected ")
+            return f"unexpected '('; only functions are called: {functions}"
         if tok.kind is _Kind.NAME and tok.text.lower() in _KEYWORDS:
             return (
                 f"unexpected '{tok.text}'; names are lowercase: did you mean '{tok.text.lower()}'?"
@@ -662,15 +770,24 @@ class _Parser:
         if word in METRICS:
             metric = word
             self.metrics.add(word)
+            self.read_row(tok.offset, word)
             fn = _metric_fn(metric)
             self.refs.setdefault(word, fn)
             return self.node(_Type.AMOUNT, tok.offset, num=fn, name=word)
+        if word in _ACCOUNT_NAMES and self.inside is not None:
+            raise ExprError(
+                f"{word} belongs to an account, not to a row, so {self.inside}() cannot take it; "
+                "aggregates read row values like available or usd(total)",
+                tok.offset,
+            )
         if word == "age":
             self.account_names.add(word)
+            self.read_row(tok.offset, word)
             self.refs.setdefault(word, _age)
             return self.node(_Type.DURATION, tok.offset, num=_age, name=word)
         if word == "failures":
             self.account_names.add(word)
+            self.read_row(tok.offset, word)
             self.refs.setdefault(word, _failures)
             return self.node(_Type.AMOUNT, tok.offset, num=_failures, name=word)
         if word in _FUNC_ARGS:
@@ -691,6 +808,8 @@ class _Parser:
                 f"unknown function '{func}'; {_FUNCS_HINT}{_suggest(func, tuple(_FUNC_ARGS))}",
                 tok.offset,
             )
+        if func in AGGREGATE_FUNCS:
+            return self.aggregate_call(tok, func)
         self.advance()  # '('
         args: list[_Node] = []
         if self.is_op(")"):
@@ -715,8 +834,8 @@ class _Parser:
                 f"{func}() takes {len(params)} {plural} ({', '.join(params)}), got {len(args)}",
                 tok.offset,
             )
-        metric = self.metric_arg(func, args[0])
         if func == "usd":
+            metric = self.metric_arg(func, args[0])
             if metric == "rate_usd":
                 raise ExprError(
                     "usd(rate_usd) is meaningless: rate_usd is already the USD price",
@@ -735,12 +854,79 @@ class _Parser:
             raise ExprError("window must be at most 30d (history is kept in memory)", window.offset)
         seconds = float(window.const)
         wfunc = cast(WindowFunc, func)
-        self.metrics.add(metric)
-        self.history_metrics.add(metric)
         self.window = max(self.window, seconds)
-        fn = _window_fn(wfunc, metric, seconds)
-        self.refs.setdefault(f"{func}({metric}, {format_duration(seconds)})", fn)
+        series = args[0].aggregate
+        if series is not None:  # a group's history: pct_change(sum(total), 1h)
+            self.group_windows.add(series)
+            fn = _aggregate_window_fn(wfunc, series, seconds)
+        else:
+            metric = self.metric_arg(func, args[0])
+            self.metrics.add(metric)
+            self.history_metrics.add(metric)
+            self.inside_windows = True
+            series = metric
+            fn = _window_fn(wfunc, metric, seconds)
+        self.refs.setdefault(f"{func}({series}, {format_duration(seconds)})", fn)
         return self.node(_Type.AMOUNT, tok.offset, num=fn)
+
+    def aggregate_call(self, tok: _Token, func: AggregateFunc) -> _Node:
+        """``func(x)`` over the rows of a group; ``x`` is checked as a row expression."""
+        if self.inside is not None:
+            raise ExprError(
+                f"aggregates cannot be nested: {func}() inside {self.inside}(); an aggregate "
+                "takes a row expression like available or usd(total)",
+                tok.offset,
+            )
+        self.advance()  # '('
+        arg: _Node | None = None
+        if func != "count":
+            outer_refs, self.refs = self.refs, {}  # the aggregate stands for what it reads
+            self.inside, self.inside_windows = func, False
+            if self.is_op(")"):
+                raise ExprError(
+                    f"{func}() takes 1 argument (a row expression like available), got 0",
+                    tok.offset,
+                )
+            arg = self.expr(0)
+            self.inside, self.refs = None, outer_refs
+        if not self.is_op(")"):
+            if self.is_op(","):
+                takes = "no arguments" if arg is None else "1 argument"
+                raise ExprError(f"{func}() takes {takes}", self.tok.offset)
+            if arg is None:
+                raise ExprError(
+                    "count() takes no arguments; it counts the rows of the group",
+                    self.tok.offset,
+                )
+            raise ExprError(
+                f"expected ')' to close {func}(, got {self.tok.describe()}", self.tok.offset
+            )
+        end = self.advance().offset + 1
+        if arg is not None:
+            if arg.type is not _Type.AMOUNT:
+                raise ExprError(
+                    f"{func}() needs an amount read from each row, like {func}(available); "
+                    f"this is {arg.type.value}",
+                    arg.offset,
+                )
+            if arg.const is not None:
+                raise ExprError(
+                    f"{func}() needs a value read from each row, like {func}(available), "
+                    "not a constant",
+                    arg.offset,
+                )
+        text = _canonical(self.source[tok.offset : end])
+        if text not in self.aggregates:
+            self.aggregates[text] = Aggregate(
+                func, text, None if arg is None else _num(arg), self.inside_windows
+            )
+        if self.aggregate_offset is None:
+            self.aggregate_offset = tok.offset
+        fn = _aggregate_fn(text)
+        self.refs.setdefault(text, fn)
+        return self.node(
+            _Type.AMOUNT, tok.offset, *(() if arg is None else (arg,)), num=fn, aggregate=text
+        )
 
     def metric_arg(self, func: str, arg: _Node) -> Metric:
         if arg.name in METRICS:
@@ -750,8 +936,16 @@ class _Parser:
                 f"{func}() needs a balance metric like total; {arg.name} is account-scope",
                 arg.offset,
             )
+        if func == "usd":
+            hint = (
+                "; to add up USD values write sum(usd(total))" if arg.aggregate is not None else ""
+            )
+            raise ExprError(
+                f"the first argument of usd() must be a metric name like total{hint}", arg.offset
+            )
         raise ExprError(
-            f"the first argument of {func}() must be a metric name like total, not an expression",
+            f"the first argument of {func}() must be a metric name like total or an aggregate "
+            "like sum(total), not an expression",
             arg.offset,
         )
 
@@ -836,6 +1030,8 @@ def _arith_type(text: str, left: _Type, right: _Type) -> _Type | None:
 _FUNC_ARGS: Final[dict[str, tuple[str, ...]]] = {
     "usd": ("metric",),
     **{func: ("metric", "window") for func in WINDOW_FUNCS},
+    **{func: ("row expression",) for func in AGGREGATE_FUNCS if func != "count"},
+    "count": (),
 }
 _FUNC_EXAMPLES: Final = {
     "usd": "usd(total)",
@@ -843,6 +1039,11 @@ _FUNC_EXAMPLES: Final = {
     "pct_change": "pct_change(total, 15m)",
     "max_over": "max_over(total, 1h)",
     "min_over": "min_over(total, 1h)",
+    "sum": "sum(available)",
+    "min": "min(available)",
+    "max": "max(available)",
+    "avg": "avg(available)",
+    "count": "count()",
 }
 
 
@@ -857,14 +1058,23 @@ class Expression:
     i.e. what the engine must record. ``windows``: the longest window in seconds (0 if
     none). ``account_scope``: only ``age``/``failures`` are used, so the rule is evaluated
     once per account rather than per row.
+
+    Aggregates (module docstring): ``aggregates`` in order of first appearance,
+    ``group_windows`` the texts of those whose history a window function reads,
+    ``aggregate_offset`` where the first one is, ``row_read`` (offset, name) of the first row
+    or account value read outside any aggregate: a grouped rule may not have one.
     """
 
     __slots__ = (
         "_fn",
         "_refs",
         "account_scope",
+        "aggregate_offset",
+        "aggregates",
+        "group_windows",
         "history_metrics",
         "metrics",
+        "row_read",
         "source",
         "windows",
     )
@@ -882,7 +1092,11 @@ class Expression:
         self.metrics: Final = frozenset(parser.metrics)
         self.history_metrics: Final = frozenset(parser.history_metrics)
         self.windows: Final = parser.window
-        self.account_scope: Final = not parser.metrics
+        self.aggregates: Final = tuple(parser.aggregates.values())
+        self.group_windows: Final = frozenset(parser.group_windows)
+        self.aggregate_offset: Final = parser.aggregate_offset
+        self.row_read: Final = parser.row_read
+        self.account_scope: Final = not parser.metrics and not parser.aggregates
         self._fn: Final = _cond(root)
         self._refs: Final = dict(parser.refs)
 

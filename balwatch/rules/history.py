@@ -106,6 +106,18 @@ class _Series:
         return bisect_right(self.times, t) - 1
 
 
+def change(base: Decimal, current: Decimal) -> Decimal:
+    """``delta``: current - base."""
+    return _CTX.subtract(current, base)
+
+
+def percent_change(base: Decimal, current: Decimal) -> Decimal | None:
+    """``pct_change``: (current - base) * 100 / |base|; None when the base is zero."""
+    if not base:
+        return None
+    return _CTX.divide(_CTX.multiply(_CTX.subtract(current, base), _HUNDRED), _CTX.abs(base))
+
+
 def _window_start(now: float, window: float) -> float:
     if not window > 0:  # expressions only produce positive windows; anything else is a bug
         raise ValueError(f"window must be > 0 seconds, got {window!r}")
@@ -299,16 +311,12 @@ class History:
     def delta(self, key: HistoryKey, now: float, window: float) -> Decimal | None:
         """current - base (module docstring)."""
         ends = self._ends(key, now, window)
-        return None if ends is None else _CTX.subtract(ends[1], ends[0])
+        return None if ends is None else change(*ends)
 
     def pct_change(self, key: HistoryKey, now: float, window: float) -> Decimal | None:
         """(current - base) * 100 / |base|; None when the base is zero."""
         ends = self._ends(key, now, window)
-        if ends is None or not ends[0]:
-            return None
-        base, current = ends
-        change = _CTX.multiply(_CTX.subtract(current, base), _HUNDRED)
-        return _CTX.divide(change, _CTX.abs(base))
+        return None if ends is None else percent_change(*ends)
 
     def max_over(self, key: HistoryKey, now: float, window: float) -> Decimal | None:
         """Largest value over ``[now - window, now]`` (module docstring)."""

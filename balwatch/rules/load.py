@@ -1,4 +1,4 @@
-"""Rule files (DESIGN.md section 4) in, compiled :class:`~balwatch.rules.rule.Rule` values out.
+"""Rule files (docs/rules.md) in, compiled :class:`~balwatch.rules.rule.Rule` values out.
 
 Ops edit these files by hand, so every mistake must come back as ``FILE:LINE:COL`` with
 what was expected, and all of them at once: a broken rule fails its whole file (a file is
@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from balwatch.alert import Severity
-from balwatch.config.model import DAY, DurationRange, Name
+from balwatch.config.model import DAY, DurationRange, Name, unknown_interval
 from balwatch.config.problems import Reporter, Scalars, field_error, file_kind, value_at
 from balwatch.config.yamlsource import (
     Position,
@@ -105,6 +105,7 @@ class _Context:
     """What validation needs from outside the rule file; ``None``: not checked."""
 
     sink_names: Collection[str] | None = None
+    interval_names: Collection[str] | None = None
 
 
 def _known_sink(value: str, info: ValidationInfo) -> str:
@@ -119,6 +120,19 @@ def _known_sink(value: str, info: ValidationInfo) -> str:
 
 
 SinkName = Annotated[str, AfterValidator(_known_sink)]
+
+
+def _known_interval(value: str, info: ValidationInfo) -> str:
+    context = info.context
+    known = context.interval_names if isinstance(context, _Context) else None
+    if known is None or value in known:
+        return value
+    raise field_error(unknown_interval(known))
+
+
+IntervalName = Annotated[str, AfterValidator(_known_interval)]
+_MUTE_DURING: Final = "names of time_intervals in the config: no sink is notified inside any"
+_ACTIVE_DURING: Final = "names of time_intervals in the config: no sink is notified outside all"
 Globs = tuple[str, ...]
 
 
@@ -165,12 +179,19 @@ class RuleDefaults(StrictModel, title="defaults"):
     notify: tuple[SinkName, ...] | None = Field(None, description="sink names; omitted: all")
     labels: dict[str, str] = Field(default_factory=dict)
     repeat: RepeatDuration | None = Field(None, description="re-notify while firing")
+    mute_during: tuple[IntervalName, ...] = Field((), description=_MUTE_DURING)
+    active_during: tuple[IntervalName, ...] = Field((), description=_ACTIVE_DURING)
 
 
 class RuleModel(StrictModel, title="rule"):
     name: Name
     description: TemplateText | None = None
     select: SelectModel = SelectModel()
+    group_by: tuple[str, ...] | None = Field(
+        None,
+        description="a portfolio rule: account, exchange, venue, asset or account labels; "
+        "[] is one group of everything selected",
+    )
     when: ExpressionText = Field(description="the alert condition, like 'available < 5000'")
     clear: ExpressionText | None = Field(None, description="resolve only when this holds")
     for_: WaitDuration | None = Field(None, alias="for", description="default: defaults.for")
@@ -182,6 +203,12 @@ class RuleModel(StrictModel, title="rule"):
     )
     labels: dict[str, str] = Field(default_factory=dict)
     notify: tuple[SinkName, ...] | None = None
+    mute_during: tuple[IntervalName, ...] | None = Field(
+        None, description=_MUTE_DURING + "; default: defaults.mute_during"
+    )
+    active_during: tuple[IntervalName, ...] | None = Field(
+        None, description=_ACTIVE_DURING + "; default: defaults.active_during"
+    )
 
     def compile(self, defaults: RuleDefaults, file: str, line: int) -> Rule:
         """The Rule, with the file's defaults filled in; raises :class:`RuleError`."""
@@ -199,6 +226,11 @@ class RuleModel(StrictModel, title="rule"):
             resolved_summary=self.resolved_summary,
             labels={**defaults.labels, **self.labels},
             notify=defaults.notify if self.notify is None else self.notify,
+            group_by=self.group_by,
+            mute_during=defaults.mute_during if self.mute_during is None else self.mute_during,
+            active_during=(
+                defaults.active_during if self.active_during is None else self.active_during
+            ),
             file=file,
             line=line,
         )
@@ -284,6 +316,7 @@ def load_rule_set(
     base_dir: Path | None = None,
     *,
     sink_names: Collection[str] | None = None,
+    interval_names: Collection[str] | None = None,
     accounts: Mapping[str, str] | None = None,
     reported_metrics: Mapping[str, Collection[str]] | None = None,
     listed_in: ListedIn | None = None,
@@ -293,16 +326,21 @@ def load_rule_set(
 
     ``patterns`` are globs (``**`` allowed), relative to ``base_dir`` (default: the working
     directory). ``sink_names``: the configured sinks that ``notify`` may name (``None``:
-    not checked). ``accounts``: configured account name -> exchange, for the selection
-    warnings (``None``: not checked). ``reported_metrics``: exchange -> the metrics its
-    source reports, for the never-reported-metric warnings (an exchange not in it may
-    report anything). A file matched by several globs loads once;
-    the file ``listed_in`` itself is never a rule file. Raises :class:`ConfigError` with
-    every error, plus the warnings, when any file has an error.
+    not checked); ``interval_names``: the time intervals that ``mute_during`` and
+    ``active_during`` may name (``None``: not checked). ``accounts``: configured account
+    name -> exchange, for the selection warnings (``None``: not checked).
+    ``reported_metrics``: exchange -> the metrics its source reports, for the
+    never-reported-metric warnings (an exchange not in it may report anything). A file
+    matched by several globs loads once; the file ``listed_in`` itself is never a rule
+    file. Raises :class:`ConfigError` with every error, plus the warnings, when any file
+    has an error.
     """
     files, problems = _expand(list(patterns), base_dir, listed_in, unmatched)
     loader = _Loader(
-        _Context(None if sink_names is None else frozenset(sink_names)),
+        _Context(
+            None if sink_names is None else frozenset(sink_names),
+            None if interval_names is None else frozenset(interval_names),
+        ),
         accounts,
         reported_metrics or {},
     )
@@ -429,7 +467,12 @@ class _Loader:
             try:
                 rule = model.compile(defaults, doc.file, doc.position(path).line)
             except RuleError as exc:
-                line, column = doc.position((*path, exc.key), key=True)
+                where = (*path, exc.key)
+                text = value_at(doc.data, where)
+                if exc.offset is not None and isinstance(text, str):
+                    line, column = scalars.at(where, text, exc.offset)
+                else:
+                    line, column = doc.position(where, key=True)
                 problems.append(Problem(doc.file, line, column, exc.message, kind="invalid rule"))
                 continue
             rules.append(rule)
@@ -511,28 +554,35 @@ def _warnings(
         line, column = doc.position((*path, "select"))
         message = f"rule {rule.name!r} selects none of the configured accounts"
         return [Problem(doc.file, line, column, message, "warning", kind="selects nothing")]
-    reported: set[str] = set()
-    for exchange in selected.values():
-        metrics = reported_metrics.get(exchange)
-        if metrics is None:
-            return []  # not a known source: it might report anything
-        reported.update(metrics)
+    if any(exchange not in reported_metrics for exchange in selected.values()):
+        return []  # not a known source: it might report anything
     problems: list[Problem] = []
     warned: set[str] = set()
     for key, expr in (("when", rule.when), ("clear", rule.clear)):
         if expr is None:
             continue
-        for metric in sorted(expr.metrics - reported - warned):
+        for metric in sorted(expr.metrics - warned):
+            # A row rule has no data on the rows lacking the metric; a group with any such
+            # row has none at all, so for a grouped rule one source lacking it is enough.
+            lacking = {n: x for n, x in selected.items() if metric not in reported_metrics[x]}
+            if not lacking or (rule.group_by is None and len(lacking) < len(selected)):
+                continue
             warned.add(metric)
-            exchanges = sorted(set(selected.values()))
-            names = sorted(selected)
+            exchanges = sorted(set(lacking.values()))
+            names = sorted(lacking)
             if len(names) > _NAMED:
                 names[_NAMED:] = [f"{len(names) - _NAMED} more"]
-            message = (
-                f"{metric} is never reported by {' or '.join(exchanges)}, the only "
-                f"source{'s' if len(exchanges) > 1 else ''} rule {rule.name!r} selects "
-                f"(accounts: {', '.join(names)}): the rule never has data"
-            )
+            if rule.group_by is not None:
+                what = (
+                    f"whose rows rule {rule.name!r} groups (accounts: {', '.join(names)}): "
+                    "a group with one of those rows never has data"
+                )
+            else:
+                what = (
+                    f"the only source{'s' if len(exchanges) > 1 else ''} rule {rule.name!r} "
+                    f"selects (accounts: {', '.join(names)}): the rule never has data"
+                )
+            message = f"{metric} is never reported by {' or '.join(exchanges)}, {what}"
             line, column = scalars.at((*path, key), expr.source, _metric_offset(expr, metric))
             problems.append(
                 Problem(doc.file, line, column, message, "warning", kind="metric never reported")

@@ -5,20 +5,27 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from balwatch.alert import SEVERITIES, Severity
-from balwatch.rules.expr import Expression
+from balwatch.rules.expr import Aggregate, Expression
 from balwatch.rules.select import Selector
-from balwatch.rules.template import ROW_FIELDS, Template
+from balwatch.rules.template import GROUP_FIELDS, ROW_FIELDS, Template
+
+GROUP_KEYS: Final = ("account", "exchange", "venue", "asset")
+"""What ``group_by`` may name besides account labels (a label of the same name is hidden)."""
+_ALWAYS_FIELDS: Final = frozenset({"rule", "severity", "values", *GROUP_FIELDS})
 
 
 class RuleError(ValueError):
-    """A rule whose parts do not fit together; ``key`` names the rule-file key at fault."""
+    """A rule whose parts do not fit together; ``key`` names the rule-file key at fault and
+    ``offset``, when set, the character inside its text."""
 
-    def __init__(self, message: str, key: str) -> None:
+    def __init__(self, message: str, key: str, offset: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.key = key
+        self.offset = offset
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -29,6 +36,9 @@ class Rule:
     description is ``description_template`` rendered, else the plain ``description``.
     ``resolved_summary``, when set, is the summary of the resolved notification instead of
     the one the alert fired with.
+    ``group_by`` (``None``: a rule of single rows) makes a portfolio rule: its expressions
+    read the rows of each group through aggregates (:mod:`balwatch.rules.groups`); ``()`` is
+    one group of everything selected.
     Equality is identity: two loads of the same file are different rules; the engine
     compares :attr:`condition` to decide whether alert state survives a reload.
     """
@@ -46,12 +56,21 @@ class Rule:
     description_template: Template | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     notify: tuple[str, ...] | None = None
+    group_by: tuple[str, ...] | None = None
+    # Names of the config's time intervals: the rule's alerts notify no sink inside any of
+    # mute_during, nor outside all of active_during (when it names any).
+    mute_during: tuple[str, ...] = ()
+    active_during: tuple[str, ...] = ()
     file: str = ""
     line: int = 0
     # Derived in __post_init__.
     account_scope: bool = field(init=False)
     history_metrics: frozenset[str] = field(init=False)
     windows: float = field(init=False)
+    aggregates: tuple[Aggregate, ...] = field(init=False)
+    """The aggregates of ``when`` and ``clear``, each text once."""
+    group_windows: frozenset[str] = field(init=False)
+    """Aggregates whose per-group history a window function reads."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -65,6 +84,7 @@ class Rule:
                 f"severity must be one of {', '.join(SEVERITIES)}, got {self.severity!r}",
                 "severity",
             )
+        self._check_grouping()
         scope = self.when.account_scope
         if self.clear is not None and scope and not self.clear.account_scope:
             raise RuleError(
@@ -91,6 +111,79 @@ class Rule:
             self, "history_metrics", frozenset().union(*(e.history_metrics for e in exprs))
         )
         object.__setattr__(self, "windows", max(e.windows for e in exprs))
+        aggregates = {a.text: a for e in exprs for a in e.aggregates}
+        object.__setattr__(self, "aggregates", tuple(aggregates.values()))
+        object.__setattr__(
+            self, "group_windows", frozenset().union(*(e.group_windows for e in exprs))
+        )
+
+    def _check_grouping(self) -> None:
+        """Aggregates only with ``group_by``; with it, rows only through aggregates."""
+        exprs = [("when", self.when), ("clear", self.clear)]
+        templates = [
+            ("summary", self.summary),
+            ("resolved_summary", self.resolved_summary),
+            ("description", self.description_template),
+        ]
+        if self.group_by is None:
+            for key, expr in exprs:
+                if expr is not None and expr.aggregate_offset is not None:
+                    func = expr.source[expr.aggregate_offset :].split("(", 1)[0].strip()
+                    raise RuleError(
+                        f"{func}() is an aggregate over a group of rows, but this rule has no "
+                        "group_by; "
+                        "add one, like group_by: [asset] (or [] for one group of every row "
+                        "it selects)",
+                        key,
+                        expr.aggregate_offset,
+                    )
+            for key, template in templates:
+                used = sorted(GROUP_FIELDS & template.fields) if template else []
+                if used:
+                    raise RuleError(
+                        f"{key} uses {{{used[0]}}}, which only rules with group_by have", key
+                    )
+            return
+        seen: set[str] = set()
+        for name in self.group_by:
+            if not name:
+                raise RuleError("group_by names must not be empty", "group_by")
+            if name in seen:
+                raise RuleError(f"group_by lists {name!r} twice", "group_by")
+            seen.add(name)
+        for key, expr in exprs:
+            if expr is not None and expr.row_read is not None:
+                offset, name = expr.row_read
+                hint = (
+                    f"like sum({name}) or min({name})"
+                    if name not in ("age", "failures")
+                    else "like sum(available); age and failures belong to single accounts"
+                )
+                raise RuleError(
+                    f"{name} is read outside an aggregate, but this rule has group_by: it "
+                    f"sees each group of rows through aggregates, {hint}",
+                    key,
+                    offset,
+                )
+        allowed = _ALWAYS_FIELDS | (seen & set(GROUP_KEYS))
+        if "account" in seen:
+            allowed |= {"exchange"}  # an account is on one exchange
+        for key, template in templates:
+            for name in sorted(template.fields - allowed) if template else []:
+                why = (
+                    f"{name} is not in group_by"
+                    if name in GROUP_KEYS
+                    else "a group has no single row or account"
+                )
+                raise RuleError(
+                    f"{key} uses {{{name}}}, but this rule has group_by and {why}; "
+                    "use {group}, {values} or {members}",
+                    key,
+                )
+
+    @property
+    def grouped(self) -> bool:
+        return self.group_by is not None
 
     @property
     def condition(self) -> tuple[str, str, str | None]:

@@ -28,10 +28,16 @@ and ``fail`` in any of its series makes the whole poll fail (the others must be 
 polls of each step and at each ``at``: account-scope rules (``age``) fire when they would in
 production. Steps continue past the end of the series (without polls) up to the last ``at``.
 
+An input series may name ``accounts: [a, b, c]`` instead of one ``account``: the same
+series then feeds each of them (a portfolio of wallets in a few lines).
+
 ``expected_alerts`` lists the alerts *firing* at ``at`` (pending ones are not firing). An
-alert matches on ``rule``, ``account``, ``asset`` (omit it for account-scope rules) and
-``venue`` if given; ``severity``, ``labels`` (compared whole), ``summary`` and
-``description`` are compared when given. ``expected_resolved``, when given, lists exactly
+alert matches on ``rule``, ``account``, ``asset`` (omit them where the alert has none:
+account-scope rules have no asset, a group's alert has only what its ``group_by`` names),
+``venue`` if given, and ``group`` (the ``group_by`` keys and values, compared whole) if
+given; ``severity``, ``labels`` (compared whole), ``summary``, ``description`` and
+``values`` (each name given, compared as a number; a group's rows are named like
+``USDT@bitso-hot``) are compared when given. ``expected_resolved``, when given, lists exactly
 the alerts that resolved after the previous test's ``at`` (in time order) and up to this
 one, compared the same way: that is where a resolved notification's text is checked::
 
@@ -52,15 +58,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 
-from balwatch.alert import Alert, Severity
+from balwatch.alert import Alert, Severity, group_text
 from balwatch.config.model import DAY, DurationRange, Name
 from balwatch.config.problems import Scalars, field_error, file_kind
 from balwatch.config.yamlsource import YamlDocument, load_yaml
 from balwatch.durations import format_duration
 from balwatch.errors import ConfigError, Problem
 from balwatch.model import Balance, Metric
+from balwatch.money import decimal_text
 from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import (
     ListedIn,
@@ -135,15 +142,35 @@ SeriesText = Annotated[
 ]
 
 
+def _amount(value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise field_error('expected a number as text like "4210.55", got {input}')
+    try:
+        return Decimal(str(value))
+    except ArithmeticError:
+        raise field_error('expected a number like "4210.55", got {input}') from None
+
+
+AmountText = Annotated[
+    Decimal, PlainValidator(_amount), WithJsonSchema({"type": ["string", "integer"]})
+]
+
+
 class ExpectedAlert(StrictModel, title="expected alert"):
     rule: str
-    account: str
+    account: str | None = Field(None, description="omit for a group without account")
     venue: str | None = None
     asset: str | None = Field(None, description="omit for account-scope rules")
+    group: dict[str, str | None] | None = Field(
+        None, description="a group's group_by keys and values, compared whole when given"
+    )
     severity: Severity | None = None
     labels: dict[str, str] | None = Field(None, description="compared whole when given")
     summary: str | None = None
     description: str | None = None
+    values: dict[str, AmountText] | None = Field(
+        None, description="the named values, compared as numbers"
+    )
 
 
 class AlertTest(StrictModel, title="alert test"):
@@ -155,10 +182,21 @@ class AlertTest(StrictModel, title="alert test"):
 
 
 class InputSeries(StrictModel, title="input series"):
-    account: Name
+    account: Name | None = Field(None, description="one account, or list them in accounts")
+    accounts: tuple[Name, ...] = Field((), description="the same series for each of them")
     asset: str
     venue: str | None = Field(None, description="default: the account's exchange")
     series: dict[Metric, SeriesText]
+
+    @model_validator(mode="after")
+    def _one_way(self) -> InputSeries:
+        if (self.account is None) == (not self.accounts):
+            raise field_error("give either account (one account) or accounts (a list of them)")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.accounts if self.account is None else (self.account,)
 
 
 class RuleTestFile(StrictModel, title="rule test file"):
@@ -288,17 +326,18 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
         problems.append(Problem(doc.file, line, column, message, kind="inconsistent test"))
 
     seen: set[tuple[str, str, str]] = set()
-    for index, entry in enumerate(test.input_series):
-        key = (entry.account, _venue(test, entry), entry.asset)
+    feeds = _feeds(test)
+    for index, account, entry in feeds:
+        key = (account, _venue(test, entry, account), entry.asset)
         if key in seen:
             problem(
                 ("input_series", index),
-                f"a second series for {entry.account} {key[1]}/{entry.asset}; "
+                f"a second series for {account} {key[1]}/{entry.asset}; "
                 "put all its metrics in one 'series' mapping",
             )
         seen.add(key)
-    for account in dict.fromkeys(entry.account for entry in test.input_series):
-        entries = [(i, e) for i, e in enumerate(test.input_series) if e.account == account]
+    for account in dict.fromkeys(account for _, account, _ in feeds):
+        entries = [(i, e) for i, a, e in feeds if a == account]
         length = max((len(s) for _, e in entries for s in e.series.values()), default=0)
         for step in range(length):
             at_step = [
@@ -321,7 +360,7 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
             ("alert_tests", last, "at"),
             f"this test would take {steps:,} steps (a sample every "
             f"{format_duration(test.interval)} up to {format_duration(test.alert_tests[last].at)}"
-            f"{', and a tick every second' if _reads_account(rules) else ''}), more than "
+            f"{', and a tick every second' if _ticks(rules) else ''}), more than "
             f"the {MAX_STEPS:,} allowed; use a longer interval or an earlier 'at'",
         )
     names = {rule.name for rule in rules}
@@ -340,24 +379,31 @@ def _consistency(doc: YamlDocument, test: RuleTestFile, rules: Sequence[Rule]) -
 
 
 def _steps(test: RuleTestFile, rules: Sequence[Rule]) -> int:
-    """Sample times up to the last ``at``, plus a tick per second for account-scope rules."""
+    """Sample times up to the last ``at``, plus a tick per second for rules that ticks evaluate."""
     last = max((check.at for check in test.alert_tests), default=0.0)
     steps = int(last / test.interval) + 1 + len(test.alert_tests)
-    if _reads_account(rules):
+    if _ticks(rules):
         steps += int(last / TICK_SECONDS)
     return steps
 
 
-def _reads_account(rules: Sequence[Rule]) -> bool:
-    return any(rule.account_scope for rule in rules)
+def _ticks(rules: Sequence[Rule]) -> bool:
+    """Whether the daemon's ticker evaluates some of ``rules`` between polls: account-scope
+    rules (``age``) and grouped rules (a pending group fires on time)."""
+    return any(rule.account_scope or rule.grouped for rule in rules)
 
 
 def _exchange(test: RuleTestFile, account: str) -> str:
     return test.accounts.get(account, DEFAULT_EXCHANGE)
 
 
-def _venue(test: RuleTestFile, entry: InputSeries) -> str:
-    return entry.venue or _exchange(test, entry.account)
+def _venue(test: RuleTestFile, entry: InputSeries, account: str) -> str:
+    return entry.venue or _exchange(test, account)
+
+
+def _feeds(test: RuleTestFile) -> list[tuple[int, str, InputSeries]]:
+    """(index in input_series, account, entry): one per account an entry feeds."""
+    return [(i, a, entry) for i, entry in enumerate(test.input_series) for a in entry.names]
 
 
 class _Clock:
@@ -380,11 +426,12 @@ class _Run:
         self.engine = Engine(rules, clock=self.clock)
         self.firing: dict[str, Alert] = {}
         self.resolved: list[Alert] = []  # since the last check
-        accounts = [*test.accounts, *(entry.account for entry in test.input_series)]
+        self.feeds = _feeds(test)
+        accounts = [*test.accounts, *(account for _, account, _ in self.feeds)]
         self.accounts = {name: _exchange(test, name) for name in accounts}
         for name, exchange in self.accounts.items():
             self.engine.register_account(name, exchange)
-        self.account_rules = _reads_account(rules)
+        self.ticking = _ticks(rules)
         self.ticked = 0.0  # when the ticker last ran
 
     def checks(self) -> tuple[CheckResult, ...]:
@@ -405,9 +452,10 @@ class _Run:
         return tuple(results[i] for i in range(len(self.test.alert_tests)))
 
     def _tick_until(self, until: float) -> None:
-        """The daemon's ticker between samples: account-scope rules (``age``) are evaluated
-        every second, so they fire when they would in production, not at the next sample."""
-        if not self.account_rules:
+        """The daemon's ticker between samples: account-scope rules (``age``) and groups are
+        evaluated every second, so they fire when they would in production, not at the next
+        sample."""
+        if not self.ticking:
             return
         t = self.ticked + TICK_SECONDS
         while t < until - _EPSILON:
@@ -421,8 +469,8 @@ class _Run:
         for account, exchange in self.accounts.items():
             rows: list[Balance] = []
             failed = False
-            for entry in self.test.input_series:
-                if entry.account != account:
+            for _, name, entry in self.feeds:
+                if name != account:
                     continue
                 values = {m: s[step] for m, s in entry.series.items() if step < len(s)}
                 failed = failed or FAIL in values.values()
@@ -431,7 +479,7 @@ class _Run:
                     m: v for m, v in values.items() if isinstance(v, Decimal)
                 }
                 if metrics:
-                    venue = _venue(self.test, entry)
+                    venue = _venue(self.test, entry, account)
                     rows.append(
                         Balance(account, exchange, venue, entry.asset, entry.asset, **metrics)
                     )
@@ -487,6 +535,16 @@ def _matched(
 
 
 def _same_alert(expected: ExpectedAlert, alert: Alert) -> bool:
+    if expected.group is not None:  # the group says it all; the rest only when given
+        return (
+            expected.rule == alert.rule
+            and alert.group is not None
+            and dict(alert.group) == expected.group
+            and all(
+                getattr(expected, key) in (None, getattr(alert, key))
+                for key in ("account", "venue", "asset")
+            )
+        )
     return (
         expected.rule == alert.rule
         and expected.account == alert.account
@@ -508,6 +566,14 @@ def _differences(expected: ExpectedAlert, alert: Alert) -> list[str]:
         "summary": alert.summary,
         "description": alert.description,
     }
+    if expected.values is not None:
+        wanted["values"] = {k: decimal_text(v) for k, v in expected.values.items()}
+        got["values"] = {
+            k: None if alert.values.get(k) is None else decimal_text(alert.values[k])
+            for k in expected.values
+        }
+        if all(alert.values.get(k) == v for k, v in expected.values.items()):
+            got["values"] = wanted["values"]  # equal as numbers, whatever the spelling
     return [
         f"{_describe(alert)}: {key}\n      expected: {value!r}\n      got:      {got[key]!r}"
         for key, value in wanted.items()
@@ -516,7 +582,12 @@ def _differences(expected: ExpectedAlert, alert: Alert) -> list[str]:
 
 
 def _describe(alert: Alert, *, full: bool = False) -> str:
-    where = alert.account if alert.asset is None else f"{alert.account} {alert.venue}/{alert.asset}"
+    if alert.group is not None:
+        where = group_text(alert.group)
+    elif alert.asset is None:
+        where = str(alert.account)
+    else:
+        where = f"{alert.account} {alert.venue}/{alert.asset}"
     text = f"{alert.rule} {where}"
     if full:
         text += f" (severity {alert.severity}, summary {alert.summary!r})"
@@ -524,7 +595,8 @@ def _describe(alert: Alert, *, full: bool = False) -> str:
 
 
 def _describe_expected(expected: ExpectedAlert) -> str:
-    if expected.asset is None:
-        return f"{expected.rule} {expected.account}"
+    if expected.group is not None:
+        return f"{expected.rule} {group_text(expected.group)}"
     venue = f"{expected.venue}/" if expected.venue else ""
-    return f"{expected.rule} {expected.account} {venue}{expected.asset}"
+    asset = None if expected.asset is None else f"{venue}{expected.asset}"
+    return " ".join(part for part in (expected.rule, expected.account, asset) if part)

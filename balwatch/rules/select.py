@@ -119,6 +119,12 @@ class Selector:
             self._match[3], self._unmatch[3], asset
         )
 
+    def matches_part(self, key: str, value: str) -> bool:
+        """One part alone (``accounts``, ``exchanges``, ``venues`` or ``assets``): whether
+        rows with this value there can be selected at all."""
+        index = _KEYS.index(key)
+        return _test(self._match[index], self._unmatch[index], value)
+
     def matches(self, account: str, exchange: str, venue: str, asset: str) -> bool:
         return self.matches_account(account, exchange) and self.matches_position(venue, asset)
 
@@ -175,7 +181,12 @@ class RuleIndex:
         if cached is None:
             candidates = [*self._by_account.get(account, ()), *self._wild]
             candidates.sort(key=lambda rule: self._position[id(rule)])
-            chosen = [r for r in candidates if r.selector.matches_account(account, exchange)]
+            # Grouped rules see rows through their groups (balwatch.rules.groups), not here.
+            chosen = [
+                r
+                for r in candidates
+                if r.group_by is None and r.selector.matches_account(account, exchange)
+            ]
             cached = (
                 tuple(r for r in chosen if not r.account_scope),
                 tuple(r for r in chosen if r.account_scope),

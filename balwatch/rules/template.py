@@ -11,7 +11,8 @@ renders as ``n/a``, which no numeric spec could format.
 Field names (:data:`FIELDS`): ``account``, ``exchange``, ``venue``, ``asset``, ``rule``,
 ``severity``, every balance metric, ``age``, ``failures`` and ``values`` (the values the
 ``when`` expression read, as ``name=value`` pairs; the only way to show a
-``pct_change(total, 15m)`` in a summary).
+``pct_change(total, 15m)`` in a summary). Rules with ``group_by`` also have ``group``
+(``asset=USDT``) and ``members`` (the rows that weigh most in the value, ``name=value``).
 
 Rendering never raises: a missing value (``None`` or absent) renders as ``n/a``;
 Decimals render in plain positional notation (never ``1E+3``), ages as ``1h2m5s``.
@@ -30,8 +31,20 @@ from balwatch.money import decimal_text
 
 ROW_FIELDS: Final = frozenset({"venue", "asset", *METRICS})
 """Fields that only a row has: an account-scope rule may not use them."""
+GROUP_FIELDS: Final = frozenset({"group", "members"})
+"""Fields that only a group has: only rules with ``group_by`` may use them."""
 FIELDS: Final = frozenset(
-    {"account", "exchange", "rule", "severity", "age", "failures", "values", *ROW_FIELDS}
+    {
+        "account",
+        "exchange",
+        "rule",
+        "severity",
+        "age",
+        "failures",
+        "values",
+        *ROW_FIELDS,
+        *GROUP_FIELDS,
+    }
 )
 MISSING: Final = "n/a"
 

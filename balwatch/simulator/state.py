@@ -1,6 +1,6 @@
 """What the fake exchanges hold: accounts, their balances, queued faults, request counts.
 
-Balances are kept in the normalized metric names of DESIGN.md section 2 (as wire text);
+Balances are kept in the normalized metric names of the balance row (as wire text);
 each source module renders them in its own wire format. That way one scenario can
 drain "available" on every source alike.
 """

@@ -2,9 +2,10 @@
 
 Pure functions, no I/O, so every format's body can be tested without a server.
 
-A chat message carries one alert (its card: marker, event, severity, rule; summary; where;
-values; when; instance) or a group of them (a title that counts them, then one line per
-alert, firing ones first, then resolved ones, each linking to its ``url`` where it has one,
+A chat message carries one alert (its card: marker, event, severity, rule; summary; where
+(account, asset, exchange; a portfolio rule's alert its group); values; when; instance) or a
+group of them (a title that counts them, then one line per alert, firing ones first, then
+resolved ones, each naming where as a card does and linking to its ``url`` where it has one,
 and the ``instance``). Messages differ per service only in markup, escaping and limits:
 
 - every free-text field is clipped before markup, and a group lists as many alerts as fit
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from balwatch.alert import SEVERITY_RANK
+from balwatch.alert import SEVERITY_RANK, group_text
 from balwatch.sink import AlertDoc, AlertGroup
 
 ChatFormat = Literal["slack", "mattermost", "discord", "telegram", "teams"]
@@ -51,7 +52,7 @@ TEAMS_LIMIT: Final = 12_000  # text in the card: the whole request must stay und
 
 
 def encode_alert(alert: AlertDoc) -> bytes:
-    """The alert JSON (DESIGN.md section 5) as sent to MQTT and generic webhooks.
+    """The alert JSON (docs/alerts.md) as sent to MQTT and generic webhooks.
 
     Compact and UTF-8, so a signature is computed over exactly the bytes on the wire.
     Raises TypeError/ValueError for a document that is not plain JSON data.
@@ -166,13 +167,8 @@ def _url(alert: AlertDoc) -> str | None:
 
 
 def _facts(alert: AlertDoc, *, resolved: bool) -> tuple[tuple[str, str], ...]:
-    facts: list[tuple[str, str]] = [("Account", _text(alert.get("account")))]
-    if alert.get("asset") is not None:
-        facts.append(("Asset", _text(alert.get("asset"))))
-    exchange, venue = _text(alert.get("exchange")), _text(alert.get("venue"))
-    if exchange:
-        where = f"{exchange}/{venue}" if venue and venue != exchange else exchange
-        facts.append(("Exchange", where))
+    group = alert.get("group")  # a portfolio rule's group: its keys say where
+    facts = [("Group", group_text(group))] if isinstance(group, Mapping) else _row_facts(alert)
     values = alert.get("values")
     if isinstance(values, Mapping):
         items = list(values.items())
@@ -186,6 +182,17 @@ def _facts(alert: AlertDoc, *, resolved: bool) -> tuple[tuple[str, str], ...]:
     if alert.get("instance"):
         facts.append(("Instance", _text(alert.get("instance"))))
     return tuple((clip(k, _FACT_LIMIT), clip(v, _FACT_LIMIT)) for k, v in facts if v)
+
+
+def _row_facts(alert: AlertDoc) -> list[tuple[str, str]]:
+    facts: list[tuple[str, str]] = [("Account", _text(alert.get("account")))]
+    if alert.get("asset") is not None:
+        facts.append(("Asset", _text(alert.get("asset"))))
+    exchange, venue = _text(alert.get("exchange")), _text(alert.get("venue"))
+    if exchange:
+        where = f"{exchange}/{venue}" if venue and venue != exchange else exchange
+        facts.append(("Exchange", where))
+    return facts
 
 
 def _text(value: object) -> str:
@@ -233,11 +240,14 @@ def _digest(alerts: Sequence[AlertDoc], labels: Mapping[str, str]) -> _Digest:
 
 
 def _line(alert: AlertDoc) -> _Line:
-    account, asset = _text(alert.get("account")), _text(alert.get("asset"))
-    exchange, venue = _text(alert.get("exchange")), _text(alert.get("venue"))
-    parts = [account, venue if venue and venue != exchange else "", asset]
-    subject = " ".join(part for part in parts if part)
-    subject = subject or _text(alert.get("group")) or _text(alert.get("rule"))
+    group = alert.get("group")  # a portfolio rule's group: its keys say which, as in a card
+    if isinstance(group, Mapping):
+        subject = group_text(group)
+    else:
+        account, asset = _text(alert.get("account")), _text(alert.get("asset"))
+        exchange, venue = _text(alert.get("exchange")), _text(alert.get("venue"))
+        parts = [account, venue if venue and venue != exchange else "", asset]
+        subject = " ".join(part for part in parts if part) or _text(alert.get("rule"))
     summary = _text(alert.get("summary")) or _text(alert.get("expression"))
     return _Line(
         marker=_marker(alert),

@@ -16,6 +16,12 @@ account holding an asset on two venues shared an ``active/`` topic. Outbox docum
 the :data:`RETAINED_ONLY` key are not notifications but upkeep of retained topics across
 such a change (see :mod:`balwatch.topiclayout`): they publish on ``active/`` only.
 
+An alert of a group (a rule with ``group_by``) fills the segments its group has and puts
+``-`` in the others (``alerts/usdt-floor/-/-/USDT`` for ``group_by: [asset]``). A group
+keyed by more than the segments (an exchange, a label) adds one level after them,
+``key=value`` pairs sorted and joined by ``,`` (``.../-/-/-/desk=treasury,exchange=bitso``),
+so two groups never share a retained ``active/`` topic.
+
 One background task owns the connection and reconnects with backoff; :meth:`send` never
 connects, it publishes on the live connection or fails at once as retryable, so an outage
 costs the outbox a retry instead of a hung delivery slot. Many sends may be in flight on
@@ -32,6 +38,7 @@ import random
 import re
 import secrets
 import ssl
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -50,8 +57,11 @@ log = structlog.get_logger(__name__)
 
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
-# The segment of a topic for what an alert does not have (venue and asset at account scope).
+# The segment of a topic for what an alert does not have (venue and asset at account scope,
+# what a group is not keyed by).
 NO_SEGMENT: Final = "-"
+# The alert keys that are topic segments after the rule, in order.
+SEGMENTS: Final = ("account", "venue", "asset")
 TOPIC_LAYOUT: Final = 2
 # Key of an upkeep document, and its two kinds: retain the alert beside the key on its
 # active/ topic (no event), or clear the alert's active/ topic of layout version 1.
@@ -93,11 +103,19 @@ def topic_segment(value: object) -> str:
 
 
 def topic_tail(alert: AlertDoc) -> str:
-    """``<rule>/<account>/<venue>/<asset>`` of an alert, ``-`` for what it does not have."""
-    return "/".join(
+    """``<rule>/<account>/<venue>/<asset>`` of an alert, ``-`` for what it does not have;
+    a group's keys beyond those as one more level (module docstring)."""
+    parts = [
         NO_SEGMENT if value is None else topic_segment(value)
-        for value in (alert.get(key) for key in ("rule", "account", "venue", "asset"))
-    )
+        for value in (alert.get(key) for key in ("rule", *SEGMENTS))
+    ]
+    group = alert.get("group")
+    if isinstance(group, Mapping):
+        extra = sorted((str(k), v) for k, v in group.items() if k not in SEGMENTS)
+        if extra:
+            pairs = (f"{k}={NO_SEGMENT if v is None else v}" for k, v in extra)
+            parts.append(topic_segment(",".join(pairs)))
+    return "/".join(parts)
 
 
 def v1_topic_tail(alert: AlertDoc) -> str:

@@ -15,8 +15,9 @@ Chat formats group alerts by default and are paced at their service's documented
 
 Webhook URLs are credentials (Slack, Discord and Telegram put the token in the URL), so
 errors name the sink and the HTTP status, never the URL. A chat service's reason for a
-failure (Slack's ``channel_is_archived``, Telegram's ``description``) is kept, with this
-sink's secrets masked in it; a generic receiver's body is never quoted.
+failure (Slack's ``channel_is_archived``, Telegram's ``description``) is kept, masked by
+:mod:`balwatch.redact` (every configured secret, this sink's URL tokens among them); a
+generic receiver's body is never quoted.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ import json
 import time
 from collections.abc import Callable
 from typing import Any, Final
-from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
 
-from balwatch import __version__
+from balwatch import __version__, redact
 from balwatch.config.model import WebhookSinkConfig
+from balwatch.httpbody import read_bounded
 from balwatch.sink import AlertDoc, AlertGroup, DeliveryError, Sink
 from balwatch.sinks.chat import needs_body, rates, read_answer
 from balwatch.sinks.formats import (
@@ -47,11 +48,6 @@ from balwatch.sinks.formats import (
 SIGNATURE_HEADER: Final = "X-Balwatch-Signature"
 # Enough of an answer to find the service's reason and retry_after; never a whole page.
 _MAX_ERROR_BODY: Final = 64 * 1024
-# Secrets shorter than this are not masked in a service's answer (it would garble it).
-_MASK_MIN: Final = 4
-# A URL's path segment or query value this long may be a token (Slack's has 24 characters,
-# Mattermost's 26, Telegram's 35 after the colon); shorter ones are words like "services".
-_TOKEN_MIN: Final = 16
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -75,12 +71,7 @@ class WebhookSink(Sink):
             quiet=config.quiet,
             mention={str(severity): who for severity, who in config.mention.items()},
         )
-        # Every form of this sink's secrets a service could echo, longest first: the URL's
-        # tokens alone too (Slack's last path segment, Telegram's bot token).
-        values = {s.reveal() for s in config.secrets() if len(s.reveal()) >= _MASK_MIN}
-        values |= _url_tokens(config.url.reveal())
-        forms = {f for v in values for f in (v, quote(v, safe=""), json.dumps(v)[1:-1])}
-        self._masked = sorted(forms, key=len, reverse=True)
+        self._secrets = config.secrets()
 
     async def start(self) -> None:
         if self._session is None:
@@ -138,7 +129,7 @@ class WebhookSink(Sink):
                 status = response.status
                 text = ""
                 if needs_body(fmt, status):
-                    raw = await _read_bounded(response, _MAX_ERROR_BODY)
+                    raw = await read_bounded(response, _MAX_ERROR_BODY)
                     text = self._mask(raw.decode("utf-8", "replace"))
                 answer = read_answer(fmt, status, response.headers, text)
         except TimeoutError:
@@ -190,26 +181,6 @@ class WebhookSink(Sink):
         return headers
 
     def _mask(self, text: str) -> str:
-        for form in self._masked:
-            text = text.replace(form, "***")
-        return text
-
-
-def _url_tokens(url: str) -> set[str]:
-    """Path segments and query values of a URL long enough to be tokens (and the parts of
-    one split at ``:``, as in Telegram's ``bot<id>:<secret>``)."""
-    parts = urlsplit(url)
-    pieces = [*parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))]
-    pieces += [half for piece in pieces for half in piece.split(":")]
-    return {piece for piece in pieces if len(piece) >= _TOKEN_MIN}
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body: an error page cannot exhaust memory."""
-    data = bytearray()
-    while len(data) < limit:
-        chunk = await response.content.read(limit - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
+        """The service's answer with every secret masked: the process's (the installed
+        redactor) and this sink's own, in each form an echo may take."""
+        return redact.installed().including(self._secrets).text(text)

@@ -20,6 +20,10 @@ Every implementation passes ``tests/state/test_conformance.py``. The guarantees 
   snapshot: they are not changed afterwards, and the store may encode them later.
 - Storage that is not the store's own, or whose schema is newer than this balwatch, is a
   :class:`StateError` from :meth:`~StateStore.open`, with nothing in it changed.
+- What people change by hand (silences; dead letters retried or dropped) may be written by
+  another store on the same storage, opened beside the daemon's by the CLI (for SQLite:
+  ``SqliteStateStore(state_dir, exclusive=False)``). The daemon learns of it through
+  :meth:`~StateStore.changes`, which it reads every second: each such write moves a counter.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import Literal, NamedTuple, Self
 
-from balwatch.alert import Alert
+from balwatch.alert import Alert, iso_z
 from balwatch.rules.engine import AccountState, AlertState, Engine
 from balwatch.rules.history import HistoryChanges, HistoryKey
+from balwatch.silence import Silence
 from balwatch.sink import AlertDoc
 
 Sample = tuple[HistoryKey, float, Decimal]
@@ -125,7 +131,9 @@ class Delivery:
     """One alert on its way to one sink; ``attempts`` counts the failed tries so far.
 
     ``message`` is set once the delivery went into a group message (:meth:`StateStore.bundle`):
-    it is then sent again as that message, with the same others, until acknowledged.
+    it is then sent again as that message, with the same others, until acknowledged or
+    dead-lettered. A dead letter made pending again (:meth:`StateStore.retry_dead`) has none:
+    it goes out in a new message.
     """
 
     id: int
@@ -154,6 +162,48 @@ class SinkCounts:
 
     pending: int = 0
     dead: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One delivery row as ``balwatch outbox list`` shows it: ``error`` is the last failed
+    attempt's (as the sink worded it, masked), None before any failed."""
+
+    id: int
+    sink: str
+    status: Literal["pending", "dead"]
+    attempts: int
+    error: str | None
+    updated_at: float
+    alert: AlertDoc
+
+    def to_json(self) -> dict[str, object]:
+        """As ``outbox list --json`` and ``/api/outbox`` show it."""
+        return {
+            "id": self.id,
+            "sink": self.sink,
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "updated_at": iso_z(datetime.fromtimestamp(self.updated_at, UTC)),
+            "alert": dict(self.alert),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """What :meth:`StateStore.retry_dead` did with the ids it was given."""
+
+    retried: list[int]  # pending again, sent at once
+    stale: list[int]  # left dead: the alert's later course made them untrue
+    unknown: list[int]  # no dead letter has this id
+
+
+class Changes(NamedTuple):
+    """Counters that move with every write made by hand, on any store on the storage."""
+
+    silences: int  # silences added, expired or pruned
+    outbox: int  # dead letters retried or dropped
 
 
 OnCommit = Callable[[list[Delivery]], None]
@@ -226,17 +276,21 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def ack_all(self, delivery_ids: Sequence[int]) -> None:
-        """:meth:`ack` for several deliveries in one transaction: a group message's."""
+        """:meth:`ack` for several deliveries in one transaction: a group message's. All of
+        them are gone afterwards, or (on an error) none."""
 
     @abc.abstractmethod
     async def fail_all(self, delivery_ids: Sequence[int], error: str, *, dead: bool) -> None:
-        """:meth:`fail` for several deliveries in one transaction: a group message's."""
+        """:meth:`fail` for several deliveries in one transaction: a group message's. Each
+        gets one more attempt and ``error`` as its last error; with ``dead`` each is a dead
+        letter (its ``message`` kept, for inspection)."""
 
     @abc.abstractmethod
     async def bundle(self, message: str, delivery_ids: Sequence[int]) -> None:
         """Record, before its first attempt, that these pending deliveries go out together
         as group message ``message``: :meth:`pending` then returns them with it, so a
-        message cut off by a crash is sent again whole, as the same message."""
+        message cut off by a crash is sent again whole, as the same message.
+        :meth:`retry_dead` clears it again."""
 
     # --- outbox reads ------------------------------------------------------------------
 
@@ -255,3 +309,50 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def counts(self) -> dict[str, SinkCounts]:
         """Pending and dead deliveries per sink name, for every sink that has any."""
+
+    # --- dead letters, by hand -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def outbox(self, *, dead_only: bool = False) -> list[OutboxEntry]:
+        """Every delivery row (only dead letters with ``dead_only``) in id order."""
+
+    @abc.abstractmethod
+    async def retry_dead(self, ids: Sequence[int] | None = None) -> Retried:
+        """Make dead letters pending again, with no failed attempts (all with ``ids`` None).
+
+        A dead letter whose alert's later course made it untrue stays dead (``stale``): a
+        ``firing`` or ``repeat`` of an alert that is not firing now (no firing alert state,
+        no self-alert with its fingerprint), a ``resolved`` of one that is. Sending those
+        would show a resolved alert as firing (MQTT ``active/``), or the reverse. A retried
+        one loses the group message it was bundled in (:attr:`Delivery.message` None): the
+        worker groups it anew, rather than resending a message whose other alerts may have
+        moved on. Moves :attr:`Changes.outbox` when anything was retried.
+        """
+
+    @abc.abstractmethod
+    async def drop_dead(self, ids: Sequence[int]) -> list[int]:
+        """Delete these dead letters (pending deliveries are left alone); returns the ids
+        deleted. Moves :attr:`Changes.outbox` when any was."""
+
+    # --- silences --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_silence(self, silence: Silence) -> None:
+        """Store a new silence (its id is new: one already stored is an error)."""
+
+    @abc.abstractmethod
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        """End the silence at ``now`` (:meth:`Silence.expired`: one already over stays as it
+        is); returns it as stored now, or None when there is no silence with this id."""
+
+    @abc.abstractmethod
+    async def silences(self) -> list[Silence]:
+        """Every stored silence, pending, active and expired, oldest first (by creation)."""
+
+    @abc.abstractmethod
+    async def prune_silences(self, ended_before: float) -> int:
+        """Delete the silences that ended before ``ended_before``; returns how many."""
+
+    @abc.abstractmethod
+    async def changes(self) -> Changes:
+        """The counters of writes made by hand: cheap, read by the daemon every second."""

@@ -17,10 +17,12 @@ Group commit
 
 Schema
     Versioned per component in ``schema_version`` (:func:`migrate`): ``engine`` (alert
-    states, account liveness, history samples, self-alerts) and ``outbox``.
+    states, account liveness, history samples, self-alerts), ``outbox`` and ``oncall``
+    (silences, and the counters of changes made by hand).
     ``outbox_alert`` holds each document once; ``outbox_delivery`` one row per (alert, sink),
     ``pending`` until acknowledged (then deleted) or ``dead`` (kept with its last error for
-    inspection); ``message`` names the group message a delivery went out in, once bundled.
+    inspection); ``message`` names the group message a delivery went out in, once bundled
+    (cleared when a dead letter is retried).
     A trigger deletes an alert when its last delivery row goes, so no caller has to
     remember to. Delivery ids follow the AUTOINCREMENT sequence, which never reuses
     an id even after its row is pruned, so id order is enqueue order: per-fingerprint
@@ -29,7 +31,12 @@ Schema
     mirrors what the engine holds.
 
 The state directory
-    One daemon per directory: the store holds an flock on ``balwatch.lock`` while open. A
+    One daemon per directory: the store holds an flock on ``balwatch.lock`` while open. The
+    CLI's silence and outbox commands open the store with ``exclusive=False``: no lock, so
+    they work beside a running daemon, each change one short transaction that WAL lets run
+    beside the daemon's reads (and its writes wait for, up to the busy timeout). Such a
+    store never creates the database: a state directory the daemon never used is most
+    likely the wrong one, and a silence written there would mute nothing. A
     directory the store creates is 0700; one that exists keeps its mode (it may be shared
     or managed by someone else, as systemd's ``StateDirectory=`` is). The database, its
     ``-wal`` and ``-shm`` files and the lock file are 0600 whatever the umask: they hold
@@ -55,12 +62,16 @@ from typing import Any, Final, Literal, TypeVar
 
 from balwatch.alert import Alert
 from balwatch.rules.engine import AccountState, AlertState
+from balwatch.silence import Silence
 from balwatch.sink import AlertDoc
 from balwatch.state.base import (
     AlertCommit,
+    Changes,
     DeadLetter,
     Delivery,
     OnCommit,
+    OutboxEntry,
+    Retried,
     SavedState,
     SinkCounts,
     StateChange,
@@ -113,7 +124,20 @@ OUTBOX_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
     # The group message a pending delivery went into (StateStore.bundle).
     ("ALTER TABLE outbox_delivery ADD COLUMN message TEXT",),
 )
-SCHEMAS: Final = (("engine", ENGINE_SCHEMA), ("outbox", OUTBOX_SCHEMA))
+# What people change by hand: silences, and the counters the daemon watches (Changes).
+ONCALL_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        "CREATE TABLE silence (id TEXT PRIMARY KEY, doc TEXT NOT NULL, "
+        "ends_at REAL NOT NULL, created_at REAL NOT NULL)",
+        "CREATE TABLE change_counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO change_counter VALUES ('silences', 0), ('outbox', 0)",
+    ),
+)
+SCHEMAS: Final = (
+    ("engine", ENGINE_SCHEMA),
+    ("outbox", OUTBOX_SCHEMA),
+    ("oncall", ONCALL_SCHEMA),
+)
 
 # A write of engine tables that goes into the next transaction; runs on the DB thread.
 _StateWrite = Callable[[sqlite3.Connection], None]
@@ -178,9 +202,10 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Sequence[s
 class SqliteStateStore(StateStore):
     """The state in ``state_dir/balwatch.db``; see the module docstring."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, exclusive: bool = True) -> None:
         self.state_dir = state_dir
         self.path = state_dir / DB_FILE
+        self.exclusive = exclusive
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -198,7 +223,7 @@ class SqliteStateStore(StateStore):
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="balwatch-db")
         try:
             self._lock_fd, self._conn = await asyncio.get_running_loop().run_in_executor(
-                executor, _open, self.state_dir
+                executor, _open, self.state_dir, self.exclusive
             )
         except BaseException:
             executor.shutdown(wait=False)
@@ -348,6 +373,62 @@ class SqliteStateStore(StateStore):
             found.setdefault(sink, {})[status] = count
         return {sink: SinkCounts(**by_status) for sink, by_status in found.items()}
 
+    async def outbox(self, *, dead_only: bool = False) -> list[OutboxEntry]:
+        rows: list[tuple[int, str, Literal["pending", "dead"], int, str | None, float, str]]
+        rows = await self._query(
+            "SELECT d.id, d.sink, d.status, d.attempts, d.last_error, d.updated_at, a.doc "
+            "FROM outbox_delivery d JOIN outbox_alert a ON a.id = d.alert "
+            "WHERE ?1 = 0 OR d.status = 'dead' ORDER BY d.id",
+            int(dead_only),
+        )
+        return [
+            OutboxEntry(i, sink, status, attempts, error, updated, json.loads(doc))
+            for i, sink, status, attempts, error, updated, doc in rows
+        ]
+
+    async def retry_dead(self, ids: Sequence[int] | None = None) -> Retried:
+        return await self._transact(_retry_dead, None if ids is None else list(ids))
+
+    async def drop_dead(self, ids: Sequence[int]) -> list[int]:
+        return await self._transact(_drop_dead, list(ids))
+
+    async def add_silence(self, silence: Silence) -> None:
+        await self._transact(_add_silence, silence)
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        return await self._transact(_expire_silence, silence_id, now)
+
+    async def silences(self) -> list[Silence]:
+        rows: list[tuple[str]] = await self._query(
+            "SELECT doc FROM silence ORDER BY created_at, id"
+        )
+        return [Silence.from_record(json.loads(doc)) for (doc,) in rows]
+
+    async def prune_silences(self, ended_before: float) -> int:
+        return await self._transact(_prune_silences, ended_before)
+
+    async def changes(self) -> Changes:
+        rows: list[tuple[str, int]] = await self._query("SELECT name, value FROM change_counter")
+        counters = dict(rows)
+        return Changes(silences=counters["silences"], outbox=counters["outbox"])
+
+    async def _transact(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(connection, *args)`` in a transaction of its own, on the database thread."""
+
+        def run(conn: sqlite3.Connection) -> _T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn, *args)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        self._check_open()
+        return await self._run(run)
+
     async def _query(self, sql: str, *args: object) -> list[Any]:
         def run(conn: sqlite3.Connection) -> list[Any]:
             return conn.execute(sql, args).fetchall()
@@ -393,11 +474,20 @@ def _encode(alert: AlertDoc) -> str:
 # --- opening ---------------------------------------------------------------------------
 
 
-def _open(state_dir: Path) -> tuple[int, sqlite3.Connection]:
-    """Take the directory, check the file is ours, open and migrate it: (lock, connection)."""
-    _make_state_dir(state_dir)
-    lock = _lock(state_dir)
+def _open(state_dir: Path, exclusive: bool) -> tuple[int | None, sqlite3.Connection]:
+    """Take the directory, check the file is ours, open and migrate it: (lock, connection).
+
+    Not ``exclusive``: no lock (None), and the database must exist already.
+    """
     path = state_dir / DB_FILE
+    if not exclusive and not path.is_file():
+        raise StateError(
+            f"{path}: no state database here; has `balwatch run` used this state_dir? "
+            "(state_dir defaults to $STATE_DIRECTORY, which systemd sets for the service: "
+            "set it, or state_dir in the config)"
+        )
+    _make_state_dir(state_dir)
+    lock = _lock(state_dir) if exclusive else None
     try:
         _refuse_foreign(path)
         _make_private(path)
@@ -414,7 +504,8 @@ def _open(state_dir: Path) -> tuple[int, sqlite3.Connection]:
                 raise StateError(f"{path}: cannot use the state database ({exc})") from None
             raise
     except BaseException:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
         raise
     return lock, conn
 
@@ -651,3 +742,86 @@ def _write(conn: sqlite3.Connection, batch: _Batch) -> int:
             conn.execute("ROLLBACK")
         raise
     return first
+
+
+# --- by hand: silences and dead letters (each in a transaction of its own) ---------------
+
+
+def _bump(conn: sqlite3.Connection, counter: str) -> None:
+    conn.execute("UPDATE change_counter SET value = value + 1 WHERE name = ?", (counter,))
+
+
+def _add_silence(conn: sqlite3.Connection, silence: Silence) -> None:
+    conn.execute(
+        "INSERT INTO silence (id, doc, ends_at, created_at) VALUES (?, ?, ?, ?)",
+        (silence.id, json.dumps(silence.to_record()), silence.ends_at, silence.created_at),
+    )
+    _bump(conn, "silences")
+
+
+def _expire_silence(conn: sqlite3.Connection, silence_id: str, now: float) -> Silence | None:
+    row = conn.execute("SELECT doc FROM silence WHERE id = ?", (silence_id,)).fetchone()
+    if row is None:
+        return None
+    stored = Silence.from_record(json.loads(row[0]))
+    ended = stored.expired(now)
+    if ended is not stored:
+        conn.execute(
+            "UPDATE silence SET doc = ?, ends_at = ? WHERE id = ?",
+            (json.dumps(ended.to_record()), ended.ends_at, silence_id),
+        )
+        _bump(conn, "silences")
+    return ended
+
+
+def _prune_silences(conn: sqlite3.Connection, ended_before: float) -> int:
+    pruned = conn.execute("DELETE FROM silence WHERE ends_at < ?", (ended_before,)).rowcount
+    if pruned:
+        _bump(conn, "silences")
+    return pruned
+
+
+def _retry_dead(conn: sqlite3.Connection, ids: list[int] | None) -> Retried:
+    rows = conn.execute(
+        "SELECT d.id, a.doc FROM outbox_delivery d JOIN outbox_alert a ON a.id = d.alert "
+        "WHERE d.status = 'dead' ORDER BY d.id"
+    ).fetchall()
+    dead = {delivery_id: json.loads(doc) for delivery_id, doc in rows}
+    wanted = list(dead) if ids is None else list(dict.fromkeys(ids))
+    firing = {
+        fingerprint
+        for (fingerprint,) in conn.execute(
+            "SELECT fingerprint FROM engine_alert WHERE json_extract(doc, '$.phase') = 'firing' "
+            "UNION SELECT fingerprint FROM self_alert"
+        )
+    }
+    retried, stale, unknown = [], [], []
+    for delivery_id in wanted:
+        doc = dead.get(delivery_id)
+        if doc is None:
+            unknown.append(delivery_id)
+        elif (doc.get("event") == "resolved") == (doc.get("fingerprint") in firing):
+            stale.append(delivery_id)
+        else:
+            retried.append(delivery_id)
+    conn.executemany(
+        "UPDATE outbox_delivery SET status = 'pending', attempts = 0, message = NULL, "
+        "updated_at = ? WHERE id = ?",
+        [(time.time(), delivery_id) for delivery_id in retried],
+    )
+    if retried:
+        _bump(conn, "outbox")
+    return Retried(retried, stale, unknown)
+
+
+def _drop_dead(conn: sqlite3.Connection, ids: list[int]) -> list[int]:
+    dropped = [
+        delivery_id
+        for delivery_id in dict.fromkeys(ids)
+        if conn.execute(
+            "DELETE FROM outbox_delivery WHERE id = ? AND status = 'dead'", (delivery_id,)
+        ).rowcount
+    ]
+    if dropped:
+        _bump(conn, "outbox")
+    return dropped

@@ -46,7 +46,7 @@ API_KEY = {"api_key": KEY}
 JWT = {"merchant_id": MERCHANT, "login": LOGIN, "password": PASSWORD}
 BOTH_MODES = pytest.mark.parametrize("creds", [API_KEY, JWT], ids=["api_key", "jwt"])
 
-# The sample entry of EXCHANGES.md, filled in.
+# The sample entry of Kuna Core's documentation, filled in.
 DOCS_SAMPLE = """{"data": [{"balance": "1520.75", "asset": "USDT", "holdBalance": "20.25",
   "lockBalance": "5", "referralBalance": "0.5",
   "depositAddress": {"TRC20": {"address": "TXYZ1234", "memo": null}}}]}"""

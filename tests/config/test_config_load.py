@@ -15,7 +15,7 @@ from balwatch.sink import Grouping
 
 WriteFile = Callable[..., Path]
 
-# DESIGN.md section 3, verbatim.
+# The product's example config, verbatim.
 DESIGN_EXAMPLE = """
 state_dir: /var/lib/balwatch        # SQLite: alert state, history, outbox. Default: $STATE_DIRECTORY or ./.balwatch
 rules: [rules/*.yaml]               # globs, relative to this file
@@ -145,6 +145,25 @@ def test_defaults_apply(write: WriteFile, tmp_path: Path) -> None:
     assert gw_spec.options == CoinApiOptions(exchange_id="BINANCE")
     assert config.account_spec(kuna).timeout == 2.0
     assert kuna.options == KunaCoreOptions(assets=["USDT"])
+    # Answers are capped at 8 MiB unless an account or the defaults say otherwise.
+    assert gw_spec.max_response_size == config.account_spec(kuna).max_response_size == 8 << 20
+
+
+def test_response_size_cap_per_account_or_default(write: WriteFile) -> None:
+    config = load_config(
+        write(
+            """
+            defaults: {max_response_size: 512KiB}
+            accounts:
+              - {name: a, exchange: coinapi, base_url: "https://gw", max_response_size: 32MiB}
+              - {name: b, exchange: coinapi, base_url: "https://gw", max_response_size: 65536}
+              - {name: c, exchange: coinapi, base_url: "https://gw"}
+            """
+        ),
+        {},
+    )
+    caps = [config.account_spec(a).max_response_size for a in config.accounts]
+    assert caps == [32 << 20, 65536, 512 << 10]
 
 
 def test_instance_and_external_url(write: WriteFile) -> None:
@@ -283,7 +302,7 @@ ERROR_CASES = {
         5,
         5,
         "unknown key 'poll_intervall' in account (did you mean 'poll_interval'?); "
-        "expected one of: name, exchange, base_url, poll_interval, timeout, credentials, ",
+        "expected one of: name, exchange, base_url, poll_interval, timeout, max_response_size, ",
     ),
     "typo'd exchange": (
         VALID_ACCOUNT.replace("bitso", "bitsoo"),
@@ -323,6 +342,24 @@ ERROR_CASES = {
         5,
         20,
         "expected a duration like 500ms, 30s, 5m, 2h or 1d, got '30 seconds'",
+    ),
+    "size in the wrong unit": (
+        VALID_ACCOUNT + "    max_response_size: 8MB\n",
+        5,
+        24,
+        "expected a size from 1KiB to 1GiB, like 512KiB or 8MiB, got '8MB'",
+    ),
+    "size too small to hold an error": (
+        "defaults: {max_response_size: 100}\n",
+        1,
+        31,
+        "expected a size from 1KiB to 1GiB, like 512KiB or 8MiB, got 100",
+    ),
+    "size beyond any cap": (
+        "defaults: {max_response_size: 2GiB}\n",
+        1,
+        31,
+        "expected a size from 1KiB to 1GiB, like 512KiB or 8MiB, got '2GiB'",
     ),
     "bare number duration": (
         "defaults: {timeout: 30}\n",

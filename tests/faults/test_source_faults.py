@@ -637,7 +637,7 @@ def test_every_alert_reaches_the_broker(source: str, campaigns: Callable[[str], 
 
 
 def test_auth_failure_is_never_retried_fast(campaigns: Callable[[str], Campaign]) -> None:
-    """EXCHANGES.md: never retry an auth error fast, it can lock the key.
+    """Never retry an auth error fast: it can lock the key (docs/sources.md).
 
     The daemon's poll plan (default ``auth_backoff``, 60 s base) must keep the first retry
     after each source's auth failure well away from the poll interval, whatever the jitter.

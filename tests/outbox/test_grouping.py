@@ -9,21 +9,31 @@ so pacing is counted where the service counts it, and no test waits for real sec
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import Awaitable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import pytest
 from structlog.testing import capture_logs
 
+from balwatch import redact
+from balwatch.alert import placed
 from balwatch.backoff import Backoff
 from balwatch.config.model import WebhookSinkConfig
+from balwatch.model import Balance
 from balwatch.outbox.worker import Outbox, SinkWorker
+from balwatch.rules.engine import AlertState, Engine
+from balwatch.rules.expr import parse_expression
+from balwatch.rules.rule import Rule
+from balwatch.secret import Secret
 from balwatch.sink import Grouping
 from balwatch.sinks.webhook import WebhookSink
-from balwatch.state.base import AlertCommit, RoutedAlert, StateStore
+from balwatch.state.base import AlertCommit, RoutedAlert, StateChange, StateStore
 from balwatch.state.sqlite import SqliteStateStore
 from tests.chatservices import LIMITS, ChatService, Service
 from tests.outbox.doubles import FakeClock, ScriptedSink, alert
@@ -65,6 +75,15 @@ def listed(fmt: str, body: dict[str, Any]) -> tuple[list[str], int]:
 
 def doc(n: int, seq: int = 1, **changes: Any) -> dict[str, Any]:
     return alert(f"fp{n}", seq, account=f"acct-{n:02d}", **changes)
+
+
+def firing_state(fingerprint: str) -> AlertState:
+    """A firing alert's state, so that ``retry_dead`` finds its dead firing still true."""
+    return AlertState(
+        fingerprint=fingerprint, rule="low-available", when="available < 5000", clear=None,
+        severity="warning", account="acct", exchange="bitso", venue="bitso", asset="USDT",
+        phase="firing", since=0.0, last_notified=0.0, values={},
+    )  # fmt: skip
 
 
 async def started(store: StateStore, sink: WebhookSink, clock: FakeClock) -> Outbox:
@@ -214,6 +233,42 @@ async def test_a_fingerprint_whose_group_changed_keeps_its_order(
     assert events == ["FIRING", "FIRING", "RESOLVED"]
 
 
+async def test_alerts_of_portfolio_rules_group_with_their_absent_fields_empty(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """Real group alerts (the engine's, placed as the publisher places them) have no
+    account or venue: grouped by those they fall in one group, listed by their groups."""
+    floor = Rule(
+        name="floor",
+        when=parse_expression("sum(available) < 100"),
+        group_by=("asset",),
+        severity="critical",
+    )
+    engine = Engine([floor], clock=lambda: 0.0)
+    rows = [
+        Balance("bitso-hot", "bitso", "bitso", asset, asset.lower(), available=Decimal("1"))
+        for asset in ("USDT", "BTC")
+    ]
+    fired = engine.observe("bitso-hot", "bitso", rows, 0.0) + engine.tick(0.0)
+    docs = [placed(a, "treasury-prod", None).to_json() for a in fired]
+    assert sorted(str(d["group"]) for d in docs) == ["{'asset': 'BTC'}", "{'asset': 'USDT'}"]
+    assert {(d["account"], d["venue"]) for d in docs} == {(None, None)}
+    async with ChatService("mattermost", now=clock.now) as service:
+        sink = chat_sink("mattermost", service.url, group_by=["rule", "account", "venue"])
+        async with sink:
+            outbox = await started(store, sink, clock)
+            await outbox.commit(AlertCommit([RoutedAlert(d, ["chat"]) for d in docs]))
+            await drive(clock, outbox.workers["chat"], service.wait_accepted(1))
+            await settled(outbox)
+            await outbox.stop()
+    [message] = service.messages
+    assert sorted(text_of("mattermost", message).splitlines()[1:3]) == [
+        "🔴 asset=BTC: floor asset=BTC: sum(available)=1",
+        "🔴 asset=USDT: floor asset=USDT: sum(available)=1",
+    ]
+    assert text_of("mattermost", message).splitlines()[0] == "**🔴 FIRING 2: floor**"
+
+
 async def test_a_failed_group_message_is_retried_whole_as_the_same_message(
     store: StateStore, clock: FakeClock
 ) -> None:
@@ -304,11 +359,43 @@ async def test_a_group_message_cut_off_by_a_stop_is_sent_again_whole_after_a_res
     assert len(service.arrivals) == 3
 
 
+async def test_a_dead_group_message_retried_by_hand_goes_out_as_a_new_message(
+    store: StateStore, state_dir: Path, clock: FakeClock
+) -> None:
+    """``outbox retry`` (a store beside the daemon's) makes the message's rows pending
+    without it; the running worker takes them in and groups them anew, with what came
+    since, behind what of their fingerprints is on its way."""
+    firing = [StateChange(f"fp{n}", "low-available", firing_state(f"fp{n}")) for n in (1, 2, 3)]
+    await store.commit(AlertCommit(states=firing))
+    async with WebhookReceiver() as receiver:
+        receiver.script([Reply(400)])
+        config = {"type": "webhook", "name": "chat", "url": receiver.url, "group_wait": "5s"}
+        async with WebhookSink(WebhookSinkConfig.model_validate(config)) as sink:
+            outbox = await started(store, sink, clock)
+            await outbox.commit(AlertCommit([RoutedAlert(doc(n), ["chat"]) for n in (1, 2)]))
+            await drive(clock, outbox.workers["chat"], receiver.wait_for(1))
+            await settled(outbox)
+            assert outbox.stats()["chat"].dead_letters == 2
+            # The receiver answers 200 from now on: it was fixed.
+            await outbox.enqueue(doc(3), ["chat"])
+            async with SqliteStateStore(state_dir, exclusive=False) as beside:
+                assert len((await beside.retry_dead(None)).retried) == 2
+            assert await outbox.resync() == 2
+            assert await outbox.resync() == 0  # held already
+            await drive(clock, outbox.workers["chat"], receiver.wait_for(2))
+            await settled(outbox)
+            await outbox.stop()
+    first, second = (r.json() for r in receiver.requests)
+    assert second["id"] != first["id"]
+    assert [a["id"] for a in second["alerts"]] == ["fp1:1", "fp2:1", "fp3:1"]
+    assert outbox.stats()["chat"].dead_letters == 0 and await store.counts() == {}
+
+
 async def test_two_messages_of_an_earlier_run_that_share_an_alert_go_one_after_the_other(
     store: StateStore, clock: FakeClock
 ) -> None:
-    """A dead letter put back (``outbox retry``) keeps the message it went out in; a later
-    message may hold the same fingerprint's next notification: the older goes first."""
+    """Two bundled messages pending with the same fingerprint (the store's rows allow it,
+    though ``outbox retry`` clears a retried row's message): the older goes first."""
     committed = await store.commit(
         AlertCommit([RoutedAlert(d, ["chat"]) for d in (doc(1), doc(1, 2), doc(2))])
     )
@@ -398,10 +485,17 @@ async def test_a_permanent_error_keeps_the_service_reason_in_the_log_and_dead_le
 async def test_the_sink_secret_echoed_by_a_service_is_masked(
     store: StateStore, clock: FakeClock
 ) -> None:
+    """The URL's token as the service may quote it (plain, URL-encoded, in base64), and a
+    secret of another part of the config (the installed redactor's): all masked."""
+    redact.install([Secret("account-api-key-0042")])
     async with ChatService("slack", now=clock.now) as service:
         token = service.url.rsplit("/", 1)[1]
-        echo = f"invalid_token {token} for {service.url}".encode()
-        service.script([Reply(403, body=echo)])
+        encoded = base64.b64encode(f"x{token}".encode()).decode()
+        echo = (
+            f"invalid_token {token} for {quote(service.url, safe='')} ({encoded}) "
+            "with account-api-key-0042"
+        )
+        service.script([Reply(403, body=echo.encode())])
         async with chat_sink("slack", service.url, group_wait="0s") as sink:
             outbox = await started(store, sink, clock)
             with capture_logs() as logs:
@@ -409,8 +503,10 @@ async def test_the_sink_secret_echoed_by_a_service_is_masked(
                 await settled(outbox)
             await outbox.stop()
     [dead] = await store.dead_letters()
-    assert token not in dead.error and "invalid_token ***" in dead.error
-    assert token not in str(logs)
+    assert dead.error.startswith("webhook sink chat: HTTP 403: invalid_token *** for ")
+    for shown in (dead.error, str(logs)):
+        assert token not in shown and quote(token, safe="") not in shown
+        assert encoded[4:-4] not in shown and "account-api-key-0042" not in shown
 
 
 async def test_a_teams_connector_throttling_with_200_is_retried_and_workflows_202_delivers(

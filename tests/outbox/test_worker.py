@@ -6,14 +6,18 @@ import asyncio
 import random
 from collections import defaultdict
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from structlog.testing import capture_logs
 
+from balwatch import redact
 from balwatch.backoff import Backoff
 from balwatch.outbox.worker import MAX_RETRY_AFTER, Outbox, SinkStats, SinkWorker
-from balwatch.sink import AlertDoc, DeliveryError
-from balwatch.state.base import AlertCommit, RoutedAlert, SinkCounts, StateStore
+from balwatch.rules.engine import AlertState
+from balwatch.secret import Secret
+from balwatch.sink import AlertDoc, DeliveryError, Grouping
+from balwatch.state.base import AlertCommit, RoutedAlert, SinkCounts, StateChange, StateStore
 from balwatch.state.sqlite import SqliteStateStore
 from tests.outbox.doubles import FakeClock, ScriptedSink, alert
 from tests.waiting import within
@@ -201,6 +205,78 @@ async def test_dead_letter_is_kept_counted_and_not_retried(
     assert again.stats()["s"].dead_letters == 1
     assert again.stats()["s"].depth == 0
     await again.stop()
+
+
+@pytest.mark.parametrize(
+    ("grouping", "attempts"),
+    [
+        (None, ["fp1:1", "fp1:2", "fp1:1", "fp1:3"]),
+        # grouped, the retried firing and the later one are one message, the later listed
+        (Grouping(("rule",), 0.0, 1.0), ["fp1:1", "fp1:2", "fp1:3"]),
+    ],
+)
+async def test_a_dead_letter_retried_by_hand_goes_after_what_is_on_its_way(
+    store: StateStore, clock: FakeClock, grouping: Grouping | None, attempts: list[str]
+) -> None:
+    """:meth:`Outbox.resync` takes in a dead letter made pending again: after the alert's
+    send in flight, before its later notifications (id order), each sent once."""
+    gate = asyncio.Event()
+    gate.set()
+
+    def script(alert: AlertDoc, attempt: int) -> BaseException | None:
+        first = alert["id"] == "fp1:1" and attempt == 1
+        return DeliveryError("HTTP 400", retryable=False) if first else None
+
+    sink = ScriptedSink("s", script, gate=gate, grouping=grouping)
+    outbox = await started(store, sink, clock=clock)
+    firing = AlertState(
+        fingerprint="fp1", rule="low-available", when="available < 5000", clear=None,
+        severity="warning", account="acct", exchange="bitso", venue="bitso", asset="USDT",
+        phase="firing", since=0.0, last_notified=0.0, values={},
+    )  # fmt: skip
+    await outbox.commit(
+        AlertCommit(
+            [RoutedAlert(alert("fp1", 1), ["s"])], [StateChange("fp1", "low-available", firing)]
+        )
+    )
+    await settled(outbox)
+    gate.clear()
+    await outbox.enqueue(alert("fp1", 2), ["s"])
+    clock.advance(1.0)  # a group's interval
+    await sink.wait_attempts(2)  # fp1:2 on its way
+    await outbox.enqueue(alert("fp1", 3), ["s"])
+    assert (await store.retry_dead(None)).retried != []
+    assert await outbox.resync() == 1
+    gate.set()
+    await sink.wait_attempts(len(attempts) - 1)
+    clock.advance(1.0)
+    await settled(outbox)
+    await outbox.stop()
+    assert [a["id"] for a in sink.attempts] == attempts
+    assert sink.overlaps == [] and await store.counts() == {}
+
+
+async def test_a_secret_in_the_receivers_text_is_masked_where_it_is_kept(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """A receiver echoing a configured secret (here URL-encoded): the dead letter, the
+    sink's last error and the log line keep the text with the secret masked."""
+    token = "xoxb-77/ab+cd=ef"
+    redact.install([Secret(token)])
+    echoed = quote(token, safe="")
+    sink = ScriptedSink(
+        "s", lambda alert, attempt: DeliveryError(f"HTTP 400: bad url ...{echoed}", retryable=False)
+    )
+    outbox = await started(store, sink, clock=clock)
+    with capture_logs() as logs:
+        await outbox.enqueue(alert("fp1", 1), ["s"])
+        await settled(outbox)
+    await outbox.stop()
+    [dead] = await store.dead_letters("s")
+    assert dead.error == "HTTP 400: bad url ...***"
+    assert outbox.stats()["s"].last_error == dead.error
+    [logged] = [e for e in logs if e["event"] == "delivery_dead_lettered"]
+    assert logged["error"] == dead.error
 
 
 async def test_an_unexpected_exception_is_retried_and_does_not_stop_the_worker(

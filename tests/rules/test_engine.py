@@ -416,6 +416,7 @@ def test_alert_content_templates_labels_notify_and_json() -> None:
         "observed_at": "2027-01-15T08:00:00Z",
         "instance": "",  # the daemon places the alert (balwatch.alert.placed)
         "url": None,
+        "group": None,  # a row's alert; a group's has its keys (tests/rules/test_groups.py)
     }
     assert Alert.from_json(json.loads(json.dumps(doc)), notify=("ops-mqtt",)) == fired
 

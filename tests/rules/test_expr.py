@@ -632,3 +632,99 @@ def test_comparisons_and_sums_match_decimal(a: Decimal, b: Decimal) -> None:
         expected = a + b
     literal = ("-" if expected < 0 else "") + format(expected.copy_abs(), "f")
     assert ev(f"available + total == {literal}", ctx) is True
+
+
+# --------------------------------------------------------------------------- aggregates
+
+
+@dataclass
+class GroupCtx(Ctx):
+    """A group as the engine presents it: aggregates by canonical text, and their windows."""
+
+    aggregates: dict[str, Decimal | None] = field(default_factory=dict)
+    group_windows: dict[tuple[str, str, float], Decimal | None] = field(default_factory=dict)
+
+    def aggregate(self, text: str) -> Decimal | None:
+        self.reads.append(("aggregate", text))
+        return self.aggregates.get(text)
+
+    def aggregate_window(self, func: str, text: str, window: float) -> Decimal | None:
+        self.reads.append(("aggregate_window", func, text, str(window)))
+        return self.group_windows.get((func, text, window))
+
+
+def test_aggregates_are_named_one_way_whatever_the_spacing() -> None:
+    expr = parse_expression(
+        "pct_change( sum( usd(total) ),1h ) <= -10 and min(available-pending_withdrawal) < 0 "
+        "and count( ) > 2 and avg(-available * -2) > 0 and max(available - -1) > 0"
+    )
+    assert [a.text for a in expr.aggregates] == [
+        "sum(usd(total))",
+        "min(available - pending_withdrawal)",
+        "count()",
+        "avg(-available * -2)",
+        "max(available - -1)",
+    ]
+    assert [a.func for a in expr.aggregates] == ["sum", "min", "count", "avg", "max"]
+    assert expr.group_windows == {"sum(usd(total))"}
+    assert expr.windows == 3600
+    assert (expr.row_read, expr.aggregate_offset, expr.account_scope) == (None, 12, False)
+    # rows are read inside aggregates: the loader's warnings about metrics still see them
+    assert expr.metrics == {"total", "rate_usd", "available", "pending_withdrawal"}
+
+
+def test_aggregates_and_their_windows_read_the_group() -> None:
+    ctx = GroupCtx(
+        aggregates={"sum(available)": D(40000), "count()": D(3)},
+        group_windows={("pct_change", "sum(available)", 3600.0): D(-12)},
+    )
+    source = "sum(available) < 50000 and count() >= 3 and pct_change(sum(available), 1h) < -10"
+    expr = parse_expression(source)
+    assert expr.evaluate(ctx) is True
+    assert expr.values(ctx) == {
+        "sum(available)": D(40000),
+        "count()": D(3),
+        "pct_change(sum(available), 1h)": D(-12),
+    }
+    ctx.aggregates["sum(available)"] = None  # no data for the group
+    assert expr.evaluate(ctx) is None
+
+
+def test_an_aggregate_argument_is_a_row_expression_evaluated_per_row() -> None:
+    [agg] = parse_expression("sum(available - pending_withdrawal) > 0").aggregates
+    assert agg.arg is not None
+    assert agg.arg(row(available="10", pending_withdrawal="2.5")) == D("7.5")
+    assert agg.arg(row(available="10", pending_withdrawal=None)) is None
+    [timed] = parse_expression("sum(delta(total, 15m)) < 0").aggregates
+    assert timed.row_windows
+
+
+@pytest.mark.parametrize(
+    ("source", "offset", "fragment"),
+    [
+        ("sum(max(total)) > 0", 4, "aggregates cannot be nested: max() inside sum()"),
+        ("sum(failures) > 0", 4, "failures belongs to an account"),
+        ("count(total) > 0", 6, "count() takes no arguments"),
+        ("sum() > 0", 0, "sum() takes 1 argument"),
+        ("sum(total, 1h) > 0", 9, "sum() takes 1 argument"),
+        ("sum(total > 1) > 0", 4, "needs an amount read from each row"),
+        ("avg(5m) > 0", 4, "this is a duration"),
+        ("min(2) > 0", 4, "not a constant"),
+        ("usd(sum(total)) > 0", 4, "to add up USD values write sum(usd(total))"),
+        ("delta(sum(total) + 1, 1h) > 0", 6, "or an aggregate like sum(total)"),
+        ("total(x) > 0", 0, "is a value, not a function"),
+        ("mean(total) > 0", 0, "or an aggregate (sum, min, max, avg, count)"),
+    ],
+)
+def test_aggregate_errors(source: str, offset: int, fragment: str) -> None:
+    error = err(source)
+    assert error.offset == offset
+    assert fragment in error.message
+
+
+def test_where_rows_and_aggregates_are_read_for_the_rules_checks() -> None:
+    assert parse_expression("sum(total) > 0.5 * total").row_read == (19, "total")
+    assert parse_expression("age > 5m or count() > 1").row_read == (0, "age")
+    assert parse_expression("usd(total) > 1 or count() > 1").row_read == (4, "total")
+    assert parse_expression("available < 5").aggregate_offset is None
+    assert parse_expression("count() > 1").metrics == frozenset()

@@ -1,10 +1,11 @@
-"""Rule files: the DESIGN.md example, defaults, whole-file rejection, positions, warnings,
+"""Rule files: the product's example, defaults, whole-file rejection, positions, warnings,
 and a corpus of broken files, each with the exact FILE:LINE:COL it must be reported at."""
 
 from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ ACCOUNTS = {
     "coinapi-ems": "coinapi",
 }
 
-# DESIGN.md section 4, verbatim.
+# The product's example rule file, verbatim.
 DESIGN_EXAMPLE = """
 defaults:                # optional, per file
   severity: warning
@@ -363,6 +364,37 @@ def test_metric_that_no_selected_source_reports_is_a_warning_at_its_name(
     assert usd.startswith("rate_usd is never reported by bitso")
     assert nobody == "rule 'selects-nobody' selects none of the configured accounts"
     assert len(rule_set.rules) == 5  # warnings never drop a rule
+
+
+def test_a_grouped_rule_warns_of_one_source_lacking_a_metric_its_groups_need(
+    tmp_path: Path,
+) -> None:
+    """A row without the metric makes its whole group no data: one such source is enough
+    for a warning, which prices (every row gets a rate_usd) take away."""
+    write(
+        tmp_path / "a.yaml",
+        """
+        rules:
+          - name: exposure
+            select: {exchanges: [bitso, coinapi]}
+            group_by: [venue]
+            when: sum(usd(total)) > 2000000
+          - name: floor
+            group_by: [asset]
+            when: sum(available) < 50000
+        """,
+    )
+
+    def warnings(reported: Mapping[str, frozenset[str]]) -> list[str]:
+        rule_set = load_rule_set(["a.yaml"], tmp_path, accounts=ACCOUNTS, reported_metrics=reported)
+        return [f"{p.line}:{p.column}: {p.message}" for p in rule_set.warnings]
+
+    assert warnings(REPORTED_METRICS) == [
+        "5:15: rate_usd is never reported by bitso, whose rows rule 'exposure' groups "
+        "(accounts: bitso-treasury): a group with one of those rows never has data"
+    ]
+    priced = {name: metrics | {"rate_usd"} for name, metrics in REPORTED_METRICS.items()}
+    assert warnings(priced) == []
 
 
 def test_unknown_exchanges_get_no_metric_warnings(tmp_path: Path) -> None:

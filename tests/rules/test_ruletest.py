@@ -412,3 +412,74 @@ def test_an_unquoted_fractional_sample_is_refused_not_rounded(tmp_path: Path) ->
     [(_, line, column, message)] = errors(result)
     assert (line, column) == (5, 21)
     assert message.startswith('quote a fractional sample to keep every digit, like "1.5"')
+
+
+# --------------------------------------------------------------------------- groups
+
+GROUP_RULES = """
+rules:
+  - name: floor
+    group_by: [asset]
+    when: sum(available) < 10000
+    for: 2m
+    summary: "{asset}: {values}"
+"""
+
+
+def test_one_series_feeds_several_accounts_and_groups_are_expected_by_their_keys(
+    tmp_path: Path,
+) -> None:
+    result = run(
+        tmp_path,
+        """
+        rule_files: [../rules/a.rules.yaml]
+        input_series:
+          - accounts: [a, b, c]
+            asset: USDT
+            series: {available: "4000 3000x4"}
+        alert_tests:
+          - at: 2m          # 9000 since 1m: pending
+            expected_alerts: []
+          - at: 3m
+            expected_alerts:
+              - rule: floor
+                group: {asset: USDT}
+                summary: "USDT: sum(available)=9000"
+                values: {sum(available): "9000.00", USDT@a: "3000", USDT@c: "3000"}
+          - at: 4m
+            expected_alerts:
+              - {rule: floor, group: {asset: BTC}}
+              - {rule: floor, group: {asset: USDT}, values: {USDT@a: "1"}}
+        """,
+        GROUP_RULES,
+    )
+
+    assert [summary(check)[:2] for check in result.checks] == [
+        ((), ()),
+        ((), ()),
+        (("floor asset=BTC",), ()),
+    ]
+    assert result.checks[1].different == ()
+    assert result.checks[2].different == (
+        "floor asset=USDT: values\n      expected: {'USDT@a': '1'}\n"
+        "      got:      {'USDT@a': '3000'}",
+    )
+
+
+def test_an_input_series_names_one_account_or_a_list(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        """
+        rule_files: [../rules/a.rules.yaml]
+        input_series:
+          - {account: a, accounts: [b], asset: USDT, series: {available: "1"}}
+          - {asset: USDT, series: {available: "1"}}
+        alert_tests: []
+        """,
+        GROUP_RULES,
+    )
+
+    assert [(p.line, p.column, p.message) for p in result.errors] == [
+        (3, 5, "give either account (one account) or accounts (a list of them)"),
+        (4, 5, "give either account (one account) or accounts (a list of them)"),
+    ]

@@ -24,9 +24,10 @@ def test_renders_fields_and_literal_text() -> None:
 
 def test_every_documented_name_is_allowed() -> None:
     names = ["account", "exchange", "venue", "asset", "rule", "severity", "age", "failures"]
-    for name in [*names, "values", *METRICS]:
+    names += ["values", "group", "members"]
+    for name in [*names, *METRICS]:
         assert Template(f"{{{name}}}").fields == {name}
-    assert set(FIELDS) == {*names, "values", *METRICS}
+    assert set(FIELDS) == {*names, *METRICS}
 
 
 def test_missing_values_render_as_na() -> None:

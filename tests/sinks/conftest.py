@@ -1,4 +1,4 @@
-"""Sample alert (DESIGN.md section 5, literally), config builders and a running broker."""
+"""Sample alert (the documented one), config builders and a running broker."""
 
 from __future__ import annotations
 

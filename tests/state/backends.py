@@ -30,6 +30,11 @@ class Backend(Protocol):
         same storage, as a restart of the daemon would."""
         ...
 
+    def beside(self) -> StateStore:
+        """A store on the same storage as the CLI opens one, beside a running daemon's
+        (for SQLite: without the daemon's lock, on a database that exists)."""
+        ...
+
     async def refuse(self, *writes: Writes) -> None:
         """From now on the storage refuses these writes with an error of its own."""
         ...
@@ -63,6 +68,9 @@ class SqliteBackend:
 
     def store(self) -> SqliteStateStore:
         return SqliteStateStore(self.state_dir)
+
+    def beside(self) -> SqliteStateStore:
+        return SqliteStateStore(self.state_dir, exclusive=False)
 
     async def refuse(self, *writes: Writes) -> None:
         statements = [

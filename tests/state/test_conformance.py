@@ -20,9 +20,11 @@ from balwatch.rules.expr import parse_expression
 from balwatch.rules.history import HistoryChanges
 from balwatch.rules.rule import Rule
 from balwatch.selfalerts import SELF, SelfAlerts
+from balwatch.silence import Silence, new_silence
 from balwatch.state.base import (
     AlertCommit,
     Delivery,
+    Retried,
     RoutedAlert,
     SinkCounts,
     StateChange,
@@ -370,6 +372,40 @@ async def test_a_restart_reads_back_states_accounts_history_self_alerts_and_deli
         assert ids(await store.pending("mqtt")) == ["fp1:1"]
 
 
+def group_state(fingerprint: str) -> AlertState:
+    """A portfolio rule's state: its group, no account or exchange."""
+    return AlertState(
+        fingerprint=fingerprint, rule="floor", when="sum(available) < 50000", clear=None,
+        severity="critical", account=None, exchange=None, venue=None, asset="USDT",
+        phase="firing", since=T0, last_notified=T0,
+        values={"sum(available)": Decimal("40000.5"), "USDT@bitso-hot": Decimal(30000)},
+        group={"asset": "USDT", "desk": None}, summary="USDT low", description="top up",
+    )  # fmt: skip
+
+
+async def test_a_groups_state_and_history_series_read_back_as_written(backend: Backend) -> None:
+    """A group's history key holds a rule marker, the group as JSON and an aggregate's text
+    (balwatch.rules.groups): any text must come back as it went in."""
+    key = ("#floor", '{"asset":"USDT","desk":null}', "sum(usd(total))", "")
+    samples = [(key, T0, Decimal("2300000.5")), (key, T0 + 60, Decimal(1100000))]
+    async with backend.store() as store:
+        await store.commit(AlertCommit(states=[StateChange("g1", "floor", group_state("g1"))]))
+        await store.flush(
+            StateSnapshot(
+                [group_state("g1"), group_state("g2")], [], HistoryChanges([], [], samples)
+            )
+        )
+    async with backend.store() as store:
+        saved = await store.load(0)
+        assert sorted(saved.alerts, key=lambda s: s.fingerprint) == [
+            group_state("g1"),
+            group_state("g2"),
+        ]
+        assert saved.samples == samples
+        await store.flush(StateSnapshot([], [], HistoryChanges([key], [], [])))
+        assert (await store.load(0)).samples == []
+
+
 async def test_a_flush_replaces_every_state_and_account(backend: Backend) -> None:
     async with backend.store() as store:
         await store.flush(
@@ -416,8 +452,11 @@ KEY = ("treasury", "bitso", "USDT", "total")
 DROP = Rule(name="sudden-drop", when=parse_expression("pct_change(total, 15m) <= -20"))
 
 
-def rows(total: str) -> list[Balance]:
-    return [Balance("treasury", "bitso", "bitso", "USDT", "usdt", total=Decimal(total))]
+def rows(total: str, available: str | None = None) -> list[Balance]:
+    free = None if available is None else Decimal(available)
+    return [
+        Balance("treasury", "bitso", "bitso", "USDT", "usdt", total=Decimal(total), available=free)
+    ]
 
 
 async def flush(engine: Engine, backend: Backend) -> None:
@@ -530,6 +569,37 @@ async def test_history_no_rule_reads_any_more_leaves_the_store(backend: Backend)
     assert await stored_samples(backend) == 0
 
 
+FLOOR = Rule(name="usdt-floor", when=parse_expression("sum(available) < 100"), group_by=("asset",))
+GROUP_DROP = Rule(
+    name="group-drop",
+    when=parse_expression("pct_change(sum(total), 15m) <= -20"),
+    group_by=("asset",),
+)
+
+
+async def test_a_groups_alert_and_history_carry_on_after_a_restart(backend: Backend) -> None:
+    """The group's firing alert neither fires again nor is forgotten, and its 15-minute
+    window starts from the sum the store kept."""
+    engine = Engine([FLOOR, GROUP_DROP], clock=lambda: T0)
+    for minute, total in ((0, "1000"), (10, "1000"), (15, "990")):
+        engine.observe("treasury", "bitso", rows(total, available="50"), T0 + 60 * minute)
+        engine.tick(T0 + 60 * minute)
+    [floor] = engine.firing()
+    await flush(engine, backend)
+
+    again = await restarted(backend, T0 + 950, [FLOOR, GROUP_DROP])
+    assert [(s.fingerprint, s.group) for s in again.firing()] == [
+        (floor.fingerprint, {"asset": "USDT"})
+    ]
+    assert again.find(floor.fingerprint) is not None
+    again.observe("treasury", "bitso", rows("750", available="500"), T0 + 1000)
+    alerts = again.tick(T0 + 1000)
+    assert sorted((a.rule, a.event) for a in alerts) == [
+        ("group-drop", "firing"),  # 1000 -> 750: only the kept history knows the 1000
+        ("usdt-floor", "resolved"),
+    ]
+
+
 async def test_a_restored_self_alert_resolves_once_its_cause_is_gone(backend: Backend) -> None:
     fired = SelfAlerts(lambda: T0)
     [alert_] = fired.fire("config_error", SELF, SELF, "reload rejected", "critical")
@@ -573,3 +643,168 @@ async def test_close_finishes_the_writes_already_called(backend: Backend) -> Non
     await asyncio.gather(*writes)
     async with backend.store() as again:
         assert len(await again.pending("mqtt")) == 20
+
+
+# --- by hand: silences and dead letters, beside a running daemon ---------------------------
+
+
+def silence(matcher: str, *, starts: float = T0, hours: float = 2, made: float = T0) -> Silence:
+    return new_silence(
+        [matcher], starts_at=starts, ends_at=starts + hours * 3600, author="ana",
+        comment="maintenance", now=made,
+    )  # fmt: skip
+
+
+async def test_silences_added_beside_the_daemon_are_seen_by_it_and_survive(
+    backend: Backend,
+) -> None:
+    async with backend.store() as daemon:
+        before = await daemon.changes()
+        first, second = silence("rule=low"), silence("account=~bitso-.*", made=T0 + 1)
+        async with backend.beside() as cli:
+            await cli.add_silence(first)
+            await cli.add_silence(second)
+        after = await daemon.changes()
+        assert after.silences > before.silences and after.outbox == before.outbox
+        assert await daemon.silences() == [first, second]
+        with pytest.raises(Exception):  # noqa: B017 - the backend's own error: ids are unique
+            await daemon.add_silence(first)
+        assert await daemon.silences() == [first, second]
+    async with backend.store() as restarted:
+        assert await restarted.silences() == [first, second]
+
+
+async def test_expiring_ends_a_silence_now_once(backend: Backend) -> None:
+    async with backend.store() as store:
+        made = silence("rule=low")
+        await store.add_silence(made)
+        counted = await store.changes()
+        ended = await store.expire_silence(made.id, T0 + 60)
+        assert ended is not None and (ended.starts_at, ended.ends_at) == (T0, T0 + 60)
+        assert await store.silences() == [ended]
+        moved = await store.changes()
+        assert moved.silences > counted.silences
+        assert await store.expire_silence(made.id, T0 + 120) == ended  # over already: kept
+        assert await store.changes() == moved
+        assert await store.expire_silence("no-such-id", T0) is None
+
+
+async def test_pruning_removes_only_silences_that_ended_before(backend: Backend) -> None:
+    async with backend.store() as store:
+        old, recent = silence("rule=a", hours=1), silence("rule=b", hours=3)
+        for made in (old, recent):
+            await store.add_silence(made)
+        counted = await store.changes()
+        assert await store.prune_silences(T0 + 2 * 3600) == 1
+        assert await store.silences() == [recent]
+        assert (await store.changes()).silences > counted.silences
+        assert await store.prune_silences(T0 + 2 * 3600) == 0
+
+
+async def test_a_store_beside_the_daemon_needs_the_daemon_to_have_made_the_storage(
+    backend: Backend,
+) -> None:
+    """A silence written where no daemon looks would mute nothing: refused instead."""
+    with pytest.raises(StateError, match="no state database"):
+        async with backend.beside():
+            pass
+
+
+async def dead_letter(store: StateStore, doc: dict[str, Any], sink: str = "hook") -> int:
+    [delivery] = await enqueue(store, doc, sink)
+    await store.fail(delivery.id, "HTTP 404: no such hook", dead=True)
+    return delivery.id
+
+
+async def test_the_outbox_lists_pending_and_dead_rows_with_their_errors(backend: Backend) -> None:
+    async with backend.store() as store:
+        dead = await dead_letter(store, alert("fp1", 1))
+        [pending] = await enqueue(store, alert("fp2", 1), "mqtt")
+        await store.fail(pending.id, "timeout", dead=False)
+        rows = await store.outbox()
+        assert [(r.id, r.sink, r.status, r.attempts, r.error) for r in rows] == [
+            (dead, "hook", "dead", 1, "HTTP 404: no such hook"),
+            (pending.id, "mqtt", "pending", 1, "timeout"),
+        ]
+        assert rows[0].alert == alert("fp1", 1) and rows[0].updated_at > 0
+        assert [r.id for r in await store.outbox(dead_only=True)] == [dead]
+
+
+async def test_retrying_makes_dead_letters_pending_unless_they_became_untrue(
+    backend: Backend,
+) -> None:
+    """A firing of an alert that resolved since, or a resolve of one firing again, stays
+    dead: sending it would show the alert in a state it is not in."""
+    async with backend.store() as store:
+        await store.commit(AlertCommit(states=[StateChange("fp1", "low", state("fp1"))]))
+        still_firing = await dead_letter(store, alert("fp1", 1))
+        over = await dead_letter(store, alert("fp2", 1))  # fp2 has no firing state
+        resolved = await dead_letter(store, alert("fp2", 2, event="resolved", status="resolved"))
+        untrue_resolve = await dead_letter(
+            store, alert("fp1", 0, event="resolved", status="resolved")
+        )
+        counted = await store.changes()
+        async with backend.beside() as cli:
+            outcome = await cli.retry_dead(None)
+        assert outcome == Retried([still_firing, resolved], [over, untrue_resolve], [])
+        assert (await store.changes()).outbox > counted.outbox
+        pending = await store.pending("hook")
+        assert [(d.id, d.attempts) for d in pending] == [(still_firing, 0), (resolved, 0)]
+        assert await store.retry_dead([still_firing, 999]) == Retried([], [], [still_firing, 999])
+
+
+async def test_a_retried_dead_letter_of_a_group_message_is_no_longer_in_that_message(
+    backend: Backend,
+) -> None:
+    """A dead group message's rows keep its id for inspection; retried, each is pending
+    without it, so the worker groups it anew instead of resending the old message."""
+    async with backend.store() as store:
+        for fingerprint in ("fp1", "fp2"):
+            await store.commit(
+                AlertCommit(states=[StateChange(fingerprint, "low", state(fingerprint))])
+            )
+        deliveries = [d for n in (1, 2) for d in await enqueue(store, alert(f"fp{n}", 1), "chat")]
+        message_ids = [d.id for d in deliveries]
+        await store.bundle("m1", message_ids)
+        await store.fail_all(message_ids, "HTTP 400: invalid_payload", dead=True)
+        assert await store.pending("chat") == []
+        async with backend.beside() as cli:
+            assert (await cli.retry_dead([message_ids[0]])).retried == [message_ids[0]]
+        async with backend.beside() as cli:
+            assert (await cli.retry_dead(None)).retried == [message_ids[1]]
+    async with backend.store() as store:
+        pending = await store.pending("chat")
+        assert [(d.id, d.message, d.attempts) for d in pending] == [
+            (message_ids[0], None, 0),
+            (message_ids[1], None, 0),
+        ]
+
+
+async def test_a_self_alert_firing_keeps_its_dead_firing_true(backend: Backend) -> None:
+    fired = self_alert("treasury")
+    async with backend.store() as store:
+        await store.commit(AlertCommit(self_alerts=[fired]))
+        dead = await dead_letter(store, alert(fired.fingerprint, 1))
+        assert (await store.retry_dead([dead])).retried == [dead]
+
+
+async def test_dropping_deletes_dead_letters_only(backend: Backend) -> None:
+    async with backend.store() as store:
+        dead = await dead_letter(store, alert("fp1", 1))
+        [pending] = await enqueue(store, alert("fp2", 1), "mqtt")
+        counted = await store.changes()
+        async with backend.beside() as cli:
+            assert await cli.drop_dead([dead, pending.id, 999]) == [dead]
+        assert [r.id for r in await store.outbox()] == [pending.id]
+        assert (await store.changes()).outbox > counted.outbox
+        assert await store.drop_dead([dead]) == []
+
+
+async def test_which_sinks_got_the_firing_survives_a_restart(backend: Backend) -> None:
+    told = state("fp1")
+    told.sent_to = ("mqtt",)
+    async with backend.store() as store:
+        await store.commit(AlertCommit(states=[StateChange("fp1", "low", told)]))
+    async with backend.store() as store:
+        [saved] = (await store.load(0)).alerts
+    assert saved.sent_to == ("mqtt",)
