@@ -12,9 +12,18 @@ Starts its own ``mosquitto`` on a free loopback port, then measures in the same 
     QoS 1, each delivery's removal committed too; alerts/s from the first enqueue until the
     outbox is empty.
 
+Then, in the same run, a chat sink:
+
+(d) chat: ``--chat-alerts`` alerts over ``--chat-groups`` rules, committed by ``--producers``
+    tasks, delivered by the worker through ``balwatch.sinks.webhook.WebhookSink`` in Slack
+    format (``--chat-format``) to a loopback server answering as that service does and
+    enforcing its rate (tests/chatservices.py): one message per group, paced at the
+    service's rate; prints the messages and requests it took and when the last one landed.
+
 Targets (issue 4): (c) >= 2,000 alerts/s, and (c) >= 0.5 of (a). The MQTT sink publishes two
 messages per alert (the event, and the retained ``active/`` state), so (c) is compared with
 (a) doing the same work, two raw publishes per alert; alerts per raw message is printed too.
+Target (issue 13): (d) delivers 1,000 alerts in 20 groups as 20 messages, none refused.
 
     .venv/bin/python bench/delivery.py [--alerts 20000] [--state-dir DIR]
 
@@ -25,10 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import re
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +49,14 @@ import aiomqtt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the test suite
 
-from balwatch.config.model import MqttSinkConfig  # noqa: E402
+from balwatch.config.model import MqttSinkConfig, WebhookSinkConfig  # noqa: E402
 from balwatch.outbox.worker import Outbox  # noqa: E402
 from balwatch.sinks.formats import encode_alert  # noqa: E402
 from balwatch.sinks.mqtt import MqttSink  # noqa: E402
+from balwatch.sinks.webhook import WebhookSink  # noqa: E402
 from balwatch.state.sqlite import SqliteStateStore  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
+from tests.chatservices import ChatService  # noqa: E402
 
 ALERTS_TARGET = 2000.0
 RATIO_TARGET = 0.5
@@ -138,6 +152,67 @@ async def outbox_rate(port: int, state_dir: Path, args: argparse.Namespace) -> f
     return len(docs) / elapsed
 
 
+@dataclass(frozen=True)
+class ChatFigure:
+    alerts: int
+    groups: int
+    enqueue_rate: float  # alerts/s committed, until the last commit returned
+    messages: int  # accepted by the service
+    requests: int  # all it received, refused ones (429) included
+    listed_once: bool  # every alert in exactly one message
+    last_at: float  # seconds from the first enqueue to the last message
+
+
+async def chat_figure(state_dir: Path, args: argparse.Namespace) -> ChatFigure:
+    """``--chat-alerts`` alerts over ``--chat-groups`` rules to a paced chat sink."""
+    docs = [
+        {**make_alert(seq, args.chat_alerts), "rule": f"rule-{seq % args.chat_groups:02d}"}
+        for seq in range(args.chat_alerts)
+    ]
+    async with SqliteStateStore(state_dir) as store, ChatService(args.chat_format) as service:
+        config = WebhookSinkConfig.model_validate(
+            {
+                "type": "webhook",
+                "name": "chat",
+                "format": args.chat_format,
+                "url": service.url,
+                "group_wait": args.group_wait,
+                **({"chat_id": "-100123"} if args.chat_format == "telegram" else {}),
+            }
+        )
+        async with WebhookSink(config) as sink:
+            outbox = Outbox(store, [sink], concurrency=args.concurrency)
+            await outbox.start()
+
+            async def producer(first: int) -> None:
+                for doc in docs[first :: args.producers]:
+                    await outbox.enqueue(doc, ["chat"])
+
+            started = time.perf_counter()
+            await asyncio.gather(*(producer(i) for i in range(args.producers)))
+            enqueued = time.perf_counter() - started
+            await outbox.wait_settled()
+            last_at = time.perf_counter() - started
+            stats = outbox.stats()["chat"]
+            await outbox.stop()
+        if stats.delivered != args.chat_alerts or stats.dead:
+            raise RuntimeError(f"not every alert was delivered: {stats}")
+    listed = [  # each line of a group message: marker, then the alert's account
+        account
+        for body in service.messages
+        for account in re.findall(r"[🔴🟠🔵✅] (acct-\d{4})", json.dumps(body, ensure_ascii=False))
+    ]
+    return ChatFigure(
+        alerts=args.chat_alerts,
+        groups=args.chat_groups,
+        enqueue_rate=args.chat_alerts / enqueued,
+        messages=len(service.messages),
+        requests=len(service.arrivals),
+        listed_once=sorted(listed) == sorted(d["account"] for d in docs),
+        last_at=last_at,
+    )
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -151,6 +226,8 @@ async def main(args: argparse.Namespace) -> None:
                 raw = await raw_rate(broker.port, args.messages, args.publishers, args.protocol)
                 alone = await sink_rate(broker.port, args)
                 durable = await outbox_rate(broker.port, state_dir, args)
+            shutil.rmtree(state_dir, ignore_errors=True)
+            chat = await chat_figure(state_dir, args)
         finally:
             shutil.rmtree(state_dir, ignore_errors=True)
     # The sink publishes each alert twice (docs/alerts.md, MQTT): the event, and the retained
@@ -169,6 +246,17 @@ async def main(args: argparse.Namespace) -> None:
         f"raw for the same publishes; {durable / raw:.2f} alerts per raw message)"
     )
     print(f"  outbox keeps {durable / alone:.2f} of the sink's own rate")
+    print(
+        f"chat sink ({args.chat_format}, loopback, paced at the service's rate, "
+        f"group_wait {args.group_wait}): {chat.alerts:,} alerts in {chat.groups} groups"
+    )
+    print(f"  committed durably:             {chat.enqueue_rate:8,.0f} alerts/s")
+    print(
+        f"  delivered as {chat.messages} messages ({chat.requests} requests), "
+        f"every alert listed once: {chat.listed_once}; last one after {chat.last_at:.1f} s"
+    )
+    ok = chat.messages == chat.groups == chat.requests and chat.listed_once
+    print(f"  {chat.groups} groups as {chat.groups} messages, none refused: {verdict(ok)}")
 
 
 if __name__ == "__main__":
@@ -181,4 +269,12 @@ if __name__ == "__main__":
     parser.add_argument("--publishers", type=int, default=32, help="raw publisher tasks")
     parser.add_argument("--protocol", choices=["3.1.1", "5"], default="5", help="for both")
     parser.add_argument("--state-dir", help="where the outbox database goes")
+    parser.add_argument("--chat-alerts", type=int, default=1_000)
+    parser.add_argument("--chat-groups", type=int, default=20, help="rules, one group each")
+    parser.add_argument(
+        "--chat-format",
+        choices=["slack", "discord", "telegram", "mattermost", "teams"],
+        default="slack",
+    )
+    parser.add_argument("--group-wait", default="2s", help="long enough to commit the storm")
     asyncio.run(main(parser.parse_args()))

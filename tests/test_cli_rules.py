@@ -67,7 +67,7 @@ def test_example_config_and_rules_check_clean() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # not even a warning
     assert done.stdout == (
-        "rules/balwatch.example.yaml: ok (4 accounts, 9 rules in 8 files, 2 sinks)\n"
+        "rules/balwatch.example.yaml: ok (4 accounts, 9 rules in 8 files, 3 sinks)\n"
     )
 
 

@@ -95,11 +95,14 @@ class FaultyStore(StateStore):
             raise DiskFull()
         await self.inner.flush(snapshot)
 
-    async def ack(self, delivery_id: int) -> None:
-        await self.inner.ack(delivery_id)
+    async def ack_all(self, delivery_ids: Sequence[int]) -> None:
+        await self.inner.ack_all(delivery_ids)
 
-    async def fail(self, delivery_id: int, error: str, *, dead: bool) -> None:
-        await self.inner.fail(delivery_id, error, dead=dead)
+    async def fail_all(self, delivery_ids: Sequence[int], error: str, *, dead: bool) -> None:
+        await self.inner.fail_all(delivery_ids, error, dead=dead)
+
+    async def bundle(self, message: str, delivery_ids: Sequence[int]) -> None:
+        await self.inner.bundle(message, delivery_ids)
 
     async def pending(self, sink: str) -> list[Delivery]:
         return await self.inner.pending(sink)

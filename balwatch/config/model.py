@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -39,12 +39,13 @@ from pydantic import (
 )
 from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 
-from balwatch.alert import Severity
+from balwatch.alert import SEVERITY_RANK, Severity
 from balwatch.config.intervals import InhibitRule, TimeInterval
 from balwatch.config.problems import field_error
 from balwatch.config.yamlsource import YamlFloat
 from balwatch.durations import format_duration, parse_duration
 from balwatch.secret import Secret
+from balwatch.sink import Grouping
 from balwatch.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
@@ -142,6 +143,10 @@ RequestTimeout = Annotated[float, DurationRange(0.1, 600.0)]
 Keepalive = Annotated[float, DurationRange(1.0, 65_535.0)]
 # MQTT v5 carries a message expiry as a 32-bit count of seconds (136 years).
 ActiveExpiry = Annotated[float, DurationRange(1.0, float(MAX_MESSAGE_EXPIRY))]
+# Chat grouping (Alertmanager's defaults): the first message of a group waits this long for
+# more of it; later ones come at most this often.
+GroupWait = Annotated[float, DurationRange(0.0, 3600.0)]
+GroupInterval = Annotated[float, DurationRange(1.0, DAY)]
 # How often a live price source is read, and how long a price it gave stays usable.
 PriceInterval = Annotated[float, DurationRange(0.1, DAY)]
 PriceMaxAge = Annotated[float, DurationRange(1.0, 7 * DAY)]
@@ -472,6 +477,46 @@ class MqttSinkConfig(_Model):
         return self
 
 
+CHAT_FORMATS: Final = ("slack", "discord", "telegram", "mattermost", "teams")
+DEFAULT_GROUP_BY: Final = ("rule",)
+DEFAULT_GROUP_WAIT: Final = 30.0
+DEFAULT_GROUP_INTERVAL: Final = 300.0
+# `group_by: [...]`: no grouping, every alert its own message (Alertmanager's spelling).
+NO_GROUPING: Final = "..."
+_GROUP_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# What a mention may be, per service: only these ping anyone (docs/chat.md).
+_MENTIONS: Final[Mapping[str, tuple[re.Pattern[str], str]]] = {
+    "slack": (
+        re.compile(r"<(!here|!channel|!everyone|@[UW][A-Z0-9]+|!subteam\^[A-Z0-9]+)>"),
+        "<!here>, <!channel>, <!everyone>, <@U...> or <!subteam^ID>",
+    ),
+    "mattermost": (re.compile(r"@[A-Za-z0-9][A-Za-z0-9._-]*"), "@here, @channel, @all or @name"),
+    "discord": (
+        re.compile(r"<@&[0-9]{5,25}>|[0-9]{5,25}"),
+        "a role id, such as 123456789012345678",
+    ),
+}
+# Telegram `disable_notification`: what is sent without a sound.
+QuietKind = Literal["info", "warning", "critical", "resolved"]
+DEFAULT_QUIET: Final[tuple[QuietKind, ...]] = ("info", "resolved")
+
+
+def _group_name(value: str) -> str:
+    if value != NO_GROUPING and not _GROUP_NAME_RE.fullmatch(value):
+        raise field_error(
+            "expected an alert field (rule, severity, account, exchange, venue, asset, "
+            "instance, group) or a label name, or ..., got {input}"
+        )
+    return value
+
+
+GroupName = Annotated[
+    str,
+    AfterValidator(_group_name),
+    WithJsonSchema({"type": "string", "pattern": r"^([A-Za-z_][A-Za-z0-9_.-]*|\.\.\.)$"}),
+]
+
+
 class WebhookSinkConfig(_Model):
     type: Literal["webhook"]
     name: Name
@@ -487,6 +532,17 @@ class WebhookSinkConfig(_Model):
     verify_tls: bool = True
     min_severity: Severity = "info"
     send_resolved: bool = True
+    group_by: tuple[GroupName, ...] | None = Field(
+        None, description="chat formats: default [rule]; [...] sends each alert alone"
+    )
+    group_wait: GroupWait | None = Field(None, description="default 30s")
+    group_interval: GroupInterval | None = Field(None, description="default 5m")
+    # Severity -> who a message with a firing alert of that severity pings.
+    mention: dict[Severity, str] = Field(default_factory=dict)
+    message_thread_id: int | None = Field(None, ge=1, description="telegram forum topic")
+    disable_notification: tuple[QuietKind, ...] | None = Field(
+        None, description="telegram: sent without a sound; default [info, resolved]"
+    )
     # Names of `time_intervals`: muted inside any of mute_during, outside all of active_during.
     mute_during: tuple[str, ...] = ()
     active_during: tuple[str, ...] = ()
@@ -495,6 +551,33 @@ class WebhookSinkConfig(_Model):
     def receives_resolved(self) -> bool:
         return self.send_resolved
 
+    @property
+    def grouping(self) -> Grouping | None:
+        """How alerts are grouped into messages; None: one message per alert.
+
+        Chat formats group by default; ``generic`` only when a grouping key is set.
+        """
+        set_any = (self.group_by, self.group_wait, self.group_interval) != (None, None, None)
+        if self.format == "generic" and not set_any:
+            return None
+        by = DEFAULT_GROUP_BY if self.group_by is None else self.group_by
+        if by == (NO_GROUPING,):
+            return None
+        wait = DEFAULT_GROUP_WAIT if self.group_wait is None else self.group_wait
+        interval = DEFAULT_GROUP_INTERVAL if self.group_interval is None else self.group_interval
+        return Grouping(by, wait, interval)
+
+    def secrets(self) -> tuple[Secret, ...]:
+        """This sink's secret values: the URL's, the headers', the signing secret."""
+        found = [*_url_secrets(self.url), *self.headers.values()]
+        return (*found, *([self.secret] if self.secret is not None else []))
+
+    @property
+    def quiet(self) -> frozenset[str]:
+        """Telegram: severities (of firing alerts) and ``resolved`` sent without a sound."""
+        chosen = DEFAULT_QUIET if self.disable_notification is None else self.disable_notification
+        return frozenset(chosen)
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: Secret) -> Secret:
@@ -502,14 +585,62 @@ class WebhookSinkConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _telegram_chat(self) -> WebhookSinkConfig:
+    def _per_format(self) -> WebhookSinkConfig:
+        errors: list[tuple[tuple[str | int, ...], str, object]] = []
         if self.format == "telegram" and self.chat_id is None:
-            message = "missing required key 'chat_id' in sink: format telegram needs it"
-            raise _invalid_at("webhook", [(("chat_id",), message, None)])
-        if self.format != "telegram" and self.chat_id is not None:
-            message = f"chat_id is only used by format telegram, not {self.format}"
-            raise _invalid_at("webhook", [(("chat_id",), message, None)])
+            errors.append(
+                (
+                    ("chat_id",),
+                    "missing required key 'chat_id' in sink: format telegram needs it",
+                    None,
+                )
+            )
+        for key in ("chat_id", "message_thread_id", "disable_notification"):
+            if self.format != "telegram" and getattr(self, key) is not None:
+                errors.append(
+                    ((key,), f"{key} is only used by format telegram, not {self.format}", None)
+                )
+        errors += self._grouping_errors()
+        errors += self._mention_errors()
+        if errors:
+            raise _invalid_at("webhook", errors)
         return self
+
+    def _grouping_errors(self) -> list[tuple[tuple[str | int, ...], str, object]]:
+        by = self.group_by or ()
+        errors: list[tuple[tuple[str | int, ...], str, object]] = []
+        if NO_GROUPING in by and len(by) > 1:
+            message = "'...' means no grouping: list it alone, or list fields without it"
+            errors.append((("group_by",), message, None))
+        seen: set[str] = set()
+        for index, name in enumerate(by):
+            if name in seen:
+                errors.append((("group_by", index), f"{name} is listed twice", name))
+            seen.add(name)
+        if by == (NO_GROUPING,):
+            for key in ("group_wait", "group_interval"):
+                if getattr(self, key) is not None:
+                    message = f"{key} has no effect with group_by [...] (no grouping)"
+                    errors.append(((key,), message, None))
+        return errors
+
+    def _mention_errors(self) -> list[tuple[tuple[str | int, ...], str, object]]:
+        if not self.mention:
+            return []
+        rule = _MENTIONS.get(self.format)
+        if rule is None:
+            message = f"mention is for formats slack, mattermost and discord, not {self.format}"
+            return [(("mention",), message, None)]
+        pattern, expected = rule
+        return [
+            (
+                ("mention", severity),
+                f"expected {expected} for format {self.format}, got {{input}}",
+                value,
+            )
+            for severity, value in sorted(self.mention.items(), key=lambda i: SEVERITY_RANK[i[0]])
+            if not all(pattern.fullmatch(token) for token in value.split()) or not value.split()
+        ]
 
 
 SinkConfig = Annotated[MqttSinkConfig | WebhookSinkConfig, Field(discriminator="type")]
@@ -822,11 +953,10 @@ class Config(_Model):
         if self.http is not None and self.http.token is not None:
             found.append(self.http.token)
         for sink in self.sinks:
-            found.extend(_url_secrets(sink.url))
             if isinstance(sink, WebhookSinkConfig):
-                found.extend(sink.headers.values())
-                if sink.secret is not None:
-                    found.append(sink.secret)
+                found.extend(sink.secrets())
+            else:
+                found.extend(_url_secrets(sink.url))
         return tuple(found)
 
 
@@ -837,12 +967,21 @@ def unknown_interval(known: Iterable[str]) -> str:
     return f"unknown time interval {{input}}; defined in time_intervals: {names}"
 
 
+# A URL's path segment or query value this long may be a token (Slack's has 24 characters,
+# Mattermost's 26, Telegram's 35 after the colon); shorter ones are words like "services".
+_TOKEN_CHARS: Final = 16
+
+
 def _url_secrets(url: Secret) -> list[Secret]:
     """The parts of a sink URL that are secret: the password, and the path and query
-    (webhook URLs carry their token there). Scheme, user and host stay readable in logs."""
+    (webhook URLs carry their token there), whole and each token in them on its own (a
+    service may quote just the token). Scheme, user and host stay readable in logs."""
     parts = urlsplit(url.reveal())
     found = [Secret(parts.password)] if parts.password else []
     tail = parts.path + (f"?{parts.query}" if parts.query else "")
     if len(tail) > 1:
         found.append(Secret(tail))
+    pieces = [*parts.path.split("/"), *(value for _, value in parse_qsl(parts.query))]
+    pieces += [half for piece in pieces for half in piece.split(":")]  # Telegram's bot<id>:<key>
+    found += (Secret(piece) for piece in dict.fromkeys(pieces) if len(piece) >= _TOKEN_CHARS)
     return found

@@ -7,7 +7,8 @@ behave as they will in production. The outbox is a throwaway database, not the o
 test that failed must not keep retrying after the command has reported it.
 
 The test alert fires and resolves again (on a webhook with ``send_resolved: false`` it only
-fires), so it leaves no retained ``active/`` message on an MQTT broker.
+fires), so it leaves no retained ``active/`` message on an MQTT broker. A sink that groups
+sends each on its own, at once (paced as always): the test is of the wiring, not of timing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from balwatch.alert import Alert, new_id, placed
-from balwatch.config.model import Config, SinkConfig
+from balwatch.config.model import NO_GROUPING, Config, SinkConfig, WebhookSinkConfig
 from balwatch.outbox.worker import Outbox
 from balwatch.sink import Sink
 from balwatch.state.base import AlertCommit, RoutedAlert
@@ -94,6 +95,11 @@ async def send_test(
     if sink_config is None:
         known = ", ".join(s.name for s in config.sinks) or "none"
         raise ValueError(f"no sink named {sink_name!r}; configured sinks: {known}")
+    if isinstance(sink_config, WebhookSinkConfig) and sink_config.grouping is not None:
+        # The test proves URL and format, not timing: no group_wait, and its firing and
+        # resolve each a message (in one group they would show as the resolve alone).
+        ungrouped = {"group_by": (NO_GROUPING,), "group_wait": None, "group_interval": None}
+        sink_config = sink_config.model_copy(update=ungrouped)
     alerts = synthetic_alerts(
         sink_name,
         resolve=sink_config.receives_resolved,

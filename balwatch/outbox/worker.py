@@ -5,20 +5,28 @@ store at start, then appended by :meth:`Outbox.commit` after the commit), so the
 is written but never polled. Workers share nothing but the store, so a sink that is down or
 slow only ever delays itself.
 
-Ordering: deliveries queue per fingerprint and only a queue's head is ever sent; the next one
-starts when the head was acknowledged or dead-lettered *and* that was committed. Different
-fingerprints are sent concurrently, up to ``concurrency`` sends at a time.
+What goes out together, and in which order, is the sink's :class:`~balwatch.outbox.lanes.Lanes`
+policy: a lane per fingerprint and one alert per send for most sinks
+(:class:`~balwatch.outbox.lanes.AlertLanes`), a lane per alert group and one message per
+group for sinks that group (:class:`~balwatch.outbox.grouping.GroupLanes`). A lane's batches
+go out one at a time, the next once the one before was acknowledged or dead-lettered *and*
+that was committed; different lanes are sent concurrently, up to ``concurrency`` at a time.
+Per fingerprint, deliveries go out in commit order either way.
 
-Retries: a retryable failure puts the head back with an exponential, fully jittered delay
-from its attempt count (so one alert a receiver keeps rejecting delays only its own series).
+Pacing: a sink with documented limits (:attr:`Sink.pacing`) gets no send started that would
+exceed one (:mod:`balwatch.outbox.pacing`); retries count too.
+
+Retries: a retryable failure puts the batch back with an exponential, fully jittered delay
+from its attempt count (so one alert a receiver keeps rejecting delays only its own lane).
 A ``retry_after`` from the receiver is a rate limit on the whole endpoint: the worker sends
-nothing to that sink until it has passed. Timers live in memory and use the injectable
-:class:`Clock`: after a restart every pending delivery is due at once, its attempt count
-kept. There is no retry limit: an alert is worth delivering late, and only the receiver can
-say it never will be (a non-retryable :class:`~balwatch.sink.DeliveryError`).
+nothing to that sink until it has passed, up to :data:`MAX_RETRY_AFTER`. Timers live in memory
+and use the injectable :class:`Clock`: after a restart every pending delivery is due at once
+(a group's after its ``wait``), its attempt count kept. There is no retry limit: an alert is
+worth delivering late, and only the receiver can say it never will be (a non-retryable
+:class:`~balwatch.sink.DeliveryError`).
 
 The scheduler sleeps on a wake-up event (set by new deliveries and finished sends) bounded
-by the earliest retry time; it never polls.
+by the earliest retry, group or pacing time; it never polls.
 
 Dead letters retried by hand (``balwatch outbox retry``, maybe from another process) are
 pending rows the workers do not hold: :meth:`Outbox.resync`, which the daemon calls when the
@@ -31,19 +39,24 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import structlog
 
 from balwatch import redact
 from balwatch.backoff import Backoff
+from balwatch.outbox.grouping import GroupLanes
+from balwatch.outbox.lanes import AlertLanes, Batch, Lanes
+from balwatch.outbox.pacing import Pacer
 from balwatch.sink import AlertDoc, DeliveryError, Sink
 from balwatch.state.base import AlertCommit, Delivery, RoutedAlert, StateStore
 
 log = structlog.get_logger("balwatch.outbox")
+
+# The longest a receiver's Retry-After pauses a sink: past it, the worker asks again.
+MAX_RETRY_AFTER: Final = 3600.0
 
 
 class Clock(Protocol):
@@ -104,15 +117,18 @@ class SinkWorker:
         self._backoff = backoff or Backoff()
         self._concurrency = concurrency
         self._clock = clock or LoopClock()
-        # Pending deliveries per fingerprint, oldest first. A fingerprint is in here exactly
-        # when it has pending deliveries, and then its head is either in `_ready` or in a task.
-        self._queues: dict[str, deque[Delivery]] = {}
-        self._ready: list[tuple[float, int, str]] = []  # heap of (due, tiebreak, fingerprint)
+        self._lanes: Lanes = (
+            AlertLanes() if sink.grouping is None else GroupLanes(sink.name, sink.grouping)
+        )
+        self._pacer = Pacer(sink.pacing) if sink.pacing else None
+        # Lanes with something to send, by when: a lane is in here, or has a batch in a
+        # task, or is waiting for another lane (grouping), while it has pending deliveries.
+        self._ready: list[tuple[float, int, str]] = []  # heap of (due, tiebreak, lane)
         self._tiebreak = itertools.count()
         self._paused_until = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending = 0
-        self._depth = 0
+        self._held: set[int] = set()  # ids of the pending deliveries pushed, not yet settled
         self._wake = asyncio.Event()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._runner: asyncio.Task[None] | None = None
@@ -132,54 +148,42 @@ class SinkWorker:
         self._runner = asyncio.create_task(self._run(), name=f"outbox-{self.name}")
 
     def push(self, delivery: Delivery) -> None:
-        """Queue a committed delivery; call in enqueue (id) order."""
-        queue = self._queues.get(delivery.fingerprint)
-        if queue is None:
-            queue = self._queues[delivery.fingerprint] = deque()
-            self._schedule(delivery.fingerprint, self._clock.now())
-        queue.append(delivery)
-        self._depth += 1
+        """Queue a committed delivery; call in enqueue (id) order, but for dead letters
+        retried by hand (:meth:`resync`)."""
+        for lane, due in self._lanes.add(delivery, self._clock.now()):
+            self._schedule(lane, due)
+        self._held.add(delivery.id)
         self._wake.set()
 
     async def resync(self) -> int:
         """Take in the sink's pending deliveries that this worker does not hold (dead letters
-        made pending again by hand); returns how many. Each goes after its fingerprint's
-        head (which may be on its way), in id order among the rest."""
+        made pending again by hand); returns how many. Each goes after what of its
+        fingerprint is on its way, in id order among the rest (:meth:`Lanes.add`)."""
         self._settled = set()
         try:
             pending = await self._store.pending(self.name)
             counts = await self._store.counts()
         finally:
             settled, self._settled = self._settled, None
-        held = {d.id for queue in self._queues.values() for d in queue} | settled
         added = 0
         for delivery in pending:
-            if delivery.id in held:
-                continue
-            queue = self._queues.get(delivery.fingerprint)
-            if queue is None:
+            if delivery.id not in self._held and delivery.id not in settled:
                 self.push(delivery)
-            else:
-                at = len(queue)
-                while at > 1 and queue[at - 1].id > delivery.id:
-                    at -= 1
-                queue.insert(at, delivery)
-                self._depth += 1
-            added += 1
+                added += 1
         self._dead_letters = counts[self.name].dead if self.name in counts else 0
         self._wake.set()
         return added
 
     async def wait_settled(self) -> None:
         """Return once nothing is pending for this sink: all delivered or dead-lettered."""
-        await self._wait_for(lambda: self._depth == 0)
+        await self._wait_for(lambda: not self._held)
 
     async def drain(self, timeout: float) -> bool:
         """Shutdown: deliver what is due for up to ``timeout`` seconds, then :meth:`stop`.
 
-        True when nothing due was left. Deliveries backing off, or cut off by the timeout,
-        stay pending in the outbox for the next start (a cut-off send may then arrive twice,
-        with the same alert id).
+        True when nothing due was left. Deliveries backing off or waiting for their group,
+        or cut off by the timeout, stay pending in the outbox for the next start (a cut-off
+        send may then arrive twice, with the same alert or message id).
         """
         try:
             async with asyncio.timeout(timeout):
@@ -206,7 +210,7 @@ class SinkWorker:
             failed=self._failed,
             dead=self._dead,
             dead_letters=self._dead_letters,
-            depth=self._depth,
+            depth=len(self._held),
             sending=self._sending,
             last_error=self._last_error,
         )
@@ -218,23 +222,31 @@ class SinkWorker:
             self._wake.clear()
             now = self._clock.now()
             while self._ready and self._sending < self._concurrency:
-                due, _, fingerprint = self._ready[0]
-                if max(due, self._paused_until) > now:
+                if self._next_start() > now:
                     break
-                heapq.heappop(self._ready)
-                self._start(self._queues[fingerprint][0])
+                lane = heapq.heappop(self._ready)[2]
+                batch = self._lanes.take(lane, now)
+                if batch is not None:  # None: the lane waits for another (grouping)
+                    self._start(batch, now)
             self._notify()
             deadline = None
             if self._ready and self._sending < self._concurrency:
-                deadline = max(self._ready[0][0], self._paused_until)
+                deadline = self._next_start()
             await self._clock.wait(self._wake, deadline)
 
-    def _schedule(self, fingerprint: str, due: float) -> None:
-        heapq.heappush(self._ready, (due, next(self._tiebreak), fingerprint))
+    def _next_start(self) -> float:
+        """When the earliest due lane may start: its time, a pause, the sink's pace."""
+        start = max(self._ready[0][0], self._paused_until)
+        return start if self._pacer is None else max(start, self._pacer.next_start())
 
-    def _start(self, delivery: Delivery) -> None:
+    def _schedule(self, lane: str, due: float) -> None:
+        heapq.heappush(self._ready, (due, next(self._tiebreak), lane))
+
+    def _start(self, batch: Batch, now: float) -> None:
         self._sending += 1
-        task = asyncio.create_task(self._attempt(delivery))
+        if self._pacer is not None:
+            self._pacer.started(now)
+        task = asyncio.create_task(self._attempt(batch))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -244,7 +256,7 @@ class SinkWorker:
 
     def _idle(self) -> bool:
         """Nothing in flight and nothing due: what :meth:`drain` waits for."""
-        due = bool(self._ready) and max(self._ready[0][0], self._paused_until) <= self._clock.now()
+        due = bool(self._ready) and self._next_start() <= self._clock.now()
         return not self._tasks and not due
 
     async def _wait_for(self, predicate: Callable[[], bool]) -> None:
@@ -269,85 +281,114 @@ class SinkWorker:
 
     # --- one attempt -------------------------------------------------------------------
 
-    async def _attempt(self, delivery: Delivery) -> None:
-        error: str | None = None
-        dead = False
-        retry_after: float | None = None
+    async def _attempt(self, batch: Batch) -> None:
         try:
-            await self.sink.send(delivery.alert)
-        except DeliveryError as exc:
-            # The receiver's text is kept with a dead letter and logged: masked first.
-            error, dead, retry_after = (
-                redact.installed().text(str(exc)) or type(exc).__name__,
-                not exc.retryable,
-                exc.retry_after,
-            )
-        except Exception as exc:
-            # Breaks the sink contract; retry, and keep only the type: the message may hold
-            # a URL with a token. The log line (redacted) has the full traceback.
-            error = f"unexpected {type(exc).__name__}"
-            log.exception("sink_raised_unexpectedly", **self._fields(delivery))
+            error, dead, retry_after = await self._send(batch)
+            if retry_after is not None:  # from now on, not once the failure is recorded
+                pause = min(retry_after, MAX_RETRY_AFTER)
+                self._paused_until = max(self._paused_until, self._clock.now() + pause)
         finally:
             self._sending -= 1
             self._wake.set()
         try:
             if error is None:
-                await self._store.ack(delivery.id)
+                await self._store.ack_all(batch.ids)
             else:
-                await self._store.fail(delivery.id, error, dead=dead)
+                await self._store.fail_all(batch.ids, error, dead=dead)
         except Exception:
-            # Could not record the outcome: keep the delivery pending and try it again
-            # later. A redelivery repeats the alert id, which consumers dedupe on.
-            log.exception("outbox_write_failed", **self._fields(delivery))
+            # Could not record the outcome: keep the deliveries pending and try again
+            # later. A redelivery repeats the alert (or message) id, which consumers dedupe on.
+            log.exception("outbox_write_failed", **self._fields(batch))
             error, dead, retry_after = error or "outbox write failed", False, None
-        self._settle(delivery, error, dead=dead, retry_after=retry_after)
+        self._settle(batch, error, dead=dead, retry_after=retry_after)
+
+    async def _send(self, batch: Batch) -> tuple[str | None, bool, float | None]:
+        """One attempt: (the error, None if delivered; dead; the receiver's retry-after)."""
+        if batch.group is not None and not batch.bundled:
+            # Before the first attempt, so that a crash after it sends the same message again.
+            try:
+                await self._store.bundle(batch.group.id, batch.ids)
+            except Exception:
+                log.exception("outbox_write_failed", **self._fields(batch))
+                return "outbox write failed", False, None
+            batch.bundled = True
+        try:
+            if batch.group is None:
+                await self.sink.send(batch.deliveries[0].alert)
+            else:
+                await self.sink.send_group(batch.group)
+        except DeliveryError as exc:
+            # The receiver's text is kept with a dead letter and logged: masked first.
+            error = redact.installed().text(str(exc)) or type(exc).__name__
+            return error, not exc.retryable, exc.retry_after
+        except Exception as exc:
+            # Breaks the sink contract; retry, and keep only the type: the message may hold
+            # a URL with a token. The log line (redacted) has the full traceback.
+            log.exception("sink_raised_unexpectedly", **self._fields(batch))
+            return f"unexpected {type(exc).__name__}", False, None
+        return None, False, None
 
     def _settle(
-        self, delivery: Delivery, error: str | None, *, dead: bool, retry_after: float | None
+        self, batch: Batch, error: str | None, *, dead: bool, retry_after: float | None
     ) -> None:
         now = self._clock.now()
-        fields = self._fields(delivery)
-        queue = self._queues[delivery.fingerprint]
+        fields = self._fields(batch)
+        grouped = batch.group is not None
         if error is not None:
             self._last_error = error
         if error is not None and not dead:
-            delivery.attempts += 1
+            for delivery in batch.deliveries:
+                delivery.attempts += 1
             self._failed += 1
-            delay = self._backoff.delay(delivery.attempts)
+            delay = self._backoff.delay(batch.attempts)
             if retry_after is not None:
                 # Never sooner than the backoff: a Retry-After of 0, or a date the receiver's
                 # slow clock puts in the past, would otherwise retry at once, over and over.
-                delay = min(max(retry_after, delay), self._backoff.cap)
+                delay = min(max(retry_after, delay), MAX_RETRY_AFTER)
                 self._paused_until = max(self._paused_until, now + delay)
-            self._schedule(delivery.fingerprint, now + delay)
+            self._schedule(batch.lane, now + delay)
             # A sink that is down fails every delivery it holds, over and over: warn once.
             self._failing += 1
-            (log.warning if self._failing == 1 else log.debug)(
-                "delivery_failed",
-                **fields,
-                error=error,
-                retry_in=round(delay, 3),
-            )
+            first = self._failing == 1
+            if grouped:
+                (log.warning if first else log.debug)(
+                    "group_delivery_failed", **fields, error=error, retry_in=round(delay, 3)
+                )
+            else:
+                (log.warning if first else log.debug)(
+                    "delivery_failed", **fields, error=error, retry_in=round(delay, 3)
+                )
             return
-        queue.popleft()
-        self._depth -= 1
+        for lane, due in self._lanes.done(batch, now):
+            self._schedule(lane, due)
+        count = len(batch.deliveries)
+        self._held.difference_update(batch.ids)
         if self._settled is not None:
-            self._settled.add(delivery.id)
+            self._settled.update(batch.ids)
         if error is None:
-            self._delivered += 1
+            self._delivered += count
             if self._failing:
                 log.info("sink_delivering_again", sink=self.name, failed_attempts=self._failing)
                 self._failing = 0
         else:
-            self._dead += 1
-            self._dead_letters += 1
-            log.error("delivery_dead_lettered", **fields, error=error)
-        if queue:
-            self._schedule(delivery.fingerprint, now)
-        else:
-            del self._queues[delivery.fingerprint]
+            self._dead += count
+            self._dead_letters += count
+            if grouped:
+                log.error("group_dead_lettered", **fields, error=error)
+            else:
+                log.error("delivery_dead_lettered", **fields, error=error)
 
-    def _fields(self, delivery: Delivery) -> dict[str, object]:
+    def _fields(self, batch: Batch) -> dict[str, object]:
+        if batch.group is not None:
+            return {
+                "sink": self.name,
+                "message": batch.group.id,
+                "group": dict(batch.group.labels),
+                "alerts": len(batch.group.alerts),
+                "deliveries": len(batch.deliveries),
+                "attempt": batch.attempts + 1,
+            }
+        delivery = batch.deliveries[0]
         return {
             "sink": self.name,
             "delivery": delivery.id,

@@ -1,4 +1,4 @@
-"""Webhook sink: one HTTP POST per alert, in the generic JSON format or a chat format.
+"""Webhook sink: one HTTP POST per alert or group message, generic JSON or a chat format.
 
 The generic format posts the alert JSON itself. When a secret is set it is signed, so the
 receiver can check origin and freshness::
@@ -7,10 +7,17 @@ receiver can check origin and freshness::
 
 Verify by recomputing the HMAC over the timestamp, a dot and the raw request body bytes
 (before any JSON parsing), comparing in constant time and rejecting old timestamps.
-``Idempotency-Key`` carries the alert ``id``: delivery is at least once.
+``Idempotency-Key`` carries the alert ``id`` (a group message's ``id`` when a generic
+webhook groups): delivery is at least once.
+
+Chat formats group alerts by default and are paced at their service's documented rate
+(:mod:`balwatch.sinks.chat`); the outbox does both, from :attr:`grouping` and :attr:`pacing`.
 
 Webhook URLs are credentials (Slack, Discord and Telegram put the token in the URL), so
-errors name the sink and the HTTP status, never the URL or the response body.
+errors name the sink and the HTTP status, never the URL. A chat service's reason for a
+failure (Slack's ``channel_is_archived``, Telegram's ``description``) is kept, masked by
+:mod:`balwatch.redact` (every configured secret, this sink's URL tokens among them); a
+generic receiver's body is never quoted.
 """
 
 from __future__ import annotations
@@ -19,21 +26,27 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import aiohttp
 from multidict import CIMultiDict
 
-from balwatch import __version__
-from balwatch.backoff import parse_retry_after
+from balwatch import __version__, redact
 from balwatch.config.model import WebhookSinkConfig
 from balwatch.httpbody import read_bounded
-from balwatch.sink import AlertDoc, DeliveryError, Sink
-from balwatch.sinks.formats import chat_payload, encode_alert
+from balwatch.sink import AlertDoc, AlertGroup, DeliveryError, Sink
+from balwatch.sinks.chat import needs_body, rates, read_answer
+from balwatch.sinks.formats import (
+    ChatOptions,
+    chat_group_payload,
+    chat_payload,
+    encode_alert,
+    encode_group,
+)
 
 SIGNATURE_HEADER: Final = "X-Balwatch-Signature"
-# Enough of an error body to find Telegram's retry_after; never a whole page.
+# Enough of an answer to find the service's reason and retry_after; never a whole page.
 _MAX_ERROR_BODY: Final = 64 * 1024
 
 
@@ -43,11 +56,6 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def is_retryable(status: int) -> bool:
-    """408, 429 and 5xx may pass later; any other failure status will not."""
-    return status in (408, 429) or status >= 500
-
-
 class WebhookSink(Sink):
     """POSTs alerts to one URL with its own connection pool, opened in :meth:`start`."""
 
@@ -55,6 +63,15 @@ class WebhookSink(Sink):
         self.name = config.name
         self._config = config
         self._session: aiohttp.ClientSession | None = None
+        self.grouping = config.grouping
+        self.pacing = rates(config.format, config.url.reveal(), config.chat_id)
+        self._options = ChatOptions(
+            chat_id=config.chat_id,
+            message_thread_id=config.message_thread_id,
+            quiet=config.quiet,
+            mention={str(severity): who for severity, who in config.mention.items()},
+        )
+        self._secrets = config.secrets()
 
     async def start(self) -> None:
         if self._session is None:
@@ -69,18 +86,52 @@ class WebhookSink(Sink):
             await session.close()
 
     async def send(self, alert: AlertDoc) -> None:
+        fmt = self._config.format
+        if fmt == "generic":
+            body = self._encode(lambda: encode_alert(alert))
+            await self._post(body, alert.get("id"))
+        else:
+            await self._post(self._encode(lambda: chat_payload(fmt, alert, self._options)))
+
+    async def send_group(self, group: AlertGroup) -> None:
+        fmt = self._config.format
+        if fmt == "generic":
+            await self._post(self._encode(lambda: encode_group(group)), group.id)
+        else:
+            await self._post(self._encode(lambda: chat_group_payload(fmt, group, self._options)))
+
+    def _encode(self, build: Callable[[], Any]) -> bytes:
+        try:
+            built = build()
+            return (
+                built
+                if isinstance(built, bytes)
+                else json.dumps(built, ensure_ascii=False).encode()
+            )
+        except (TypeError, ValueError) as exc:
+            raise DeliveryError(
+                f"webhook sink {self.name}: alert is not JSON data: {type(exc).__name__}",
+                retryable=False,
+            ) from None
+
+    async def _post(self, body: bytes, idempotency_key: object = None) -> None:
         session = self._session
         if session is None:
             raise DeliveryError(f"webhook sink {self.name}: not started", retryable=True)
-        body, headers = self._request(alert)
+        fmt = self._config.format
         try:
             async with session.post(
-                self._config.url.reveal(), data=body, headers=headers, allow_redirects=False
+                self._config.url.reveal(),
+                data=body,
+                headers=self._headers(body, idempotency_key),
+                allow_redirects=False,
             ) as response:
                 status = response.status
-                if 200 <= status < 300:
-                    return
-                retry_after = await self._retry_after(response) if is_retryable(status) else None
+                text = ""
+                if needs_body(fmt, status):
+                    raw = await read_bounded(response, _MAX_ERROR_BODY)
+                    text = self._mask(raw.decode("utf-8", "replace"))
+                answer = read_answer(fmt, status, response.headers, text)
         except TimeoutError:
             raise DeliveryError(
                 f"webhook sink {self.name}: no answer within {self._config.timeout:g}s",
@@ -100,14 +151,18 @@ class WebhookSink(Sink):
                 "check the url and headers",
                 retryable=False,
             ) from None
+        if answer.delivered:
+            return
+        what = f"HTTP {status} with an error" if 200 <= status < 300 else f"HTTP {status}"
+        reason = f": {answer.reason}" if answer.reason else ""
         raise DeliveryError(
-            f"webhook sink {self.name}: HTTP {status}",
-            retryable=is_retryable(status),
-            retry_after=retry_after,
+            f"webhook sink {self.name}: {what}{reason}",
+            retryable=answer.retryable,
+            retry_after=answer.retry_after,
         )
 
-    def _request(self, alert: AlertDoc) -> tuple[bytes, CIMultiDict[str]]:
-        """Body and headers; custom headers may replace the defaults but not the signature.
+    def _headers(self, body: bytes, idempotency_key: object) -> CIMultiDict[str]:
+        """Custom headers may replace the defaults but not the signature.
 
         Header names are case-insensitive, so a custom ``x-balwatch-signature`` is
         replaced too rather than sent next to the real one.
@@ -118,35 +173,14 @@ class WebhookSink(Sink):
         )
         for name, value in config.headers.items():
             headers[name] = value.reveal()
-        try:
-            if config.format == "generic":
-                body = encode_alert(alert)
-            else:
-                payload = chat_payload(config.format, alert, chat_id=config.chat_id)
-                body = json.dumps(payload, ensure_ascii=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise DeliveryError(
-                f"webhook sink {self.name}: alert is not JSON data: {type(exc).__name__}",
-                retryable=False,
-            ) from None
         if config.format == "generic":
-            if alert.get("id") is not None:
-                headers["Idempotency-Key"] = str(alert["id"])
+            if idempotency_key is not None:
+                headers["Idempotency-Key"] = str(idempotency_key)
             if config.secret is not None:
                 headers[SIGNATURE_HEADER] = sign(config.secret.reveal(), int(time.time()), body)
-        return body, headers
+        return headers
 
-    async def _retry_after(self, response: aiohttp.ClientResponse) -> float | None:
-        """Retry-After (seconds or HTTP date), else Telegram's ``parameters.retry_after``."""
-        seconds = parse_retry_after(response.headers.get("Retry-After"))
-        if seconds is not None or self._config.format != "telegram":
-            return seconds
-        try:
-            answer = json.loads(await read_bounded(response, _MAX_ERROR_BODY))
-        except ValueError:
-            return None
-        parameters = answer.get("parameters") if isinstance(answer, Mapping) else None
-        value = parameters.get("retry_after") if isinstance(parameters, Mapping) else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-        return None
+    def _mask(self, text: str) -> str:
+        """The service's answer with every secret masked: the process's (the installed
+        redactor) and this sink's own, in each form an echo may take."""
+        return redact.installed().including(self._secrets).text(text)

@@ -128,13 +128,20 @@ class StateSnapshot:
 
 @dataclass(slots=True, eq=False)
 class Delivery:
-    """One alert on its way to one sink; ``attempts`` counts the failed tries so far."""
+    """One alert on its way to one sink; ``attempts`` counts the failed tries so far.
+
+    ``message`` is set once the delivery went into a group message (:meth:`StateStore.bundle`):
+    it is then sent again as that message, with the same others, until acknowledged or
+    dead-lettered. A dead letter made pending again (:meth:`StateStore.retry_dead`) has none:
+    it goes out in a new message.
+    """
 
     id: int
     sink: str
     fingerprint: str
     alert: AlertDoc
     attempts: int = 0
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,13 +266,31 @@ class StateStore(abc.ABC):
     async def flush(self, snapshot: StateSnapshot) -> None:
         """Replace the stored alert and account states, and apply the history changes."""
 
-    @abc.abstractmethod
     async def ack(self, delivery_id: int) -> None:
         """The sink has it: forget the delivery (and the alert, once no sink needs it)."""
+        await self.ack_all((delivery_id,))
 
-    @abc.abstractmethod
     async def fail(self, delivery_id: int, error: str, *, dead: bool) -> None:
         """Record a failed attempt; ``dead`` makes it a dead letter that is never retried."""
+        await self.fail_all((delivery_id,), error, dead=dead)
+
+    @abc.abstractmethod
+    async def ack_all(self, delivery_ids: Sequence[int]) -> None:
+        """:meth:`ack` for several deliveries in one transaction: a group message's. All of
+        them are gone afterwards, or (on an error) none."""
+
+    @abc.abstractmethod
+    async def fail_all(self, delivery_ids: Sequence[int], error: str, *, dead: bool) -> None:
+        """:meth:`fail` for several deliveries in one transaction: a group message's. Each
+        gets one more attempt and ``error`` as its last error; with ``dead`` each is a dead
+        letter (its ``message`` kept, for inspection)."""
+
+    @abc.abstractmethod
+    async def bundle(self, message: str, delivery_ids: Sequence[int]) -> None:
+        """Record, before its first attempt, that these pending deliveries go out together
+        as group message ``message``: :meth:`pending` then returns them with it, so a
+        message cut off by a crash is sent again whole, as the same message.
+        :meth:`retry_dead` clears it again."""
 
     # --- outbox reads ------------------------------------------------------------------
 
@@ -298,8 +323,10 @@ class StateStore(abc.ABC):
         A dead letter whose alert's later course made it untrue stays dead (``stale``): a
         ``firing`` or ``repeat`` of an alert that is not firing now (no firing alert state,
         no self-alert with its fingerprint), a ``resolved`` of one that is. Sending those
-        would show a resolved alert as firing (MQTT ``active/``), or the reverse. Moves
-        :attr:`Changes.outbox` when anything was retried.
+        would show a resolved alert as firing (MQTT ``active/``), or the reverse. A retried
+        one loses the group message it was bundled in (:attr:`Delivery.message` None): the
+        worker groups it anew, rather than resending a message whose other alerts may have
+        moved on. Moves :attr:`Changes.outbox` when anything was retried.
         """
 
     @abc.abstractmethod

@@ -17,11 +17,14 @@ Group commit
 
 Schema
     Versioned per component in ``schema_version`` (:func:`migrate`): ``engine`` (alert
-    states, account liveness, history samples, self-alerts) and ``outbox``.
+    states, account liveness, history samples, self-alerts), ``outbox`` and ``oncall``
+    (silences, and the counters of changes made by hand).
     ``outbox_alert`` holds each document once; ``outbox_delivery`` one row per (alert, sink),
     ``pending`` until acknowledged (then deleted) or ``dead`` (kept with its last error for
-    inspection). A trigger deletes an alert when its last delivery row goes, so no caller
-    has to remember to. Delivery ids follow the AUTOINCREMENT sequence, which never reuses
+    inspection); ``message`` names the group message a delivery went out in, once bundled
+    (cleared when a dead letter is retried).
+    A trigger deletes an alert when its last delivery row goes, so no caller has to
+    remember to. Delivery ids follow the AUTOINCREMENT sequence, which never reuses
     an id even after its row is pruned, so id order is enqueue order: per-fingerprint
     ordering rests on that, across restarts too. History is written incrementally, as the
     engine's history changes (new samples, trimmed and forgotten series), so the table
@@ -118,6 +121,8 @@ OUTBOX_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
             WHEN NOT EXISTS (SELECT 1 FROM outbox_delivery WHERE alert = OLD.alert)
             BEGIN DELETE FROM outbox_alert WHERE id = OLD.alert; END""",
     ),
+    # The group message a pending delivery went into (StateStore.bundle).
+    ("ALTER TABLE outbox_delivery ADD COLUMN message TEXT",),
 )
 # What people change by hand: silences, and the counters the daemon watches (Changes).
 ONCALL_SCHEMA: Final[tuple[tuple[str, ...], ...]] = (
@@ -288,14 +293,20 @@ class SqliteStateStore(StateStore):
         batch.writes.append(_snapshot_write(snapshot))
         await asyncio.shield(batch.done)
 
-    async def ack(self, delivery_id: int) -> None:
+    async def ack_all(self, delivery_ids: Sequence[int]) -> None:
         batch = self._batch()
-        batch.acks.append(delivery_id)
+        batch.acks.extend(delivery_ids)
         await asyncio.shield(batch.done)
 
-    async def fail(self, delivery_id: int, error: str, *, dead: bool) -> None:
+    async def fail_all(self, delivery_ids: Sequence[int], error: str, *, dead: bool) -> None:
         batch = self._batch()
-        batch.fails.append((error, "dead" if dead else "pending", delivery_id))
+        status = "dead" if dead else "pending"
+        batch.fails.extend((error, status, delivery_id) for delivery_id in delivery_ids)
+        await asyncio.shield(batch.done)
+
+    async def bundle(self, message: str, delivery_ids: Sequence[int]) -> None:
+        batch = self._batch()
+        batch.bundles.extend((message, delivery_id) for delivery_id in delivery_ids)
         await asyncio.shield(batch.done)
 
     def _batch(self) -> _Batch:
@@ -323,17 +334,17 @@ class SqliteStateStore(StateStore):
     # --- reads -------------------------------------------------------------------------
 
     async def pending(self, sink: str) -> list[Delivery]:
-        rows: list[tuple[int, int, str]] = await self._query(
-            "SELECT d.id, d.attempts, a.doc FROM outbox_delivery d "
+        rows: list[tuple[int, int, str | None, str]] = await self._query(
+            "SELECT d.id, d.attempts, d.message, a.doc FROM outbox_delivery d "
             "JOIN outbox_alert a ON a.id = d.alert "
             "WHERE d.sink = ? AND d.status = 'pending' ORDER BY d.id",
             sink,
         )
         deliveries = []
-        for delivery_id, attempts, doc in rows:
+        for delivery_id, attempts, message, doc in rows:
             alert = json.loads(doc)
             deliveries.append(
-                Delivery(delivery_id, sink, alert["fingerprint"], alert, attempts=attempts)
+                Delivery(delivery_id, sink, alert["fingerprint"], alert, attempts, message=message)
             )
         return deliveries
 
@@ -452,6 +463,7 @@ class _Batch:
     sinks: list[str] = field(default_factory=list)  # one per new delivery
     acks: list[int] = field(default_factory=list)
     fails: list[tuple[str, str, int]] = field(default_factory=list)  # (error, status, id)
+    bundles: list[tuple[str, int]] = field(default_factory=list)  # (message, id)
     writes: list[_StateWrite] = field(default_factory=list)  # in call order: later wins
 
 
@@ -714,6 +726,8 @@ def _write(conn: sqlite3.Connection, batch: _Batch) -> int:
             )
         if batch.acks:
             conn.executemany("DELETE FROM outbox_delivery WHERE id = ?", [(i,) for i in batch.acks])
+        if batch.bundles:
+            conn.executemany("UPDATE outbox_delivery SET message = ? WHERE id = ?", batch.bundles)
         if batch.fails:
             conn.executemany(
                 "UPDATE outbox_delivery SET attempts = attempts + 1, last_error = ?, "
@@ -791,7 +805,8 @@ def _retry_dead(conn: sqlite3.Connection, ids: list[int] | None) -> Retried:
         else:
             retried.append(delivery_id)
     conn.executemany(
-        "UPDATE outbox_delivery SET status = 'pending', attempts = 0, updated_at = ? WHERE id = ?",
+        "UPDATE outbox_delivery SET status = 'pending', attempts = 0, message = NULL, "
+        "updated_at = ? WHERE id = ?",
         [(time.time(), delivery_id) for delivery_id in retried],
     )
     if retried:

@@ -11,6 +11,7 @@ from balwatch.adapters.kunacore import KunaCoreOptions
 from balwatch.config import Config, MqttSinkConfig, WebhookSinkConfig, load_config, redact_url
 from balwatch.errors import ConfigError, Problem
 from balwatch.secret import Secret
+from balwatch.sink import Grouping
 
 WriteFile = Callable[..., Path]
 
@@ -231,6 +232,43 @@ def test_numbers_where_text_is_meant(write: WriteFile) -> None:
     mqtt, telegram = config.sinks
     assert isinstance(mqtt, MqttSinkConfig) and mqtt.protocol == "5"
     assert isinstance(telegram, WebhookSinkConfig) and telegram.chat_id == "-1001"
+
+
+def test_chat_sinks_group_by_default_and_other_sinks_only_when_asked(write: WriteFile) -> None:
+    config = load_config(
+        write(
+            """
+            sinks:
+              - {name: slack, type: webhook, format: slack, url: "https://s"}
+              - {name: alone, type: webhook, format: discord, url: "https://d", group_by: [...]}
+              - {name: all, type: webhook, format: mattermost, url: "https://m", group_by: []}
+              - name: tg
+                type: webhook
+                format: telegram
+                url: "https://t"
+                chat_id: -1001
+                group_by: [account, desk]
+                group_wait: 0s
+                group_interval: 1h
+                message_thread_id: 7
+                disable_notification: [info]
+              - {name: audit, type: webhook, url: "https://a"}
+              - {name: audit-groups, type: webhook, url: "https://a", group_wait: 10s}
+            """
+        ),
+        {},
+    )
+    sinks = [s for s in config.sinks if isinstance(s, WebhookSinkConfig)]
+    assert [s.grouping for s in sinks] == [
+        Grouping(("rule",), 30.0, 300.0),
+        None,  # [...]: every alert its own message
+        Grouping((), 30.0, 300.0),  # []: one group for all
+        Grouping(("account", "desk"), 0.0, 3600.0),
+        None,  # generic: per alert unless asked
+        Grouping(("rule",), 10.0, 300.0),
+    ]
+    assert (sinks[3].message_thread_id, sinks[3].quiet) == (7, frozenset({"info"}))
+    assert sinks[0].quiet == frozenset({"info", "resolved"})
 
 
 def test_redact_url() -> None:
@@ -464,6 +502,70 @@ ERROR_CASES = {
         2,
         5,
         "missing required key 'chat_id' in sink: format telegram needs it",
+    ),
+    "mention on a format that has none": (
+        "sinks:\n  - {name: t, type: webhook, format: teams, url: 'https://x',\n"
+        "     mention: {critical: '@here'}}\n",
+        3,
+        15,
+        "mention is for formats slack, mattermost and discord, not teams",
+    ),
+    "slack mention that is not Slack's": (
+        "sinks:\n  - name: s\n    type: webhook\n    format: slack\n    url: https://x\n"
+        "    mention: {warning: '<!here>', critical: '@here'}\n",
+        6,
+        45,
+        "expected <!here>, <!channel>, <!everyone>, <@U...> or <!subteam^ID> for format "
+        "slack, got '@here'",
+    ),
+    "discord mention that is not a role": (
+        "sinks:\n  - {name: d, type: webhook, format: discord, url: 'https://x',\n"
+        "     mention: {critical: '@everyone'}}\n",
+        3,
+        26,
+        "expected a role id, such as 123456789012345678 for format discord, got '@everyone'",
+    ),
+    "no grouping listed with fields": (
+        "sinks:\n  - {name: s, type: webhook, format: slack, url: 'https://x',\n"
+        "     group_by: [rule, '...']}\n",
+        3,
+        16,
+        "'...' means no grouping: list it alone, or list fields without it",
+    ),
+    "group field that is no name": (
+        "sinks:\n  - {name: s, type: webhook, format: slack, url: 'https://x',\n"
+        "     group_by: [rule, 'team name']}\n",
+        3,
+        23,
+        "expected an alert field (rule, severity, account, exchange, venue, asset, "
+        "instance, group) or a label name, or ..., got 'team name'",
+    ),
+    "group_wait beyond its bound": (
+        "sinks:\n  - {name: s, type: webhook, format: slack, url: 'https://x', group_wait: 2h}\n",
+        2,
+        75,
+        "expected a duration from 0s to 1h, got '2h'",
+    ),
+    "group_interval without grouping": (
+        "sinks:\n  - {name: s, type: webhook, format: slack, url: 'https://x',\n"
+        "     group_by: ['...'], group_interval: 1m}\n",
+        3,
+        41,
+        "group_interval has no effect with group_by [...] (no grouping)",
+    ),
+    "topic on a format other than telegram": (
+        "sinks:\n  - {name: s, type: webhook, format: slack, url: 'https://x',\n"
+        "     message_thread_id: 7}\n",
+        3,
+        25,
+        "message_thread_id is only used by format telegram, not slack",
+    ),
+    "quiet kind that is not one": (
+        "sinks:\n  - {name: t, type: webhook, format: telegram, url: 'https://x', chat_id: 1,\n"
+        "     disable_notification: [info, repeat]}\n",
+        3,
+        35,
+        "expected 'info', 'warning', 'critical' or 'resolved', got 'repeat'",
     ),
     "missing env var": (
         "accounts:\n  - name: t\n    exchange: coinw\n    credentials:\n"

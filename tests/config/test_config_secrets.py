@@ -107,3 +107,27 @@ def test_yaml_errors_never_show_substituted_values(write: WriteFile) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path, {"SECRET": ENV_SECRET})
     assert_hidden(str(caught.value))
+
+
+def test_a_chat_url_gives_the_redactor_its_token_alone_too(write: WriteFile) -> None:
+    """A service may quote just the token of its webhook URL (Slack's last segment, the
+    secret half of Telegram's ``bot<id>:<secret>``); short path words are no secret."""
+    slack_token = "gT4x9QmZk2Lw8RbN5vYc3HdJ"
+    bot_key = "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+    path = write(
+        f"""
+        sinks:
+          - name: slack
+            type: webhook
+            format: slack
+            url: https://hooks.slack.com/services/T00000000/B00000000/{slack_token}
+          - name: telegram
+            type: webhook
+            format: telegram
+            url: https://api.telegram.org/bot123456789:{bot_key}/sendMessage
+            chat_id: "-1001234567890"
+        """
+    )
+    secrets = {secret.reveal() for secret in load_config(path, {}).secrets()}
+    assert {slack_token, bot_key, f"bot123456789:{bot_key}"} <= secrets
+    assert not {"services", "sendMessage", "T00000000", "bot123456789"} & secrets

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from balwatch.sink import AlertDoc, Sink
+from balwatch.sink import AlertDoc, AlertGroup, Grouping, Sink
 from tests.waiting import within
 
 # Decides one attempt: (alert, attempt number for this alert id, from 1) -> error or None.
@@ -55,8 +55,11 @@ class ScriptedSink(Sink):
         *,
         gate: asyncio.Event | None = None,
         yields: Callable[[AlertDoc], int] = lambda alert: 0,
+        grouping: Grouping | None = None,
     ) -> None:
         self.name = name
+        self.grouping = grouping
+        self.groups: list[AlertGroup] = []  # group messages delivered
         self.script = script or (lambda alert, attempt: None)
         self.gate = gate
         self.yields = yields
@@ -94,6 +97,11 @@ class ScriptedSink(Sink):
             self.delivered.append(alert)
         finally:
             self.sending[fingerprint] -= 1
+
+    async def send_group(self, group: AlertGroup) -> None:
+        """A group message: its alerts count as attempts (and overlaps) like single ones."""
+        await asyncio.gather(*(self.send(alert) for alert in group.alerts))
+        self.groups.append(group)
 
     async def wait_attempts(self, count: int) -> None:
         """Return once ``count`` attempts have started; fail the test if they do not."""

@@ -12,6 +12,7 @@ from balwatch.config.model import Config
 from balwatch.outbox.sendtest import TEST_RULE, send_test, synthetic_alerts
 from balwatch.sinks.registry import build_sink
 from tests.brokers import Mosquitto, subscribe
+from tests.chatservices import ChatService
 from tests.webhooks import Reply, WebhookReceiver
 
 
@@ -99,3 +100,16 @@ async def test_delivered_through_a_real_broker_and_leaves_nothing_retained() -> 
     assert result.delivered
     assert [m.topic.value for m in received] == ["balwatch/alerts/balwatch-test/send-test/-/-"] * 2
     assert retained == []
+
+
+async def test_a_chat_sink_gets_the_test_at_once_not_after_its_group_wait() -> None:
+    """A chat sink groups (group_wait 30s by default): the test proves the URL and format
+    without that wait, firing and resolve each its own message, paced as the service asks."""
+    async with ChatService("slack") as slack:
+        cfg = config(hook(slack.url, format="slack"))
+        result = await send_test(cfg, "hook", build_sink, timeout=5)
+    assert (result.delivered, result.reason) == (True, None)
+    assert [m["text"].split(" ", 1)[1] for m in slack.messages] == [
+        "FIRING info: balwatch-test",
+        "RESOLVED info: balwatch-test",
+    ]

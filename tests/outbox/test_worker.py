@@ -13,10 +13,11 @@ from structlog.testing import capture_logs
 
 from balwatch import redact
 from balwatch.backoff import Backoff
-from balwatch.outbox.worker import Outbox, SinkStats, SinkWorker
+from balwatch.outbox.worker import MAX_RETRY_AFTER, Outbox, SinkStats, SinkWorker
+from balwatch.rules.engine import AlertState
 from balwatch.secret import Secret
-from balwatch.sink import AlertDoc, DeliveryError
-from balwatch.state.base import AlertCommit, RoutedAlert, SinkCounts, StateStore
+from balwatch.sink import AlertDoc, DeliveryError, Grouping
+from balwatch.state.base import AlertCommit, RoutedAlert, SinkCounts, StateChange, StateStore
 from balwatch.state.sqlite import SqliteStateStore
 from tests.outbox.doubles import FakeClock, ScriptedSink, alert
 from tests.waiting import within
@@ -160,11 +161,19 @@ async def test_a_retry_after_shorter_than_the_backoff_still_backs_off(
     await outbox.stop()
 
 
-async def test_retry_after_is_capped(store: StateStore, clock: FakeClock) -> None:
-    sink = fail_first(1, retryable("HTTP 429", retry_after=86400))
+async def test_retry_after_beyond_the_backoff_cap_is_honoured_up_to_an_hour(
+    store: StateStore, clock: FakeClock
+) -> None:
+    sink = fail_first(1, retryable("HTTP 429", retry_after=600))
     outbox = await started(store, sink, clock=clock, backoff=HALF)
     await outbox.enqueue(alert("fp1", 1), ["s"])
-    assert await clock.sleeping_until() == HALF.cap
+    assert await clock.sleeping_until() == 600.0  # not cut to the 60 s backoff cap
+    await outbox.stop()
+
+    sink = fail_first(1, retryable("HTTP 429", retry_after=86400))
+    clock = FakeClock()
+    outbox = await started(store, sink, clock=clock, backoff=HALF)
+    assert await clock.sleeping_until() == MAX_RETRY_AFTER == 3600.0
     await outbox.stop()
 
 
@@ -196,6 +205,55 @@ async def test_dead_letter_is_kept_counted_and_not_retried(
     assert again.stats()["s"].dead_letters == 1
     assert again.stats()["s"].depth == 0
     await again.stop()
+
+
+@pytest.mark.parametrize(
+    ("grouping", "attempts"),
+    [
+        (None, ["fp1:1", "fp1:2", "fp1:1", "fp1:3"]),
+        # grouped, the retried firing and the later one are one message, the later listed
+        (Grouping(("rule",), 0.0, 1.0), ["fp1:1", "fp1:2", "fp1:3"]),
+    ],
+)
+async def test_a_dead_letter_retried_by_hand_goes_after_what_is_on_its_way(
+    store: StateStore, clock: FakeClock, grouping: Grouping | None, attempts: list[str]
+) -> None:
+    """:meth:`Outbox.resync` takes in a dead letter made pending again: after the alert's
+    send in flight, before its later notifications (id order), each sent once."""
+    gate = asyncio.Event()
+    gate.set()
+
+    def script(alert: AlertDoc, attempt: int) -> BaseException | None:
+        first = alert["id"] == "fp1:1" and attempt == 1
+        return DeliveryError("HTTP 400", retryable=False) if first else None
+
+    sink = ScriptedSink("s", script, gate=gate, grouping=grouping)
+    outbox = await started(store, sink, clock=clock)
+    firing = AlertState(
+        fingerprint="fp1", rule="low-available", when="available < 5000", clear=None,
+        severity="warning", account="acct", exchange="bitso", venue="bitso", asset="USDT",
+        phase="firing", since=0.0, last_notified=0.0, values={},
+    )  # fmt: skip
+    await outbox.commit(
+        AlertCommit(
+            [RoutedAlert(alert("fp1", 1), ["s"])], [StateChange("fp1", "low-available", firing)]
+        )
+    )
+    await settled(outbox)
+    gate.clear()
+    await outbox.enqueue(alert("fp1", 2), ["s"])
+    clock.advance(1.0)  # a group's interval
+    await sink.wait_attempts(2)  # fp1:2 on its way
+    await outbox.enqueue(alert("fp1", 3), ["s"])
+    assert (await store.retry_dead(None)).retried != []
+    assert await outbox.resync() == 1
+    gate.set()
+    await sink.wait_attempts(len(attempts) - 1)
+    clock.advance(1.0)
+    await settled(outbox)
+    await outbox.stop()
+    assert [a["id"] for a in sink.attempts] == attempts
+    assert sink.overlaps == [] and await store.counts() == {}
 
 
 async def test_a_secret_in_the_receivers_text_is_masked_where_it_is_kept(

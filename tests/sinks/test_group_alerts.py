@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from balwatch.sinks.formats import slack_text
+from balwatch.sink import AlertGroup
+from balwatch.sinks.formats import chat_group_payload, chat_payload
 from balwatch.sinks.mqtt import MqttSink
 from tests.brokers import Mosquitto, subscribe
 from tests.sinks.conftest import alert, mqtt_config
@@ -60,9 +61,10 @@ async def test_two_groups_of_one_rule_never_share_a_retained_topic(broker: Mosqu
 
 
 def test_chat_names_the_group_and_lists_the_rows_that_weigh_most() -> None:
-    lines = slack_text(group_alert({"asset": "USDT"})).splitlines()
-    assert lines == [
-        "🔴 *FIRING* critical: *floor*",
+    text = chat_payload("mattermost", group_alert({"asset": "USDT"}))["text"]
+    # What a reader sees: the zero-width space that keeps "@bitso-hot" from pinging is not.
+    assert text.replace("\u200b", "").splitlines() == [
+        "🔴 **FIRING** critical: **floor**",
         "USDT across the wallets: sum(available)=42000",
         "Hot wallet running low",
         "Group: asset=USDT",
@@ -70,4 +72,24 @@ def test_chat_names_the_group_and_lists_the_rows_that_weigh_most() -> None:
         "USDT@bitso-hot: 30000",
         "USDT@kuna-hot: 12000",
         "Since: 2026-11-25T10:00:00Z",
+    ]
+    [attachment] = chat_payload("slack", group_alert({"asset": "USDT"}))["attachments"]
+    assert attachment["fields"][0] == {"title": "Group", "value": "asset=USDT", "short": True}
+
+
+def test_a_group_message_names_each_portfolio_group_as_its_card_does() -> None:
+    """One line per group alert, named by its group (``-`` for a missing label, ``all``
+    for ``group_by: []``), never by the account, venue and asset it lacks."""
+    docs = [
+        group_alert({"asset": "USDT"}, id="1"),
+        group_alert({"desk": None, "exchange": "bitso"}, id="2", severity="warning"),
+        group_alert({}, id="3"),
+    ]
+    message = AlertGroup("m1", {"rule": "floor"}, docs)
+    lines = chat_group_payload("mattermost", message)["text"].splitlines()
+    assert lines == [
+        "**🔴 FIRING 3: floor**",
+        "🔴 asset=USDT: USDT across the wallets: sum(available)=42000",
+        "🟠 desk=- exchange=bitso: USDT across the wallets: sum(available)=42000",
+        "🔴 all: USDT across the wallets: sum(available)=42000",
     ]

@@ -260,6 +260,40 @@ async def test_alerts_and_their_states_commit_together_or_not_at_all(
         assert ids(await store.pending("mqtt")) == ["fp1:1", "fp1:2", "fp2:1"]
 
 
+async def test_a_bundled_message_is_pending_with_its_id_and_settles_whole(
+    backend: Backend,
+) -> None:
+    """A group message's deliveries: bundled before the first attempt, read back with the
+    message after a restart, then acknowledged or failed in one transaction."""
+    async with backend.store() as store:
+        deliveries = [d for n in range(4) for d in await enqueue(store, alert(f"fp{n}", 1), "chat")]
+        first, second = deliveries[:3], deliveries[3:]
+        await store.bundle("m1", [d.id for d in first])
+        assert [d.message for d in await store.pending("chat")] == ["m1", "m1", "m1", None]
+        await store.fail_all([d.id for d in first], "HTTP 503", dead=False)
+    async with backend.store() as store:
+        pending = await store.pending("chat")
+        assert [(d.id, d.message, d.attempts) for d in pending] == [
+            *((d.id, "m1", 1) for d in first),
+            (second[0].id, None, 0),
+        ]
+        await backend.refuse("deliveries")
+        with pytest.raises(Exception):  # noqa: B017 - the backend's own error
+            await store.ack_all([d.id for d in first])
+        with pytest.raises(Exception):  # noqa: B017
+            await store.bundle("m2", [second[0].id])
+        assert [(d.message, d.attempts) for d in await store.pending("chat")] == [
+            ("m1", 1), ("m1", 1), ("m1", 1), (None, 0),
+        ]  # fmt: skip
+        await backend.allow()
+        await store.ack_all([d.id for d in first])
+        assert ids(await store.pending("chat")) == ["fp3:1"]
+        await store.fail_all([second[0].id], "HTTP 400: invalid_payload", dead=True)
+        [dead] = await store.dead_letters("chat")
+        assert (dead.id, dead.error) == (second[0].id, "HTTP 400: invalid_payload")
+        assert await store.counts() == {"chat": SinkCounts(pending=0, dead=1)}
+
+
 async def test_a_refused_ack_or_fail_leaves_the_delivery_as_it_was(backend: Backend) -> None:
     async with backend.store() as store:
         [delivery] = await enqueue(store, alert("fp1", 1), "mqtt")
@@ -717,6 +751,33 @@ async def test_retrying_makes_dead_letters_pending_unless_they_became_untrue(
         pending = await store.pending("hook")
         assert [(d.id, d.attempts) for d in pending] == [(still_firing, 0), (resolved, 0)]
         assert await store.retry_dead([still_firing, 999]) == Retried([], [], [still_firing, 999])
+
+
+async def test_a_retried_dead_letter_of_a_group_message_is_no_longer_in_that_message(
+    backend: Backend,
+) -> None:
+    """A dead group message's rows keep its id for inspection; retried, each is pending
+    without it, so the worker groups it anew instead of resending the old message."""
+    async with backend.store() as store:
+        for fingerprint in ("fp1", "fp2"):
+            await store.commit(
+                AlertCommit(states=[StateChange(fingerprint, "low", state(fingerprint))])
+            )
+        deliveries = [d for n in (1, 2) for d in await enqueue(store, alert(f"fp{n}", 1), "chat")]
+        message_ids = [d.id for d in deliveries]
+        await store.bundle("m1", message_ids)
+        await store.fail_all(message_ids, "HTTP 400: invalid_payload", dead=True)
+        assert await store.pending("chat") == []
+        async with backend.beside() as cli:
+            assert (await cli.retry_dead([message_ids[0]])).retried == [message_ids[0]]
+        async with backend.beside() as cli:
+            assert (await cli.retry_dead(None)).retried == [message_ids[1]]
+    async with backend.store() as store:
+        pending = await store.pending("chat")
+        assert [(d.id, d.message, d.attempts) for d in pending] == [
+            (message_ids[0], None, 0),
+            (message_ids[1], None, 0),
+        ]
 
 
 async def test_a_self_alert_firing_keeps_its_dead_firing_true(backend: Backend) -> None:

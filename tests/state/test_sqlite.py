@@ -149,7 +149,9 @@ async def test_a_database_of_the_released_schema_keeps_working(state_dir: Path) 
             (("treasury", "bitso", "USDT", "total"), 5.0, "10.5")
         ]
         [pending] = await store.pending("mqtt")
-        assert (pending.id, pending.alert) == (42, alert("fp1", 2))
+        assert (pending.id, pending.alert, pending.message) == (42, alert("fp1", 2), None)
+        await store.bundle("m1", [42])  # the column the upgrade added
+        assert [d.message for d in await store.pending("mqtt")] == ["m1"]
         [new] = await enqueue(store, alert("fp1", 3), "mqtt")
         assert new.id == 43
 
