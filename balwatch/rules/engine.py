@@ -601,27 +601,7 @@ class Engine:
         if isinstance(ctx, _RowContext) and ctx.row is not None:
             row = ctx.row
             fields.update({m: row.metric(m) for m in METRICS})
-        summary, description = alert_text(rule, state, event, fields)
-        moment = _wall(now)
-        return Alert(
-            fingerprint=state.fingerprint,
-            event=event,
-            rule=rule.name,
-            severity=state.severity,
-            account=state.account,
-            exchange=state.exchange,
-            venue=state.venue,
-            asset=state.asset,
-            summary=summary,
-            description=description,
-            labels=dict(state.labels),
-            expression=rule.when.source,
-            values=dict(values),
-            started_at=_wall(state.since),
-            observed_at=moment,
-            resolved_at=moment if event == "resolved" else None,
-            notify=state.resolve_to if event == "resolved" else state.notify,
-        )
+        return transition_alert(rule, state, event, fields, now)
 
     # -- persistence and listings
 
@@ -807,6 +787,35 @@ def advance(
     if rule.repeat is not None and (last is None or now - last >= rule.repeat):
         return "repeat"
     return None
+
+
+def transition_alert(
+    rule: Rule, state: AlertState, event: Event, fields: dict[str, object], now: float
+) -> Alert:
+    """The notification of ``state`` for ``event`` (a row's or a group's): the rule's text
+    rendered over ``fields``, the values the state holds now."""
+    summary, description = alert_text(rule, state, event, fields)
+    moment = _wall(now)
+    return Alert(
+        fingerprint=state.fingerprint,
+        event=event,
+        rule=rule.name,
+        severity=state.severity,
+        account=state.account,
+        exchange=state.exchange,
+        venue=state.venue,
+        asset=state.asset,
+        summary=summary,
+        description=description,
+        labels=dict(state.labels),
+        expression=rule.when.source,
+        values=dict(state.values),
+        started_at=_wall(state.since),
+        observed_at=moment,
+        resolved_at=moment if event == "resolved" else None,
+        notify=state.resolve_to if event == "resolved" else state.notify,
+        group=None if state.group is None else dict(state.group),
+    )
 
 
 def alert_text(

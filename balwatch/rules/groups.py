@@ -89,9 +89,8 @@ from balwatch.rules.engine import (
     _closed,
     _RowContext,
     _values_text,
-    _wall,
     advance,
-    alert_text,
+    transition_alert,
 )
 from balwatch.rules.expr import AggregateFunc, NumFn, WindowFunc
 from balwatch.rules.history import History, HistoryKey, change, percent_change
@@ -773,28 +772,7 @@ class Groups:
             "group": where,
             "members": _values_text(members),
         }
-        summary, description = alert_text(rule, state, event, fields)
-        moment = _wall(now)
-        return Alert(
-            fingerprint=state.fingerprint,
-            event=event,
-            rule=rule.name,
-            severity=state.severity,
-            account=state.account,
-            exchange=state.exchange,
-            venue=state.venue,
-            asset=state.asset,
-            summary=summary,
-            description=description,
-            labels=dict(state.labels),
-            expression=rule.when.source,
-            values=dict(state.values),
-            started_at=_wall(state.since),
-            observed_at=moment,
-            resolved_at=moment if event == "resolved" else None,
-            notify=state.resolve_to if event == "resolved" else state.notify,
-            group=dict(group.group),
-        )
+        return transition_alert(rule, state, event, fields, now)
 
     def _members(self, portfolio: _Portfolio, group: _Group) -> dict[str, Decimal]:
         """The rows that weigh most in the value, by name (module docstring)."""
