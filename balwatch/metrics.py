@@ -37,10 +37,12 @@ more, a row that vanished from an account's answer or an account that left the c
 no series at the next scrape, and a failed poll leaves the last good values (the latest
 rows keep them).
 
-Rendering (:meth:`Registry.render`) runs on the event loop, in slices of about a
-millisecond with a yield to the loop between them: a worker thread would hold the GIL for
+Rendering (:meth:`Registry.render`) runs on the event loop, in slices of about half a
+millisecond with a millisecond's sleep between them. A worker thread would hold the GIL for
 the whole render (hundreds of milliseconds for 20,000 series) in 5 ms turns, and every
-poll, commit and publish during a scrape would wait for those turns. prometheus-client
+poll, commit and publish during a scrape would wait for those turns; rendering on the loop
+without the sleeps would do the same to the state database's thread, which then waits
+5 ms for the GIL at each step of a commit. prometheus-client
 renders every piece (:func:`prometheus_client.generate_latest` on a family, or on a part
 of its samples); the pieces are joined into the same bytes as ``generate_latest`` of the
 whole registry. An account's balance series are rendered once per poll that brought its
@@ -81,10 +83,12 @@ NAMESPACE: Final = "balwatch"
 POLL_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OUTCOMES: Final = ("delivered", "failed", "dead")
 
-# Rendering /metrics on the event loop: the loop gets a turn at least this often, and a
-# family is rendered this many samples at a time (about a millisecond's work).
-SLICE_SECONDS: Final = 0.001
-SAMPLES_PER_PIECE: Final = 100
+# Rendering /metrics on the event loop: slices of this much work (at least one piece), each
+# followed by a pause of GAP_SECONDS in which the loop and other threads run; a family is
+# rendered this many samples at a time (about half a millisecond's work).
+SLICE_SECONDS: Final = 0.0005
+GAP_SECONDS: Final = 0.001
+SAMPLES_PER_PIECE: Final = 50
 
 Trigger = Literal["poll", "poll_failed", "tick"]
 """What made the engine evaluate: ``Engine.observe``, ``Engine.poll_failed``, ``Engine.tick``."""
@@ -110,7 +114,9 @@ class BalanceRows(Protocol):
     """Where the balance gauges come from (``LatestBalances`` fits)."""
 
     def good_rows(self) -> Iterable[Sequence[Balance]]:
-        """Each account's rows of its last good poll. Called from a worker thread."""
+        """Each account's rows of its last good poll, a list per account, the same list
+        object until the account's next good poll. Called at each render, on the event
+        loop (:meth:`Registry.render`) or on any thread (``generate_latest``)."""
         ...
 
 
@@ -160,8 +166,12 @@ class Registry(CollectorRegistry):
                 for family in collector.collect():
                     yield from _family_pieces(family)
 
-    async def render(self, slice_seconds: float = SLICE_SECONDS) -> bytes:
-        """``generate_latest(self)``, rendered on the event loop with a yield every slice.
+    async def render(self, slice_seconds: float = SLICE_SECONDS, gap: float = GAP_SECONDS) -> bytes:
+        """``generate_latest(self)``, rendered on the event loop a slice at a time.
+
+        After each slice of about ``slice_seconds`` the render sleeps ``gap`` seconds: the
+        loop then waits in the selector without the GIL, so threads (the state database's)
+        take it at once rather than after the interpreter's 5 ms switch interval.
 
         Between slices, polls may land and counters move: each family is read at once (as
         ``generate_latest`` reads it), the registry as a whole is not, as with
@@ -173,7 +183,7 @@ class Registry(CollectorRegistry):
         for piece in self.pieces():
             out.append(piece)
             if clock() >= deadline:
-                await asyncio.sleep(0)
+                await asyncio.sleep(gap)
                 deadline = clock() + slice_seconds
         return b"".join(out)
 

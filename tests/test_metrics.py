@@ -455,7 +455,7 @@ async def test_render_gives_the_loop_turns_on_the_way() -> None:
     worker = asyncio.create_task(other_work())
     await asyncio.sleep(0)
     before = turns
-    assert await m.registry.render(slice_seconds=0) == generate_latest(m.registry)
+    assert await m.registry.render(slice_seconds=0, gap=0) == generate_latest(m.registry)
     done = True
     await worker
     assert turns - before > 20  # a turn after every piece
