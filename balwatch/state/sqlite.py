@@ -73,6 +73,7 @@ from balwatch.state.base import (
     OutboxEntry,
     Retried,
     SavedState,
+    Scope,
     SinkCounts,
     StateChange,
     StateError,
@@ -247,7 +248,8 @@ class SqliteStateStore(StateStore):
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the flock goes with it
 
-    async def load(self, since: float) -> SavedState:
+    async def load(self, since: float, scope: Scope | None = None) -> SavedState:
+        # One daemon per state_dir: it speaks for every account, the scope changes nothing.
         self._check_open()
         try:
             return await self._run(_read, since)
