@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from balwatch.adapters.http import new_session
 from balwatch.alert import Alert
 from balwatch.backoff import Backoff
 from balwatch.burst import Burst
+from balwatch.cluster.keys import credential_key
 from balwatch.config import Config
 from balwatch.config.yamlsource import out_of_descriptors
 from balwatch.errors import ConfigError, ErrorKind
@@ -49,7 +50,6 @@ from balwatch.ratelimit import LimiterRegistry, with_headroom
 from balwatch.rules.engine import TICK_SECONDS, Engine
 from balwatch.rules.load import matching_paths
 from balwatch.scheduler import PollPlan, Scheduler
-from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.silence import RETENTION, Silence
 from balwatch.sink import Sink
@@ -302,7 +302,7 @@ class Daemon:
             limit = account.adapter.rate_limit
             limiter = None
             if limit is not None:
-                key = _credential_key(account.exchange, spec.credentials, account.name)
+                key = credential_key(account.exchange, spec.credentials, account.name)
                 limiter = self._limiters.get(key, with_headroom(limit))
             plans.append(PollPlan(kept.adapter, config.poll_interval(account), limiter))
         self._accounts = accounts
@@ -622,15 +622,6 @@ _NOT_MUTED: Final[dict[str, object]] = {"silenced_by": [], "inhibited_by": []}
 
 def _labels(config: Config) -> dict[str, dict[str, str]]:
     return {account.name: dict(account.labels) for account in config.accounts}
-
-
-def _credential_key(exchange: str, credentials: Mapping[str, Secret], account: str) -> str:
-    """Accounts that share a key share its limit; keyless accounts are limited alone."""
-    for name in ("api_key", "login"):
-        secret = credentials.get(name)
-        if secret is not None:
-            return f"{exchange}:{secret.fingerprint()}"
-    return f"{exchange}:account:{account}"
 
 
 def _restart_only(config: Config) -> tuple[object, ...]:
