@@ -121,9 +121,10 @@ class Ownership:
         self.forget(lost)
         return lost
 
-    def expired(self) -> set[str]:
-        """The held keys whose local deadline passed: lost, forgotten here."""
-        now = self.clock()
+    def expired(self, margin: float = 0.0) -> set[str]:
+        """The held keys whose local deadline passed (or comes within ``margin``, the time
+        to the next look): lost, forgotten here."""
+        now = self.clock() + margin
         lost = {key for key, held in self.held.items() if held.deadline <= now}
         self.forget(lost)
         return lost
