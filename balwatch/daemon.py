@@ -198,8 +198,10 @@ class Daemon:
             await store.prune_silences(self._clock() - RETENTION)
             self._changes = await store.changes()
             self.muting.set_silences(await store.silences())
+            replica = None if self.cluster is None else config.instance
             self.sinks: list[Sink] = [
-                await stack.enter_async_context(build_sink(s)) for s in config.sinks
+                await stack.enter_async_context(build_sink(s, instance=replica))
+                for s in config.sinks
             ]
             # Retries cap at 30 s: a sink that comes back is served within half a minute.
             self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
@@ -748,6 +750,9 @@ class Daemon:
 
     def balances(self) -> dict[str, object]:
         return self.latest.document()
+
+    def cluster_status(self) -> dict[str, object] | None:
+        return None if self.cluster is None else self.cluster.status()
 
 
 # /readyz of a replica that holds no lease: up, and taking accounts over when one goes.

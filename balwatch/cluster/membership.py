@@ -33,21 +33,13 @@ import structlog
 
 from balwatch.burst import Burst
 from balwatch.cluster.keys import LeaseKeys
-from balwatch.cluster.ownership import LeaseView, Ownership
+from balwatch.cluster.ownership import LeaseView, Ownership, ReplicaView
+from balwatch.cluster.status import cluster_json
 from balwatch.state.base import Scope
 
 log = structlog.get_logger("balwatch.cluster")
 
 HEARTBEAT_SECONDS = 1.0
-
-
-class ReplicaView(Protocol):
-    """What is read of a replica row (:class:`balwatch.state.base.Replica` has it)."""
-
-    @property
-    def instance(self) -> str: ...
-    @property
-    def age(self) -> float: ...
 
 
 class LeaseStore(Protocol):
@@ -135,6 +127,24 @@ class Membership:
     def accounts(self) -> list[str]:
         """The accounts of the keys held."""
         return self.keys.accounts_of(sorted(self.ownership.held))
+
+    def status(self) -> dict[str, object]:
+        """``/api/cluster``: this replica, what it holds, and the cluster as last read."""
+        now = self._clock()
+        return {
+            "instance": self.instance,
+            "accounts": self.accounts(),
+            "held": [
+                {
+                    "key": key,
+                    "token": held.token,
+                    "deadline_in": round(held.deadline - now, 3),
+                    "accounts": list(self.keys.accounts.get(key, ())),
+                }
+                for key, held in sorted(self.ownership.held.items())
+            ],
+            **cluster_json(self.replicas, self.leases.values(), ttl=self.ttl, keys=self.keys),
+        }
 
     # --- the loop --------------------------------------------------------------------
 

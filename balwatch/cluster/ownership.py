@@ -40,6 +40,15 @@ class LeaseView(Protocol):
     def remaining(self) -> float: ...
 
 
+class ReplicaView(Protocol):
+    """What is read of a replica row (:class:`balwatch.state.base.Replica` has it)."""
+
+    @property
+    def instance(self) -> str: ...
+    @property
+    def age(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     token: int
