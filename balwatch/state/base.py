@@ -74,6 +74,33 @@ class Scope:
         return owner is not None and self.owners.get(owner) in self.tokens
 
 
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A daemon sharing the database, as its last heartbeat left it. Times are unix seconds
+    by the database's clock; ``age`` is how long ago that heartbeat was, by that clock."""
+
+    instance: str
+    started_at: float
+    heartbeat_at: float
+    version: str
+    address: str | None
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who speaks for a lease key, until when. ``owner`` None: released. ``token`` (the
+    fencing token) grew by one each time the owner changed. ``remaining`` is the seconds
+    left by the database's clock (negative once expired)."""
+
+    key: str
+    owner: str | None
+    token: int
+    expires_at: float
+    acquired_at: float
+    remaining: float
+
+
 def owner_name(state: AlertState) -> str:
     """Whose lease an alert state is under: its account, or a grouped rule's series."""
     if state.group is not None or state.account is None:
