@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, cast
+from typing import Final
 
 import structlog
 
@@ -32,7 +32,7 @@ from balwatch.alert import Alert
 from balwatch.backoff import Backoff
 from balwatch.burst import Burst
 from balwatch.cluster.keys import credential_key, lease_keys
-from balwatch.cluster.membership import LeaseStore, Membership
+from balwatch.cluster.membership import Membership
 from balwatch.config import AccountConfig, Config
 from balwatch.config.yamlsource import out_of_descriptors
 from balwatch.errors import ConfigError, ErrorKind
@@ -56,7 +56,7 @@ from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.silence import RETENTION, Silence
 from balwatch.sink import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.state import state_store
+from balwatch.state import postgres_store, state_store
 from balwatch.state.base import OutboxEntry, Retried, SavedState, Scope
 from balwatch.systemd import Notifier, run_watchdog
 from balwatch.topiclayout import upgrade_topic_layout
@@ -171,14 +171,15 @@ class Daemon:
         self.metrics.export_balances(config.metrics.balances)
         async with AsyncExitStack() as stack:
             # StateError: another daemon has it, or it is not balwatch's, or too new.
-            store = await stack.enter_async_context(state_store(config))
+            replicas = postgres_store(config) if config.state.backend == "postgres" else None
+            store = await stack.enter_async_context(replicas or state_store(config))
             self.engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
             since = self._clock() - self.engine.history.retention
-            if config.state.backend == "postgres":
+            if replicas is not None:
                 # A replica starts with no account: it loads each one as it gains its lease.
                 self._owned = set()
                 self.cluster = Membership(
-                    cast(LeaseStore, store),
+                    replicas,
                     self,
                     lease_keys(config, loaded.rules),
                     ttl=config.state.lease_ttl,

@@ -103,6 +103,7 @@ class Membership:
         self.ownership = Ownership(self.instance, ttl, clock=clock, keys=frozenset(keys.keys))
         self.replicas: list[ReplicaView] = []  # as last read, for /api/cluster
         self.leases: dict[str, LeaseView] = {}
+        self.moved = asyncio.Event()  # set whenever the keys held change (tests wait on it)
         self._step = asyncio.Lock()
         self._lost: set[str] = set()  # found lost outside a beat (verify): given up at the next
         self._wake = asyncio.Event()
@@ -293,6 +294,7 @@ class Membership:
             return
         taken = sorted(tokens)
         failovers = [k for k in taken if k in failover]
+        self.moved.set()
         if self._events is not None:
             self._events.record_leases(
                 held=len(self.ownership.held),
@@ -310,12 +312,14 @@ class Membership:
     async def _give_up(self, keys: Collection[str]) -> None:
         self.ownership.forget(keys)
         await self._holder.give_up(keys)
+        self.moved.set()
         if self._events is not None:
             self._events.record_leases(
                 held=len(self.ownership.held), acquired=0, lost=len(keys), failovers=0
             )
 
     def _record(self) -> None:
+        self.moved.set()
         if self._events is not None:
             self._events.record_leases(
                 held=len(self.ownership.held), acquired=0, lost=0, failovers=0
