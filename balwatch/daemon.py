@@ -500,8 +500,8 @@ class Daemon:
         """Replicas: take in deliveries whose claim lapsed (their replica died)."""
         try:
             added = await self.outbox.resync()
-        except Exception:
-            log.warning("outbox_resync_failed", exc_info=True)
+        except Exception as exc:
+            log.warning("outbox_resync_failed", error=type(exc).__name__)
             return
         if added:
             log.info("outbox_resynced", deliveries=added)

@@ -31,7 +31,6 @@ from typing import Protocol
 
 import structlog
 
-from balwatch.burst import Burst
 from balwatch.cluster.keys import LeaseKeys
 from balwatch.cluster.ownership import LeaseView, Ownership, ReplicaView
 from balwatch.cluster.status import cluster_json
@@ -107,7 +106,7 @@ class Membership:
         self._step = asyncio.Lock()
         self._lost: set[str] = set()  # found lost outside a beat (verify): given up at the next
         self._wake = asyncio.Event()
-        self._unreachable = Burst(log, "cluster_store_unreachable", "cluster_store_reachable")
+        self._failures = 0  # beats in a row that could not reach the store
 
     # --- what the publisher and the API ask ------------------------------------------
 
@@ -176,9 +175,11 @@ class Membership:
                     replicas = list(await self.store.replicas())
                     leases = {lease.key: lease for lease in await self.store.leases()}
             except (Exception, TimeoutError) as exc:
-                self._unreachable.failed(error=type(exc).__name__)
+                self._unreachable(exc)
                 return
-            self._unreachable.ok()
+            if self._failures:
+                log.info("cluster_store_reachable", failures=self._failures)
+                self._failures = 0
             self.replicas, self.leases = replicas, leases
             live = [r.instance for r in replicas if r.age < self.ttl]
             plan = self.ownership.plan(live, leases)
@@ -223,8 +224,8 @@ class Membership:
         try:
             async with asyncio.timeout(self.ttl / 4):
                 await self.store.release(sorted(held))
-        except (Exception, TimeoutError):  # they expire instead: the next owner waits a ttl
-            log.warning("lease_release_failed", keys=sorted(held), exc_info=True)
+        except (Exception, TimeoutError) as exc:  # they expire: the next owner waits a ttl
+            log.warning("lease_release_failed", keys=sorted(held), error=type(exc).__name__)
         log.info("leases_released", keys=sorted(held), accounts=len(self.keys.accounts_of(held)))
         self._record()
 
@@ -258,13 +259,18 @@ class Membership:
 
     # --- the steps -------------------------------------------------------------------
 
+    def _unreachable(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._failures == 1:  # once per outage: the beats fail every second
+            log.warning("cluster_store_unreachable", error=type(exc).__name__)
+
     async def _renew(self, keys: Collection[str]) -> None:
         sent = self._clock()
         try:
             async with asyncio.timeout(self.ttl / 4):
                 got = await self.store.renew(sorted(keys), self.ttl)
         except (Exception, TimeoutError) as exc:
-            self._unreachable.failed(error=type(exc).__name__)
+            self._unreachable(exc)
             return
         lost = self.ownership.renewed(keys, got, sent)
         if lost:
@@ -277,7 +283,7 @@ class Membership:
             async with asyncio.timeout(self.ttl / 4):
                 got = await self.store.acquire(sorted(keys), self.ttl)
         except (Exception, TimeoutError) as exc:
-            self._unreachable.failed(error=type(exc).__name__)
+            self._unreachable(exc)
             return
         tokens = self.ownership.acquired(got, sent)
         if not tokens:
