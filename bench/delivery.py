@@ -54,6 +54,7 @@ from balwatch.outbox.worker import Outbox  # noqa: E402
 from balwatch.sinks.formats import encode_alert  # noqa: E402
 from balwatch.sinks.mqtt import MqttSink  # noqa: E402
 from balwatch.sinks.webhook import WebhookSink  # noqa: E402
+from balwatch.state.base import StateStore  # noqa: E402
 from balwatch.state.sqlite import SqliteStateStore  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
 from tests.chatservices import ChatService  # noqa: E402
@@ -127,28 +128,28 @@ async def sink_rate(port: int, args: argparse.Namespace) -> float:
         return len(docs) / (time.perf_counter() - started)
 
 
-async def outbox_rate(port: int, state_dir: Path, args: argparse.Namespace) -> float:
-    """Alerts/s from the first enqueue until every delivery is acknowledged and pruned."""
+async def outbox_rate(port: int, store: StateStore, args: argparse.Namespace) -> float:
+    """Alerts/s from the first enqueue until every delivery is acknowledged and pruned, on
+    ``store`` (an open, empty one: bench/failover.py passes a PostgreSQL store)."""
     docs = [make_alert(seq, args.fingerprints) for seq in range(args.alerts)]
-    async with SqliteStateStore(state_dir) as store:
-        async with MqttSink(sink_config(port, args.protocol)) as sink:
-            outbox = Outbox(store, [sink], concurrency=args.concurrency)
-            await outbox.start()
+    async with MqttSink(sink_config(port, args.protocol)) as sink:
+        outbox = Outbox(store, [sink], concurrency=args.concurrency)
+        await outbox.start()
 
-            async def producer(first: int) -> None:
-                for doc in docs[first :: args.producers]:
-                    await outbox.enqueue(doc, ["bench"])
+        async def producer(first: int) -> None:
+            for doc in docs[first :: args.producers]:
+                await outbox.enqueue(doc, ["bench"])
 
-            started = time.perf_counter()
-            await asyncio.gather(*(producer(i) for i in range(args.producers)))
-            await outbox.wait_settled()
-            elapsed = time.perf_counter() - started
-            stats = outbox.stats()["bench"]
-            await outbox.stop()
-        if stats.delivered != args.alerts or stats.failed or stats.dead:
-            raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
-        if await store.counts():
-            raise RuntimeError("the outbox is not empty after delivery")
+        started = time.perf_counter()
+        await asyncio.gather(*(producer(i) for i in range(args.producers)))
+        await outbox.wait_settled()
+        elapsed = time.perf_counter() - started
+        stats = outbox.stats()["bench"]
+        await outbox.stop()
+    if stats.delivered != args.alerts or stats.failed or stats.dead:
+        raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
+    if await store.counts():
+        raise RuntimeError("the outbox is not empty after delivery")
     return len(docs) / elapsed
 
 
@@ -225,7 +226,8 @@ async def main(args: argparse.Namespace) -> None:
             async with Mosquitto() as broker:
                 raw = await raw_rate(broker.port, args.messages, args.publishers, args.protocol)
                 alone = await sink_rate(broker.port, args)
-                durable = await outbox_rate(broker.port, state_dir, args)
+                async with SqliteStateStore(state_dir) as store:
+                    durable = await outbox_rate(broker.port, store, args)
             shutil.rmtree(state_dir, ignore_errors=True)
             chat = await chat_figure(state_dir, args)
         finally:
