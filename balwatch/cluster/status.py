@@ -7,8 +7,11 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 from balwatch.alert import iso_z
-from balwatch.cluster.keys import LeaseKeys
+from balwatch.cluster.keys import LeaseKeys, lease_keys
 from balwatch.cluster.ownership import LeaseView, ReplicaView
+from balwatch.config import Config
+from balwatch.rules.rule import Rule
+from balwatch.state import postgres_store
 
 
 def _time(value: object) -> object:
@@ -63,3 +66,14 @@ def cluster_json(
         live = {lease.key for lease in leases if lease.owner is not None and lease.remaining > 0}
         doc["unowned_accounts"] = keys.accounts_of(k for k in keys.keys if k not in live)
     return doc
+
+
+async def read_cluster(config: Config, rules: Sequence[Rule]) -> dict[str, object]:
+    """``balwatch cluster status``: the replicas and leases in ``config``'s database, with
+    the accounts of each lease key by this config and rules. StateError when the database
+    cannot be used (the tables must exist: a replica created them)."""
+    async with postgres_store(config, create=False) as store:
+        replicas, leases = await store.replicas(), await store.leases()
+    return cluster_json(
+        replicas, leases, ttl=config.state.lease_ttl, keys=lease_keys(config, rules)
+    )

@@ -18,7 +18,9 @@ import pytest
 from balwatch.daemon import Daemon
 from balwatch.simulator.server import Simulator
 from tests.brokers import Mosquitto, subscribe
+from tests.commands import run_cli
 from tests.daemons import AlertLog, CountingState, running
+from tests.postgres import PostgresServer
 from tests.test_daemon import bitso, bitso_account, set_fields
 from tests.waiting import within
 
@@ -84,6 +86,40 @@ def firings(messages: list[aiomqtt.Message], account: str) -> int:
     return count
 
 
+async def cluster_status_agrees(config: Path, owned: dict[str, set[str]]) -> None:
+    """``balwatch cluster status`` (a process of its own) shows both replicas live and
+    each lease owned by the replica that polls its accounts."""
+    code, out, err = await run_cli("cluster", "status", "-c", str(config), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {(r["instance"], r["live"]) for r in doc["replicas"]} == {
+        ("replica-a", True),
+        ("replica-b", True),
+    }
+    seen: dict[str, set[str]] = {}
+    for lease in doc["leases"]:
+        seen.setdefault(lease["owner"], set()).update(lease["accounts"])
+        assert lease["token"] >= 1
+    assert seen == owned and doc["unowned_accounts"] == []
+    code, text, _ = await run_cli("cluster", "status", "-c", str(config))
+    assert code == 0 and "replica-b" in text and "live" in text
+
+
+async def test_cluster_status_refuses_sqlite_and_never_prints_the_dsn_password(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    sqlite = tmp_path / "one.yaml"
+    sqlite.write_text(f"state_dir: {tmp_path}\n")
+    code, out, err = await run_cli("cluster", "status", "-c", str(sqlite))
+    assert code == 1 and "sqlite" in err and out == ""
+    wrong = tmp_path / "wrong.yaml"
+    dsn = postgres.dsn("no_such_db", user="nobody", password="pw-never-printed")
+    wrong.write_text(f"state_dir: {tmp_path}\nstate: {{backend: postgres, dsn: '{dsn}'}}\n")
+    code, out, err = await run_cli("cluster", "status", "-c", str(wrong), "--json")
+    assert code == 1 and "error: " in err and 'role "nobody" does not exist' in err
+    assert "pw-never-printed" not in out + err
+
+
 @pytest.mark.timeout(120)
 async def test_accounts_split_and_a_clean_stop_hands_them_over_with_no_alert_twice(
     tmp_path: Path, postgres_dsn: str
@@ -108,6 +144,9 @@ async def test_accounts_split_and_a_clean_stop_hands_them_over_with_no_alert_twi
                     )
                     doc = b.cluster_status()
                     assert doc is not None and set(doc["accounts"]) == held(b)  # type: ignore[arg-type]
+                    await cluster_status_agrees(
+                        a_config, {"replica-a": held(a), "replica-b": held(b)}
+                    )
                     # One of b's accounts fires while b holds it...
                     early, late = sorted(held(b))[0], sorted(held(b))[-1]
                     set_fields(state, early, "USDT", available="10")
