@@ -40,6 +40,15 @@ class LeaseView(Protocol):
     def remaining(self) -> float: ...
 
 
+class ReplicaView(Protocol):
+    """What is read of a replica row (:class:`balwatch.state.base.Replica` has it)."""
+
+    @property
+    def instance(self) -> str: ...
+    @property
+    def age(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     token: int
@@ -121,9 +130,10 @@ class Ownership:
         self.forget(lost)
         return lost
 
-    def expired(self) -> set[str]:
-        """The held keys whose local deadline passed: lost, forgotten here."""
-        now = self.clock()
+    def expired(self, margin: float = 0.0) -> set[str]:
+        """The held keys whose local deadline passed (or comes within ``margin``, the time
+        to the next look): lost, forgotten here."""
+        now = self.clock() + margin
         lost = {key for key, held in self.held.items() if held.deadline <= now}
         self.forget(lost)
         return lost
