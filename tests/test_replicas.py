@@ -30,6 +30,7 @@ from tests.replicas import (
     LOW,
     AlertWatch,
     PollWatch,
+    Replica,
     Replicas,
     sim_account,
     watching,
@@ -135,6 +136,21 @@ async def refill_and_resolve(d: Drill, account: str, *, after: float = 0.0) -> d
     return (await d.alerts.event(account, "resolved", after=after)).doc
 
 
+def lost_leases(replica: Replica, account: str) -> None:
+    """``replica`` noticed it lost its leases and never committed the firing of ``account``
+    that another replica sent while it was away (a replica logs ``alert`` once the alert is
+    committed; back, it may take the account again and commit its resolve)."""
+    events = [e["event"] for e in replica.logs()]
+    assert {"lease_deadline_passed", "leases_lost"} & set(events), events
+    assert "accounts_given_up" in events, events
+    committed = [
+        e
+        for e in replica.logs("alert")
+        if e.get("account") == account and e.get("transition") == "firing"
+    ]
+    assert not committed, committed
+
+
 async def test_sigkill_of_the_owner_fails_over_within_the_bound_once(
     tmp_path: Path, postgres: PostgresServer, postgres_dsn: str
 ) -> None:
@@ -156,6 +172,13 @@ async def test_sigkill_of_the_owner_fails_over_within_the_bound_once(
             assert polled - killed <= FAILOVER_BOUND, other
         after = await d.settled()
         assert victim not in after.values()
+        failovers = [
+            key
+            for replica in d.cluster.live()
+            for entry in replica.logs("leases_acquired")
+            for key in entry["failover"]
+        ]
+        assert len(failovers) == len(set(failovers)) >= 1, failovers
         await refill_and_resolve(d, account)
         await d.everything_once({(account, "firing"): 1, (account, "resolved"): 1})
 
@@ -184,6 +207,7 @@ async def test_a_replica_paused_past_its_lease_commits_and_sends_nothing_it_lost
         await d.everything_once({(account, "firing"): 1, (account, "resolved"): 1})
         lost = [e for e in d.alerts.docs(account=account) if e["event"] == "firing"]
         assert {doc["instance"] for doc in lost} == {fired["instance"]}
+        lost_leases(paused, account)
 
 
 async def test_postgres_restart_mid_run_loses_and_doubles_nothing(
@@ -252,6 +276,7 @@ async def test_a_replica_cut_off_from_postgres_loses_and_doubles_nothing(
         await d.everything_once({(account, "firing"): 1, (account, "resolved"): 1})
         firings = [doc for doc in d.alerts.docs(account=account) if doc["event"] == "firing"]
         assert {doc["instance"] for doc in firings} == {fired["instance"]}
+        lost_leases(d.cluster["replica-3"], account)
 
 
 async def test_a_replica_joining_takes_a_share_and_nothing_fires_again(
