@@ -267,8 +267,16 @@ class PostgresStateStore(StateStore):
             max_size=self._pool_size,
             kwargs=kwargs,
             open=False,
-            timeout=self._timeout,
+            # A call waits for a connection half a lease at most: past that the replica's
+            # leases are in doubt anyway, and the caller (the publisher holding alerts, the
+            # ownership loop) decides what to do.
+            timeout=min(self._timeout, max(1.0, self.lease_ttl / 2)),
+            # A connection the server dropped (a restart) is replaced before it is used.
             check=AsyncConnectionPool.check_connection,
+            # The pool retries a lost server with a doubling delay; giving up that attempt
+            # soon lets the next call start a new one at once, so the store is back within
+            # a second or so of the server, not after a backoff as long as the outage.
+            reconnect_timeout=max(1.0, self.lease_ttl / 4),
             name=f"balwatch-{self.instance}",
         )
         try:
