@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from balwatch.cluster.rendezvous import owner
+from balwatch.cluster.rendezvous import assign
 
 
 class LeaseView(Protocol):
@@ -78,8 +78,8 @@ class Ownership:
     _renewed_at: float = float("-inf")
 
     def desired(self, live: Collection[str]) -> set[str]:
-        replicas = {*live, self.instance}
-        return {key for key in self.keys if owner(key, replicas) == self.instance}
+        owners = assign(self.keys, {*live, self.instance})
+        return {key for key, replica in owners.items() if replica == self.instance}
 
     def plan(self, live: Collection[str], leases: Mapping[str, LeaseView]) -> Plan:
         """What to acquire, renew and release, given the live replicas and the leases."""
