@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -341,7 +342,10 @@ class Daemon:
             if limit is not None:
                 key = credential_key(account.exchange, spec.credentials, account.name)
                 limiter = self._limiters.get(key, with_headroom(limit))
-            plans.append(PollPlan(kept.adapter, config.poll_interval(account), limiter))
+            gate = None if self.cluster is None else partial(self.cluster.holds, account.name)
+            plans.append(
+                PollPlan(kept.adapter, config.poll_interval(account), limiter, may_poll=gate)
+            )
         self._accounts = accounts
         return plans
 

@@ -115,7 +115,7 @@ class Membership:
     def holds(self, owner: str | None) -> bool:
         """Whether this replica speaks for ``owner`` (an account or GROUP_SERIES + rule)."""
         key = None if owner is None else self.keys.key_of(owner)
-        return key is not None and key in self.ownership.held
+        return key is not None and self.ownership.valid(key)
 
     def scope(self, owners: Iterable[str | None] | None = None) -> Scope:
         """The fencing scope of ``owners`` (None: of every key held)."""

@@ -138,6 +138,12 @@ class Ownership:
         self.forget(lost)
         return lost
 
+    def valid(self, key: str) -> bool:
+        """Whether ``key`` is held and its local deadline not passed (checked every time:
+        a process paused past it must not act on it before the next beat notices)."""
+        held = self.held.get(key)
+        return held is not None and held.deadline > self.clock()
+
     def forget(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.held.pop(key, None)
@@ -145,4 +151,4 @@ class Ownership:
     def tokens(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         """The fencing tokens of the held keys (of ``keys`` among them)."""
         wanted = self.held.keys() if keys is None else keys
-        return {key: self.held[key].token for key in wanted if key in self.held}
+        return {key: self.held[key].token for key in wanted if self.valid(key)}

@@ -124,3 +124,12 @@ def test_a_key_just_acquired_survives_the_look_a_beat_ahead_even_with_the_shorte
     clock.now += 0.5
     assert own.expired(margin=0.5) == set()
     assert own.plan(["a"], {}).renew == {"k1"}
+
+
+def test_a_key_past_its_deadline_is_not_valid_before_any_beat_looks() -> None:
+    own, clock = machine(keys=["k1"])
+    own.acquired([Lease("k1", "a", 3, TTL)], clock.now)
+    assert own.valid("k1") and own.tokens() == {"k1": 3}
+    clock.now += TTL  # a pause (SIGSTOP) past the lease: nothing has run since
+    assert not own.valid("k1") and own.tokens() == {}
+    assert "k1" in own.held  # forgotten by the next beat (expired), not here
