@@ -43,7 +43,9 @@ from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.sinks.registry import build_sink
-from balwatch.state.base import StateError
+from balwatch.state import state_store
+from balwatch.state.base import NoState, StateError
+from balwatch.statecli import add_commands as add_state_commands
 from balwatch.table import balances_table, failures_table, render_table
 
 EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED, EXIT_SEND_FAILED = 0, 1, 3, 4
@@ -150,6 +152,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     if warnings or rule_set.warnings:
         counts.append(plural(len(warnings) + len(rule_set.warnings), "warning"))
     _out(f"{args.config}: ok ({', '.join(counts)})")
+    if args.connect:
+        return _check_state(config)
+    return EXIT_OK
+
+
+def _check_state(config: Config) -> int:
+    """Open the configured state store beside a running daemon (creating nothing), and say
+    whether it can be used."""
+
+    async def open_it() -> str:
+        store = state_store(config, exclusive=False)
+        try:
+            async with store:
+                await store.changes()
+        except NoState:
+            return f"state: {store.location}: reachable, no balwatch state yet (`run` creates it)"
+        return f"state: {store.location}: ok"
+
+    try:
+        _out(asyncio.run(open_it()))
+    except StateError as exc:
+        _out(f"state: {exc}", err=True)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -352,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(
         sub.add_parser("check", help="validate the config and its rules; exit 1 on any error")
     )
+    p.add_argument(
+        "--connect", action="store_true", help="also open the state store (PostgreSQL: connect)"
+    )
     p.set_defaults(func=cmd_check)
 
     p = with_config(sub.add_parser("run", help="the daemon: poll, evaluate, deliver alerts"))
@@ -402,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cluster_status)
 
     add_oncall_commands(sub)
+    add_state_commands(sub)
     return parser
 
 

@@ -139,8 +139,12 @@ class PostgresServer:
 
     def create_password_role(self, password: str) -> None:
         """:data:`PASSWORD_ROLE`, which logs in only with ``password`` and may create tables."""
-        self.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
-        self.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{password}'")
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_ROLE,)
+            ).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        self.execute(f"{verb} ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{password}'")
 
     def execute(self, sql: str, db: str = "postgres") -> None:
         """One statement as the superuser, outside a transaction (CREATE DATABASE needs it)."""

@@ -847,7 +847,8 @@ def _external_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def _host_name() -> str:
+def host_name() -> str:
+    """The default ``instance``: this host's name."""
     return socket.gethostname() or "balwatch"
 
 
@@ -940,13 +941,13 @@ class StateSettings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     state_dir: StateDir = Field(default=None, validate_default=True)
     state: StateConfig = StateConfig()
-    instance: Instance = Field(default_factory=_host_name)
+    instance: Instance = Field(default_factory=host_name)
 
 
 class Config(_Model):
     state_dir: StateDir = Field(default=None, validate_default=True)
     # Names this installation in every alert (and a replica among others in cluster mode).
-    instance: Instance = Field(default_factory=_host_name, description="default: the host name")
+    instance: Instance = Field(default_factory=host_name, description="default: the host name")
     # Where this daemon's HTTP API is reached from outside: alerts then carry a `url`.
     external_url: Annotated[str | None, AfterValidator(_external_url)] = None
     rules: Annotated[tuple[str, ...], AfterValidator(_rules_relative)] = Field(

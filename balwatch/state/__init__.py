@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from balwatch.state.postgres import PostgresStateStore
 
 POSTGRES_EXTRA_HINT = (
-    "state.backend postgres needs the PostgreSQL driver: pip install 'balwatch[postgres]'"
+    "the PostgreSQL state store needs its driver: pip install 'balwatch[postgres]'"
 )
 
 
@@ -29,16 +29,25 @@ def state_store(config: Config | StateSettings, *, exclusive: bool = True) -> St
     return SqliteStateStore(config.state_dir, exclusive=exclusive)
 
 
+def postgres_extra_missing() -> StateError | None:
+    """The error to raise when the PostgreSQL driver (an optional extra) is not installed."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        return StateError(POSTGRES_EXTRA_HINT)
+    return None
+
+
 def postgres_store(config: Config | StateSettings, *, create: bool = True) -> PostgresStateStore:
     """The PostgreSQL store of ``config`` (``state.backend: postgres``), for this instance;
     not ``create``: the tables must exist (the CLI beside a daemon)."""
-    try:
-        # Lazily: psycopg is an optional extra, and SQLite users need not have it.
-        from balwatch.state.postgres import PostgresStateStore
-    except ImportError as exc:
-        if exc.name is not None and exc.name.split(".")[0] in {"psycopg", "psycopg_pool"}:
-            raise StateError(POSTGRES_EXTRA_HINT) from None
-        raise
+    missing = postgres_extra_missing()
+    if missing is not None:
+        raise missing
+    # Imported here: psycopg is an optional extra, and SQLite users need not have it.
+    from balwatch.state.postgres import PostgresStateStore
+
     assert config.state.dsn is not None, "validated in StateConfig"
     return PostgresStateStore(
         config.state.dsn,

@@ -56,6 +56,11 @@ class StateError(Exception):
     """The state store cannot be used (taken, foreign, too new, corrupt); it is left as it is."""
 
 
+class NoState(StateError):
+    """The storage holds no balwatch state yet, and this store may not create it (the CLI's,
+    beside a daemon that never ran there)."""
+
+
 class Fenced(StateError):
     """A lease this write needs is not this replica's any more: nothing written."""
 

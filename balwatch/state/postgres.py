@@ -50,7 +50,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -72,6 +72,7 @@ from balwatch.state.base import (
     Delivery,
     Fenced,
     Lease,
+    NoState,
     OnCommit,
     OutboxEntry,
     Replica,
@@ -180,6 +181,19 @@ VERSION_TABLE: Final = "balwatch_schema"
 
 # A write in the next transaction: runs on its connection, returns the caller's result.
 _Work = Callable[[Conn], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedDelivery:
+    """A delivery row copied from another store (``balwatch state migrate``), as it was."""
+
+    sink: str
+    alert: AlertDoc
+    status: Literal["pending", "dead"]
+    attempts: int
+    error: str | None
+    updated_at: float
+    message: str | None = None
 
 
 @dataclass(slots=True)
@@ -292,7 +306,7 @@ class PostgresStateStore(StateStore):
             tables = {name for (name,) in await cur.fetchall()}
             if VERSION_TABLE not in tables:
                 if not self.create:
-                    raise StateError(
+                    raise NoState(
                         f"{self.location}: no state database here (no balwatch tables in "
                         f"schema {schema}); has `balwatch run` used this database?"
                     )
@@ -640,6 +654,45 @@ class PostgresStateStore(StateStore):
             (self.instance, self.lease_ttl, *_columns(rows, 5)),
         )
         return mine
+
+    async def import_outbox(self, rows: Sequence[ImportedDelivery]) -> int:
+        """Add delivery rows copied from another store, in their order (new ids, in that
+        order), each alert document once, unclaimed; returns how many. One transaction."""
+        docs = list(dict.fromkeys(_encode(row.alert) for row in rows))
+
+        async def work(conn: Conn) -> int:
+            if not rows:
+                return 0
+            alert_ids = dict(
+                zip(docs, await _reserve(conn, "balwatch_outbox_alert_id", len(docs)), strict=True)
+            )
+            delivery_ids = await _reserve(conn, "balwatch_delivery_id", len(rows))
+            await conn.execute(
+                "INSERT INTO balwatch_outbox_alert SELECT *, extract(epoch from "
+                "clock_timestamp())::float8 FROM unnest(%s::bigint[], %s::text[])",
+                ([alert_ids[doc] for doc in docs], list(docs)),
+            )
+            await conn.execute(
+                "INSERT INTO balwatch_delivery (id, alert, sink, fingerprint, status, attempts, "
+                "last_error, updated_at, message) SELECT * FROM unnest(%s::bigint[], "
+                "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[], "
+                "%s::float8[], %s::text[])",
+                _columns(
+                    [
+                        (
+                            delivery_id, alert_ids[_encode(row.alert)], row.sink,
+                            row.alert["fingerprint"], row.status, row.attempts, row.error,
+                            row.updated_at, row.message,
+                        )
+                        for delivery_id, row in zip(delivery_ids, rows, strict=True)
+                    ],
+                    9,
+                ),
+            )  # fmt: skip
+            return len(rows)
+
+        count: int = await asyncio.shield(self._queue_write(work))
+        return count
 
     # --- outbox reads ------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ from balwatch.state.base import (
     Changes,
     DeadLetter,
     Delivery,
+    NoState,
     OnCommit,
     OutboxEntry,
     Retried,
@@ -483,7 +484,7 @@ def _open(state_dir: Path, exclusive: bool) -> tuple[int | None, sqlite3.Connect
     """
     path = state_dir / DB_FILE
     if not exclusive and not path.is_file():
-        raise StateError(
+        raise NoState(
             f"{path}: no state database here; has `balwatch run` used this state_dir? "
             "(state_dir defaults to $STATE_DIRECTORY, which systemd sets for the service: "
             "set it, or state_dir in the config)"
