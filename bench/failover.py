@@ -75,7 +75,7 @@ async def failovers(
     args: argparse.Namespace, directory: Path, server: PostgresServer
 ) -> list[Failover]:
     dsn = await asyncio.to_thread(server.create_database, "failover")
-    names = [f"acct-{i:02d}" for i in range(args.accounts)]
+    names = [f"wallet-{i:02d}" for i in range(args.accounts)]
     state = PollWatch([sim_account(name) for name in names])
     results: list[Failover] = []
     async with (

@@ -176,6 +176,17 @@ class AlertWatch:
             via=via,
         )
 
+    async def until(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+        """Until ``predicate()`` holds of what has arrived (checked as alerts come in)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
+            self._news.clear()
+            # MQTT wakes us; the webhook receiver has no event of ours: look again soon.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), 0.05)
+
     async def settled(self) -> None:
         """Everything published so far reached us (a marker sent through the broker)."""
         # drain() returns what _read had not taken yet: later than everything in seen.
