@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -57,7 +58,14 @@ from balwatch.silence import RETENTION, Silence
 from balwatch.sink import Sink
 from balwatch.sinks.registry import build_sink
 from balwatch.state import postgres_store, state_store
-from balwatch.state.base import OutboxEntry, Retried, SavedState, Scope
+from balwatch.state.base import (
+    OutboxEntry,
+    Retried,
+    SavedState,
+    Scope,
+    StateStore,
+    Unreachable,
+)
 from balwatch.systemd import Notifier, run_watchdog
 from balwatch.topiclayout import upgrade_topic_layout
 
@@ -74,6 +82,8 @@ PRUNE_SECONDS = 3600.0
 # Replicas: how often each worker looks for deliveries whose claim lapsed (a replica died
 # mid-delivery), so another replica's rows go out within a claim ttl and this.
 RESYNC_SECONDS = 3.0
+# Replicas: PostgreSQL not answering at start is tried again after 1, 2, 4... s, up to this.
+OPEN_RETRY_MAX = 30.0
 
 
 @dataclass
@@ -172,7 +182,12 @@ class Daemon:
         async with AsyncExitStack() as stack:
             # StateError: another daemon has it, or it is not balwatch's, or too new.
             replicas = postgres_store(config) if config.state.backend == "postgres" else None
-            store = await stack.enter_async_context(replicas or state_store(config))
+            if replicas is not None:
+                await self._open_when_reachable(replicas)
+                stack.push_async_callback(replicas.close)
+                store: StateStore = replicas
+            else:
+                store = await stack.enter_async_context(state_store(config))
             self.engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
             since = self._clock() - self.engine.history.retention
             if replicas is not None:
@@ -260,6 +275,30 @@ class Daemon:
             )
             self._running = stack.pop_all()
 
+    async def _open_when_reachable(self, store: StateStore) -> None:
+        """Open a replica's store, waiting while PostgreSQL does not answer (down, restarting)
+        rather than exiting: systemd would only restart balwatch into the same wait. What
+        waiting cannot fix (a wrong password, a missing database) is raised at once, and so
+        is the wait's last error when a stop is asked for meanwhile."""
+        delay = 1.0
+        waited = False
+        while True:
+            try:
+                await store.open()
+            except Unreachable as exc:
+                if self.stopping.is_set():
+                    raise
+                waited = True
+                log.warning("state_store_unreachable", error=str(exc), retry_in=delay)
+                self._notifier.status(f"waiting for the state database: {exc}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, OPEN_RETRY_MAX)
+                continue
+            if waited:
+                log.info("state_store_reachable", location=store.location)
+            return
+
     def _restore(self, saved: SavedState, config: Config) -> list[Alert]:
         """Put what the last run left into the engine; returns the resolves that makes (of
         alerts whose rule or account is gone, of self-alerts whose cause is)."""
@@ -341,7 +380,10 @@ class Daemon:
             if limit is not None:
                 key = credential_key(account.exchange, spec.credentials, account.name)
                 limiter = self._limiters.get(key, with_headroom(limit))
-            plans.append(PollPlan(kept.adapter, config.poll_interval(account), limiter))
+            gate = None if self.cluster is None else partial(self.cluster.holds, account.name)
+            plans.append(
+                PollPlan(kept.adapter, config.poll_interval(account), limiter, may_poll=gate)
+            )
         self._accounts = accounts
         return plans
 

@@ -24,7 +24,8 @@ Guarantees:
   alert whose key is no longer held (lost while its commit was held or queued) is dropped:
   the new owner evaluates the same balances from what was committed before. A commit
   refused as :class:`~balwatch.state.base.Fenced` is not held for a retry: the leases are
-  checked at once, and the alerts of the keys still held are committed again, once.
+  checked at once, and the alerts of the keys still held are committed again, once (held
+  as after a failed commit when the leases cannot be read).
   balwatch's own alerts are this replica's and always go.
 """
 
@@ -140,8 +141,9 @@ class AlertPublisher:
             await self._store.flush(snapshot)
         except Fenced:
             assert self._cluster is not None
+            self._engine.history.retake(history)  # the keys still held need it next time
             log.warning("state_flush_fenced")
-            self._cluster.fenced()  # the lost key's history is released with it
+            self._cluster.fenced()
         except Exception:
             self._engine.history.retake(history)  # a forgotten series must still leave
             self._metrics.record_state_write_failure("flush")
@@ -212,9 +214,13 @@ class AlertPublisher:
             assert cluster is not None
             lost = await cluster.verify()
             log.warning("alerts_fenced", alerts=len(batch), keys=sorted(lost))
+            if not lost:  # the leases could not be read: held, and tried as a failed commit
+                self._held = routed_batch
+                self._metrics.set_uncommitted(len(batch))
+                return
             self._held = []
             self._metrics.set_uncommitted(0)
-            if retry and lost:  # the alerts of the keys still held go again, once
+            if retry:  # the alerts of the keys still held go again, once
                 await self._commit(routed_batch, retry=False)
             return
         except Exception:

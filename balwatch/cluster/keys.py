@@ -14,7 +14,7 @@ every replica with the same config computes the same names.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from balwatch.config import Config
 from balwatch.rules.groups import GROUP_SERIES
@@ -39,6 +39,15 @@ class LeaseKeys:
     """owner name (an account, or GROUP_SERIES + a grouped rule's name) -> lease key"""
     accounts: Mapping[str, tuple[str, ...]]
     """lease key -> its accounts, in config order"""
+    by_key: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    """lease key -> every owner name under it (its accounts and grouped rules)"""
+
+    def __post_init__(self) -> None:
+        # Built once from ``owners``: every commit asks for the owners of its keys.
+        by_key: dict[str, tuple[str, ...]] = {}
+        for owner, key in self.owners.items():
+            by_key[key] = (*by_key.get(key, ()), owner)
+        object.__setattr__(self, "by_key", by_key)
 
     @property
     def keys(self) -> list[str]:
@@ -49,8 +58,7 @@ class LeaseKeys:
 
     def owners_of(self, keys: Iterable[str]) -> dict[str, str]:
         """owner name -> key, for the owners under ``keys``."""
-        wanted = set(keys)
-        return {owner: key for owner, key in self.owners.items() if key in wanted}
+        return {owner: key for key in set(keys) for owner in self.by_key.get(key, ())}
 
     def accounts_of(self, keys: Iterable[str]) -> list[str]:
         return [account for key in keys for account in self.accounts.get(key, ())]

@@ -1,6 +1,7 @@
 """The membership loop: heartbeat, read the replicas and leases, act on the ownership plan.
 
-Every :data:`HEARTBEAT_SECONDS` the replica writes its heartbeat, reads which replicas are
+Every :data:`HEARTBEAT_SECONDS` (a quarter of the lease ttl when that is shorter: renewals
+need a beat to happen in) the replica writes its heartbeat, reads which replicas are
 live (a heartbeat younger than the lease ttl) and the leases, then, per
 :class:`~balwatch.cluster.ownership.Ownership`:
 
@@ -98,7 +99,8 @@ class Membership:
         self._address = address
         self._events = events
         self._clock = clock
-        self._heartbeat = heartbeat
+        # At least four beats a lease: renewal every ttl / 4 needs a beat to happen in.
+        self._heartbeat = min(heartbeat, ttl / 4)
         self.ownership = Ownership(self.instance, ttl, clock=clock, keys=frozenset(keys.keys))
         self.replicas: list[ReplicaView] = []  # as last read, for /api/cluster
         self.leases: dict[str, LeaseView] = {}
@@ -113,7 +115,7 @@ class Membership:
     def holds(self, owner: str | None) -> bool:
         """Whether this replica speaks for ``owner`` (an account or GROUP_SERIES + rule)."""
         key = None if owner is None else self.keys.key_of(owner)
-        return key is not None and key in self.ownership.held
+        return key is not None and self.ownership.valid(key)
 
     def scope(self, owners: Iterable[str | None] | None = None) -> Scope:
         """The fencing scope of ``owners`` (None: of every key held)."""
@@ -151,7 +153,10 @@ class Membership:
     async def run(self) -> None:
         """Beat until cancelled."""
         while True:
-            await self.step()
+            try:
+                await self.step()
+            except Exception:  # a bug must not end the beats: the leases would all lapse
+                log.exception("membership_step_failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._heartbeat):
                     await self._wake.wait()
@@ -161,14 +166,6 @@ class Membership:
         """One beat (module docstring). A store call that fails or hangs ends the beat; the
         local deadlines keep running."""
         async with self._step:
-            margin = self._heartbeat  # the next look may be a beat away: give up before
-            lost = self.ownership.expired(margin)
-            if lost:
-                log.warning("lease_deadline_passed", keys=sorted(lost))
-            lost |= self._lost
-            self._lost = set()
-            if lost:
-                await self._give_up(lost)
             try:
                 async with asyncio.timeout(self.ttl / 4):
                     await self.store.heartbeat(self._address)
@@ -176,6 +173,7 @@ class Membership:
                     leases = {lease.key: lease for lease in await self.store.leases()}
             except (Exception, TimeoutError) as exc:
                 self._unreachable(exc)
+                await self._expire()
                 return
             if self._failures:
                 log.info("cluster_store_reachable", failures=self._failures)
@@ -189,7 +187,19 @@ class Membership:
                 await self._renew(plan.renew)
             if plan.acquire:
                 await self._acquire(plan.acquire, plan.failover)
+            await self._expire()
             self._record()
+
+    async def _expire(self) -> None:
+        """Give up the keys lost outside a beat, and those whose local deadline passes
+        before the next beat could renew them."""
+        lost = self.ownership.expired(self._heartbeat)
+        if lost:
+            log.warning("lease_deadline_passed", keys=sorted(lost))
+        lost |= self._lost
+        self._lost = set()
+        if lost:
+            await self._give_up(lost)
 
     def fenced(self) -> None:
         """A write was fenced: look at the leases now rather than at the next beat."""
@@ -261,7 +271,7 @@ class Membership:
 
     def _unreachable(self, exc: BaseException) -> None:
         self._failures += 1
-        if self._failures == 1:  # once per outage: the beats fail every second
+        if self._failures == 1:  # once per outage: every beat fails
             log.warning("cluster_store_unreachable", error=type(exc).__name__)
 
     async def _renew(self, keys: Collection[str]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from balwatch.cluster.rendezvous import owner
+from balwatch.cluster.rendezvous import assign
 
 
 class LeaseView(Protocol):
@@ -78,8 +78,8 @@ class Ownership:
     _renewed_at: float = float("-inf")
 
     def desired(self, live: Collection[str]) -> set[str]:
-        replicas = {*live, self.instance}
-        return {key for key in self.keys if owner(key, replicas) == self.instance}
+        owners = assign(self.keys, {*live, self.instance})
+        return {key for key, replica in owners.items() if replica == self.instance}
 
     def plan(self, live: Collection[str], leases: Mapping[str, LeaseView]) -> Plan:
         """What to acquire, renew and release, given the live replicas and the leases."""
@@ -138,6 +138,12 @@ class Ownership:
         self.forget(lost)
         return lost
 
+    def valid(self, key: str) -> bool:
+        """Whether ``key`` is held and its local deadline not passed (checked every time:
+        a process paused past it must not act on it before the next beat notices)."""
+        held = self.held.get(key)
+        return held is not None and held.deadline > self.clock()
+
     def forget(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.held.pop(key, None)
@@ -145,4 +151,4 @@ class Ownership:
     def tokens(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         """The fencing tokens of the held keys (of ``keys`` among them)."""
         wanted = self.held.keys() if keys is None else keys
-        return {key: self.held[key].token for key in wanted if key in self.held}
+        return {key: self.held[key].token for key in wanted if self.valid(key)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from balwatch.cluster.ownership import Ownership
-from balwatch.cluster.rendezvous import owner
+from balwatch.cluster.rendezvous import assign
 
 TTL = 8.0
 
@@ -28,8 +28,8 @@ class Clock:
 
 
 def keys_won_by(who: str, replicas: list[str], count: int = 2) -> list[str]:
-    found = [k for k in (f"k{i}" for i in range(100)) if owner(k, replicas) == who]
-    return found[:count]
+    owners = assign([f"k{i}" for i in range(20)], replicas)
+    return [k for k, replica in sorted(owners.items()) if replica == who][:count]
 
 
 def machine(instance: str = "a", keys: list[str] | None = None) -> tuple[Ownership, Clock]:
@@ -69,7 +69,7 @@ def test_keys_another_replica_wins_are_released_and_the_rest_kept() -> None:
     plan = own.plan(["a", "b"], {})
     assert plan.release == set(own.keys) - own.desired(["a", "b"])
     assert plan.release and not plan.acquire
-    assert all(owner(k, ["a", "b"]) == "b" for k in plan.release)
+    assert all(assign(own.keys, ["a", "b"])[k] == "b" for k in plan.release)
 
 
 def test_renewal_every_quarter_ttl_and_the_deadline_counts_from_the_send() -> None:
@@ -115,3 +115,21 @@ def test_keys_that_left_the_config_are_released() -> None:
     own.acquired([Lease("k1", "a", 1, TTL), Lease("k2", "a", 1, TTL)], clock.now)
     own.keys = frozenset({"k1"})
     assert own.plan(["a"], {}).release == {"k2"}
+
+
+def test_a_key_just_acquired_survives_the_look_a_beat_ahead_even_with_the_shortest_ttl() -> None:
+    own, clock = machine(keys=["k1"])
+    own.ttl = 2.0  # the shortest lease_ttl: beats every 0.5 s
+    own.acquired([Lease("k1", "a", 1, 2.0)], clock.now)
+    clock.now += 0.5
+    assert own.expired(margin=0.5) == set()
+    assert own.plan(["a"], {}).renew == {"k1"}
+
+
+def test_a_key_past_its_deadline_is_not_valid_before_any_beat_looks() -> None:
+    own, clock = machine(keys=["k1"])
+    own.acquired([Lease("k1", "a", 3, TTL)], clock.now)
+    assert own.valid("k1") and own.tokens() == {"k1": 3}
+    clock.now += TTL  # a pause (SIGSTOP) past the lease: nothing has run since
+    assert not own.valid("k1") and own.tokens() == {}
+    assert "k1" in own.held  # forgotten by the next beat (expired), not here

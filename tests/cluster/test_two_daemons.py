@@ -15,7 +15,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from balwatch.daemon import Daemon
+from balwatch.daemon import STANDBY, Daemon
 from balwatch.simulator.server import Simulator
 from tests.brokers import Mosquitto, subscribe
 from tests.commands import run_cli
@@ -35,10 +35,17 @@ rules:
 """
 
 
-def replica_config(tmp_path: Path, name: str, dsn: str, sim: Simulator, broker: Mosquitto) -> Path:
+def replica_config(
+    tmp_path: Path,
+    name: str,
+    dsn: str,
+    sim: Simulator,
+    broker: Mosquitto,
+    accounts_named: list[str] = ACCOUNTS,
+) -> Path:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    accounts = "".join(bitso(a, sim.url, key=f"{a}-key") for a in ACCOUNTS)
+    accounts = "".join(bitso(a, sim.url, key=f"{a}-key") for a in accounts_named)
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         f"instance: {name}\n"
@@ -176,3 +183,49 @@ async def test_accounts_split_and_a_clean_stop_hands_them_over_with_no_alert_twi
         "balwatch/status/replica-a": b"offline",
         "balwatch/status/replica-b": b"offline",
     }
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_with_nothing_to_hold_is_up_as_a_standby_and_a_reload_gives_it_work(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    state = CountingState([bitso_account(a, key=f"{a}-key") for a in ("solo", "second")])
+    sim = Simulator(state)
+    await sim.start()
+    try:
+        async with Mosquitto() as broker:
+
+            def configs(accounts: list[str]) -> tuple[Path, Path]:
+                return (
+                    replica_config(tmp_path, "replica-a", postgres_dsn, sim, broker, accounts),
+                    replica_config(tmp_path, "replica-b", postgres_dsn, sim, broker, accounts),
+                )
+
+            a_config, b_config = configs(["solo"])
+            async with running(a_config, AlertLog()) as a:
+                await until("replica-a to hold solo", lambda: held(a) == {"solo"}, a)
+                # running() returned: b is started (systemd READY) whatever it holds
+                async with running(b_config, AlertLog()) as b:
+                    await until(
+                        "solo to settle on the replica it hashes to",
+                        lambda: len(held(a)) + len(held(b)) == 1 and held(a) | held(b) == {"solo"},
+                        a,
+                        b,
+                    )
+                    standby = a if not held(a) else b
+                    assert standby.ready() == (False, [STANDBY])
+                    configs(["solo", "second"])
+                    assert await a.reload() and await b.reload()
+                    await until(
+                        "the two accounts to split, one each",
+                        lambda: len(held(a)) == len(held(b)) == 1,
+                        a,
+                        b,
+                    )
+                    (mine,) = held(standby)
+                    polls = state.accounts[mine].requests
+                    # a poller asks again only once its last answer was handled
+                    await within(state.requests(mine, polls + 2), f"the standby to poll {mine}")
+                    assert standby.ready() == (True, [])
+    finally:
+        await sim.stop()
