@@ -102,7 +102,7 @@ class Drill:
 
 @contextlib.asynccontextmanager
 async def drill(
-    tmp_path: Path, server: PostgresServer, dsn: str, *, count: int = 3
+    tmp_path: Path, server: PostgresServer, dsn: str, *, count: int = 3, timeout: float = 2.0
 ) -> AsyncIterator[Drill]:
     state = PollWatch([sim_account(name) for name in ACCOUNTS])
     async with (
@@ -114,7 +114,7 @@ async def drill(
     ):
         cluster = Replicas(
             tmp_path, sim.url, ACCOUNTS, dsn, broker.url, hook.url,
-            count=count, poll_interval=POLL, lease_ttl=TTL,
+            count=count, poll_interval=POLL, lease_ttl=TTL, request_timeout=timeout,
         )  # fmt: skip
         async with cluster:
             try:
@@ -186,17 +186,22 @@ async def test_sigkill_of_the_owner_fails_over_within_the_bound_once(
 async def test_a_replica_paused_past_its_lease_commits_and_sends_nothing_it_lost(
     tmp_path: Path, postgres: PostgresServer, postgres_dsn: str
 ) -> None:
-    async with drill(tmp_path, postgres, postgres_dsn) as d:
+    # A request timeout longer than the pause: the poll in flight completes when it wakes.
+    async with drill(tmp_path, postgres, postgres_dsn, timeout=60.0) as d:
         await d.cluster.start()
         owners = await d.settled()
         account = ACCOUNTS[1]
         victim = owners[account]
         paused = d.cluster[victim]
-        # Its last poll saw the balance high; it wakes up believing it still holds the
-        # account, with the balance drained meanwhile.
-        paused.pause()
+        # The balance drains, and the owner is frozen (SIGSTOP) the moment its poll reaches
+        # the exchange: the answer that shows the drained balance waits in its socket. It
+        # wakes up with it in hand long after its lease ran out.
+        polled = asyncio.Event()
+        d.sim.on_request[account] = lambda: (paused.pause(), polled.set())
+        d.sim.set_usdt(account, LOW)
+        await asyncio.wait_for(polled.wait(), SETTLE)
         stopped = time.monotonic()
-        fired = await drain_and_fire(d, account, after=stopped)
+        fired = (await d.alerts.event(account, "firing", after=stopped)).doc
         assert fired["instance"] != victim
         await d.settled(check=None)  # the others own everything
         paused.resume()
