@@ -67,6 +67,16 @@ def usdt(available: str) -> dict[str, str]:
     return {"total": str(int(available) + 100), "available": available, "locked": "100"}
 
 
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Until ``predicate()`` holds, looked at every 50 ms (for what has no event to wait on:
+    a child's log lines); AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 class PollWatch(SimState):
     """The simulator's state, stamping each request's arrival (``time.monotonic()``)."""
 

@@ -33,6 +33,7 @@ from tests.replicas import (
     Replica,
     Replicas,
     sim_account,
+    wait_until,
     watching,
 )
 from tests.tcpproxy import CutMode, TcpProxy
@@ -248,6 +249,49 @@ async def test_postgres_restart_mid_run_loses_and_doubles_nothing(
                 (second, "resolved"): 1,
                 (third, "firing"): 1,
             }
+        )
+
+
+async def test_a_postgres_outage_past_the_leases_stops_polling_and_loses_nothing(
+    tmp_path: Path, private_postgres: PostgresServer
+) -> None:
+    server = private_postgres
+    dsn = await asyncio.to_thread(server.create_database)
+    async with drill(tmp_path, server, dsn) as d:
+        await d.cluster.start()
+        await d.settled()
+        first, second = ACCOUNTS[3], ACCOUNTS[7]
+        await drain_and_fire(d, first)
+        before = {r.name: len(r.logs("lease_deadline_passed")) for r in d.cluster.live()}
+        await asyncio.to_thread(server.stop)
+        d.sim.set_usdt(second, LOW)
+        d.sim.set_usdt(first, HIGH)
+        # No replica can tell an outage from its own partition: each stops polling once its
+        # leases may have passed to another, and polls nothing until the database is back.
+        await wait_until(
+            lambda: all(
+                len(d.cluster[name].logs("lease_deadline_passed")) > count
+                for name, count in before.items()
+            ),
+            "every replica to pass its lease deadline",
+        )
+        quiet = time.monotonic()
+        # The one pause of these drills: that nothing is polled shows only over time; four
+        # poll intervals, in which three replicas would poll nine accounts 36 times.
+        await asyncio.sleep(4 * POLL)
+        back = time.monotonic()
+        await asyncio.to_thread(server.start)
+        in_flight = 0.2  # a request already sent when the deadline passed may land after it
+        late = {
+            account: [round(t - quiet, 3) for t in polls if quiet + in_flight < t < back]
+            for account, polls in d.sim.polls.items()
+        }
+        assert not any(late.values()), late
+        await d.alerts.event(second, "firing")
+        await d.alerts.event(first, "resolved")
+        await d.settled()
+        await d.everything_once(
+            {(first, "firing"): 1, (first, "resolved"): 1, (second, "firing"): 1}
         )
 
 
