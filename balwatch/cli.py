@@ -18,9 +18,11 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from balwatch import __version__, logs, redact, terminal
 from balwatch.adapters.http import new_session
+from balwatch.cluster.status import read_cluster
 from balwatch.config import Config, load_config
 from balwatch.config.load import load_config_with_warnings
 from balwatch.daemon import Daemon, StartError, capture_signals
@@ -44,7 +46,7 @@ from balwatch.sinks.registry import build_sink
 from balwatch.state import state_store
 from balwatch.state.base import NoState, StateError
 from balwatch.statecli import add_commands as add_state_commands
-from balwatch.table import balances_table, failures_table
+from balwatch.table import balances_table, failures_table, render_table
 
 EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED, EXIT_SEND_FAILED = 0, 1, 3, 4
 DEFAULT_SIM_PORT = 8700
@@ -174,6 +176,59 @@ def _check_state(config: Config) -> int:
         _out(f"state: {exc}", err=True)
         return EXIT_CONFIG
     return EXIT_OK
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if config.state.backend != "postgres":
+        _out(f"error: {args.config}: state.backend is sqlite: one daemon, no replicas", err=True)
+        return EXIT_CONFIG
+    rule_set = _load_rules(config, args.config)
+    if rule_set is None:
+        return EXIT_CONFIG
+    try:
+        doc = asyncio.run(read_cluster(config, rule_set.rules))
+    except StateError as exc:
+        _out(f"error: {exc}", err=True)
+        return EXIT_CONFIG
+    _out(json.dumps(doc, indent=2) if args.json else _cluster_text(doc))
+    return EXIT_OK
+
+
+def _cluster_text(doc: dict[str, Any]) -> str:
+    replicas = [
+        [
+            r["instance"],
+            "live" if r["live"] else "gone",
+            f"{r['heartbeat_age']:.1f}s ago",
+            str(r["started_at"]),
+            str(r["version"]),
+            r["address"] or "-",
+        ]
+        for r in doc["replicas"]
+    ]
+    leases = [
+        [
+            lease["key"],
+            lease["owner"] if lease["owner"] and lease["remaining"] > 0 else "-",
+            str(lease["token"]),
+            f"{max(lease['remaining'], 0):.1f}s",
+            ", ".join(lease["accounts"]) or "(not in this config)",
+        ]
+        for lease in doc["leases"]
+    ]
+    parts = [
+        f"replicas (lease ttl {doc['lease_ttl']:g}s):",
+        render_table(["instance", "state", "heartbeat", "started", "version", "address"], replicas),
+        "",
+        "leases:",
+        render_table(["key", "owner", "token", "left", "accounts"], leases),
+    ]
+    if doc["unowned_accounts"]:
+        parts += ["", "accounts no replica holds: " + ", ".join(doc["unowned_accounts"])]
+    return "\n".join(parts)
 
 
 def cmd_balances(args: argparse.Namespace) -> int:
@@ -367,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_speed, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--mqtt-port", type=int, default=MQTT_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    cluster = sub.add_parser("cluster", help="replicas on PostgreSQL (status)")
+    verbs = cluster.add_subparsers(dest="verb", required=True)
+    p = with_config(verbs.add_parser("status", help="replicas, leases and who polls what"))
+    p.add_argument("--json", action="store_true", help="JSON instead of tables")
+    p.set_defaults(func=cmd_cluster_status)
 
     add_oncall_commands(sub)
     add_state_commands(sub)

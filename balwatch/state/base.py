@@ -61,6 +61,11 @@ class NoState(StateError):
     beside a daemon that never ran there)."""
 
 
+class Unreachable(StateError):
+    """The storage did not answer (a database server down, restarting or cut off): the same
+    open may work later, unlike a wrong password or a missing database."""
+
+
 class Fenced(StateError):
     """A lease this write needs is not this replica's any more: nothing written."""
 

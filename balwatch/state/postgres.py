@@ -85,6 +85,7 @@ from balwatch.state.base import (
     StateError,
     StateSnapshot,
     StateStore,
+    Unreachable,
     owner_name,
 )
 
@@ -255,7 +256,8 @@ class PostgresStateStore(StateStore):
         try:
             conn = await AsyncConnection.connect(self._dsn.reveal(), **kwargs)
         except psycopg.Error as exc:
-            raise StateError(self._error("cannot connect to PostgreSQL", exc)) from None
+            error = Unreachable if _unreachable(exc) else StateError
+            raise error(self._error("cannot connect to PostgreSQL", exc)) from None
         try:
             async with conn:
                 await self._migrate(conn)
@@ -1180,6 +1182,17 @@ def _sendable(every: list[tuple[Any, ...]], takeable: set[int]) -> list[int]:
         if not cut:
             return [delivery_id for delivery_id, _, _ in every if delivery_id in ok]
         ok -= cut
+
+
+def _unreachable(exc: psycopg.Error) -> bool:
+    """Whether a failed connect is worth trying again. libpq gives no SQLSTATE for a failed
+    connection: a server that answered says FATAL (a password, role or database refused,
+    which waiting does not fix), unless it is starting, stopping or full."""
+    text = str(exc)
+    return "FATAL:" not in text or any(
+        phrase in text
+        for phrase in ("is starting up", "is shutting down", "in recovery mode", "too many")
+    )
 
 
 def _location(dsn: str) -> str:
