@@ -148,7 +148,8 @@ async def outbox_rates(args: argparse.Namespace, directory: Path) -> tuple[float
         postgres_dsn=None,
     )
     async with Mosquitto() as broker:
-        sqlite = await outbox_rate(broker.port, SqliteStateStore(directory / "outbox"), measure)
+        async with SqliteStateStore(directory / "outbox") as store:
+            sqlite = await outbox_rate(broker.port, store, measure)
         postgres = await postgres_rate(broker.port, measure)
     return sqlite, postgres
 
