@@ -328,7 +328,7 @@ async def test_a_replica_cut_off_from_postgres_loses_and_doubles_nothing(
         lost_leases(d.cluster["replica-3"], account)
 
 
-async def test_a_replica_joining_takes_a_share_and_nothing_fires_again(
+async def test_a_replica_joining_takes_a_share_and_leaving_gives_it_back_without_refiring(
     tmp_path: Path, postgres: PostgresServer, postgres_dsn: str
 ) -> None:
     async with drill(tmp_path, postgres, postgres_dsn, count=2) as d:
@@ -340,7 +340,7 @@ async def test_a_replica_joining_takes_a_share_and_nothing_fires_again(
         await joiner.start()
         owners = await d.settled()
         moved = [a for a, o in owners.items() if o == "replica-3"]
-        assert moved and len(moved) < len(ACCOUNTS)
+        assert 2 <= len(moved) < len(ACCOUNTS)
         # Its accounts are polled by it and evaluated against the states it loaded: the
         # alerts stay firing without a word (two polls each: the first one's evaluation is
         # committed before the second). A resolve then comes from it.
@@ -349,6 +349,17 @@ async def test_a_replica_joining_takes_a_share_and_nothing_fires_again(
             await d.sim.poll_after(account, await d.sim.poll_after(account, owned))
         doc = await refill_and_resolve(d, moved[0])
         assert doc["instance"] == "replica-3"
+        # And it leaves cleanly (SIGTERM): its leases are released, not left to expire, so
+        # the others poll its accounts within half a lease_ttl (an expiry takes three
+        # quarters at least: renewed a beat before the exit at most); nothing fires again.
+        assert await joiner.terminate() == 0
+        gone = time.monotonic()  # any poll from now on is another replica's
+        for account in moved:
+            polled = await d.sim.poll_after(account, gone)
+            assert polled - gone < TTL / 2, (account, polled - gone)
+        await d.settled()
+        doc = await refill_and_resolve(d, moved[1])
+        assert doc["instance"] in {"replica-1", "replica-2"}
         expected = {(account, "firing"): 1 for account in ACCOUNTS}
-        expected[(moved[0], "resolved")] = 1
+        expected[(moved[0], "resolved")] = expected[(moved[1], "resolved")] = 1
         await d.everything_once(expected)
