@@ -137,8 +137,7 @@ class AlertWatch:
     async def _read(self) -> None:
         while True:
             message = await self._subscriber.messages.get()
-            assert isinstance(message.payload, bytes)
-            self.seen.append(Seen("mqtt", json.loads(message.payload), time.monotonic()))
+            self.seen.append(Seen("mqtt", _doc(message), time.monotonic()))
             self._news.set()
 
     def _collect_hook(self) -> None:
@@ -159,48 +158,28 @@ class AlertWatch:
             and (account is None or s.doc.get("account") == account)
         ]
 
-    async def wait_for(
-        self, match: Callable[[Seen], bool], *, via: str = "mqtt", timeout: float = WAIT
-    ) -> Seen:
-        """The first alert received through ``via`` that ``match``es; waits for it."""
+    async def event(self, account: str, event: str, *, after: float = 0.0) -> Seen:
+        """The first ``event`` of the drill rule for ``account`` that reached the MQTT
+        subscriber after ``after``; waits for it."""
 
         async def first() -> Seen:
             while True:
-                self._collect_hook()
                 for seen in self.seen:
-                    if seen.via == via and match(seen):
+                    doc = seen.doc
+                    if (
+                        seen.via == "mqtt"
+                        and seen.at > after
+                        and (doc.get("account"), doc["event"]) == (account, event)
+                    ):
                         return seen
                 self._news.clear()
-                if via == "webhook":
-                    await self._hook.wait_for(len(self._hook.requests) + 1, timeout)
-                else:
-                    await self._news.wait()
+                await self._news.wait()
 
         try:
-            return await asyncio.wait_for(first(), timeout)
+            return await asyncio.wait_for(first(), WAIT)
         except TimeoutError:
             got = [(s.via, s.key, s.doc.get("instance")) for s in self.seen]
-            raise AssertionError(f"no matching alert via {via} in {timeout}s; got {got}") from None
-
-    async def event(
-        self, account: str, event: str, *, via: str = "mqtt", after: float = 0.0
-    ) -> Seen:
-        """The first ``event`` of the drill rule for ``account`` that arrived after ``after``."""
-        return await self.wait_for(
-            lambda s: s.doc.get("account") == account and s.doc["event"] == event and s.at > after,
-            via=via,
-        )
-
-    async def until(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-        """Until ``predicate()`` holds of what has arrived (checked as alerts come in)."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
-            self._news.clear()
-            # MQTT wakes us; the webhook receiver has no event of ours: look again soon.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._news.wait(), 0.05)
+            raise AssertionError(f"no {event} of {account} in {WAIT}s; got {got}") from None
 
     async def settled(self) -> None:
         """Everything published so far reached us (a marker sent through the broker)."""

@@ -91,7 +91,7 @@ class Drill:
         want = {key: expected.get(key, 0) for key in counts("mqtt")}
         for via in ("mqtt", "webhook"):
             # Each sink delivers on its own: wait for what is due, then look for extras.
-            await self.alerts.until(
+            await wait_until(
                 lambda via=via: all(counts(via)[k] >= n for k, n in want.items()),
                 f"the expected alerts via {via}",
             )
