@@ -265,7 +265,7 @@ class Daemon:
             self._scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
             await self._scheduler.apply(self._plans(config))
             if self.cluster is not None:
-                await self.cluster.step()  # the share it can take now; the loop does the rest
+                await self.cluster.beat()  # the share it can take now; the loop does the rest
             log.info(
                 "started",
                 accounts=len(config.accounts),

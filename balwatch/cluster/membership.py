@@ -153,14 +153,19 @@ class Membership:
     async def run(self) -> None:
         """Beat until cancelled."""
         while True:
-            try:
-                await self.step()
-            except Exception:  # a bug must not end the beats: the leases would all lapse
-                log.exception("membership_step_failed")
+            await self.beat()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._heartbeat):
                     await self._wake.wait()
             self._wake.clear()
+
+    async def beat(self) -> None:
+        """:meth:`step`, logging what it raises: a bug must not end the beats (the leases
+        would all lapse) nor a start."""
+        try:
+            await self.step()
+        except Exception:
+            log.exception("membership_step_failed")
 
     async def step(self) -> None:
         """One beat (module docstring). A store call that fails or hangs ends the beat; the
