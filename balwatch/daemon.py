@@ -667,7 +667,7 @@ class Daemon:
         if self._configure_logs:
             logs.configure(new.log.format, new.log.level)
         if _restart_only(old) != _restart_only(new):
-            log.warning("reload_needs_restart", changed="sinks, http or state_dir")
+            log.warning("reload_needs_restart", changed="sinks, http, state_dir or state")
         now = self._clock()
         self.engine.set_account_labels(_labels(new))
         self.metrics.export_balances(new.metrics.balances)
@@ -694,7 +694,12 @@ class Daemon:
         # Keep sinks, http and state as they are; everything else follows the new files.
         self.loaded = loaded._replace(
             config=new.model_copy(
-                update={"sinks": old.sinks, "http": old.http, "state_dir": old.state_dir}
+                update={
+                    "sinks": old.sinks,
+                    "http": old.http,
+                    "state_dir": old.state_dir,
+                    "state": old.state,
+                }
             )
         )
         self.prices.configure(new.prices)
@@ -810,7 +815,7 @@ def _labels(config: Config) -> dict[str, dict[str, str]]:
 
 
 def _restart_only(config: Config) -> tuple[object, ...]:
-    return (config.sinks, config.http, config.state_dir)
+    return (config.sinks, config.http, config.state_dir, config.state)
 
 
 _Signature = tuple[tuple[str, int, int], ...]  # (file, mtime_ns, size) of each watched file

@@ -63,7 +63,8 @@ class PostgresServer:
     and the ``postgres`` user must reach its data directory.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable  # fsync on: for benchmarks; tests need no power-cut safety
         self.root = Path(tempfile.mkdtemp(prefix="balwatch-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
@@ -103,9 +104,9 @@ class PostgresServer:
                 [
                     str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
                     "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                    # A process crash loses nothing of the OS's page cache: no fsync needed.
-                    "-c", "fsync=off", "-c", "full_page_writes=off",
                     "-c", "max_connections=300",
+                    # A process crash loses nothing of the OS's page cache: no fsync needed.
+                    *([] if self.durable else ["-c", "fsync=off", "-c", "full_page_writes=off"]),
                 ],
                 stdout=log, stderr=subprocess.STDOUT, user=self._user, group=self._group,
                 start_new_session=True,

@@ -186,3 +186,24 @@ async def test_check_connect_on_sqlite(tmp_path: Path) -> None:
     async with SqliteStateStore(tmp_path / "state"):
         code, out, _ = await run_cli("check", "-c", str(path), "--connect")  # beside a daemon
     assert code == 0 and out.rstrip().endswith("balwatch.db: ok")
+
+
+async def test_silences_and_the_outbox_by_hand_on_postgres(tmp_path: Path, dsn: str) -> None:
+    path = config(tmp_path, "state: {backend: postgres, dsn: '${PG_DSN}'}\n")
+    env = {"PG_DSN": dsn}
+    code, _, err = await run_cli(
+        "silence", "add", "-c", str(path), "--match", "rule=low", "--for", "2h",
+        "--comment", "maintenance", env=env,
+    )  # fmt: skip
+    assert code == 1 and "no state database here" in err  # no daemon ever ran there
+    async with PostgresStateStore(Secret(dsn), instance="replica-a") as daemon:
+        code, out, err = await run_cli(
+            "silence", "add", "-c", str(path), "--match", "rule=low", "--for", "2h",
+            "--comment", "maintenance", env=env,
+        )  # fmt: skip
+        assert code == 0, err
+        [added] = await daemon.silences()
+        assert added.comment == "maintenance"
+        code, out, err = await run_cli("outbox", "list", "-c", str(path), env=env)
+        assert code == 0, err
+    assert PASSWORD not in out + err

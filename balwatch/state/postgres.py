@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal, TypeVar
 
@@ -197,10 +197,17 @@ class ImportedDelivery:
     message: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # keyed by identity
 class _Write:
-    work: _Work
+    """One caller's part of the next transaction: ``work`` runs on its connection in call
+    order; then the alerts of every commit in it (``stored``) go in together, and the
+    acknowledged rows (``acks``) are deleted together: a few statements per transaction
+    however many callers, since each round trip, not each row, sets the cost."""
+
     done: asyncio.Future[Any]
+    work: _Work | None = None
+    stored: list[tuple[RoutedAlert, str]] | None = None  # a commit's: result = its rows
+    acks: list[int] = field(default_factory=list)
 
 
 class PostgresStateStore(StateStore):
@@ -230,6 +237,8 @@ class PostgresStateStore(StateStore):
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._queue: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
+        self._claim_asks: list[tuple[list[int], asyncio.Future[set[int]]]] = []
+        self._claimer: asyncio.Task[None] | None = None
         self._closed = False
         self._started = False  # the first heartbeat of this run sets started_at
         self._location = _location(dsn.reveal())
@@ -260,8 +269,16 @@ class PostgresStateStore(StateStore):
             max_size=self._pool_size,
             kwargs=kwargs,
             open=False,
-            timeout=self._timeout,
+            # A call waits for a connection half a lease at most: past that the replica's
+            # leases are in doubt anyway, and the caller (the publisher holding alerts, the
+            # ownership loop) decides what to do.
+            timeout=min(self._timeout, max(1.0, self.lease_ttl / 2)),
+            # A connection the server dropped (a restart) is replaced before it is used.
             check=AsyncConnectionPool.check_connection,
+            # The pool retries a lost server with a doubling delay; giving up that attempt
+            # soon lets the next call start a new one at once, so the store is back within
+            # a second or so of the server, not after a backoff as long as the outage.
+            reconnect_timeout=max(1.0, self.lease_ttl / 4),
             name=f"balwatch-{self.instance}",
         )
         try:
@@ -349,8 +366,9 @@ class PostgresStateStore(StateStore):
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
+        for task in (self._writer, self._claimer):
+            if task is not None:
+                await asyncio.shield(task)
         if self._pool is not None:
             await self._pool.close()
 
@@ -431,12 +449,11 @@ class PostgresStateStore(StateStore):
         )
         markers = dict(commit.markers)
 
-        async def work(conn: Conn) -> list[Delivery]:
+        async def work(conn: Conn) -> None:
             await self._fence(conn, commit.scope)
             await self._write_changes(conn, changes, self_alerts, markers)
-            return await self._enqueue(conn, stored)
 
-        done = self._queue_write(work)
+        done = self._queue_write(work, stored=stored)
         if on_commit is not None:
 
             def committed(future: asyncio.Future[list[Delivery]]) -> None:
@@ -486,13 +503,8 @@ class PostgresStateStore(StateStore):
         await asyncio.shield(self._queue_write(work))
 
     async def ack_all(self, delivery_ids: Sequence[int]) -> None:
-        ids = list(delivery_ids)
-
-        async def work(conn: Conn) -> None:
-            # A row another replica settled already is gone: nothing to do.
-            await conn.execute("DELETE FROM balwatch_delivery WHERE id = ANY(%s)", (ids,))
-
-        await asyncio.shield(self._queue_write(work))
+        # A row another replica settled already is gone: nothing to do for it.
+        await asyncio.shield(self._queue_write(acks=list(delivery_ids)))
 
     async def fail_all(self, delivery_ids: Sequence[int], error: str, *, dead: bool) -> None:
         ids = list(delivery_ids)
@@ -519,11 +531,18 @@ class PostgresStateStore(StateStore):
 
         await asyncio.shield(self._queue_write(work))
 
-    def _queue_write(self, work: _Work) -> asyncio.Future[Any]:
-        """Queue ``work`` for the next transaction; starts the writer if idle."""
+    def _queue_write(
+        self,
+        work: _Work | None = None,
+        *,
+        stored: list[tuple[RoutedAlert, str]] | None = None,
+        acks: list[int] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue a write for the next transaction (:class:`_Write`); starts the writer if
+        idle. The future gets ``work``'s result, or a commit's new deliveries."""
         self._check_open()
         done = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(work, done))
+        self._queue.append(_Write(done, work, stored, acks or []))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_batches(), name="state-commit")
         return done
@@ -545,9 +564,16 @@ class PostgresStateStore(StateStore):
             async with self._pool.connection() as conn, conn.transaction():
                 for write in writes:
                     try:
-                        outcomes.append((write, await write.work(conn), None))
+                        result = None if write.work is None else await write.work(conn)
                     except Fenced as exc:
                         outcomes.append((write, None, exc))
+                    else:
+                        outcomes.append((write, result, None))
+                commits = [w for w, _, fenced in outcomes if fenced is None and w.stored]
+                deliveries = await self._enqueue(conn, commits)
+                acks = [i for write in writes for i in write.acks]
+                if acks:
+                    await conn.execute("DELETE FROM balwatch_delivery WHERE id = ANY(%s)", (acks,))
         except Exception as error:
             for write in writes:
                 write.done.set_exception(error)
@@ -555,6 +581,8 @@ class PostgresStateStore(StateStore):
         for write, result, fenced in outcomes:
             if fenced is not None:
                 write.done.set_exception(fenced)
+            elif write.stored is not None:
+                write.done.set_result(deliveries.get(write, []))
             else:
                 write.done.set_result(result)
 
@@ -610,50 +638,56 @@ class PostgresStateStore(StateStore):
                 _columns(list(markers.items()), 2),
             )
 
-    async def _enqueue(self, conn: Conn, stored: list[tuple[RoutedAlert, str]]) -> list[Delivery]:
-        """Insert the alerts and their delivery rows; returns the rows this instance claimed.
+    async def _enqueue(self, conn: Conn, commits: list[_Write]) -> dict[_Write, list[Delivery]]:
+        """Insert the alerts of ``commits`` and their delivery rows, in order; returns per
+        commit the rows this instance claimed.
 
         A row whose (sink, fingerprint) has an earlier pending row that is not this
         instance's goes in unclaimed: whoever sends that one sends this one after it.
         """
+        mine: dict[_Write, list[Delivery]] = {write: [] for write in commits}
+        stored = [(write, routed, doc) for write in commits for routed, doc in write.stored or ()]
         if not stored:
-            return []
-        count = sum(len(routed.sinks) for routed, _ in stored)
-        alert_ids = await _reserve(conn, "balwatch_outbox_alert_id", len(stored))
-        delivery_ids = iter(await _reserve(conn, "balwatch_delivery_id", count))
-        pairs = [(sink, routed.fingerprint) for routed, _ in stored for sink in routed.sinks]
+            return mine
+        count = sum(len(routed.sinks) for _, routed, _ in stored)
+        pairs = [(sink, routed.fingerprint) for _, routed, _ in stored for sink in routed.sinks]
         cur = await conn.execute(
-            "SELECT DISTINCT d.sink, d.fingerprint FROM balwatch_delivery d "
+            "SELECT (SELECT array_agg(nextval('balwatch_outbox_alert_id')) "
+            "FROM generate_series(1, %s)), (SELECT array_agg(nextval('balwatch_delivery_id')) "
+            "FROM generate_series(1, %s)), (SELECT array_agg(DISTINCT d.sink || '/' || "
+            "d.fingerprint) FROM balwatch_delivery d "
             "JOIN unnest(%s::text[], %s::text[]) AS x(sink, fingerprint) "
             "ON d.sink = x.sink AND d.fingerprint = x.fingerprint "
-            "WHERE d.status = 'pending' AND d.claimed_by IS DISTINCT FROM %s",
-            (*_columns(pairs, 2), self.instance),
+            "WHERE d.status = 'pending' AND d.claimed_by IS DISTINCT FROM %s)",
+            (len(stored), count, *_columns(pairs, 2), self.instance),
         )
-        blocked = set(await cur.fetchall())
+        row = await cur.fetchone()
+        assert row is not None
+        alert_ids, delivery_ids = sorted(row[0]), iter(sorted(row[1]))
+        # sink/fingerprint: a sink name has no '/' (config names), so the pair is unambiguous
+        blocked = set(row[2] or ())
         alerts: list[tuple[int, str]] = []
         rows: list[tuple[int, int, str, str, bool]] = []
-        mine: list[Delivery] = []
-        for alert_id, (routed, doc) in zip(alert_ids, stored, strict=True):
+        for alert_id, (write, routed, doc) in zip(alert_ids, stored, strict=True):
             alerts.append((alert_id, doc))
             for sink in routed.sinks:
                 delivery_id = next(delivery_ids)
-                claimed = (sink, routed.fingerprint) not in blocked
+                claimed = f"{sink}/{routed.fingerprint}" not in blocked
                 rows.append((delivery_id, alert_id, sink, routed.fingerprint, claimed))
                 if claimed:
-                    mine.append(Delivery(delivery_id, sink, routed.fingerprint, routed.alert))
+                    delivery = Delivery(delivery_id, sink, routed.fingerprint, routed.alert)
+                    mine[write].append(delivery)
+        # One statement: the delivery rows' foreign keys are checked at its end.
         await conn.execute(
-            "INSERT INTO balwatch_outbox_alert SELECT *, "
-            "extract(epoch from clock_timestamp())::float8 FROM unnest(%s::bigint[], %s::text[])",
-            _columns(alerts, 2),
-        )
-        await conn.execute(
+            "WITH alerts AS (INSERT INTO balwatch_outbox_alert SELECT *, "
+            "extract(epoch from clock_timestamp())::float8 FROM unnest(%s::bigint[], %s::text[])) "
             "INSERT INTO balwatch_delivery (id, alert, sink, fingerprint, updated_at, "
             "claimed_by, claimed_until) SELECT x.id, x.alert, x.sink, x.fingerprint, "
             "extract(epoch from clock_timestamp())::float8, CASE WHEN x.claimed THEN %s END, "
             "CASE WHEN x.claimed THEN clock_timestamp() + %s * interval '1 second' END "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::bool[]) "
             "AS x(id, alert, sink, fingerprint, claimed)",
-            (self.instance, self.lease_ttl, *_columns(rows, 5)),
+            (*_columns(alerts, 2), self.instance, self.lease_ttl, *_columns(rows, 5)),
         )
         return mine
 
@@ -739,16 +773,41 @@ class PostgresStateStore(StateStore):
         ]
 
     async def claimed(self, delivery_ids: Sequence[int]) -> list[int]:
-        pool = self._check_open()
-        async with pool.connection() as conn:
-            cur = await conn.execute(
-                "UPDATE balwatch_delivery "
-                "SET claimed_until = clock_timestamp() + %s * interval '1 second' "
-                "WHERE id = ANY(%s) AND status = 'pending' AND claimed_by = %s RETURNING id",
-                (self.lease_ttl, list(delivery_ids), self.instance),
-            )
-            still = {delivery_id for (delivery_id,) in await cur.fetchall()}
+        """Renews the claims still this instance's and returns their ids. Asked before every
+        send: the asks that come while one is being answered are answered together."""
+        self._check_open()
+        done: asyncio.Future[set[int]] = asyncio.get_running_loop().create_future()
+        self._claim_asks.append((list(delivery_ids), done))
+        if self._claimer is None:
+            self._claimer = asyncio.create_task(self._confirm_claims(), name="state-claims")
+        still = await asyncio.shield(done)
         return [delivery_id for delivery_id in delivery_ids if delivery_id in still]
+
+    async def _confirm_claims(self) -> None:
+        assert self._pool is not None
+        try:
+            while self._claim_asks:
+                asks, self._claim_asks = self._claim_asks, []
+                ids = [delivery_id for wanted, _ in asks for delivery_id in wanted]
+                try:
+                    async with self._pool.connection() as conn, conn.transaction():
+                        await _not_durable(conn)
+                        cur = await conn.execute(
+                            "UPDATE balwatch_delivery "
+                            "SET claimed_until = clock_timestamp() + %s * interval '1 second' "
+                            "WHERE id = ANY(%s) AND status = 'pending' AND claimed_by = %s "
+                            "RETURNING id",
+                            (self.lease_ttl, ids, self.instance),
+                        )
+                        still = {delivery_id for (delivery_id,) in await cur.fetchall()}
+                except Exception as error:
+                    for _, done in asks:
+                        done.set_exception(error)
+                else:
+                    for _, done in asks:
+                        done.set_result(still)
+        finally:
+            self._claimer = None
 
     async def dead_letters(self, sink: str | None = None) -> list[DeadLetter]:
         rows = await self._query(
@@ -908,6 +967,7 @@ class PostgresStateStore(StateStore):
         first = not self._started
 
         async def work(conn: Conn) -> None:
+            await _not_durable(conn)
             await conn.execute(
                 "INSERT INTO balwatch_replica "
                 "VALUES (%s, clock_timestamp(), clock_timestamp(), %s, %s) "
@@ -1056,6 +1116,12 @@ async def _reserve(conn: Conn, sequence: str, count: int) -> list[int]:
         (count,),
     )
     return sorted(value for (value,) in await cur.fetchall())
+
+
+async def _not_durable(conn: Conn) -> None:
+    """This transaction need not wait for the disk: a claim renewal or heartbeat lost to a
+    server crash is renewed by the next one (and a durable commit after it flushes it)."""
+    await conn.execute("SET LOCAL synchronous_commit TO off")
 
 
 async def _bump(conn: Conn, counter: str) -> None:

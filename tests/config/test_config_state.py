@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from balwatch.config import load_config
-from balwatch.config.load import load_state_settings
+from balwatch.config.load import load_config_with_warnings, load_state_settings
 from balwatch.errors import ConfigError
 
 WriteFile = Callable[..., Path]
@@ -92,3 +92,15 @@ def test_a_malformed_dsn_is_refused_without_being_shown(write: WriteFile) -> Non
     texts = [str(error), repr(error), "".join(traceback.format_exception(error))]
     assert all(PASSWORD not in text for text in texts)
     assert "expected a PostgreSQL connection string" in str(error)
+
+
+def test_a_password_written_into_the_dsn_is_flagged(write: WriteFile) -> None:
+    path = write(f"state:\n  backend: postgres\n  dsn: postgresql://u:{PASSWORD}@db/x\n")
+    _, warnings = load_config_with_warnings(path, {})
+    assert [(w.line, w.column, w.kind) for w in warnings] == [(3, 8, "secret in file")]
+    assert PASSWORD not in str(warnings[0])
+    # Without a password (client certificates, peer authentication): nothing to flag.
+    _, warnings = load_config_with_warnings(
+        write("state: {backend: postgres, dsn: 'host=/run/postgresql dbname=x'}\n"), {}
+    )
+    assert warnings == []

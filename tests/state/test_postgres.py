@@ -15,11 +15,13 @@ import pytest
 from balwatch.config import load_config
 from balwatch.secret import Secret
 from balwatch.state import POSTGRES_EXTRA_HINT, state_store
-from balwatch.state.base import StateError
+from balwatch.state.base import AlertCommit, RoutedAlert, StateError
 from balwatch.state.postgres import SCHEMAS, PostgresStateStore
 from balwatch.state.sqlite import SqliteStateStore
 from tests.brokers import free_port
+from tests.outbox.doubles import alert
 from tests.postgres import PASSWORD_ROLE, PostgresServer
+from tests.waiting import within
 
 PASSWORD = "pg-Secret-7f3a9c"
 
@@ -149,3 +151,27 @@ async def test_without_the_driver_the_error_says_which_extra_to_install(
         state_store(config)
     assert str(caught.value) == POSTGRES_EXTRA_HINT
     assert "pip install 'balwatch[postgres]'" in POSTGRES_EXTRA_HINT
+
+
+async def test_the_store_carries_on_after_the_server_restarts(
+    private_postgres: PostgresServer,
+) -> None:
+    dsn = private_postgres.create_database()
+    async with store(dsn, lease_ttl=2) as made:
+        await made.commit(AlertCommit([RoutedAlert(alert("fp1", 1), ["mqtt"])]))
+        private_postgres.kill()
+        with pytest.raises(Exception):  # noqa: B017 - psycopg's or the pool's own error
+            await made.commit(AlertCommit([RoutedAlert(alert("fp1", 2), ["mqtt"])]))
+        private_postgres.start()
+
+        async def committed() -> None:
+            while True:  # as the publisher does with alerts it holds: try again
+                try:
+                    await made.commit(AlertCommit([RoutedAlert(alert("fp1", 3), ["mqtt"])]))
+                except Exception:  # noqa: S112 - still reconnecting
+                    continue
+                return
+
+        # A new connection attempt starts at most reconnect_timeout (here 1 s) after the last.
+        await within(committed(), "a commit after the restart", 5)
+        assert [d.alert["id"] for d in await made.pending("mqtt")] == ["fp1:1", "fp1:3"]
