@@ -135,27 +135,27 @@ async def sink_rate(port: int, args: argparse.Namespace) -> float:
 
 
 async def outbox_rate(port: int, store: StateStore, args: argparse.Namespace) -> float:
-    """Alerts/s from the first enqueue until every delivery is acknowledged and pruned, on
-    ``store`` (an open, empty one: bench/failover.py passes a PostgreSQL store)."""
+    """Alerts/s from the first enqueue until every delivery is acknowledged and pruned."""
     docs = [make_alert(seq, args.fingerprints) for seq in range(args.alerts)]
-    async with MqttSink(sink_config(port, args.protocol)) as sink:
-        outbox = Outbox(store, [sink], concurrency=args.concurrency)
-        await outbox.start()
+    async with store:
+        async with MqttSink(sink_config(port, args.protocol)) as sink:
+            outbox = Outbox(store, [sink], concurrency=args.concurrency)
+            await outbox.start()
 
-        async def producer(first: int) -> None:
-            for doc in docs[first :: args.producers]:
-                await outbox.enqueue(doc, ["bench"])
+            async def producer(first: int) -> None:
+                for doc in docs[first :: args.producers]:
+                    await outbox.enqueue(doc, ["bench"])
 
-        started = time.perf_counter()
-        await asyncio.gather(*(producer(i) for i in range(args.producers)))
-        await outbox.wait_settled()
-        elapsed = time.perf_counter() - started
-        stats = outbox.stats()["bench"]
-        await outbox.stop()
-    if stats.delivered != args.alerts or stats.failed or stats.dead:
-        raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
-    if await store.counts():
-        raise RuntimeError("the outbox is not empty after delivery")
+            started = time.perf_counter()
+            await asyncio.gather(*(producer(i) for i in range(args.producers)))
+            await outbox.wait_settled()
+            elapsed = time.perf_counter() - started
+            stats = outbox.stats()["bench"]
+            await outbox.stop()
+        if stats.delivered != args.alerts or stats.failed or stats.dead:
+            raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
+        if await store.counts():
+            raise RuntimeError("the outbox is not empty after delivery")
     return len(docs) / elapsed
 
 
@@ -227,12 +227,11 @@ async def postgres_rate(port: int, args: argparse.Namespace) -> float:
     from tests.postgres import PostgresServer
 
     if args.postgres_dsn:
-        async with PostgresStateStore(Secret(args.postgres_dsn), instance="bench") as store:
-            return await outbox_rate(port, store, args)
+        store = PostgresStateStore(Secret(args.postgres_dsn), instance="bench")
+        return await outbox_rate(port, store, args)
     with PostgresServer(durable=True) as server:
         dsn = server.create_database("bench")
-        async with PostgresStateStore(Secret(dsn), instance="bench") as store:
-            return await outbox_rate(port, store, args)
+        return await outbox_rate(port, PostgresStateStore(Secret(dsn), instance="bench"), args)
 
 
 def verdict(ok: bool) -> str:
@@ -247,8 +246,7 @@ async def main(args: argparse.Namespace) -> None:
             async with Mosquitto() as broker:
                 raw = await raw_rate(broker.port, args.messages, args.publishers, args.protocol)
                 alone = await sink_rate(broker.port, args)
-                async with SqliteStateStore(state_dir) as store:
-                    durable = await outbox_rate(broker.port, store, args)
+                durable = await outbox_rate(broker.port, SqliteStateStore(state_dir), args)
                 on_postgres = (
                     await postgres_rate(broker.port, args)
                     if args.postgres or args.postgres_dsn

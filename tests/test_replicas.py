@@ -39,11 +39,11 @@ from tests.tcpproxy import CutMode, TcpProxy
 from tests.webhooks import WebhookReceiver
 
 POLL = 0.5
-TTL = 3.0
+TTL = 2.0
 # The bound: the larger of 15 s and two poll intervals.
 FAILOVER_BOUND = max(15.0, 2 * POLL)
-# Rendezvous hashing is deterministic: these names spread 4/3/2 over replica-1..3 and 5/4
-# over replica-1..2, so every drill has accounts on every replica.
+# Each with its own credential, so its own lease key: three per replica (rendezvous with
+# bounded load), so every drill has accounts on every replica.
 ACCOUNTS = [f"wallet-{i}" for i in range(9)]
 SETTLE = 45.0  # a start of three replicas on a loaded two-core machine, or a take-over
 
