@@ -215,7 +215,9 @@ async def test_a_replica_with_nothing_to_hold_is_up_as_a_standby_and_a_reload_gi
                     standby = a if not held(a) else b
                     assert standby.ready() == (False, [STANDBY])
                     configs(["solo", "second"])
+                    b_config.write_text(b_config.read_text().replace("replica-b", "renamed"))
                     assert await a.reload() and await b.reload()
+                    assert b.loaded.config.instance == "replica-b"  # a replica's name stays
                     await until(
                         "the two accounts to split, one each",
                         lambda: len(held(a)) == len(held(b)) == 1,
