@@ -22,6 +22,7 @@ from tests.commands import run_cli
 from tests.daemons import AlertLog, CountingState, running
 from tests.postgres import PostgresServer
 from tests.test_daemon import bitso, bitso_account, set_fields
+from tests.test_docs_alerts import column
 from tests.waiting import within
 
 ACCOUNTS = ["a1", "a2", "a3", "a4", "a5", "a6"]
@@ -151,6 +152,7 @@ async def test_accounts_split_and_a_clean_stop_hands_them_over_with_no_alert_twi
                     )
                     doc = b.cluster_status()
                     assert doc is not None and set(doc["accounts"]) == held(b)  # type: ignore[arg-type]
+                    assert set(doc) == column("cluster key")  # docs/alerts.md lists them all
                     await cluster_status_agrees(
                         a_config, {"replica-a": held(a), "replica-b": held(b)}
                     )
