@@ -233,3 +233,63 @@ async def test_a_replica_with_nothing_to_hold_is_up_as_a_standby_and_a_reload_gi
                     assert standby.ready() == (True, [])
     finally:
         await sim.stop()
+
+
+GROUP_RULES = """\
+rules:
+  - name: treasury-floor
+    select: {assets: [USDT]}
+    group_by: [asset]
+    when: sum(available) < 15000
+    severity: critical
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_portfolio_alert_moves_whole_with_its_accounts_and_resolves_once(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A grouped rule over both accounts puts them under one key: one replica polls both,
+    the other stands by; a clean stop hands the group's firing alert over whole."""
+    accounts = ["g1", "g2"]
+    state = CountingState([bitso_account(a, key=f"{a}-key") for a in accounts])
+    sim = Simulator(state)
+    await sim.start()
+    alerts_a, alerts_b = AlertLog(), AlertLog()
+    try:
+        async with Mosquitto() as broker:
+            a_config = replica_config(tmp_path, "replica-a", postgres_dsn, sim, broker, accounts)
+            b_config = replica_config(tmp_path, "replica-b", postgres_dsn, sim, broker, accounts)
+            (tmp_path / "rules.yaml").write_text(GROUP_RULES)
+            async with running(a_config, alerts_a) as a:
+                await until("replica-a to hold both", lambda: held(a) == set(accounts), a)
+                async with running(b_config, alerts_b) as b:
+                    await until(
+                        "the one key to settle on one replica",
+                        lambda: (
+                            {frozenset(held(a)), frozenset(held(b))}
+                            == {frozenset(), frozenset(accounts)}
+                        ),
+                        a,
+                        b,
+                    )
+                    owner, standby = (a, b) if held(a) else (b, a)
+                    logs = {id(a): alerts_a, id(b): alerts_b}
+                    set_fields(state, "g1", "USDT", available="1000")  # 1,000 + 10,000
+                    await logs[id(owner)].wait_for(
+                        lambda x: x.rule == "treasury-floor" and x.event == "firing"
+                    )
+                    owner.stop()  # ends owner's running() at exit; the standby takes over
+                    await until(
+                        "the standby to hold both", lambda: held(standby) == set(accounts), standby
+                    )
+                    polls = state.accounts["g2"].requests
+                    await within(state.requests("g2", polls + 2), "the standby to poll g2")
+                    set_fields(state, "g1", "USDT", available="10000")
+                    await logs[id(standby)].wait_for(
+                        lambda x: x.rule == "treasury-floor" and x.event == "resolved"
+                    )
+    finally:
+        await sim.stop()
+    every = [(x.rule, x.event) for x in alerts_a.alerts + alerts_b.alerts]
+    assert sorted(every) == [("treasury-floor", "firing"), ("treasury-floor", "resolved")]
