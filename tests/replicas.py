@@ -67,6 +67,16 @@ def usdt(available: str) -> dict[str, str]:
     return {"total": str(int(available) + 100), "available": available, "locked": "100"}
 
 
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Until ``predicate()`` holds, looked at every 50 ms (for what has no event to wait on:
+    a child's log lines); AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 class PollWatch(SimState):
     """The simulator's state, stamping each request's arrival (``time.monotonic()``)."""
 
@@ -74,11 +84,16 @@ class PollWatch(SimState):
         super().__init__(accounts)
         self.polls: dict[str, list[float]] = {a.name: [] for a in accounts}
         self._news = asyncio.Event()
+        # account -> called once, as its next request arrives, before it is answered
+        self.on_request: dict[str, Callable[[], None]] = {}
 
     def record(self, account: SimAccount) -> None:
         super().record(account)
         self.polls[account.name].append(time.monotonic())
         self._news.set()
+        hook = self.on_request.pop(account.name, None)
+        if hook is not None:
+            hook()
 
     def set_usdt(self, account: str, available: str) -> None:
         """Change the balance the next poll sees (no await: in effect at once)."""
@@ -343,6 +358,7 @@ class Replicas:
     count: int = 3
     poll_interval: float = 0.5
     lease_ttl: float = 3.0
+    request_timeout: float = 2.0
     rules: str = RULES
     replicas: dict[str, Replica] = field(default_factory=dict)
 
@@ -370,7 +386,8 @@ class Replicas:
                 "http: {listen: '127.0.0.1:${BW_HTTP_PORT}'}",
                 "log: {format: json, level: info}",
                 "rules: ['rules/*.yaml']",
-                f"defaults: {{poll_interval: {self.poll_interval}s, timeout: 2s}}",
+                f"defaults: {{poll_interval: {self.poll_interval}s, "
+                f"timeout: {self.request_timeout}s}}",
                 "sinks:",
                 f"  - {{name: ops-mqtt, type: mqtt, url: '{self.mqtt_url}', qos: 1}}",
                 f"  - {{name: ops-hook, type: webhook, url: '{self.hook_url}'}}",

@@ -33,6 +33,7 @@ from tests.replicas import (
     Replica,
     Replicas,
     sim_account,
+    wait_until,
     watching,
 )
 from tests.tcpproxy import CutMode, TcpProxy
@@ -102,7 +103,7 @@ class Drill:
 
 @contextlib.asynccontextmanager
 async def drill(
-    tmp_path: Path, server: PostgresServer, dsn: str, *, count: int = 3
+    tmp_path: Path, server: PostgresServer, dsn: str, *, count: int = 3, timeout: float = 2.0
 ) -> AsyncIterator[Drill]:
     state = PollWatch([sim_account(name) for name in ACCOUNTS])
     async with (
@@ -114,7 +115,7 @@ async def drill(
     ):
         cluster = Replicas(
             tmp_path, sim.url, ACCOUNTS, dsn, broker.url, hook.url,
-            count=count, poll_interval=POLL, lease_ttl=TTL,
+            count=count, poll_interval=POLL, lease_ttl=TTL, request_timeout=timeout,
         )  # fmt: skip
         async with cluster:
             try:
@@ -186,17 +187,22 @@ async def test_sigkill_of_the_owner_fails_over_within_the_bound_once(
 async def test_a_replica_paused_past_its_lease_commits_and_sends_nothing_it_lost(
     tmp_path: Path, postgres: PostgresServer, postgres_dsn: str
 ) -> None:
-    async with drill(tmp_path, postgres, postgres_dsn) as d:
+    # A request timeout longer than the pause: the poll in flight completes when it wakes.
+    async with drill(tmp_path, postgres, postgres_dsn, timeout=60.0) as d:
         await d.cluster.start()
         owners = await d.settled()
         account = ACCOUNTS[1]
         victim = owners[account]
         paused = d.cluster[victim]
-        # Its last poll saw the balance high; it wakes up believing it still holds the
-        # account, with the balance drained meanwhile.
-        paused.pause()
+        # The balance drains, and the owner is frozen (SIGSTOP) the moment its poll reaches
+        # the exchange: the answer that shows the drained balance waits in its socket. It
+        # wakes up with it in hand long after its lease ran out.
+        polled = asyncio.Event()
+        d.sim.on_request[account] = lambda: (paused.pause(), polled.set())
+        d.sim.set_usdt(account, LOW)
+        await asyncio.wait_for(polled.wait(), SETTLE)
         stopped = time.monotonic()
-        fired = await drain_and_fire(d, account, after=stopped)
+        fired = (await d.alerts.event(account, "firing", after=stopped)).doc
         assert fired["instance"] != victim
         await d.settled(check=None)  # the others own everything
         paused.resume()
@@ -243,6 +249,49 @@ async def test_postgres_restart_mid_run_loses_and_doubles_nothing(
                 (second, "resolved"): 1,
                 (third, "firing"): 1,
             }
+        )
+
+
+async def test_a_postgres_outage_past_the_leases_stops_polling_and_loses_nothing(
+    tmp_path: Path, private_postgres: PostgresServer
+) -> None:
+    server = private_postgres
+    dsn = await asyncio.to_thread(server.create_database)
+    async with drill(tmp_path, server, dsn) as d:
+        await d.cluster.start()
+        await d.settled()
+        first, second = ACCOUNTS[3], ACCOUNTS[7]
+        await drain_and_fire(d, first)
+        before = {r.name: len(r.logs("lease_deadline_passed")) for r in d.cluster.live()}
+        await asyncio.to_thread(server.stop)
+        d.sim.set_usdt(second, LOW)
+        d.sim.set_usdt(first, HIGH)
+        # No replica can tell an outage from its own partition: each stops polling once its
+        # leases may have passed to another, and polls nothing until the database is back.
+        await wait_until(
+            lambda: all(
+                len(d.cluster[name].logs("lease_deadline_passed")) > count
+                for name, count in before.items()
+            ),
+            "every replica to pass its lease deadline",
+        )
+        quiet = time.monotonic()
+        # The one pause of these drills: that nothing is polled shows only over time; four
+        # poll intervals, in which three replicas would poll nine accounts 36 times.
+        await asyncio.sleep(4 * POLL)
+        back = time.monotonic()
+        await asyncio.to_thread(server.start)
+        in_flight = 0.2  # a request already sent when the deadline passed may land after it
+        late = {
+            account: [round(t - quiet, 3) for t in polls if quiet + in_flight < t < back]
+            for account, polls in d.sim.polls.items()
+        }
+        assert not any(late.values()), late
+        await d.alerts.event(second, "firing")
+        await d.alerts.event(first, "resolved")
+        await d.settled()
+        await d.everything_once(
+            {(first, "firing"): 1, (first, "resolved"): 1, (second, "firing"): 1}
         )
 
 
