@@ -265,7 +265,7 @@ class Daemon:
             self._scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
             await self._scheduler.apply(self._plans(config))
             if self.cluster is not None:
-                await self.cluster.step()  # the share it can take now; the loop does the rest
+                await self.cluster.beat()  # the share it can take now; the loop does the rest
             log.info(
                 "started",
                 accounts=len(config.accounts),
@@ -668,6 +668,10 @@ class Daemon:
             logs.configure(new.log.format, new.log.level)
         if _restart_only(old) != _restart_only(new):
             log.warning("reload_needs_restart", changed="sinks, http, state_dir or state")
+        if self.cluster is not None and new.instance != old.instance:
+            # A replica's name is its heartbeat row and the owner of its leases.
+            log.warning("reload_needs_restart", changed="instance")
+            new = new.model_copy(update={"instance": old.instance})
         now = self._clock()
         self.engine.set_account_labels(_labels(new))
         self.metrics.export_balances(new.metrics.balances)

@@ -213,7 +213,7 @@ class AlertPublisher:
         except Fenced:
             assert cluster is not None
             lost = await cluster.verify()
-            log.warning("alerts_fenced", alerts=len(batch), keys=sorted(lost))
+            log.warning("alerts_fenced", alerts=len(batch), keys=sorted(lost)[:20])
             if not lost:  # the leases could not be read: held, and tried as a failed commit
                 self._held = routed_batch
                 self._metrics.set_uncommitted(len(batch))

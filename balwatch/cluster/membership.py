@@ -153,14 +153,19 @@ class Membership:
     async def run(self) -> None:
         """Beat until cancelled."""
         while True:
-            try:
-                await self.step()
-            except Exception:  # a bug must not end the beats: the leases would all lapse
-                log.exception("membership_step_failed")
+            await self.beat()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._heartbeat):
                     await self._wake.wait()
             self._wake.clear()
+
+    async def beat(self) -> None:
+        """:meth:`step`, logging what it raises: a bug must not end the beats (the leases
+        would all lapse) nor a start."""
+        try:
+            await self.step()
+        except Exception:
+            log.exception("membership_step_failed")
 
     async def step(self) -> None:
         """One beat (module docstring). A store call that fails or hangs ends the beat; the
@@ -195,7 +200,7 @@ class Membership:
         before the next beat could renew them."""
         lost = self.ownership.expired(self._heartbeat)
         if lost:
-            log.warning("lease_deadline_passed", keys=sorted(lost))
+            log.warning("lease_deadline_passed", keys=_shown(lost))
         lost |= self._lost
         self._lost = set()
         if lost:
@@ -235,8 +240,8 @@ class Membership:
             async with asyncio.timeout(self.ttl / 4):
                 await self.store.release(sorted(held))
         except (Exception, TimeoutError) as exc:  # they expire: the next owner waits a ttl
-            log.warning("lease_release_failed", keys=sorted(held), error=type(exc).__name__)
-        log.info("leases_released", keys=sorted(held), accounts=len(self.keys.accounts_of(held)))
+            log.warning("lease_release_failed", keys=_shown(held), error=type(exc).__name__)
+        log.info("leases_released", keys=_shown(held), accounts=len(self.keys.accounts_of(held)))
         self._record()
 
     async def leave(self) -> None:
@@ -250,7 +255,8 @@ class Membership:
                     if held:
                         await self.store.release(held)
                     await self.store.forget_replica(self.instance)
-            log.info("leases_released", keys=held, accounts=len(self.keys.accounts_of(held)))
+            accounts = len(self.keys.accounts_of(held))
+            log.info("leases_released", keys=_shown(held), accounts=accounts)
 
     async def rekey(self, keys: LeaseKeys) -> None:
         """The config or rules changed: held keys whose accounts or grouped rules changed
@@ -284,7 +290,7 @@ class Membership:
             return
         lost = self.ownership.renewed(keys, got, sent)
         if lost:
-            log.warning("leases_lost", keys=sorted(lost))
+            log.warning("leases_lost", keys=_shown(lost))
             await self._give_up(lost)
 
     async def _acquire(self, keys: Collection[str], failover: Collection[str]) -> None:
@@ -302,7 +308,7 @@ class Membership:
         try:
             await self._holder.take(scope)
         except Exception:
-            log.exception("lease_take_failed", keys=sorted(tokens))
+            log.exception("lease_take_failed", keys=_shown(tokens))
             self.ownership.forget(tokens)
             with contextlib.suppress(Exception, TimeoutError):
                 async with asyncio.timeout(self.ttl / 4):
@@ -320,9 +326,9 @@ class Membership:
             )
         log.info(
             "leases_acquired",
-            keys=taken,
+            keys=_shown(taken),
             accounts=len(self.keys.accounts_of(taken)),
-            failover=failovers,
+            failover=_shown(failovers),
         )
 
     async def _give_up(self, keys: Collection[str]) -> None:
@@ -340,3 +346,16 @@ class Membership:
             self._events.record_leases(
                 held=len(self.ownership.held), acquired=0, lost=0, failovers=0
             )
+
+
+# A log line names this many keys at most: a thousand accounts on one replica would make
+# lines of tens of kilobytes (journald cuts them), and the count is in ``accounts``.
+KEYS_SHOWN = 20
+
+
+def _shown(keys: Collection[str]) -> list[str]:
+    """``keys`` sorted, the first :data:`KEYS_SHOWN` and ``+N more`` for the rest."""
+    ordered = sorted(keys)
+    if len(ordered) <= KEYS_SHOWN:
+        return ordered
+    return [*ordered[:KEYS_SHOWN], f"+{len(ordered) - KEYS_SHOWN} more"]

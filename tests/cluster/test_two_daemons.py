@@ -22,6 +22,7 @@ from tests.commands import run_cli
 from tests.daemons import AlertLog, CountingState, running
 from tests.postgres import PostgresServer
 from tests.test_daemon import bitso, bitso_account, set_fields
+from tests.test_docs_alerts import column
 from tests.waiting import within
 
 ACCOUNTS = ["a1", "a2", "a3", "a4", "a5", "a6"]
@@ -151,6 +152,7 @@ async def test_accounts_split_and_a_clean_stop_hands_them_over_with_no_alert_twi
                     )
                     doc = b.cluster_status()
                     assert doc is not None and set(doc["accounts"]) == held(b)  # type: ignore[arg-type]
+                    assert set(doc) == column("cluster key")  # docs/alerts.md lists them all
                     await cluster_status_agrees(
                         a_config, {"replica-a": held(a), "replica-b": held(b)}
                     )
@@ -215,7 +217,9 @@ async def test_a_replica_with_nothing_to_hold_is_up_as_a_standby_and_a_reload_gi
                     standby = a if not held(a) else b
                     assert standby.ready() == (False, [STANDBY])
                     configs(["solo", "second"])
+                    b_config.write_text(b_config.read_text().replace("replica-b", "renamed"))
                     assert await a.reload() and await b.reload()
+                    assert b.loaded.config.instance == "replica-b"  # a replica's name stays
                     await until(
                         "the two accounts to split, one each",
                         lambda: len(held(a)) == len(held(b)) == 1,
@@ -229,3 +233,63 @@ async def test_a_replica_with_nothing_to_hold_is_up_as_a_standby_and_a_reload_gi
                     assert standby.ready() == (True, [])
     finally:
         await sim.stop()
+
+
+GROUP_RULES = """\
+rules:
+  - name: treasury-floor
+    select: {assets: [USDT]}
+    group_by: [asset]
+    when: sum(available) < 15000
+    severity: critical
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_portfolio_alert_moves_whole_with_its_accounts_and_resolves_once(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A grouped rule over both accounts puts them under one key: one replica polls both,
+    the other stands by; a clean stop hands the group's firing alert over whole."""
+    accounts = ["g1", "g2"]
+    state = CountingState([bitso_account(a, key=f"{a}-key") for a in accounts])
+    sim = Simulator(state)
+    await sim.start()
+    alerts_a, alerts_b = AlertLog(), AlertLog()
+    try:
+        async with Mosquitto() as broker:
+            a_config = replica_config(tmp_path, "replica-a", postgres_dsn, sim, broker, accounts)
+            b_config = replica_config(tmp_path, "replica-b", postgres_dsn, sim, broker, accounts)
+            (tmp_path / "rules.yaml").write_text(GROUP_RULES)
+            async with running(a_config, alerts_a) as a:
+                await until("replica-a to hold both", lambda: held(a) == set(accounts), a)
+                async with running(b_config, alerts_b) as b:
+                    await until(
+                        "the one key to settle on one replica",
+                        lambda: (
+                            {frozenset(held(a)), frozenset(held(b))}
+                            == {frozenset(), frozenset(accounts)}
+                        ),
+                        a,
+                        b,
+                    )
+                    owner, standby = (a, b) if held(a) else (b, a)
+                    logs = {id(a): alerts_a, id(b): alerts_b}
+                    set_fields(state, "g1", "USDT", available="1000")  # 1,000 + 10,000
+                    await logs[id(owner)].wait_for(
+                        lambda x: x.rule == "treasury-floor" and x.event == "firing"
+                    )
+                    owner.stop()  # ends owner's running() at exit; the standby takes over
+                    await until(
+                        "the standby to hold both", lambda: held(standby) == set(accounts), standby
+                    )
+                    polls = state.accounts["g2"].requests
+                    await within(state.requests("g2", polls + 2), "the standby to poll g2")
+                    set_fields(state, "g1", "USDT", available="10000")
+                    await logs[id(standby)].wait_for(
+                        lambda x: x.rule == "treasury-floor" and x.event == "resolved"
+                    )
+    finally:
+        await sim.stop()
+    every = [(x.rule, x.event) for x in alerts_a.alerts + alerts_b.alerts]
+    assert sorted(every) == [("treasury-floor", "firing"), ("treasury-floor", "resolved")]
