@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -120,6 +121,10 @@ async def drill(
         async with cluster:
             try:
                 yield Drill(state, alerts, cluster, http, server)
+                # Whatever broke, each replica wrote JSON lines only (log: {format: json}).
+                for replica in cluster.replicas.values():
+                    for line in replica.output.splitlines():
+                        assert line.startswith("{") and json.loads(line), (replica.name, line)
             except BaseException:
                 for replica in cluster.replicas.values():
                     print(f"--- {replica.name}\n{replica.output[-6000:]}")
