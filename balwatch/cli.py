@@ -18,9 +18,11 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from balwatch import __version__, logs, redact, terminal
 from balwatch.adapters.http import new_session
+from balwatch.cluster.status import read_cluster
 from balwatch.config import Config, load_config
 from balwatch.config.load import load_config_with_warnings
 from balwatch.daemon import Daemon, StartError, capture_signals
@@ -41,8 +43,10 @@ from balwatch.schema import SchemaKind, schema_text
 from balwatch.simulator.scenario import load_scenario
 from balwatch.simulator.server import Simulator
 from balwatch.sinks.registry import build_sink
-from balwatch.state.base import StateError
-from balwatch.table import balances_table, failures_table
+from balwatch.state import state_store
+from balwatch.state.base import NoState, StateError
+from balwatch.statecli import add_commands as add_state_commands
+from balwatch.table import balances_table, failures_table, render_table
 
 EXIT_OK, EXIT_CONFIG, EXIT_POLL_FAILED, EXIT_SEND_FAILED = 0, 1, 3, 4
 DEFAULT_SIM_PORT = 8700
@@ -148,7 +152,83 @@ def cmd_check(args: argparse.Namespace) -> int:
     if warnings or rule_set.warnings:
         counts.append(plural(len(warnings) + len(rule_set.warnings), "warning"))
     _out(f"{args.config}: ok ({', '.join(counts)})")
+    if args.connect:
+        return _check_state(config)
     return EXIT_OK
+
+
+def _check_state(config: Config) -> int:
+    """Open the configured state store beside a running daemon (creating nothing), and say
+    whether it can be used."""
+
+    async def open_it() -> str:
+        store = state_store(config, exclusive=False)
+        try:
+            async with store:
+                await store.changes()
+        except NoState:
+            return f"state: {store.location}: reachable, no balwatch state yet (`run` creates it)"
+        return f"state: {store.location}: ok"
+
+    try:
+        _out(asyncio.run(open_it()))
+    except StateError as exc:
+        _out(f"state: {exc}", err=True)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if config.state.backend != "postgres":
+        _out(f"error: {args.config}: state.backend is sqlite: one daemon, no replicas", err=True)
+        return EXIT_CONFIG
+    rule_set = _load_rules(config, args.config)
+    if rule_set is None:
+        return EXIT_CONFIG
+    try:
+        doc = asyncio.run(read_cluster(config, rule_set.rules))
+    except StateError as exc:
+        _out(f"error: {exc}", err=True)
+        return EXIT_CONFIG
+    _out(json.dumps(doc, indent=2) if args.json else _cluster_text(doc))
+    return EXIT_OK
+
+
+def _cluster_text(doc: dict[str, Any]) -> str:
+    replicas = [
+        [
+            r["instance"],
+            "live" if r["live"] else "gone",
+            f"{r['heartbeat_age']:.1f}s ago",
+            str(r["started_at"]),
+            str(r["version"]),
+            r["address"] or "-",
+        ]
+        for r in doc["replicas"]
+    ]
+    leases = [
+        [
+            lease["key"],
+            lease["owner"] if lease["owner"] and lease["remaining"] > 0 else "-",
+            str(lease["token"]),
+            f"{max(lease['remaining'], 0):.1f}s",
+            ", ".join(lease["accounts"]) or "(not in this config)",
+        ]
+        for lease in doc["leases"]
+    ]
+    parts = [
+        f"replicas (lease ttl {doc['lease_ttl']:g}s):",
+        render_table(["instance", "state", "heartbeat", "started", "version", "address"], replicas),
+        "",
+        "leases:",
+        render_table(["key", "owner", "token", "left", "accounts"], leases),
+    ]
+    if doc["unowned_accounts"]:
+        parts += ["", "accounts no replica holds: " + ", ".join(doc["unowned_accounts"])]
+    return "\n".join(parts)
 
 
 def cmd_balances(args: argparse.Namespace) -> int:
@@ -297,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(
         sub.add_parser("check", help="validate the config and its rules; exit 1 on any error")
     )
+    p.add_argument(
+        "--connect", action="store_true", help="also open the state store (PostgreSQL: connect)"
+    )
     p.set_defaults(func=cmd_check)
 
     p = with_config(sub.add_parser("run", help="the daemon: poll, evaluate, deliver alerts"))
@@ -340,7 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-port", type=int, default=MQTT_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
+    cluster = sub.add_parser("cluster", help="replicas on PostgreSQL (status)")
+    verbs = cluster.add_subparsers(dest="verb", required=True)
+    p = with_config(verbs.add_parser("status", help="replicas, leases and who polls what"))
+    p.add_argument("--json", action="store_true", help="JSON instead of tables")
+    p.set_defaults(func=cmd_cluster_status)
+
     add_oncall_commands(sub)
+    add_state_commands(sub)
     return parser
 
 

@@ -17,9 +17,10 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -31,7 +32,9 @@ from balwatch.adapters.http import new_session
 from balwatch.alert import Alert
 from balwatch.backoff import Backoff
 from balwatch.burst import Burst
-from balwatch.config import Config
+from balwatch.cluster.keys import credential_key, lease_keys
+from balwatch.cluster.membership import Membership
+from balwatch.config import AccountConfig, Config
 from balwatch.config.yamlsource import out_of_descriptors
 from balwatch.errors import ConfigError, ErrorKind
 from balwatch.httpapi import HttpServer
@@ -47,15 +50,22 @@ from balwatch.prices.feeds import PriceFeeds
 from balwatch.publisher import AlertPublisher, OnAlerts
 from balwatch.ratelimit import LimiterRegistry, with_headroom
 from balwatch.rules.engine import TICK_SECONDS, Engine
+from balwatch.rules.groups import GROUP_SERIES
 from balwatch.rules.load import matching_paths
 from balwatch.scheduler import PollPlan, Scheduler
-from balwatch.secret import Secret
 from balwatch.selfalerts import SELF, SelfAlerts
 from balwatch.silence import RETENTION, Silence
 from balwatch.sink import Sink
 from balwatch.sinks.registry import build_sink
-from balwatch.state import state_store
-from balwatch.state.base import OutboxEntry, Retried, SavedState
+from balwatch.state import postgres_store, state_store
+from balwatch.state.base import (
+    OutboxEntry,
+    Retried,
+    SavedState,
+    Scope,
+    StateStore,
+    Unreachable,
+)
 from balwatch.systemd import Notifier, run_watchdog
 from balwatch.topiclayout import upgrade_topic_layout
 
@@ -69,6 +79,11 @@ WATCH_SECONDS = 2.0
 STOP_GRACE_SECONDS = 10.0
 # Silences that ended longer ago than silence.RETENTION are removed this often.
 PRUNE_SECONDS = 3600.0
+# Replicas: how often each worker looks for deliveries whose claim lapsed (a replica died
+# mid-delivery), so another replica's rows go out within a claim ttl and this.
+RESYNC_SECONDS = 3.0
+# Replicas: PostgreSQL not answering at start is tried again after 1, 2, 4... s, up to this.
+OPEN_RETRY_MAX = 30.0
 
 
 @dataclass
@@ -119,6 +134,14 @@ class Daemon:
         # not a config error. Logged once per burst, looked at again later.
         self._unreadable = Burst(log, "config_read_deferred", "config_read_resumed")
         self._changes_unreadable = False  # the store's change counters: logged once a run
+        # Replicas (state backend postgres): the accounts this one holds leases for; None
+        # for a single daemon, which polls every account.
+        self.cluster: Membership | None = None
+        self._owned: set[str] | None = None
+        # Held by whatever moves engine state between replicas or evaluates it on a tick,
+        # so a hand-over never overlaps a tick's alerts of the accounts it hands over.
+        self._turn = asyncio.Lock()
+        self._owed: list[Alert] = []  # self-alerts resolved outside a commit: the next tick
 
     def stop(self) -> None:
         """Ask the daemon to stop: :meth:`serve` returns, :meth:`run` shuts down."""
@@ -158,9 +181,29 @@ class Daemon:
         self.metrics.export_balances(config.metrics.balances)
         async with AsyncExitStack() as stack:
             # StateError: another daemon has it, or it is not balwatch's, or too new.
-            store = await stack.enter_async_context(state_store(config))
+            replicas = postgres_store(config) if config.state.backend == "postgres" else None
+            if replicas is not None:
+                await self._open_when_reachable(replicas)
+                stack.push_async_callback(replicas.close)
+                store: StateStore = replicas
+            else:
+                store = await stack.enter_async_context(state_store(config))
             self.engine = Engine(loaded.rules, clock=self._clock, account_labels=_labels(config))
-            saved = await store.load(self._clock() - self.engine.history.retention)
+            since = self._clock() - self.engine.history.retention
+            if replicas is not None:
+                # A replica starts with no account: it loads each one as it gains its lease.
+                self._owned = set()
+                self.cluster = Membership(
+                    replicas,
+                    self,
+                    lease_keys(config, loaded.rules),
+                    ttl=config.state.lease_ttl,
+                    address=config.external_url,
+                    events=self.metrics,
+                )
+                saved = await store.load(since, Scope({}, {}))
+            else:
+                saved = await store.load(since)
             restored = self._restore(saved, config)
             self.store = store
             self.muting = Muting(
@@ -171,8 +214,10 @@ class Daemon:
             await store.prune_silences(self._clock() - RETENTION)
             self._changes = await store.changes()
             self.muting.set_silences(await store.silences())
+            replica = None if self.cluster is None else config.instance
             self.sinks: list[Sink] = [
-                await stack.enter_async_context(build_sink(s)) for s in config.sinks
+                await stack.enter_async_context(build_sink(s, instance=replica))
+                for s in config.sinks
             ]
             # Retries cap at 30 s: a sink that comes back is served within half a minute.
             self.outbox = Outbox(store, self.sinks, backoff=Backoff(base=1.0, cap=30.0))
@@ -186,6 +231,7 @@ class Daemon:
                 placement=(config.instance, config.external_url),
                 on_alerts=self._on_alerts,
                 muting=self.muting,
+                cluster=self.cluster,
             )
             # Before the workers start and any alert is published (see the module).
             firing = [*self.engine.firing_alerts(), *self._self_alerts.firing()]
@@ -218,6 +264,8 @@ class Daemon:
             await self.publisher.publish(restored)
             self._scheduler = await stack.enter_async_context(Scheduler(self._handle_result))
             await self._scheduler.apply(self._plans(config))
+            if self.cluster is not None:
+                await self.cluster.beat()  # the share it can take now; the loop does the rest
             log.info(
                 "started",
                 accounts=len(config.accounts),
@@ -227,13 +275,37 @@ class Daemon:
             )
             self._running = stack.pop_all()
 
+    async def _open_when_reachable(self, store: StateStore) -> None:
+        """Open a replica's store, waiting while PostgreSQL does not answer (down, restarting)
+        rather than exiting: systemd would only restart balwatch into the same wait. What
+        waiting cannot fix (a wrong password, a missing database) is raised at once, and so
+        is the wait's last error when a stop is asked for meanwhile."""
+        delay = 1.0
+        waited = False
+        while True:
+            try:
+                await store.open()
+            except Unreachable as exc:
+                if self.stopping.is_set():
+                    raise
+                waited = True
+                log.warning("state_store_unreachable", error=str(exc), retry_in=delay)
+                self._notifier.status(f"waiting for the state database: {exc}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, OPEN_RETRY_MAX)
+                continue
+            if waited:
+                log.info("state_store_reachable", location=store.location)
+            return
+
     def _restore(self, saved: SavedState, config: Config) -> list[Alert]:
         """Put what the last run left into the engine; returns the resolves that makes (of
         alerts whose rule or account is gone, of self-alerts whose cause is)."""
         now = self._clock()
         engine = self.engine
         restored = saved.restore(engine, now)
-        for account in config.accounts:
+        for account in self._owned_accounts(config):
             engine.register_account(account.name, account.exchange, now)
         configured = {a.name for a in config.accounts}
         for gone in {a.account for a in saved.accounts} - configured:
@@ -264,6 +336,8 @@ class Daemon:
                 name="watchdog",
             ),
         ]
+        if self.cluster is not None:
+            background.append(asyncio.create_task(self.cluster.run(), name="membership"))
         try:
             await self.stopping.wait()
         finally:
@@ -282,6 +356,8 @@ class Daemon:
             await self._scheduler.stop()
             # Alerts of pollers cancelled while they waited for, or were in, a commit.
             await self.publisher.close()
+            if self.cluster is not None:  # flushed: the others may take the accounts now
+                await self.cluster.leave()
             drained = await self.outbox.drain(STOP_GRACE_SECONDS)
             if not drained:
                 log.warning("stopped_with_pending_deliveries", grace=STOP_GRACE_SECONDS)
@@ -291,7 +367,7 @@ class Daemon:
         """Poll plans; an account whose settings did not change keeps its adapter (tokens)."""
         accounts: dict[str, _Account] = {}
         plans = []
-        for account in config.accounts:
+        for account in self._owned_accounts(config):
             spec = config.account_spec(account)
             kept = self._accounts.get(account.name)
             if kept is None or kept.exchange != account.exchange or kept.adapter.account != spec:
@@ -302,11 +378,84 @@ class Daemon:
             limit = account.adapter.rate_limit
             limiter = None
             if limit is not None:
-                key = _credential_key(account.exchange, spec.credentials, account.name)
+                key = credential_key(account.exchange, spec.credentials, account.name)
                 limiter = self._limiters.get(key, with_headroom(limit))
-            plans.append(PollPlan(kept.adapter, config.poll_interval(account), limiter))
+            gate = None if self.cluster is None else partial(self.cluster.holds, account.name)
+            plans.append(
+                PollPlan(kept.adapter, config.poll_interval(account), limiter, may_poll=gate)
+            )
         self._accounts = accounts
         return plans
+
+    def _owned_accounts(self, config: Config) -> list[AccountConfig]:
+        """The accounts this daemon polls: all of them, or a replica's leased ones."""
+        if self._owned is None:
+            return list(config.accounts)
+        return [a for a in config.accounts if a.name in self._owned]
+
+    # --- replicas: balwatch.cluster.membership.Holder ----------------------------------
+
+    async def take(self, scope: Scope) -> None:
+        """Leases gained: load what the last owner committed, restore it, poll."""
+        assert self.cluster is not None and self._owned is not None
+        config = self.loaded.config
+        now = self._clock()
+        saved = await self.store.load(now - self.engine.history.retention, scope)
+        accounts = [a for a in config.accounts if scope.covers(a.name)]
+        async with self._turn:
+            now = self._clock()
+            restored = self.engine.take_over(saved.alerts, saved.accounts, saved.samples, now)
+            for account in accounts:
+                self.engine.register_account(account.name, account.exchange, now)
+            self._owned.update(a.name for a in accounts)
+            await self._scheduler.apply(self._plans(config))
+        log.info(
+            "accounts_taken",
+            accounts=len(accounts),
+            alerts=len(saved.alerts),
+            samples=len(saved.samples),
+        )
+        await self.publisher.publish(restored)
+
+    async def hand_over(self, keys: Collection[str]) -> None:
+        """Leases to release, still held: stop polling, commit and flush, forget here."""
+        async with self._turn:
+            accounts, grouped = await self._stop_polling(keys)
+            # What is queued commits while the leases hold, then the states behind it.
+            await self.publisher.publish([])
+            await self.publisher.flush()
+            self._forget_here(accounts, grouped)
+        log.info("accounts_handed_over", accounts=len(accounts))
+
+    async def give_up(self, keys: Collection[str]) -> None:
+        """Leases lost: stop polling at once, forget here; nothing of theirs is written (the
+        publisher drops their alerts: they are no longer held)."""
+        accounts, grouped = await self._stop_polling(keys)
+        self._forget_here(accounts, grouped)
+        log.warning("accounts_given_up", accounts=len(accounts))
+
+    async def _stop_polling(self, keys: Collection[str]) -> tuple[list[str], list[str]]:
+        """The accounts and grouped rules of ``keys``, no longer polled when this returns."""
+        assert self.cluster is not None and self._owned is not None
+        accounts = self.cluster.keys.accounts_of(keys)
+        grouped = [
+            owner[len(GROUP_SERIES) :]
+            for owner in self.cluster.keys.owners_of(keys)
+            if owner.startswith(GROUP_SERIES)
+        ]
+        self._owned.difference_update(accounts)
+        await self._scheduler.apply(self._plans(self.loaded.config))
+        return accounts, grouped
+
+    def _forget_here(self, accounts: list[str], grouped: list[str]) -> None:
+        self.engine.release(set(accounts), grouped)
+        for account in accounts:
+            self.metrics.forget_account(account)
+            self.latest.forget(account)
+            self._polled.discard(account)
+            self._failing.discard(account)
+            # this replica's own alert about the account: the next owner raises its own
+            self._owed += self._self_alerts.resolve("source_auth_failed", account)
 
     # --- the data path ---------------------------------------------------------------
 
@@ -339,7 +488,7 @@ class Daemon:
         self._check_ready()
 
     async def _ticker(self) -> None:
-        last_flush = last_prune = time.monotonic()
+        last_flush = last_prune = last_resync = time.monotonic()
         while True:
             await asyncio.sleep(self._tick_seconds)
             self._progress = time.monotonic()
@@ -347,11 +496,18 @@ class Daemon:
             if time.monotonic() - last_prune >= PRUNE_SECONDS:
                 last_prune = time.monotonic()
                 await self._prune_silences()
-            await self.publisher.publish(self.engine.tick(self._clock()))
+            async with self._turn:
+                owed, self._owed = self._owed, []
+                await self.publisher.publish([*owed, *self.engine.tick(self._clock())])
             await self.publisher.catch_up()
+            if self.cluster is not None and time.monotonic() - last_resync >= RESYNC_SECONDS:
+                last_resync = time.monotonic()
+                await self._resync()
             self.metrics.record_evaluation("tick")
             self.metrics.set_active(*self.engine.counts())
             self.metrics.set_outbox(self.outbox.stats())
+            if self.cluster is not None:  # a standby polls nothing, and is still up
+                self._check_ready()
             status = self._status_line()
             if status != self._last_status:
                 self._last_status = status
@@ -381,6 +537,16 @@ class Daemon:
                 log.exception("store_changes_unreadable")
             return
         self._changes = changes
+
+    async def _resync(self) -> None:
+        """Replicas: take in deliveries whose claim lapsed (their replica died)."""
+        try:
+            added = await self.outbox.resync()
+        except Exception as exc:
+            log.warning("outbox_resync_failed", error=type(exc).__name__)
+            return
+        if added:
+            log.info("outbox_resynced", deliveries=added)
 
     async def _prune_silences(self) -> None:
         try:
@@ -416,13 +582,16 @@ class Daemon:
         )
         if self.publisher.held:
             line += f", {self.publisher.held} alerts held: state database not writable"
+        if self.cluster is not None and not self._accounts:
+            line = f"standby (replica {self.cluster.instance}): holds no accounts"
         return line
 
     def _check_ready(self) -> None:
         if self.started.is_set():
             return
-        ok, _ = self.ready()
-        if ok:
+        # A standby replica is up (systemd's READY), only not serving (/readyz says why).
+        _, reasons = self.ready()
+        if not [r for r in reasons if r != STANDBY]:
             self.started.set()
             self._notifier.ready(self._status_line())
             log.info("ready")
@@ -498,7 +667,11 @@ class Daemon:
         if self._configure_logs:
             logs.configure(new.log.format, new.log.level)
         if _restart_only(old) != _restart_only(new):
-            log.warning("reload_needs_restart", changed="sinks, http or state_dir")
+            log.warning("reload_needs_restart", changed="sinks, http, state_dir or state")
+        if self.cluster is not None and new.instance != old.instance:
+            # A replica's name is its heartbeat row and the owner of its leases.
+            log.warning("reload_needs_restart", changed="instance")
+            new = new.model_copy(update={"instance": old.instance})
         now = self._clock()
         self.engine.set_account_labels(_labels(new))
         self.metrics.export_balances(new.metrics.balances)
@@ -512,12 +685,25 @@ class Daemon:
             self.latest.forget(gone)
             self._polled.discard(gone)
             self._failing.discard(gone)
-        for account in new.accounts:
+            if self._owned is not None:
+                self._owned.discard(gone)
+        if self.cluster is not None:
+            # The removed accounts' alerts resolve under the leases they were held by; then
+            # keys whose accounts changed are handed over, and taken again under the new.
+            await self.publisher.publish(alerts)
+            alerts = []
+            await self.cluster.rekey(lease_keys(new, loaded.rules))
+        for account in self._owned_accounts(new):
             self.engine.register_account(account.name, account.exchange, now)
         # Keep sinks, http and state as they are; everything else follows the new files.
         self.loaded = loaded._replace(
             config=new.model_copy(
-                update={"sinks": old.sinks, "http": old.http, "state_dir": old.state_dir}
+                update={
+                    "sinks": old.sinks,
+                    "http": old.http,
+                    "state_dir": old.state_dir,
+                    "state": old.state,
+                }
             )
         )
         self.prices.configure(new.prices)
@@ -536,6 +722,8 @@ class Daemon:
 
     def ready(self) -> tuple[bool, list[str]]:
         reasons = []
+        if self.cluster is not None and not self._accounts:
+            reasons.append(STANDBY)
         waiting = set(self._accounts) - self._polled
         if waiting:
             reasons.append(f"first poll pending for {len(waiting)} accounts")
@@ -615,6 +803,12 @@ class Daemon:
     def balances(self) -> dict[str, object]:
         return self.latest.document()
 
+    def cluster_status(self) -> dict[str, object] | None:
+        return None if self.cluster is None else self.cluster.status()
+
+
+# /readyz of a replica that holds no lease: up, and taking accounts over when one goes.
+STANDBY: Final = "standby: holds no accounts"
 
 # balwatch's own alerts are never muted (balwatch.muting).
 _NOT_MUTED: Final[dict[str, object]] = {"silenced_by": [], "inhibited_by": []}
@@ -624,17 +818,8 @@ def _labels(config: Config) -> dict[str, dict[str, str]]:
     return {account.name: dict(account.labels) for account in config.accounts}
 
 
-def _credential_key(exchange: str, credentials: Mapping[str, Secret], account: str) -> str:
-    """Accounts that share a key share its limit; keyless accounts are limited alone."""
-    for name in ("api_key", "login"):
-        secret = credentials.get(name)
-        if secret is not None:
-            return f"{exchange}:{secret.fingerprint()}"
-    return f"{exchange}:account:{account}"
-
-
 def _restart_only(config: Config) -> tuple[object, ...]:
-    return (config.sinks, config.http, config.state_dir)
+    return (config.sinks, config.http, config.state_dir, config.state)
 
 
 _Signature = tuple[tuple[str, int, int], ...]  # (file, mtime_ns, size) of each watched file

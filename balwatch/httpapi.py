@@ -98,6 +98,10 @@ class StatusSource(Protocol):
         """JSON-ready latest balances (``LatestBalances.document()``)."""
         ...
 
+    def cluster_status(self) -> dict[str, object] | None:
+        """JSON-ready replicas and leases (a replica), None for a single daemon."""
+        ...
+
 
 class OnCall(Protocol):
     """What people on call change through the API: the daemon, on its state store."""
@@ -170,6 +174,13 @@ def make_app(
     async def balances(request: web.Request) -> web.Response:
         return web.json_response(status.balances())
 
+    async def cluster(request: web.Request) -> web.Response:
+        found = status.cluster_status()
+        if found is None:
+            body = {"error": "not a replica: the state backend is sqlite, one daemon"}
+            return web.json_response(body, status=404)
+        return web.json_response(found)
+
     middlewares = [_bounded(set() if busy is None else busy)]
     if token is not None:
         middlewares.append(_require(token))
@@ -180,6 +191,7 @@ def make_app(
     app.router.add_get("/api/alerts", alerts)
     app.router.add_get("/api/alerts/{fingerprint}", alert)
     app.router.add_get("/api/balances", balances)
+    app.router.add_get("/api/cluster", cluster)
     if oncall is not None:
         _oncall_routes(app, oncall)
     return app

@@ -20,6 +20,26 @@ from balwatch import redact, terminal
 
 LogFormat = Literal["json", "console", "auto"]
 
+log = structlog.get_logger("balwatch.library")
+
+
+class _LibraryRecords(logging.Handler):
+    """Warnings and errors that libraries log through the standard library (psycopg's pool:
+    a connection that failed) as ``library_log`` events: JSON lines like every other, through
+    the same redactor, instead of Python's bare fallback to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not end the caller
+            message = str(record.msg)
+        (log.error if record.levelno >= logging.ERROR else log.warning)(
+            "library_log", logger=record.name, message=message
+        )
+
+
+_LIBRARY_RECORDS = _LibraryRecords(logging.WARNING)
+
 
 def _redact(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
@@ -67,3 +87,10 @@ def configure(fmt: LogFormat = "auto", level: str = "info", *, stream: Any = Non
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    if _LIBRARY_RECORDS not in root.handlers:
+        root.addHandler(_LIBRARY_RECORDS)
+    root.setLevel(logging.WARNING)
+    # The pool warns at every failed reconnection, each second of a database outage; the
+    # store and the cluster say it once (cluster_store_unreachable). Its errors still show.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -26,6 +26,8 @@ series                                                     recorded by
 ``alerts_active{state}``                                   :meth:`Metrics.set_active`
 ``outbox_depth{sink}``, ``deliveries_total{sink,outcome}`` :meth:`Metrics.set_outbox`
 ``config_reload_total{result}``                            :meth:`Metrics.record_reload`
+``leases_held``, ``lease_acquired_total``,                  :meth:`Metrics.record_leases`
+``lease_lost_total``, ``failovers_total``                  (replicas only)
 ``build_info{version}``                                    constant 1
 =========================================================  ===================================
 
@@ -333,6 +335,33 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self._leases_held = Gauge(
+            "leases_held",
+            "Lease keys (accounts polled together) this replica holds now; 0 on a standby "
+            "and on a single daemon.",
+            namespace=ns,
+            registry=reg,
+        )
+        self._leases_acquired = Counter(
+            "lease_acquired",
+            "Lease keys this replica took: free ones, released ones, expired ones.",
+            namespace=ns,
+            registry=reg,
+        )
+        self._leases_lost = Counter(
+            "lease_lost",
+            "Lease keys this replica lost without releasing them: a renewal refused or too "
+            "late, a write fenced; their accounts stopped being polled here at once.",
+            namespace=ns,
+            registry=reg,
+        )
+        self._failovers = Counter(
+            "failovers",
+            "Lease keys this replica took over from a replica that did not release them "
+            "(it died or was cut off: its lease expired).",
+            namespace=ns,
+            registry=reg,
+        )
         build_info = Gauge(
             "build_info",
             "Constant 1, labelled with the running version.",
@@ -414,6 +443,15 @@ class Metrics:
 
     def set_uncommitted(self, alerts: int) -> None:
         self._alerts_uncommitted.set(alerts)
+
+    # -- replicas
+
+    def record_leases(self, *, held: int, acquired: int, lost: int, failovers: int) -> None:
+        """The keys held now, and how many were just acquired, lost, taken over."""
+        self._leases_held.set(held)
+        self._leases_acquired.inc(acquired)
+        self._leases_lost.inc(lost)
+        self._failovers.inc(failovers)
 
     # -- outbox
 

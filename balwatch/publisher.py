@@ -19,6 +19,14 @@ Guarantees:
 - Each alert's sinks are decided when it is published, the moment of its transition: by
   routing, and with ``muting`` by silences, time intervals and inhibit rules
   (:mod:`balwatch.muting`), which also keeps which sinks got each firing.
+- A replica (``cluster``, :mod:`balwatch.cluster`) commits only alerts of the accounts whose
+  leases it holds, each commit with the fencing scope of the keys its alerts are under. An
+  alert whose key is no longer held (lost while its commit was held or queued) is dropped:
+  the new owner evaluates the same balances from what was committed before. A commit
+  refused as :class:`~balwatch.state.base.Fenced` is not held for a retry: the leases are
+  checked at once, and the alerts of the keys still held are committed again, once (held
+  as after a failed commit when the leases cannot be read).
+  balwatch's own alerts are this replica's and always go.
 """
 
 from __future__ import annotations
@@ -29,13 +37,24 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from balwatch.alert import Alert, group_text, placed
+from balwatch.cluster.membership import Membership
 from balwatch.metrics import Metrics
 from balwatch.muting import Muting, Routed, routing
 from balwatch.outbox.routing import RoutedSink, route
 from balwatch.outbox.worker import Outbox
 from balwatch.rules.engine import Engine
-from balwatch.selfalerts import SelfAlerts
-from balwatch.state.base import AlertCommit, RoutedAlert, StateChange, StateSnapshot, StateStore
+from balwatch.rules.groups import GROUP_SERIES
+from balwatch.rules.history import HistoryChanges
+from balwatch.selfalerts import SELF, SelfAlerts
+from balwatch.state.base import (
+    AlertCommit,
+    Fenced,
+    RoutedAlert,
+    StateChange,
+    StateSnapshot,
+    StateStore,
+    owner_name,
+)
 
 log = structlog.get_logger("balwatch.publisher")
 
@@ -57,8 +76,10 @@ class AlertPublisher:
         placement: tuple[str, str | None],
         on_alerts: OnAlerts | None = None,
         muting: Muting | None = None,
+        cluster: Membership | None = None,
     ) -> None:
         self._store = store
+        self._cluster = cluster
         self._outbox = outbox
         self._engine = engine
         self._self_alerts = self_alerts
@@ -114,12 +135,35 @@ class AlertPublisher:
         full or read-only disk must not stop polling and alerting."""
         history = self._engine.history.take_changes()
         snapshot = StateSnapshot(self._engine.states(), self._engine.accounts(), history)
+        if self._cluster is not None:
+            snapshot = self._scoped(snapshot, self._cluster)
         try:
             await self._store.flush(snapshot)
+        except Fenced:
+            assert self._cluster is not None
+            self._engine.history.retake(history)  # the keys still held need it next time
+            log.warning("state_flush_fenced")
+            self._cluster.fenced()
         except Exception:
             self._engine.history.retake(history)  # a forgotten series must still leave
             self._metrics.record_state_write_failure("flush")
             log.exception("state_flush_failed")
+
+    @staticmethod
+    def _scoped(snapshot: StateSnapshot, cluster: Membership) -> StateSnapshot:
+        """What of ``snapshot`` this replica speaks for, with its scope: every key held."""
+        scope = cluster.scope()
+        history = snapshot.history
+        return StateSnapshot(
+            [s for s in snapshot.alerts if scope.covers(owner_name(s))],
+            [a for a in snapshot.accounts if scope.covers(a.account)],
+            HistoryChanges(
+                [k for k in history.forgotten if scope.covers(k[0])],
+                [(k, t) for k, t in history.trimmed if scope.covers(k[0])],
+                [(k, t, v) for k, t, v in history.samples if scope.covers(k[0])],
+            ),
+            scope,
+        )
 
     async def close(self) -> None:
         """At stop, once nothing publishes any more: commit what is still queued (the
@@ -137,7 +181,17 @@ class AlertPublisher:
             self._queued = []
             await self._commit(batch)
 
-    async def _commit(self, routed_batch: list[Routed]) -> None:
+    async def _commit(self, routed_batch: list[Routed], *, retry: bool = True) -> None:
+        cluster = self._cluster
+        if cluster is not None:
+            kept = [r for r in routed_batch if _ours(cluster, r[0])]
+            if len(kept) < len(routed_batch):
+                log.info("alerts_dropped_lease_lost", alerts=len(routed_batch) - len(kept))
+            routed_batch = kept
+            if not routed_batch:
+                self._held = []
+                self._metrics.set_uncommitted(0)
+                return
         batch = self.placed([alert for alert, _ in routed_batch])
         routed = [
             RoutedAlert(alert.to_json(), sinks)
@@ -153,8 +207,22 @@ class AlertPublisher:
                     for (fingerprint, rule), state in states.items()
                 ],
                 self._self_alerts.firing(),
+                scope=None if cluster is None else cluster.scope(_owner(a) for a in batch),
             )
             await self._outbox.commit(commit)
+        except Fenced:
+            assert cluster is not None
+            lost = await cluster.verify()
+            log.warning("alerts_fenced", alerts=len(batch), keys=sorted(lost)[:20])
+            if not lost:  # the leases could not be read: held, and tried as a failed commit
+                self._held = routed_batch
+                self._metrics.set_uncommitted(len(batch))
+                return
+            self._held = []
+            self._metrics.set_uncommitted(0)
+            if retry:  # the alerts of the keys still held go again, once
+                await self._commit(routed_batch, retry=False)
+            return
         except Exception:
             self._held = routed_batch
             self._metrics.record_state_write_failure("alerts")
@@ -178,3 +246,18 @@ class AlertPublisher:
             )
         if self._on_alerts is not None:
             self._on_alerts(batch)
+
+
+def _ours(cluster: Membership, alert: Alert) -> bool:
+    owner = _owner(alert)
+    return owner is None or cluster.holds(owner)
+
+
+def _owner(alert: Alert) -> str | None:
+    """Whose lease ``alert`` is under (:func:`~balwatch.state.base.owner_name`); None for
+    balwatch's own alerts, which belong to the replica that raised them."""
+    if alert.labels.get("source") == SELF and alert.expression == "":
+        return None
+    if alert.group is not None or alert.account is None:
+        return GROUP_SERIES + alert.rule
+    return alert.account

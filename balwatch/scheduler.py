@@ -48,6 +48,9 @@ class PollPlan:
     backoff: Backoff | None = None
     # An auth failure is retried slowly: repeated bad logins can lock the key.
     auth_backoff: Backoff = field(default_factory=lambda: Backoff(base=60.0, cap=3600.0))
+    # Asked right before each poll (a replica: whether its lease on the account is still
+    # surely valid); False skips the poll. Not part of the timing: same_as ignores it.
+    may_poll: Callable[[], bool] | None = None
 
     def same_as(self, other: PollPlan) -> bool:
         """Polls the same way: same adapter and limiter objects, same timing."""
@@ -108,6 +111,11 @@ async def run_poller(
     while not await _wait(stop, delay):
         if plan.limiter is not None:
             await plan.limiter.acquire()
+        if plan.may_poll is not None and not plan.may_poll():
+            # A replica woken past its lease (a pause, a stalled loop): the key may be
+            # another's now, so no request on it; the membership loop stops this poller.
+            delay = plan.interval
+            continue
         result = await poll_account(plan.adapter)
         failures = 0 if result.ok else failures + 1
         retry_after = source_retry_after(result.error)

@@ -20,12 +20,16 @@ Then, in the same run, a chat sink:
     enforcing its rate (tests/chatservices.py): one message per group, paced at the
     service's rate; prints the messages and requests it took and when the last one landed.
 
+With ``--postgres`` (issue 14), (c) again with the outbox in PostgreSQL: a private server
+(tests/postgres.py, fsync on) on loopback, or the one ``--postgres-dsn`` names; target
+>= 1,000 alerts/s.
+
 Targets (issue 4): (c) >= 2,000 alerts/s, and (c) >= 0.5 of (a). The MQTT sink publishes two
 messages per alert (the event, and the retained ``active/`` state), so (c) is compared with
 (a) doing the same work, two raw publishes per alert; alerts per raw message is printed too.
 Target (issue 13): (d) delivers 1,000 alerts in 20 groups as 20 messages, none refused.
 
-    .venv/bin/python bench/delivery.py [--alerts 20000] [--state-dir DIR]
+    .venv/bin/python bench/delivery.py [--alerts 20000] [--state-dir DIR] [--postgres]
 
 ``--state-dir`` puts the database on the disk under test (default: a temporary directory).
 """
@@ -51,14 +55,17 @@ sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the t
 
 from balwatch.config.model import MqttSinkConfig, WebhookSinkConfig  # noqa: E402
 from balwatch.outbox.worker import Outbox  # noqa: E402
+from balwatch.secret import Secret  # noqa: E402
 from balwatch.sinks.formats import encode_alert  # noqa: E402
 from balwatch.sinks.mqtt import MqttSink  # noqa: E402
 from balwatch.sinks.webhook import WebhookSink  # noqa: E402
+from balwatch.state.base import StateStore  # noqa: E402
 from balwatch.state.sqlite import SqliteStateStore  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
 from tests.chatservices import ChatService  # noqa: E402
 
 ALERTS_TARGET = 2000.0
+POSTGRES_TARGET = 1000.0
 RATIO_TARGET = 0.5
 
 
@@ -127,28 +134,28 @@ async def sink_rate(port: int, args: argparse.Namespace) -> float:
         return len(docs) / (time.perf_counter() - started)
 
 
-async def outbox_rate(port: int, state_dir: Path, args: argparse.Namespace) -> float:
-    """Alerts/s from the first enqueue until every delivery is acknowledged and pruned."""
+async def outbox_rate(port: int, store: StateStore, args: argparse.Namespace) -> float:
+    """Alerts/s from the first enqueue until every delivery is acknowledged and pruned, on
+    ``store`` (an open, empty one: bench/failover.py passes a PostgreSQL store)."""
     docs = [make_alert(seq, args.fingerprints) for seq in range(args.alerts)]
-    async with SqliteStateStore(state_dir) as store:
-        async with MqttSink(sink_config(port, args.protocol)) as sink:
-            outbox = Outbox(store, [sink], concurrency=args.concurrency)
-            await outbox.start()
+    async with MqttSink(sink_config(port, args.protocol)) as sink:
+        outbox = Outbox(store, [sink], concurrency=args.concurrency)
+        await outbox.start()
 
-            async def producer(first: int) -> None:
-                for doc in docs[first :: args.producers]:
-                    await outbox.enqueue(doc, ["bench"])
+        async def producer(first: int) -> None:
+            for doc in docs[first :: args.producers]:
+                await outbox.enqueue(doc, ["bench"])
 
-            started = time.perf_counter()
-            await asyncio.gather(*(producer(i) for i in range(args.producers)))
-            await outbox.wait_settled()
-            elapsed = time.perf_counter() - started
-            stats = outbox.stats()["bench"]
-            await outbox.stop()
-        if stats.delivered != args.alerts or stats.failed or stats.dead:
-            raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
-        if await store.counts():
-            raise RuntimeError("the outbox is not empty after delivery")
+        started = time.perf_counter()
+        await asyncio.gather(*(producer(i) for i in range(args.producers)))
+        await outbox.wait_settled()
+        elapsed = time.perf_counter() - started
+        stats = outbox.stats()["bench"]
+        await outbox.stop()
+    if stats.delivered != args.alerts or stats.failed or stats.dead:
+        raise RuntimeError(f"not every alert was delivered cleanly: {stats}")
+    if await store.counts():
+        raise RuntimeError("the outbox is not empty after delivery")
     return len(docs) / elapsed
 
 
@@ -213,6 +220,21 @@ async def chat_figure(state_dir: Path, args: argparse.Namespace) -> ChatFigure:
     )
 
 
+async def postgres_rate(port: int, args: argparse.Namespace) -> float:
+    """(c) with the outbox in PostgreSQL: the server ``--postgres-dsn`` names (its database
+    must be empty), or a private one with fsync on, as a production server runs."""
+    from balwatch.state.postgres import PostgresStateStore
+    from tests.postgres import PostgresServer
+
+    if args.postgres_dsn:
+        async with PostgresStateStore(Secret(args.postgres_dsn), instance="bench") as store:
+            return await outbox_rate(port, store, args)
+    with PostgresServer(durable=True) as server:
+        dsn = server.create_database("bench")
+        async with PostgresStateStore(Secret(dsn), instance="bench") as store:
+            return await outbox_rate(port, store, args)
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -225,7 +247,13 @@ async def main(args: argparse.Namespace) -> None:
             async with Mosquitto() as broker:
                 raw = await raw_rate(broker.port, args.messages, args.publishers, args.protocol)
                 alone = await sink_rate(broker.port, args)
-                durable = await outbox_rate(broker.port, state_dir, args)
+                async with SqliteStateStore(state_dir) as store:
+                    durable = await outbox_rate(broker.port, store, args)
+                on_postgres = (
+                    await postgres_rate(broker.port, args)
+                    if args.postgres or args.postgres_dsn
+                    else None
+                )
             shutil.rmtree(state_dir, ignore_errors=True)
             chat = await chat_figure(state_dir, args)
         finally:
@@ -246,6 +274,12 @@ async def main(args: argparse.Namespace) -> None:
         f"raw for the same publishes; {durable / raw:.2f} alerts per raw message)"
     )
     print(f"  outbox keeps {durable / alone:.2f} of the sink's own rate")
+    if on_postgres is not None:
+        where = "--postgres-dsn" if args.postgres_dsn else "loopback, fsync on"
+        print(f"outbox in PostgreSQL ({where}): {on_postgres:8,.0f} alerts/s")
+        print(
+            f"  >= {POSTGRES_TARGET:,.0f} alerts/s:      {verdict(on_postgres >= POSTGRES_TARGET)}"
+        )
     print(
         f"chat sink ({args.chat_format}, loopback, paced at the service's rate, "
         f"group_wait {args.group_wait}): {chat.alerts:,} alerts in {chat.groups} groups"
@@ -269,6 +303,8 @@ if __name__ == "__main__":
     parser.add_argument("--publishers", type=int, default=32, help="raw publisher tasks")
     parser.add_argument("--protocol", choices=["3.1.1", "5"], default="5", help="for both")
     parser.add_argument("--state-dir", help="where the outbox database goes")
+    parser.add_argument("--postgres", action="store_true", help="(c) on PostgreSQL too")
+    parser.add_argument("--postgres-dsn", help="that server, not a private one")
     parser.add_argument("--chat-alerts", type=int, default=1_000)
     parser.add_argument("--chat-groups", type=int, default=20, help="rules, one group each")
     parser.add_argument(

@@ -28,7 +28,17 @@ the faults, waits for the outbox to drain, stops the daemon with SIGTERM and pri
 
 Targets (issue 6) over 30 minutes: RSS growth < 5 %, fd count flat, 0 alerts lost.
 
+``--replicas N`` (issue 14): instead of one daemon on SQLite, N replicas of one config on a
+private PostgreSQL (tests/postgres.py), and every ``--kill-every`` seconds one of them in
+turn is SIGKILLed and started again ``--down`` seconds later (its accounts fail over in the
+meantime, its claimed deliveries are taken over when their claims expire). Expected alerts
+are then the ``alert`` events of every replica's every run; what is left in the outbox is
+read from PostgreSQL (through the state store, as ``balwatch outbox list`` does). RSS and fds
+are sampled over the live replicas for information only: a killed replica starts afresh.
+Target (issue 14) over 30 minutes: 0 alerts lost.
+
     .venv/bin/python bench/soak.py [--minutes 30] [--accounts 1000] [--interval 10]
+        [--replicas 2 --kill-every 180 --down 20 --ttl 8]
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -58,6 +69,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests/brokers.py: the Mosquitto helper of the test suite
 
+from balwatch.config.load import load_state_settings  # noqa: E402
+from balwatch.state import state_store  # noqa: E402
+from balwatch.state.base import OutboxEntry  # noqa: E402
 from tests.brokers import Mosquitto, free_port, wait_for_port  # noqa: E402
 
 EXCHANGES: Final = ("bitso", "coinapi", "kunacore", "coinw")
@@ -142,11 +156,21 @@ def write_files(directory: Path, accounts: list[Account]) -> None:
     (directory / "rules" / "soak.rules.yaml").write_text(RULES)
 
 
-def write_config(directory: Path, accounts: list[Account], sim_url: str, ports: Ports) -> Path:
-    config = {
-        "state_dir": str(directory / "state"),
+def write_config(
+    directory: Path,
+    accounts: list[Account],
+    sim_url: str,
+    ports: Ports,
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """The daemon's config; with ``state`` (PostgreSQL), one for every replica: its
+    instance, state_dir and HTTP port come from its environment."""
+    replicas = state is not None
+    config: dict[str, Any] = {
+        "state_dir": "${BW_STATE_DIR}" if replicas else str(directory / "state"),
+        **({"instance": "${BW_INSTANCE}", "state": state} if replicas else {}),
         "rules": ["rules/*.yaml"],
-        "http": {"listen": f"127.0.0.1:{ports.http}"},
+        "http": {"listen": "127.0.0.1:${BW_HTTP_PORT}" if replicas else f"127.0.0.1:{ports.http}"},
         "log": {"format": "json", "level": "info"},
         "defaults": {"poll_interval": f"{ports.interval}s", "timeout": "3s"},
         "accounts": [
@@ -193,6 +217,7 @@ class Observed:
     errors: Counter[str] = field(default_factory=Counter)
     log_lines: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    kills: int = 0
 
     def delivered(self) -> Counter[AlertKey]:
         return Counter(self.delivered_ids.values())
@@ -353,6 +378,8 @@ async def soak(args: argparse.Namespace, directory: Path) -> int:
     # The subscriber's session must not drop messages however many queue up.
     async with Mosquitto(extra_config="max_queued_messages 0\n") as broker:
         ports = Ports(broker.port, free_port(), free_port(), args.interval)
+        if args.replicas:
+            return await soak_replicas(args, directory, rng, accounts, ports, seen)
         return await soak_with_broker(args, directory, rng, accounts, ports, seen)
 
 
@@ -493,12 +520,6 @@ def report(
     fds = [s.fds for s in steady]
     quarter = max(1, len(steady) // 4)
     trend = statistics.mean(fds[-quarter:]) - statistics.mean(fds[:quarter])
-    expected, delivered = seen.expected, seen.delivered()
-    left = left_in_outbox(directory / "state" / "balwatch.db")
-    keys = set(expected) | set(delivered)
-    lost = sum(max(0, expected[k] - delivered[k] - left[k]) for k in keys)
-    unexpected = sum(max(0, delivered[k] - expected[k]) for k in keys)
-    events = Counter(key[3] for key in expected.elements())
     middle = steady[len(steady) // 2]
     late = (last.rss_kib - middle.rss_kib) / middle.rss_kib * 100
     print(f"\nafter {samples[-1].elapsed / 60:.1f} min (warm-up {args.warmup:g} s excluded):")
@@ -513,6 +534,245 @@ def report(
         f"  fds min {min(fds)} max {max(fds)}, trend {trend:+.1f} (last quarter vs first)  "
         f"[target flat: {'met' if flat else 'MISSED'}]"
     )
+    lost = alert_figures(seen, left_in_outbox(directory / "state" / "balwatch.db"))
+    print(
+        f"  outbox drained before stop: {drained}; daemon exit code {code}; "
+        f"error log events: {dict(seen.errors) or 0}; {seen.log_lines:,} log lines"
+    )
+    ok = growth < 5 and flat and lost == 0 and code == 0
+    return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+@dataclass
+class Replica:
+    """One ``balwatch run`` of the PostgreSQL mode, started again after each kill."""
+
+    name: str
+    http_port: int
+    state_dir: Path
+    process: asyncio.subprocess.Process | None = None
+    reader: asyncio.Task[None] | None = None
+    runs: int = 0
+
+    def environ(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "BW_INSTANCE": self.name,
+            "BW_HTTP_PORT": str(self.http_port),
+            "BW_STATE_DIR": str(self.state_dir),
+        }
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+async def start_replica(replica: Replica, config: Path, seen: Observed, directory: Path) -> None:
+    replica.runs += 1
+    replica.state_dir.mkdir(exist_ok=True)
+    replica.process = process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "balwatch", "run", "-c", str(config), env=replica.environ(),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stderr is not None
+    log = directory / f"{replica.name}-run{replica.runs}.log"
+    replica.reader = asyncio.create_task(read_logs(process.stderr, seen, log))
+
+
+async def kill_in_turn(
+    replicas: list[Replica], config: Path, seen: Observed, directory: Path, args: argparse.Namespace
+) -> None:
+    """Every ``--kill-every`` s, SIGKILL the next replica; start it ``--down`` s later."""
+    for turn in itertools.count():
+        await asyncio.sleep(args.kill_every)
+        replica = replicas[turn % len(replicas)]
+        assert replica.process is not None and replica.reader is not None
+        replica.process.kill()
+        await replica.process.wait()
+        await replica.reader  # its last log lines: alerts it committed before it died
+        seen.kills += 1
+        print(f"  SIGKILL {replica.name}; started again in {args.down:g} s", flush=True)
+        await asyncio.sleep(args.down)
+        await start_replica(replica, config, seen, directory)
+
+
+def check_environ(config: Path) -> dict[str, str]:
+    """What the config's ${...} need when this script reads the store (as a CLI would)."""
+    return {
+        **os.environ,
+        "BW_INSTANCE": "soak-check",
+        "BW_HTTP_PORT": "0",
+        "BW_STATE_DIR": str(config.parent / "check"),
+    }
+
+
+async def outbox_entries(config: Path) -> list[OutboxEntry]:
+    settings = load_state_settings(config, check_environ(config))
+    async with state_store(settings, exclusive=False) as store:
+        return await store.outbox()
+
+
+async def drain_store(config: Path, seconds: float) -> bool:
+    """Until no delivery is pending in PostgreSQL for two checks in a row."""
+    deadline = time.monotonic() + seconds
+    empty = 0
+    while time.monotonic() < deadline:
+        pending = [e for e in await outbox_entries(config) if e.status == "pending"]
+        empty = empty + 1 if not pending else 0
+        if empty >= 2:
+            return True
+        await asyncio.sleep(1)
+    return False
+
+
+async def wait_healthy(http: aiohttp.ClientSession, replica: Replica) -> None:
+    deadline = time.monotonic() + 120
+    url = f"http://127.0.0.1:{replica.http_port}/healthz"
+    while time.monotonic() < deadline:
+        if not replica.alive:
+            raise RuntimeError(
+                f"{replica.name} exited with {replica.process and replica.process.returncode}"
+            )
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"{replica.name} did not answer /healthz in 120 s")
+
+
+async def soak_replicas(
+    args: argparse.Namespace,
+    directory: Path,
+    rng: random.Random,
+    accounts: list[Account],
+    ports: Ports,
+    seen: Observed,
+) -> int:
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    replicas = [
+        Replica(f"soak-{i + 1}", free_port(), directory / f"soak-{i + 1}")
+        for i in range(args.replicas)
+    ]
+    sim: asyncio.subprocess.Process | None = None
+    tasks: list[asyncio.Task[None]] = []
+    swings: set[asyncio.Task[None]] = set()
+    try:
+        await asyncio.to_thread(server.start)
+        dsn = await asyncio.to_thread(server.create_database, "soak")
+        sim = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "balwatch", "simulate", "--scenario",
+            str(directory / "scenario.yaml"), "--port", str(ports.sim),
+            stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await wait_for_port(ports.sim, timeout=60, process=sim)
+        sim_url = f"http://127.0.0.1:{ports.sim}"
+        state = {"backend": "postgres", "dsn": dsn, "lease_ttl": f"{args.ttl:g}s"}
+        config = write_config(directory, accounts, sim_url, ports, state)
+        subscribed = asyncio.Event()
+        tasks.append(asyncio.create_task(subscribe(ports.mqtt, seen, subscribed)))
+        await asyncio.wait_for(subscribed.wait(), 10)
+        for replica in replicas:
+            await start_replica(replica, config, seen, directory)
+        async with (
+            aiohttp.ClientSession(sim_url) as control,
+            aiohttp.ClientSession() as http,
+        ):
+            for replica in replicas:
+                await wait_healthy(http, replica)
+            print(
+                f"soak: {args.accounts} accounts, {args.replicas} replicas on PostgreSQL "
+                f"(lease_ttl {args.ttl:g} s), one SIGKILLed every {args.kill_every:g} s and "
+                f"back {args.down:g} s later; poll every {args.interval:g}s, "
+                f"{args.faults:g} faults/s, {args.minutes:g} min",
+                flush=True,
+            )
+            started = time.monotonic()
+            chaos = [
+                asyncio.create_task(
+                    inject_faults(control, accounts, args.faults, rng, seen, swings)
+                ),
+                asyncio.create_task(kill_in_turn(replicas, config, seen, directory, args)),
+            ]
+            await sample_replicas(replicas, started, args, seen)
+            for task in [*chaos, *swings]:
+                task.cancel()
+            await asyncio.gather(*chaos, *swings, return_exceptions=True)
+            for replica in replicas:  # one may be between its kill and its start
+                if not replica.alive:
+                    await start_replica(replica, config, seen, directory)
+            drained = await drain_store(config, args.drain)
+            elapsed = time.monotonic() - started
+        codes = []
+        for replica in replicas:
+            assert replica.process is not None
+            replica.process.send_signal(signal.SIGTERM)
+            codes.append(await asyncio.wait_for(replica.process.wait(), 60))
+        await asyncio.gather(*(r.reader for r in replicas if r.reader is not None))
+        await asyncio.sleep(2)  # the last PUBLISHes on their way to the subscriber
+        left: Counter[AlertKey] = Counter(
+            (e.alert["rule"], e.alert["account"], e.alert["asset"], e.alert["event"])
+            for e in await outbox_entries(config)
+        )
+        print(f"\nafter {elapsed / 60:.1f} min, {seen.kills} replicas SIGKILLed:")
+        lost = alert_figures(seen, left)
+        print(
+            f"  outbox drained before stop: {drained}; exit codes {codes}; "
+            f"error log events: {dict(seen.errors) or 0}; {seen.log_lines:,} log lines"
+        )
+        return 0 if lost == 0 and not any(codes) else 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for process in [r.process for r in replicas] + [sim]:
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+        await asyncio.to_thread(server.close)
+
+
+async def sample_replicas(
+    replicas: list[Replica], started: float, args: argparse.Namespace, seen: Observed
+) -> None:
+    end = started + args.minutes * 60
+    print(
+        f"{'min':>6} {'RSS MiB':>8} {'fds':>5} {'failed polls':>12} {'alerts':>7} "
+        f"{'delivered':>9} {'faults':>6} {'kills':>5}   (RSS, fds: live replicas summed)",
+        flush=True,
+    )
+    while True:
+        now = time.monotonic()
+        rss = fds = 0
+        for replica in replicas:
+            if replica.alive:
+                assert replica.process is not None
+                with contextlib.suppress(OSError, RuntimeError):
+                    rss += rss_kib(replica.process.pid)
+                    fds += open_fds(replica.process.pid)
+        print(
+            f"{(now - started) / 60:6.1f} {rss / 1024:8.1f} {fds:5d} "
+            f"{sum(seen.polls_failed.values()):12,d} {sum(seen.expected.values()):7,d} "
+            f"{len(seen.delivered_ids):9,d} {sum(seen.faults.values()):6,d} {seen.kills:5d}",
+            flush=True,
+        )
+        if now >= end:
+            return
+        await asyncio.sleep(min(args.sample, end - now))
+
+
+def alert_figures(seen: Observed, left: Counter[AlertKey]) -> int:
+    """Print expected, delivered, duplicate and lost alerts, and the faults; the lost count."""
+    expected, delivered = seen.expected, seen.delivered()
+    keys = set(expected) | set(delivered)
+    lost = sum(max(0, expected[k] - delivered[k] - left[k]) for k in keys)
+    unexpected = sum(max(0, delivered[k] - expected[k]) for k in keys)
+    events = Counter(key[3] for key in expected.elements())
     by_event = ", ".join(f"{n} {e}" for e, n in sorted(events.items()))
     duplicates = seen.messages - len(seen.delivered_ids)
     print(
@@ -524,12 +784,7 @@ def report(
     print(
         f"  polls failed by kind: {dict(seen.polls_failed)}; faults injected: {dict(seen.faults)}"
     )
-    print(
-        f"  outbox drained before stop: {drained}; daemon exit code {code}; "
-        f"error log events: {dict(seen.errors) or 0}; {seen.log_lines:,} log lines"
-    )
-    ok = growth < 5 and flat and lost == 0 and code == 0
-    return 0 if ok else 1
+    return lost
 
 
 def main() -> int:
@@ -543,6 +798,12 @@ def main() -> int:
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait at the end")
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="N replicas on PostgreSQL (0: one on SQLite)"
+    )
+    parser.add_argument("--kill-every", type=float, default=180.0, help="seconds between kills")
+    parser.add_argument("--down", type=float, default=20.0, help="seconds a killed one stays down")
+    parser.add_argument("--ttl", type=float, default=8.0, help="lease_ttl, seconds")
     args = parser.parse_args()
     if args.warmup is None:
         args.warmup = min(300.0, args.minutes * 60 * 0.2)

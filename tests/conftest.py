@@ -1,8 +1,10 @@
-"""Shared fixtures: a real simulator on loopback and a real aiohttp client session."""
+"""Shared fixtures: a real simulator on loopback, a real aiohttp client session, a real
+PostgreSQL server (tests/postgres.py) with a fresh database per test."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -15,6 +17,9 @@ from balwatch.config.model import DefaultsConfig
 from balwatch.secret import Secret
 from balwatch.simulator.server import Simulator
 from balwatch.simulator.state import SimAccount, SimState
+
+if TYPE_CHECKING:
+    from tests.postgres import PostgresServer
 
 StartSim = Callable[..., Awaitable[Simulator]]
 
@@ -69,3 +74,29 @@ def account_spec(
         options=options_model.model_validate(options or {}),
         max_response_size=max_response_size or DefaultsConfig().max_response_size,
     )
+
+
+# Imported in the fixtures: only the tests that use PostgreSQL need psycopg and the server.
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session; tests must not stop or kill it (they
+    take ``private_postgres`` for that)."""
+    from tests.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres: PostgresServer) -> str:
+    """The DSN of a new, empty database on the session's server."""
+    return postgres.create_database()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A server of this test's own, to stop, kill and start again."""
+    from tests.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server

@@ -71,6 +71,9 @@ class Status:
     def balances(self) -> dict[str, object]:
         return self.latest.document()
 
+    def cluster_status(self) -> dict[str, object] | None:
+        return None  # one daemon: /api/cluster is a 404 (tests/cluster has the replicas')
+
 
 def good(available: str, account: str = "treasury") -> PollResult:
     row = Balance(account, "bitso", "bitso", "USDT", "usdt", available=Decimal(available))
@@ -165,6 +168,13 @@ async def test_api_alert_answers_for_one_fingerprint_while_it_is_active(
     status.poll(good("9000"))
     await get_json(http, f"{base}/api/alerts/{low}", expect=404)
     await get_json(http, f"{base}/api/alerts/not-a-fingerprint", expect=404)
+
+
+async def test_api_cluster_of_a_single_daemon_is_a_404_saying_why(
+    http: aiohttp.ClientSession, base: str
+) -> None:
+    doc = await get_json(http, f"{base}/api/cluster", expect=404)
+    assert isinstance(doc, dict) and "sqlite" in str(doc["error"])
 
 
 async def test_api_balances_keeps_the_last_good_rows_beside_a_failure(

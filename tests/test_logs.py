@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from urllib.parse import quote_plus
 
 import structlog
@@ -69,3 +70,19 @@ def test_json_lines_mask_a_secret_echoed_in_any_encoding() -> None:
     log.warning("poll_failed", error=f"HTTP 400: {quote_plus(password)}")
     errors = [json.loads(line)["error"] for line in out.getvalue().splitlines()]
     assert errors == ['HTTP 400: "***"', "HTTP 400: ***"]
+
+
+def test_a_library_logging_through_the_standard_library_gets_json_lines_masked() -> None:
+    out = io.StringIO()
+    redact.install([KEY])
+    logs.configure("json", "info", stream=out)
+    logging.getLogger("somelib").warning("connect to %s failed", f"db?password={KEY.reveal()}")
+    logging.getLogger("somelib").info("chatter below warning")
+    # psycopg's pool warns at every reconnection of an outage: only its errors show.
+    logging.getLogger("psycopg.pool").warning("error connecting in 'balwatch-a'")
+    logging.getLogger("psycopg.pool").error("pool 'balwatch-a' is broken")
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["event"], e["level"], e["logger"], e["message"]) for e in events] == [
+        ("library_log", "warning", "somelib", "connect to db?password=*** failed"),
+        ("library_log", "error", "psycopg.pool", "pool 'balwatch-a' is broken"),
+    ]

@@ -85,6 +85,32 @@ async def test_a_poll_that_overruns_its_interval_is_not_stacked(
         assert sim.state.accounts["slow"].requests <= 4
 
 
+async def test_a_closed_gate_skips_polls_until_it_opens_and_the_plan_stays_the_same(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(coinw("gated"))
+    results: asyncio.Queue[PollResult] = asyncio.Queue()
+    spec = account_spec("coinw", sim.url, {"api_key": "ck", "api_secret": "cs"}, name="gated")
+    asked = asyncio.Event()
+    open_ = False
+
+    def gate() -> bool:
+        asked.set()
+        return open_
+
+    adapter = make_adapter("coinw", spec, http)
+    plan = PollPlan(adapter, 0.01, may_poll=gate)
+    assert plan.same_as(PollPlan(adapter, 0.01, may_poll=lambda: True))  # not timing
+    async with Scheduler(results.put) as scheduler:
+        await scheduler.apply([plan])
+        for _ in range(3):  # asked again and again, never polled
+            asked.clear()
+            await within(asked.wait(), "the gate to be asked")
+        assert sim.state.accounts["gated"].requests == 0 and results.empty()
+        open_ = True
+        await collect(results, 2)
+
+
 async def test_failures_back_off_and_recover(
     start_sim: StartSim, http: aiohttp.ClientSession
 ) -> None:

@@ -12,6 +12,7 @@ from the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -150,6 +151,10 @@ GroupInterval = Annotated[float, DurationRange(1.0, DAY)]
 # How often a live price source is read, and how long a price it gave stays usable.
 PriceInterval = Annotated[float, DurationRange(0.1, DAY)]
 PriceMaxAge = Annotated[float, DurationRange(1.0, 7 * DAY)]
+# How long a replica's lease on its accounts lives unrenewed: the longest an account goes
+# unpolled after its replica died. Renewed every quarter of it, so 2 s is a floor that a
+# database round trip still fits in; past 10 minutes a dead replica is noticed too late.
+LeaseTtl = Annotated[float, DurationRange(2.0, 600.0)]
 
 
 # A response size cap below this could not hold an error message; above it, no cap at all.
@@ -842,7 +847,8 @@ def _external_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def _host_name() -> str:
+def host_name() -> str:
+    """The default ``instance``: this host's name."""
     return socket.gethostname() or "balwatch"
 
 
@@ -858,6 +864,74 @@ def _rules_relative(globs: tuple[str, ...], info: ValidationInfo) -> tuple[str, 
 
 
 StateDir = Annotated[ConfigPath, BeforeValidator(_default_state_dir)]
+Instance = Annotated[str, AfterValidator(_instance)]
+STATE_BACKENDS: Final = ("sqlite", "postgres")
+
+
+class StateConfig(_Model):
+    """Which store holds the state: SQLite in ``state_dir`` (one daemon), or a PostgreSQL
+    database that replicas share (``dsn``, a libpq connection string or URL)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    dsn: SecretText | None = None
+    lease_ttl: LeaseTtl = 8.0
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_form(cls, value: Secret | None) -> Secret | None:
+        # Checked for its form only (the server is tried by `check --connect`), and the
+        # error never echoes it: it carries the password.
+        if value is not None and not _is_dsn(value.reveal()):
+            raise field_error(
+                "expected a PostgreSQL connection string: a URL starting with postgresql:// "
+                "or postgres://, or keywords like 'host=db dbname=balwatch user=balwatch'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StateConfig:
+        if self.backend == "postgres" and self.dsn is None:
+            raise _invalid_at(
+                "state", [(("dsn",), "missing required key 'dsn' for backend postgres", None)]
+            )
+        if self.backend == "sqlite" and self.dsn is not None:
+            message = "dsn is for backend postgres; SQLite lives in state_dir"
+            raise _invalid_at("state", [(("dsn",), message, None)])
+        return self
+
+    def secrets(self) -> list[Secret]:
+        """The DSN, and the password in it on its own (a driver may quote just that)."""
+        return [] if self.dsn is None else [self.dsn, *dsn_passwords(self.dsn.reveal())]
+
+
+def _is_dsn(text: str) -> bool:
+    if text.startswith(("postgresql://", "postgres://")):
+        return True
+    return bool(_DSN_KEYWORD.match(text))
+
+
+# `key=value` pairs of a libpq keyword connection string; a value may be 'quoted' with \' and
+# \\ escapes inside.
+_DSN_KEYWORD: Final = re.compile(r"\s*[a-z_]+\s*=")
+_DSN_PAIR: Final = re.compile(r"([a-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def dsn_passwords(dsn: str) -> list[Secret]:
+    """The password in a DSN, as written and as it means (percent- or quote-decoded)."""
+    found: list[str] = []
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        with contextlib.suppress(ValueError):  # a bad port: libpq refuses the DSN anyway
+            if parts.password:
+                found += [parts.password, unquote(parts.password)]
+        found += [value for key, value in parse_qsl(parts.query) if key == "password"]
+    else:
+        for key, value in _DSN_PAIR.findall(dsn):
+            if key == "password" and value:
+                found.append(value)
+                if value.startswith("'"):
+                    found.append(re.sub(r"\\(.)", r"\1", value[1:-1]))
+    return [Secret(text) for text in dict.fromkeys(found) if text]
 
 
 class StateSettings(BaseModel):
@@ -866,14 +940,14 @@ class StateSettings(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     state_dir: StateDir = Field(default=None, validate_default=True)
+    state: StateConfig = StateConfig()
+    instance: Instance = Field(default_factory=host_name)
 
 
 class Config(_Model):
     state_dir: StateDir = Field(default=None, validate_default=True)
-    # Names this installation in every alert.
-    instance: Annotated[str, AfterValidator(_instance)] = Field(
-        default_factory=_host_name, description="default: the host name"
-    )
+    # Names this installation in every alert (and a replica among others in cluster mode).
+    instance: Instance = Field(default_factory=host_name, description="default: the host name")
     # Where this daemon's HTTP API is reached from outside: alerts then carry a `url`.
     external_url: Annotated[str | None, AfterValidator(_external_url)] = None
     rules: Annotated[tuple[str, ...], AfterValidator(_rules_relative)] = Field(
@@ -890,6 +964,8 @@ class Config(_Model):
     time_intervals: tuple[TimeInterval, ...] = ()
     # While an alert matching `source` fires, alerts matching `target` with `equal` values mute.
     inhibit: tuple[InhibitRule, ...] = ()
+    # Where alert states, history and the outbox live (SQLite, or PostgreSQL for replicas).
+    state: StateConfig = StateConfig()
 
     @field_validator("accounts", "sinks", "time_intervals")
     @classmethod
@@ -950,6 +1026,7 @@ class Config(_Model):
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret value in the config, so the log redactor can scrub them."""
         found = [secret for account in self.accounts for secret in account.credentials.values()]
+        found += self.state.secrets()
         if self.http is not None and self.http.token is not None:
             found.append(self.http.token)
         for sink in self.sinks:

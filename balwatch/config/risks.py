@@ -6,6 +6,7 @@ Each is a :class:`~balwatch.errors.Problem` with severity ``warning`` at the set
 - a secret written into the file instead of a ``${...}`` reference (account credentials, a
   sink's secret, headers and chat webhook URL, a password in a sink URL, ``http.token``),
   where it is sent beyond this host: a simulator's key on loopback opens nothing real;
+- a password written into ``state.dsn``, wherever the database is;
 - ``verify_tls: false`` on a webhook sink;
 - an exchange ``base_url`` with plain ``http://`` to a host beyond loopback;
 - a password in a plain ``mqtt://`` URL to a host beyond loopback;
@@ -19,7 +20,13 @@ import ipaddress
 from typing import Final
 from urllib.parse import urlsplit
 
-from balwatch.config.model import Config, HttpConfig, MqttSinkConfig, WebhookSinkConfig
+from balwatch.config.model import (
+    Config,
+    HttpConfig,
+    MqttSinkConfig,
+    WebhookSinkConfig,
+    dsn_passwords,
+)
 from balwatch.config.substitute import Substituted
 from balwatch.config.yamlsource import YamlDocument, YamlPath
 from balwatch.errors import Problem
@@ -95,6 +102,8 @@ def risky_settings(doc: YamlDocument, substituted: Substituted, config: Config) 
                 found.literal((*path, "headers", header), f"header {header!r}")
     if config.http is not None:
         _http(found, config.http)
+    if config.state.dsn is not None and dsn_passwords(config.state.dsn.reveal()):
+        found.literal(("state", "dsn"), "the password in state.dsn")
     return sorted(found.problems, key=lambda problem: (problem.line, problem.column))
 
 

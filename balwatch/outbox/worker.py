@@ -282,14 +282,24 @@ class SinkWorker:
     # --- one attempt -------------------------------------------------------------------
 
     async def _attempt(self, batch: Batch) -> None:
+        error: str | None = "outbox write failed"
+        dead, retry_after = False, None
         try:
-            error, dead, retry_after = await self._send(batch)
+            ours = await self._still_ours(batch)
+            if ours:
+                error, dead, retry_after = await self._send(batch)
             if retry_after is not None:  # from now on, not once the failure is recorded
                 pause = min(retry_after, MAX_RETRY_AFTER)
                 self._paused_until = max(self._paused_until, self._clock.now() + pause)
         finally:
             self._sending -= 1
             self._wake.set()
+        if ours is None:  # the claim could not be confirmed: unsent, tried again later
+            self._settle(batch, error, dead=False, retry_after=None)
+            return
+        if not ours:
+            self._drop(batch)
+            return
         try:
             if error is None:
                 await self._store.ack_all(batch.ids)
@@ -301,6 +311,27 @@ class SinkWorker:
             log.exception("outbox_write_failed", **self._fields(batch))
             error, dead, retry_after = error or "outbox write failed", False, None
         self._settle(batch, error, dead=dead, retry_after=retry_after)
+
+    async def _still_ours(self, batch: Batch) -> bool | None:
+        """Whether this worker may still send ``batch``: with replicas, a delivery whose
+        claim lapsed (this replica was cut off from the database) may be another's now,
+        and both sending it would deliver it twice. A group message goes whole or not at
+        all. None: the store could not say (and renew the claim)."""
+        try:
+            ours = await self._store.claimed(batch.ids)
+        except Exception:
+            log.exception("outbox_write_failed", **self._fields(batch))
+            return None
+        return len(ours) == len(batch.ids)
+
+    def _drop(self, batch: Batch) -> None:
+        """Forget ``batch`` unsent: another replica sends it (its lane goes on)."""
+        for lane, due in self._lanes.done(batch, self._clock.now()):
+            self._schedule(lane, due)
+        self._held.difference_update(batch.ids)
+        if self._settled is not None:
+            self._settled.update(batch.ids)
+        log.info("delivery_taken_over", **self._fields(batch))
 
     async def _send(self, batch: Batch) -> tuple[str | None, bool, float | None]:
         """One attempt: (the error, None if delivered; dead; the receiver's retry-after)."""

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -80,7 +80,7 @@ from balwatch.alert import SEVERITIES, Alert, Event, Severity, fingerprint, grou
 from balwatch.model import METRICS, Balance, Metric
 from balwatch.money import decimal_text
 from balwatch.rules.expr import DECIMAL_CONTEXT, EvalContext, RowContextBase, WindowFunc
-from balwatch.rules.history import History
+from balwatch.rules.history import History, HistoryKey
 from balwatch.rules.rule import Rule
 from balwatch.rules.select import RuleIndex
 from balwatch.rules.template import duration_text
@@ -432,6 +432,37 @@ class Engine:
                 if state.phase == "firing":
                     out.append(_closed(state, now, "account removed from the config"))
         return out
+
+    def release(self, accounts: Collection[str], grouped: Collection[str] = ()) -> None:
+        """Another replica takes these accounts and grouped rules over: forget their states,
+        history and liveness, emitting nothing. Nothing is resolved or closed: the new owner
+        carries the alerts on from the store (:meth:`take_over`)."""
+        for account in accounts:
+            self._accounts.pop(account, None)
+            self.history.release(account)
+        self._groups.release(accounts, grouped)
+        for key in [k for k in self._states if k[0] in accounts]:
+            del self._states[key]
+
+    def take_over(
+        self,
+        states: Iterable[AlertState],
+        accounts: Iterable[AccountState],
+        samples: Iterable[tuple[HistoryKey, float, Decimal]],
+        now: float | None = None,
+    ) -> list[Alert]:
+        """Take on what another replica left of some accounts (:meth:`release` there):
+        :meth:`restore` with their history. The samples count as saved; the history of the
+        accounts already here is left as it is. Returns what :meth:`restore` does."""
+        now = self._now(now)
+        closed = self.restore(states, accounts, now)
+        taken = []
+        for key, t, value in samples:
+            if t <= now:
+                self.history.record(key, t, value)
+                taken.append(key)
+        self.history.mark_saved(taken)
+        return closed
 
     def _account(self, account: str, exchange: str, now: float) -> AccountState:
         acct = self._accounts.get(account)

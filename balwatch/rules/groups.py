@@ -74,7 +74,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final, cast
@@ -476,6 +476,34 @@ class Groups:
             self._drop_if_empty(partition, key)
         return out
 
+    def release(self, accounts: Collection[str], rules: Collection[str]) -> None:
+        """Another replica takes these accounts and grouped rules over (:meth:`Engine.release`):
+        the accounts' rows leave their groups, the rules' states and group history go, and
+        groups left with neither rows nor a state go too; all silently. A grouped rule's
+        accounts are all under one lease (balwatch.cluster.keys), so its groups leave whole."""
+        emptied: set[tuple[_Partition, GroupKey]] = set()
+        for account in accounts:
+            for position in self._rows.pop(account, {}):
+                for partition in self._partitions:
+                    key = partition.remove(account, position)
+                    if key is not None:
+                        emptied.add((partition, key))
+            for partition in self._partitions:
+                partition.where.pop(account, None)
+            self._status.pop(account, None)
+            self._unsettled.discard(account)
+        self._version += 1
+        for name in rules:
+            portfolio = self._portfolios.get(name)
+            if portfolio is None:
+                continue
+            emptied.update((portfolio.partition, key) for key in portfolio.states)
+            portfolio.states.clear()
+            portfolio.dirty.clear()
+            portfolio.touched.clear()
+        for partition, key in emptied:
+            self._drop_if_empty(partition, key, keep_history=True)
+
     def poll_failed(self, account: str) -> None:
         status = self._status.setdefault(account, _Status())
         if status.answered is not None or account not in self._unsettled:
@@ -563,8 +591,11 @@ class Groups:
         if key is not None:
             self._drop_if_empty(partition, key)
 
-    def _drop_if_empty(self, partition: _Partition, key: GroupKey) -> None:
-        """A group with no rows and no alert is gone, and so is its history."""
+    def _drop_if_empty(
+        self, partition: _Partition, key: GroupKey, *, keep_history: bool = False
+    ) -> None:
+        """A group with no rows and no alert is gone, and so is its history (from the store
+        too, unless ``keep_history``: another replica carries it on)."""
         group = partition.groups.get(key)
         if group is None or len(group.aggregates):
             return
@@ -575,7 +606,11 @@ class Groups:
         for portfolio in partition.portfolios:
             portfolio.last_sample.pop(key, None)
             for text in portfolio.rule.group_windows:
-                self._history.forget((portfolio.series, group.id, text, ""))
+                series = (portfolio.series, group.id, text, "")
+                if keep_history:
+                    self._history.release_series(series)
+                else:
+                    self._history.forget(series)
 
     def _answered(self, account: str, venues: frozenset[str]) -> None:
         status = self._status.setdefault(account, _Status())

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
@@ -217,6 +217,24 @@ class History:
         self._forgotten.update(keys)
         return len(keys)
 
+    def release(self, account: str) -> int:
+        """Drop every series of ``account``, which another replica takes over: as
+        :meth:`forget_account`, but the store keeps them. Returns how many."""
+        keys = list(self._by_account.get(account, ()))
+        for key in keys:
+            self.release_series(key)
+        return len(keys)
+
+    def release_series(self, key: HistoryKey) -> None:
+        """Drop one series here only (another replica takes it over): the store keeps it."""
+        if self._series.pop(key, None) is None:
+            return
+        self._unsaved.discard(key)
+        keys = self._by_account[key[0]]
+        keys.discard(key)
+        if not keys:
+            del self._by_account[key[0]]
+
     def retain(self, account: str, present: Collection[tuple[str, str]]) -> int:
         """After a good poll: drop ``account``'s series whose (venue, asset) is not present.
 
@@ -280,12 +298,18 @@ class History:
                 series.trimmed = True
                 self._unsaved.add(key)
 
-    def mark_saved(self) -> None:
-        """Count every sample as saved (just restored from the store)."""
-        for series in self._series.values():
-            series.saved = len(series.times)
-            series.trimmed = False
-        self._unsaved.clear()
+    def mark_saved(self, keys: Iterable[HistoryKey] | None = None) -> None:
+        """Count every sample (of ``keys``) as saved: just restored from the store."""
+        keys = None if keys is None else list(keys)
+        for key in self._series if keys is None else keys:
+            series = self._series.get(key)
+            if series is not None:
+                series.saved = len(series.times)
+                series.trimmed = False
+        if keys is None:
+            self._unsaved.clear()
+        else:
+            self._unsaved.difference_update(keys)
 
     def sample_count(self) -> int:
         return sum(len(s.values) for s in self._series.values())

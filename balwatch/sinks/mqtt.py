@@ -9,7 +9,9 @@ asset of an account-scope alert):
   (with ``send_resolved: false`` the resolve still clears it, only the event is left out).
   No expiry unless the sink sets ``active_expiry`` (MQTT 5);
 - ``status``: retained ``online`` after every (re)connect, ``offline`` as the will and on
-  a clean stop (a will is only sent on an unclean disconnect).
+  a clean stop (a will is only sent on an unclean disconnect). A replica (``instance``
+  given: several daemons on one PostgreSQL database) has ``status/<instance>`` instead, so
+  one replica's ``offline`` never hides that the others are online.
 
 The venue segment is layout version 2 (:data:`TOPIC_LAYOUT`); version 1 had none, so one
 account holding an asset on two venues shared an ``active/`` topic. Outbox documents with
@@ -281,6 +283,7 @@ class MqttSink(Sink):
         ack_timeout: float = 10.0,
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
+        instance: str | None = None,
     ) -> None:
         self.name = config.name
         self._config = config
@@ -292,6 +295,8 @@ class MqttSink(Sink):
         self._active_expiry = None if expiry is None else math.ceil(expiry)
         self._v5 = config.protocol == "5"
         self._status_topic = f"{config.topic_prefix}/status"
+        if instance is not None:
+            self._status_topic += f"/{topic_segment(instance)}"
         # One id per sink instance: a reconnect takes over a half-open old session.
         self._client_id = f"balwatch-{secrets.token_hex(6)}"
         self._tls: ssl.SSLContext | None = None

@@ -14,10 +14,13 @@ from balwatch.sinks.mqtt import MqttSink
 from balwatch.sinks.webhook import WebhookSink
 
 
-def build_sink(config: SinkConfig) -> Sink:
-    """A sink for ``config``, not yet started (use ``async with`` or ``start``)."""
+def build_sink(config: SinkConfig, *, instance: str | None = None) -> Sink:
+    """A sink for ``config``, not yet started (use ``async with`` or ``start``).
+
+    ``instance``: a replica's name, for what it reports of itself (MQTT ``status/<instance>``).
+    """
     if isinstance(config, MqttSinkConfig):
-        return MqttSink(config)
+        return MqttSink(config, instance=instance)
     if isinstance(config, WebhookSinkConfig):
         return WebhookSink(config)
     assert_never(config)

@@ -24,6 +24,12 @@ Every implementation passes ``tests/state/test_conformance.py``. The guarantees 
   another store on the same storage, opened beside the daemon's by the CLI (for SQLite:
   ``SqliteStateStore(state_dir, exclusive=False)``). The daemon learns of it through
   :meth:`~StateStore.changes`, which it reads every second: each such write moves a counter.
+
+Replicas (several daemons on one PostgreSQL database, :mod:`balwatch.state.postgres`) each
+speak for the accounts whose leases they hold. Their writes carry a :class:`Scope`: the
+lease keys they rely on with their fencing tokens. A write whose lease moved on is
+:class:`Fenced` and writes nothing; a scoped flush replaces only its own accounts' states.
+A store for one daemon (SQLite) takes the same arguments and ignores the scope.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Literal, NamedTuple, Self
 
 from balwatch.alert import Alert, iso_z
 from balwatch.rules.engine import AccountState, AlertState, Engine
+from balwatch.rules.groups import GROUP_SERIES
 from balwatch.rules.history import HistoryChanges, HistoryKey
 from balwatch.silence import Silence
 from balwatch.sink import AlertDoc
@@ -47,6 +54,68 @@ Sample = tuple[HistoryKey, float, Decimal]
 
 class StateError(Exception):
     """The state store cannot be used (taken, foreign, too new, corrupt); it is left as it is."""
+
+
+class NoState(StateError):
+    """The storage holds no balwatch state yet, and this store may not create it (the CLI's,
+    beside a daemon that never ran there)."""
+
+
+class Unreachable(StateError):
+    """The storage did not answer (a database server down, restarting or cut off): the same
+    open may work later, unlike a wrong password or a missing database."""
+
+
+class Fenced(StateError):
+    """A lease this write needs is not this replica's any more: nothing written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a replica speaks for: each lease key it holds with its fencing token, and which
+    key each owner name is under. An owner name is an account name, or for a grouped rule
+    its series name (GROUP_SERIES + rule name; the first element of its HistoryKeys)."""
+
+    tokens: Mapping[str, int]
+    owners: Mapping[str, str]  # owner name -> lease key
+
+    def covers(self, owner: str | None) -> bool:
+        """Whether ``owner``'s key is one this scope holds."""
+        return owner is not None and self.owners.get(owner) in self.tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A daemon sharing the database, as its last heartbeat left it. Times are unix seconds
+    by the database's clock; ``age`` is how long ago that heartbeat was, by that clock."""
+
+    instance: str
+    started_at: float
+    heartbeat_at: float
+    version: str
+    address: str | None
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who speaks for a lease key, until when. ``owner`` None: released. ``token`` (the
+    fencing token) grew by one each time the owner changed. ``remaining`` is the seconds
+    left by the database's clock (negative once expired)."""
+
+    key: str
+    owner: str | None
+    token: int
+    expires_at: float
+    acquired_at: float
+    remaining: float
+
+
+def owner_name(state: AlertState) -> str:
+    """Whose lease an alert state is under: its account, or a grouped rule's series."""
+    if state.group is not None or state.account is None:
+        return GROUP_SERIES + state.rule
+    return state.account
 
 
 @dataclass(slots=True)
@@ -114,16 +183,23 @@ class AlertCommit:
     states: Sequence[StateChange] = ()
     self_alerts: Sequence[Alert] | None = None
     markers: Mapping[str, int] = field(default_factory=dict)
+    # The leases this commit relies on: Fenced, nothing stored, when one moved on.
+    scope: Scope | None = None
 
 
 @dataclass(slots=True)
 class StateSnapshot:
     """The periodic flush: every alert and account state (replacing the stored ones) and
-    what changed in the history since the last flush."""
+    what changed in the history since the last flush.
+
+    With a ``scope`` (a replica): only the stored states whose owner is under one of its
+    keys are replaced, the other replicas' are left; Fenced when a lease moved on.
+    """
 
     alerts: Sequence[AlertState]
     accounts: Sequence[AccountState]
     history: HistoryChanges
+    scope: Scope | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -245,9 +321,14 @@ class StateStore(abc.ABC):
         """Finish the writes already called, then let the store go."""
 
     @abc.abstractmethod
-    async def load(self, since: float) -> SavedState:
+    async def load(self, since: float, scope: Scope | None = None) -> SavedState:
         """What a previous run left: states, accounts, self-alerts, and per history series
-        the samples from ``since`` on with the newest one before it."""
+        the samples from ``since`` on with the newest one before it.
+
+        With a ``scope``, only the states, accounts and series whose owner name is in
+        ``scope.owners`` (a replica taking accounts over); a store for one daemon may
+        ignore it. Self-alerts are this instance's own.
+        """
 
     # --- writes ------------------------------------------------------------------------
 
@@ -297,6 +378,15 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def pending(self, sink: str) -> list[Delivery]:
         """The sink's pending deliveries in id order, with their attempt counts."""
+
+    async def claimed(self, delivery_ids: Sequence[int]) -> list[int]:
+        """Which of these pending deliveries this store may still send, in the order given.
+
+        The outbox worker asks right before each send and drops the others unsent: with
+        replicas, a delivery whose claim lapsed is another replica's now. For one daemon,
+        all of them.
+        """
+        return list(delivery_ids)
 
     @abc.abstractmethod
     async def dead_letters(self, sink: str | None = None) -> list[DeadLetter]:

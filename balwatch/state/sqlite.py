@@ -69,10 +69,12 @@ from balwatch.state.base import (
     Changes,
     DeadLetter,
     Delivery,
+    NoState,
     OnCommit,
     OutboxEntry,
     Retried,
     SavedState,
+    Scope,
     SinkCounts,
     StateChange,
     StateError,
@@ -247,7 +249,8 @@ class SqliteStateStore(StateStore):
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the flock goes with it
 
-    async def load(self, since: float) -> SavedState:
+    async def load(self, since: float, scope: Scope | None = None) -> SavedState:
+        # One daemon per state_dir: it speaks for every account, the scope changes nothing.
         self._check_open()
         try:
             return await self._run(_read, since)
@@ -481,7 +484,7 @@ def _open(state_dir: Path, exclusive: bool) -> tuple[int | None, sqlite3.Connect
     """
     path = state_dir / DB_FILE
     if not exclusive and not path.is_file():
-        raise StateError(
+        raise NoState(
             f"{path}: no state database here; has `balwatch run` used this state_dir? "
             "(state_dir defaults to $STATE_DIRECTORY, which systemd sets for the service: "
             "set it, or state_dir in the config)"

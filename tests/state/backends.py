@@ -16,7 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
+import psycopg
+import pytest
+
+from balwatch.secret import Secret
 from balwatch.state.base import StateStore
+from balwatch.state.postgres import PostgresStateStore
 from balwatch.state.sqlite import DB_FILE, SqliteStateStore
 
 Writes = Literal["alerts", "states", "deliveries"]
@@ -104,7 +109,78 @@ class SqliteBackend:
         await asyncio.to_thread(run)
 
 
-# Name -> a backend on storage of its own under a test's temporary directory.
-BACKENDS: dict[str, Callable[[Path], Backend]] = {
-    "sqlite": lambda tmp: SqliteBackend(tmp / "state")
+_PG_REFUSED: dict[Writes, list[tuple[str, str]]] = {
+    "alerts": [("balwatch_outbox_alert", "INSERT")],
+    "states": [
+        (table, op)
+        for table in (
+            "balwatch_alert_state",
+            "balwatch_account_state",
+            "balwatch_sample",
+            "balwatch_self_alert",
+        )
+        for op in ("INSERT", "DELETE")
+    ],
+    "deliveries": [("balwatch_delivery", "UPDATE"), ("balwatch_delivery", "DELETE")],
+}
+
+
+_NOT_A_CLAIM = (
+    "WHEN ((OLD.status, OLD.attempts, OLD.last_error, OLD.message) IS DISTINCT FROM "
+    "(NEW.status, NEW.attempts, NEW.last_error, NEW.message)) "
+)
+
+
+class PostgresBackend:
+    """A database of its own on the session's PostgreSQL server (tests/postgres.py)."""
+
+    def __init__(self, dsn: str, instance: str = "replica-a") -> None:
+        self.dsn = dsn
+        self.instance = instance
+
+    def store(self) -> PostgresStateStore:
+        return PostgresStateStore(Secret(self.dsn), instance=self.instance)
+
+    def beside(self) -> PostgresStateStore:
+        return PostgresStateStore(Secret(self.dsn), instance=self.instance, create=False)
+
+    async def refuse(self, *writes: Writes) -> None:
+        statements = [
+            "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{REFUSAL}'; END $$"
+        ]
+        # Per row, as SQLite's: a delivery's claim (who sends it) may still change.
+        statements += [
+            f"CREATE OR REPLACE TRIGGER refuse_{op.lower()} BEFORE {op} ON {table} FOR EACH ROW "
+            + (_NOT_A_CLAIM if (table, op) == ("balwatch_delivery", "UPDATE") else "")
+            + "EXECUTE FUNCTION refuse()"
+            for kind in writes
+            for table, op in _PG_REFUSED[kind]
+        ]
+        await self.execute(statements)
+
+    async def allow(self) -> None:
+        await self.execute(
+            [
+                f"DROP TRIGGER IF EXISTS refuse_{op.lower()} ON {table}"
+                for refused in _PG_REFUSED.values()
+                for table, op in refused
+            ]
+        )
+
+    async def make_schema_newer(self) -> None:
+        await self.execute(["UPDATE balwatch_schema SET version = 99 WHERE component = 'outbox'"])
+
+    async def execute(self, statements: list[str]) -> None:
+        """On a connection of our own, as another process would."""
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            for statement in statements:
+                await conn.execute(statement.encode())
+
+
+# Name -> a backend on storage of its own: under the test's temporary directory, or a new
+# database on the session's PostgreSQL server.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": lambda request, tmp: SqliteBackend(tmp / "state"),
+    "postgres": lambda request, tmp: PostgresBackend(request.getfixturevalue("postgres_dsn")),
 }

@@ -10,4 +10,4 @@ from tests.state.backends import BACKENDS, Backend
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Each conformance test runs once per backend, on storage of its own."""
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from balwatch.rules.history import HistoryChanges
 from balwatch.state import sqlite as sqlite_module
-from balwatch.state.base import AlertCommit, RoutedAlert, StateError
+from balwatch.state.base import AlertCommit, RoutedAlert, Scope, StateError, StateSnapshot
 from balwatch.state.sqlite import (
     DB_FILE,
     LOCK_FILE,
@@ -322,3 +323,19 @@ def test_files_an_older_balwatch_left_readable_are_made_private(tmp_path: Path) 
         f"{DB_FILE}-shm": "0o600",
         LOCK_FILE: "0o600",
     }
+
+
+async def test_one_daemon_per_state_dir_speaks_for_everything_whatever_the_scope(
+    state_dir: Path,
+) -> None:
+    """SQLite has no replicas: a scope (which a PostgreSQL store would fence on) is taken
+    and changes nothing."""
+    nobody = Scope(tokens={"k": 7}, owners={"elsewhere": "k"})
+    async with SqliteStateStore(state_dir) as store:
+        [delivery] = await store.commit(
+            AlertCommit([RoutedAlert(alert("fp1", 1), ["mqtt"])], scope=nobody)
+        )
+        await store.flush(StateSnapshot([], [], HistoryChanges([], [], []), scope=nobody))
+        assert (await store.load(0, nobody)).alerts == []
+        assert await store.claimed([delivery.id, 99]) == [delivery.id, 99]
+        assert [d.id for d in await store.pending("mqtt")] == [delivery.id]
