@@ -44,11 +44,11 @@ millisecond with a millisecond's sleep between them. A worker thread would hold 
 the whole render (hundreds of milliseconds for 20,000 series) in 5 ms turns, and every
 poll, commit and publish during a scrape would wait for those turns; rendering on the loop
 without the sleeps would do the same to the state database's thread, which then waits
-5 ms for the GIL at each step of a commit. prometheus-client
-renders every piece (:func:`prometheus_client.generate_latest` on a family, or on a part
-of its samples); the pieces are joined into the same bytes as ``generate_latest`` of the
-whole registry. An account's balance series are rendered once per poll that brought its
-rows and reused by later scrapes until its next good poll (:class:`_BalanceCollector`).
+5 ms for the GIL at each step of a commit. prometheus-client renders every piece
+(:func:`prometheus_client.generate_latest` on a family, or on a part of its samples); the
+pieces are joined into the same bytes as ``generate_latest`` of the whole registry. An
+account's balance series are rendered once per poll that brought its rows and reused by
+later scrapes until its next good poll (:class:`_BalanceCollector`).
 """
 
 from __future__ import annotations
