@@ -10,9 +10,9 @@ the API has no authentication, and a message can quote what an exchange answered
 is not under our control. The message is in the daemon's log (``poll_failed``) for
 operators.
 
-The same rows feed the balance gauges of ``/metrics`` (:mod:`balwatch.metrics`), which are
-rendered on a worker thread: :meth:`LatestBalances.good_rows` is the one method safe to
-call off the event loop.
+The same rows feed the balance gauges of ``/metrics`` (:mod:`balwatch.metrics`). The daemon
+renders them on the event loop, but ``generate_latest`` may run anywhere:
+:meth:`LatestBalances.good_rows` is the one method safe to call off the event loop.
 """
 
 from __future__ import annotations

@@ -33,15 +33,28 @@ series                                                     recorded by
 
 The balance gauges are not set per poll: tens of thousands of series (1,000 accounts x 10
 assets x a few metrics) would cost the event loop a lock and a float per value on every
-poll. A collector reads the latest good rows when ``/metrics`` is rendered instead, which
-happens on a worker thread, and converts the Decimal amounts to the exposition's floats
-there. So a poll costs nothing more, a row that vanished from an account's answer or an
-account that left the config has no series at the next scrape, and a failed poll leaves
-the last good values (the latest rows keep them).
+poll. A collector reads the latest good rows when ``/metrics`` is rendered instead and
+converts the Decimal amounts to the exposition's floats there. So a poll costs nothing
+more, a row that vanished from an account's answer or an account that left the config has
+no series at the next scrape, and a failed poll leaves the last good values (the latest
+rows keep them).
+
+Rendering (:meth:`Registry.render`) runs on the event loop, in slices of about half a
+millisecond with a millisecond's sleep between them. A worker thread would hold the GIL for
+the whole render (hundreds of milliseconds for 20,000 series) in 5 ms turns, and every
+poll, commit and publish during a scrape would wait for those turns; rendering on the loop
+without the sleeps would do the same to the state database's thread, which then waits
+5 ms for the GIL at each step of a commit. prometheus-client renders every piece
+(:func:`prometheus_client.generate_latest` on a family, or on a part of its samples); the
+pieces are joined into the same bytes as ``generate_latest`` of the whole registry. An
+account's balance series are rendered once per poll that brought its rows and reused by
+later scrapes until its next good poll (:class:`_BalanceCollector`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Literal, Protocol
@@ -52,9 +65,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from balwatch.alert import Alert
 from balwatch.errors import ErrorKind
@@ -69,6 +84,13 @@ NAMESPACE: Final = "balwatch"
 # One HTTP request to an exchange: from a fast local answer to the longest sane timeout.
 POLL_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OUTCOMES: Final = ("delivered", "failed", "dead")
+
+# Rendering /metrics on the event loop: slices of this much work (at least one piece), each
+# followed by a pause of GAP_SECONDS in which the loop and other threads run; a family is
+# rendered this many samples at a time (about half a millisecond's work).
+SLICE_SECONDS: Final = 0.0005
+GAP_SECONDS: Final = 0.001
+SAMPLES_PER_PIECE: Final = 50
 
 Trigger = Literal["poll", "poll_failed", "tick"]
 """What made the engine evaluate: ``Engine.observe``, ``Engine.poll_failed``, ``Engine.tick``."""
@@ -94,7 +116,9 @@ class BalanceRows(Protocol):
     """Where the balance gauges come from (``LatestBalances`` fits)."""
 
     def good_rows(self) -> Iterable[Sequence[Balance]]:
-        """Each account's rows of its last good poll. Called from a worker thread."""
+        """Each account's rows of its last good poll, a list per account, the same list
+        object until the account's next good poll. Called at each render, on the event
+        loop (:meth:`Registry.render`) or on any thread (``generate_latest``)."""
         ...
 
 
@@ -111,6 +135,107 @@ BALANCE_USD_HELP: Final = (
 )
 
 
+class Registry(CollectorRegistry):
+    """A ``CollectorRegistry`` (auto-describing) that renders itself in slices on the loop.
+
+    ``generate_latest(registry)`` works as on any registry; :meth:`render` returns the same
+    bytes without holding the event loop (or, from a thread, the GIL) for the whole render.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self._collectors: list[Collector] = []  # in registration order, as collect() goes
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self._collectors.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        self._collectors.remove(collector)
+
+    def pieces(self) -> Iterator[bytes]:
+        """The exposition in pieces of about :data:`SAMPLES_PER_PIECE` samples, in order.
+
+        Joined, they are ``generate_latest(self)``. Each piece is rendered by
+        prometheus-client; a family too big for one piece is rendered a slice of its samples
+        at a time and its ``# HELP``/``# TYPE`` head kept once.
+        """
+        for collector in list(self._collectors):
+            if isinstance(collector, _BalanceCollector):
+                yield from collector.pieces()
+            else:
+                for family in collector.collect():
+                    yield from _family_pieces(family)
+
+    async def render(self, slice_seconds: float = SLICE_SECONDS, gap: float = GAP_SECONDS) -> bytes:
+        """``generate_latest(self)``, rendered on the event loop a slice at a time.
+
+        After each slice of about ``slice_seconds`` the render sleeps ``gap`` seconds: the
+        loop then waits in the selector without the GIL, so threads (the state database's)
+        take it at once rather than after the interpreter's 5 ms switch interval.
+
+        Between slices, polls may land and counters move: each family is read at once (as
+        ``generate_latest`` reads it), the registry as a whole is not, as with
+        ``generate_latest`` from a thread.
+        """
+        clock = time.perf_counter
+        out: list[bytes] = []
+        deadline = clock() + slice_seconds
+        for piece in self.pieces():
+            out.append(piece)
+            if clock() >= deadline:
+                await asyncio.sleep(gap)
+                deadline = clock() + slice_seconds
+        return b"".join(out)
+
+
+class _Families(Collector):
+    """Given families, as a collector: what ``generate_latest`` renders."""
+
+    def __init__(self, *families: Metric) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def _with_samples(family: Metric, samples: list[Sample]) -> Metric:
+    part = copy.copy(family)
+    part.samples = samples
+    return part
+
+
+def _head(family: Metric) -> bytes:
+    """The family's ``# HELP`` and ``# TYPE`` lines, as prometheus-client renders them."""
+    return generate_latest(_Families(_with_samples(family, [])))
+
+
+def _samples_text(family: Metric, head: bytes) -> bytes:
+    """The family's sample lines: its rendering without the head."""
+    text = generate_latest(_Families(family))
+    if not text.startswith(head):  # a prometheus-client that renders otherwise
+        raise AssertionError(f"{family.name}: the rendering does not start with its head")
+    return text[len(head) :]
+
+
+# Samples that generate_latest moves to a family of their own after the family's samples.
+_MOVED_SUFFIXES: Final = ("_created", "_gsum", "_gcount")
+
+
+def _family_pieces(family: Metric) -> Iterator[bytes]:
+    samples = family.samples
+    moved = {family.name + suffix for suffix in _MOVED_SUFFIXES}
+    if len(samples) <= SAMPLES_PER_PIECE or any(s.name in moved for s in samples):
+        yield generate_latest(_Families(family))
+        return
+    head = _head(family)
+    yield head
+    for start in range(0, len(samples), SAMPLES_PER_PIECE):
+        part = _with_samples(family, samples[start : start + SAMPLES_PER_PIECE])
+        yield _samples_text(part, head)
+
+
 class Metrics:
     """Every balwatch series, and the few calls the daemon records them with."""
 
@@ -122,7 +247,7 @@ class Metrics:
         balances: BalanceRows | None = None,
     ) -> None:
         """``balances``: the source of the balance gauges; without one there are none."""
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         self._clock = clock
         reg, ns = self.registry, NAMESPACE
         self._polls = Counter(
@@ -362,11 +487,21 @@ class Metrics:
 
 
 class _BalanceCollector(Collector):
-    """``balance`` and ``balance_usd`` from the latest good rows, made at each scrape."""
+    """``balance`` and ``balance_usd`` from the latest good rows, made at each scrape.
+
+    :meth:`collect` (``generate_latest``, ``get_sample_value``) builds every sample anew;
+    :meth:`pieces` (:meth:`Registry.render`) renders each account's samples once per row
+    list, that is once per good poll, and reuses the text until the account's rows change.
+    """
 
     def __init__(self, rows: BalanceRows) -> None:
         self._rows = rows
-        self.on = True  # read by the scrape thread; a bool is swapped whole
+        self.on = True  # read by the scrape; a bool is swapped whole
+        balance, usd = self._families()
+        self._heads = (_head(balance), _head(usd))
+        # id(rows) -> (rows, balance text, balance_usd text), of the last render: an entry
+        # holds its rows, so their id is not reused while it is here.
+        self._rendered: dict[int, tuple[Sequence[Balance], bytes, bytes]] = {}
 
     def describe(self) -> list[GaugeMetricFamily]:
         """The names, reserved at registration even while hidden or before any poll."""
@@ -376,24 +511,35 @@ class _BalanceCollector(Collector):
         if not self.on:
             return
         balance, usd = self._families()
-        add_balance, add_usd = balance.add_metric, usd.add_metric
         for rows in self._rows.good_rows():
-            for row in rows:
-                where = (row.account, row.exchange, row.venue, row.asset)
-                for metric in METRICS:
-                    value = getattr(row, metric)
-                    if value is not None:
-                        add_balance((*where, metric), float(value))
-                rate = row.rate_usd
-                if rate is None:
-                    continue
-                for metric in AMOUNTS:
-                    value = getattr(row, metric)
-                    if value is not None:
-                        # The product in Decimal, as usd() in rules; only the result is a float.
-                        add_usd((*where, metric), float(value * rate))
+            _add_rows(rows, balance, usd)
         yield balance
         yield usd
+
+    def pieces(self) -> Iterator[bytes]:
+        """What :meth:`collect` renders to, one account at a time, from the rendered texts."""
+        if not self.on:
+            self._rendered = {}
+            return
+        before, now = self._rendered, {}
+        usd_texts = []
+        yield self._heads[0]
+        for rows in self._rows.good_rows():
+            entry = before.get(id(rows))
+            if entry is None or entry[0] is not rows:
+                balance, usd = self._families()
+                _add_rows(rows, balance, usd)
+                entry = (
+                    rows,
+                    _samples_text(balance, self._heads[0]),
+                    _samples_text(usd, self._heads[1]),
+                )
+            now[id(rows)] = entry
+            yield entry[1]
+            usd_texts.append(entry[2])
+        self._rendered = now  # the accounts gone, and rows replaced by a poll, drop out
+        yield self._heads[1]
+        yield from usd_texts
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
@@ -401,6 +547,24 @@ class _BalanceCollector(Collector):
             GaugeMetricFamily(f"{NAMESPACE}_balance", BALANCE_HELP, labels=BALANCE_LABELS),
             GaugeMetricFamily(f"{NAMESPACE}_balance_usd", BALANCE_USD_HELP, labels=BALANCE_LABELS),
         )
+
+
+def _add_rows(rows: Sequence[Balance], balance: GaugeMetricFamily, usd: GaugeMetricFamily) -> None:
+    add_balance, add_usd = balance.add_metric, usd.add_metric
+    for row in rows:
+        where = (row.account, row.exchange, row.venue, row.asset)
+        for metric in METRICS:
+            value = getattr(row, metric)
+            if value is not None:
+                add_balance((*where, metric), float(value))
+        rate = row.rate_usd
+        if rate is None:
+            continue
+        for metric in AMOUNTS:
+            value = getattr(row, metric)
+            if value is not None:
+                # The product in Decimal, as usd() in rules; only the result is a float.
+                add_usd((*where, metric), float(value * rate))
 
 
 def _count(stats: SinkStatsLike, key: str) -> int | None:

@@ -30,9 +30,10 @@ average.
 
 Prometheus: the daemon serves ``/metrics`` on a loopback port and this script scrapes it
 every ``--scrape`` seconds (default 15, a common Prometheus interval; 0: no HTTP server, no
-scrapes), as a Prometheus server would, and reports each scrape's time and size. Rendering
-runs on a worker thread of the daemon, so a scrape shows in the CPU figure and, through the
-GIL, in the latency figure.
+scrapes), as a Prometheus server would, and reports each scrape's time and size. The daemon
+renders on its event loop in slices of a millisecond (before, on a worker thread, which took
+the GIL from the loop in 5 ms turns), so a scrape shows in the CPU figure and, where a slice
+delays a poll's handling, in the latency figure.
 
 ``--baseline REV`` measures the daemon of git revision REV first (its ``balwatch`` package,
 exported to a temporary directory and run from there; the simulator and this script stay the

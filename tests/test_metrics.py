@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from decimal import Decimal
 
+import pytest
 from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 
+import balwatch.metrics
 from balwatch.errors import AuthError, BadResponse, SourceError, SourceUnavailable
 from balwatch.latest import LatestBalances
 from balwatch.metrics import POLL_BUCKETS, Metrics
@@ -331,3 +337,125 @@ def test_balance_families_are_described_before_any_poll() -> None:
 def test_a_daemon_without_a_balance_source_has_no_balance_series() -> None:
     text = generate_latest(metrics().registry).decode()
     assert "balwatch_balance" not in text
+
+
+# --- rendering /metrics: in slices on the loop, balance texts reused per poll -----------
+
+
+def many_accounts(latest: LatestBalances, m: Metrics, accounts: int = 60) -> None:
+    """Enough accounts that every big family is rendered in several pieces."""
+    for i in range(accounts):
+        rows = [row._replace(account=f"ems-{i}") for row in coinapi_rows(f"{i}.5")]
+        result = PollResult(f"ems-{i}", "coinapi", rows, None, 0.01 * i)
+        latest.update(result)
+        m.record_poll(result)
+
+
+def sample(text: bytes, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text.decode()):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return found.value
+    return None
+
+
+async def render(m: Metrics) -> bytes:
+    from balwatch.metrics import Registry
+
+    assert isinstance(m.registry, Registry)
+    return await m.registry.render()
+
+
+async def test_render_is_generate_latest_byte_for_byte() -> None:
+    m, latest = with_balances()
+    many_accounts(latest, m)
+    m.record_poll(failed(SourceUnavailable("bitso", "down")))
+    m.set_outbox({"mqtt": sink_stats(depth=3, delivered=5, failed=2, dead=0)})
+    pieces = list(m.registry.pieces())
+    assert len(pieces) > 20  # sliced, not one render
+    expected = generate_latest(m.registry)
+    assert b"".join(pieces) == expected
+    assert await render(m) == expected
+    assert await render(m) == expected  # from the reused balance texts, the same again
+    assert await render(metrics()) == generate_latest(metrics().registry)  # no balance source
+
+
+async def test_a_poll_shows_at_the_next_render_and_only_its_account_is_rendered_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    m, latest = with_balances()
+    many_accounts(latest, m)
+    await render(m)
+    rendered: list[str] = []
+    add_rows = balwatch.metrics._add_rows
+
+    def counting(rows: Sequence[Balance], *families: GaugeMetricFamily) -> None:
+        rendered.append(rows[0].account)
+        add_rows(rows, *families)
+
+    monkeypatch.setattr(balwatch.metrics, "_add_rows", counting)
+    assert await render(m) == generate_latest(m.registry)
+    rendered.clear()
+
+    rows = [row._replace(account="ems-7") for row in coinapi_rows("99.25")]
+    latest.update(PollResult("ems-7", "coinapi", rows, None, 0.1))
+    text = await render(m)
+    assert rendered == ["ems-7"]  # the other 59 accounts' texts were reused
+    assert text == generate_latest(m.registry)
+    btc = dict(account="ems-7", exchange="coinapi", venue="BINANCESPOT", asset="BTC")
+    assert sample(text, "balwatch_balance", **btc, metric="total") == 99.25
+    usd = float(Decimal("99.25") * Decimal("61250.10"))
+    assert sample(text, "balwatch_balance_usd", **btc, metric="total") == usd
+
+    # A failed poll keeps the rows, so their text too.
+    rendered.clear()
+    latest.update(PollResult("ems-7", "coinapi", None, SourceUnavailable("coinapi", "x"), 2))
+    assert await render(m) == text
+    assert rendered == []
+
+
+async def test_a_forgotten_account_or_a_vanished_row_loses_its_series_at_the_next_render() -> None:
+    m, latest = with_balances()
+    many_accounts(latest, m, accounts=3)
+    await render(m)
+    latest.forget("ems-1")
+    latest.update(PollResult("ems-2", "coinapi", [], None, 0.1))  # holds nothing now
+    rows = [row._replace(account="ems-0") for row in coinapi_rows()[:1]]  # KRAKEN ETH gone
+    latest.update(PollResult("ems-0", "coinapi", rows, None, 0.1))
+    text = (await render(m)).decode()
+    assert text == generate_latest(m.registry).decode()
+    balance_lines = [line for line in text.splitlines() if line.startswith("balwatch_balance")]
+    assert balance_lines and all('account="ems-0"' in line for line in balance_lines)
+    assert "KRAKEN" not in text
+
+
+async def test_hidden_balances_render_no_balance_text_and_come_back() -> None:
+    m, latest = with_balances()
+    many_accounts(latest, m, accounts=2)
+    shown = await render(m)
+    m.export_balances(False)
+    hidden = await render(m)
+    assert b"balwatch_balance" not in hidden and hidden == generate_latest(m.registry)
+    m.export_balances(True)
+    assert await render(m) == shown
+
+
+async def test_render_gives_the_loop_turns_on_the_way() -> None:
+    m, latest = with_balances()
+    many_accounts(latest, m, accounts=200)
+    turns = 0
+    done = False
+
+    async def other_work() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    worker = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    before = turns
+    assert await m.registry.render(slice_seconds=0, gap=0) == generate_latest(m.registry)
+    done = True
+    await worker
+    assert turns - before > 20  # a turn after every piece
