@@ -35,7 +35,7 @@ A store for one daemon (SQLite) takes the same arguments and ignores the scope.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -273,6 +273,26 @@ class Retried:
     retried: list[int]  # pending again, sent at once
     stale: list[int]  # left dead: the alert's later course made them untrue
     unknown: list[int]  # no dead letter has this id
+
+
+def sort_dead(
+    wanted: Sequence[int], dead: Mapping[int, AlertDoc], firing: Collection[str]
+) -> Retried:
+    """What :meth:`StateStore.retry_dead` does with each wanted id, given the dead letters
+    (id -> alert) and the fingerprints firing now: a letter the alert's later course made
+    untrue (a firing of an alert not firing now, a resolve of one that is) stays dead."""
+    retried: list[int] = []
+    stale: list[int] = []
+    unknown: list[int] = []
+    for delivery_id in wanted:
+        doc = dead.get(delivery_id)
+        if doc is None:
+            unknown.append(delivery_id)
+        elif (doc.get("event") == "resolved") == (doc.get("fingerprint") in firing):
+            stale.append(delivery_id)
+        else:
+            retried.append(delivery_id)
+    return Retried(retried, stale, unknown)
 
 
 class Changes(NamedTuple):

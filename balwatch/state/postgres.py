@@ -87,6 +87,7 @@ from balwatch.state.base import (
     StateStore,
     Unreachable,
     owner_name,
+    sort_dead,
 )
 
 _T = TypeVar("_T")
@@ -869,25 +870,17 @@ class PostgresStateStore(StateStore):
                     "UNION SELECT fingerprint FROM balwatch_self_alert",
                 )
             }
-            retried, stale, unknown = [], [], []
-            for delivery_id in wanted:
-                doc = dead.get(delivery_id)
-                if doc is None:
-                    unknown.append(delivery_id)
-                elif (doc.get("event") == "resolved") == (doc.get("fingerprint") in firing):
-                    stale.append(delivery_id)
-                else:
-                    retried.append(delivery_id)
-            if retried:
+            retried = sort_dead(wanted, dead, firing)
+            if retried.retried:
                 # Unclaimed: the next replica to read the outbox takes it.
                 await conn.execute(
                     "UPDATE balwatch_delivery SET status = 'pending', attempts = 0, "
                     "message = NULL, claimed_by = NULL, claimed_until = NULL, "
                     "updated_at = extract(epoch from clock_timestamp())::float8 WHERE id = ANY(%s)",
-                    (retried,),
+                    (retried.retried,),
                 )
                 await _bump(conn, "outbox")
-            return Retried(retried, stale, unknown)
+            return retried
 
         return await self._transact(work)
 

@@ -80,6 +80,7 @@ from balwatch.state.base import (
     StateError,
     StateSnapshot,
     StateStore,
+    sort_dead,
 )
 
 DB_FILE: Final = "balwatch.db"
@@ -798,23 +799,15 @@ def _retry_dead(conn: sqlite3.Connection, ids: list[int] | None) -> Retried:
             "UNION SELECT fingerprint FROM self_alert"
         )
     }
-    retried, stale, unknown = [], [], []
-    for delivery_id in wanted:
-        doc = dead.get(delivery_id)
-        if doc is None:
-            unknown.append(delivery_id)
-        elif (doc.get("event") == "resolved") == (doc.get("fingerprint") in firing):
-            stale.append(delivery_id)
-        else:
-            retried.append(delivery_id)
+    retried = sort_dead(wanted, dead, firing)
     conn.executemany(
         "UPDATE outbox_delivery SET status = 'pending', attempts = 0, message = NULL, "
         "updated_at = ? WHERE id = ?",
-        [(time.time(), delivery_id) for delivery_id in retried],
+        [(time.time(), delivery_id) for delivery_id in retried.retried],
     )
-    if retried:
+    if retried.retried:
         _bump(conn, "outbox")
-    return Retried(retried, stale, unknown)
+    return retried
 
 
 def _drop_dead(conn: sqlite3.Connection, ids: list[int]) -> list[int]:
