@@ -121,6 +121,28 @@ class PostgresServer:
         """SIGKILL the postmaster and every backend at once, as a crash of its host would."""
         self._end(signal.SIGKILL, group=True)
 
+    def pause(self) -> None:
+        """SIGSTOP the postmaster and its backends: a frozen server, whose kernel still
+        accepts and acknowledges, so no TCP timeout notices."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """The postmaster and its children (each backend is in a process group of its own)."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        pids = [self._process.pid]
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self._process.pid:
+                    pids.append(int(Path(stat).parent.name))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def close(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self.stop()

@@ -367,11 +367,19 @@ class PostgresStateStore(StateStore):
         if self._closed:
             return
         self._closed = True
-        for task in (self._writer, self._claimer):
-            if task is not None:
-                await asyncio.shield(task)
+        # A transaction in flight is waited for, but not for ever: a frozen server (SIGSTOP,
+        # a paused VM) answers nothing while its kernel still acknowledges, so no TCP
+        # timeout ends the wait, and the daemon would not stop until the server is back.
+        # What was not committed by then is left uncommitted, as when the server is down.
+        tasks = [task for task in (self._writer, self._claimer) if task is not None]
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=self._timeout)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=1.0)
         if self._pool is not None:
-            await self._pool.close()
+            await self._pool.close(timeout=self._timeout)
 
     def _error(self, what: str, exc: BaseException) -> str:
         """``location: what (reason)``, the reason on one line and scrubbed of the DSN's

@@ -175,3 +175,24 @@ async def test_the_store_carries_on_after_the_server_restarts(
         # A new connection attempt starts at most reconnect_timeout (here 1 s) after the last.
         await within(committed(), "a commit after the restart", 5)
         assert [d.alert["id"] for d in await made.pending("mqtt")] == ["fp1:1", "fp1:3"]
+
+
+async def test_closing_is_bounded_while_the_server_is_frozen(
+    private_postgres: PostgresServer,
+) -> None:
+    """A frozen server (SIGSTOP, a VM pause) answers no query and its kernel still acks, so
+    a claim confirmation in flight never returns: closing the store (at SIGTERM) must not
+    wait for it, or the daemon never stops until the server comes back."""
+    dsn = private_postgres.create_database()
+    made = store(dsn, lease_ttl=2)
+    await made.open()
+    try:
+        await made.commit(AlertCommit([RoutedAlert(alert("fp1", 1), ["mqtt"])]))
+        [delivery] = await made.pending("mqtt")
+        private_postgres.pause()
+        asking = asyncio.create_task(made.claimed([delivery.id]))
+        await asyncio.sleep(0.5)
+        await within(made.close(), "closing the store on a frozen server", 15)
+        asking.cancel()  # its caller, the outbox worker, is stopped before the store
+    finally:
+        private_postgres.resume()
